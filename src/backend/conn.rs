@@ -1,0 +1,234 @@
+//! One multiplexed backend connection: a writer task that batches whatever
+//! requests are queued into one write, and a reader task that hands each
+//! reply frame to the oldest waiting request (Redis answers in order).
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Endpoint;
+use crate::resp::{FrameScanner, Protocol, Request};
+
+/// A reply on its way; a dropped sender means the connection was lost.
+pub type ReplyRx = oneshot::Receiver<Bytes>;
+
+struct Outbound {
+    bytes: Bytes,
+    reply: oneshot::Sender<Bytes>,
+}
+
+/// Requests queued to one backend connection before senders wait.
+const QUEUE: usize = 4096;
+/// Requests gathered into one write.
+const BATCH: usize = 512;
+/// Requests at least this big are written on their own instead of copied.
+const COPY_LIMIT: usize = 16 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct Conn {
+    tx: mpsc::Sender<Outbound>,
+}
+
+impl Conn {
+    /// Connects, authenticates, negotiates the protocol and selects `db`.
+    /// Errors are the reason shown to clients.
+    pub async fn open(endpoint: &Endpoint, db: u32, proto: Protocol) -> Result<Conn, String> {
+        let mut stream = TcpStream::connect(endpoint.address())
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        handshake(&mut stream, endpoint, db, proto).await?;
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_loop(wr, rx, inflight_tx));
+        tokio::spawn(async move {
+            read_loop(rd, inflight_rx).await;
+            // Stop the writer so senders see a closed connection at once.
+            writer.abort();
+        });
+        Ok(Conn { tx })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Queues a request; `Err` gives the bytes back when the connection is
+    /// already closed, so the caller may use another one (nothing was sent).
+    pub async fn send(&self, bytes: Bytes) -> Result<ReplyRx, Bytes> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.send(Outbound { bytes, reply }).await {
+            Ok(()) => Ok(rx),
+            Err(e) => Err(e.0.bytes),
+        }
+    }
+}
+
+async fn handshake(
+    stream: &mut TcpStream,
+    endpoint: &Endpoint,
+    db: u32,
+    proto: Protocol,
+) -> Result<(), String> {
+    let mut steps: Vec<(&str, Request)> = Vec::new();
+    let user = endpoint.username.as_deref().unwrap_or("default");
+    match (proto, &endpoint.password) {
+        (Protocol::Resp3, Some(pass)) => steps.push((
+            "HELLO",
+            Request::from_args(&["HELLO", "3", "AUTH", user, pass]),
+        )),
+        (Protocol::Resp3, None) => steps.push(("HELLO", Request::from_args(&["HELLO", "3"]))),
+        (Protocol::Resp2, Some(pass)) => {
+            steps.push(("AUTH", Request::from_args(&["AUTH", user, pass])))
+        }
+        (Protocol::Resp2, None) => {}
+    }
+    if db != 0 {
+        steps.push(("SELECT", Request::from_args(&["SELECT", &db.to_string()])));
+    }
+    steps.push((
+        "CLIENT SETNAME",
+        Request::from_args(&["CLIENT", "SETNAME", "keyway"]),
+    ));
+    let mut out = BytesMut::new();
+    for (_, r) in &steps {
+        out.extend_from_slice(r.bytes());
+    }
+    stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut scanner = FrameScanner::default();
+    for (what, _) in &steps {
+        let frame = loop {
+            if let Some(n) = scanner.next_frame(&buf).map_err(|e| e.to_string())? {
+                break buf.split_to(n);
+            }
+            if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err(format!("{what}: connection closed by the server"));
+            }
+        };
+        if matches!(frame.first(), Some(b'-') | Some(b'!')) {
+            let text = String::from_utf8_lossy(&frame[1..]).trim_end().to_string();
+            return Err(format!("{what} failed: {text}"));
+        }
+    }
+    Ok(())
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outbound>,
+    inflight: mpsc::UnboundedSender<oneshot::Sender<Bytes>>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        for out in batch.drain(..) {
+            // Registered before the bytes leave, so the reader always finds it.
+            if inflight.send(out.reply).is_err() {
+                return;
+            }
+            if out.bytes.len() >= COPY_LIMIT {
+                if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
+                    return;
+                }
+                buf.clear();
+                if wr.write_all(&out.bytes).await.is_err() {
+                    return;
+                }
+            } else {
+                buf.extend_from_slice(&out.bytes);
+            }
+        }
+        if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+}
+
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    mut inflight: mpsc::UnboundedReceiver<oneshot::Sender<Bytes>>,
+) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut scanner = FrameScanner::default();
+    loop {
+        loop {
+            match scanner.next_frame(&buf) {
+                Ok(Some(n)) => {
+                    let frame = buf.split_to(n).freeze();
+                    if frame.first() == Some(&b'>') {
+                        // A push on a shared connection belongs to no request.
+                        tracing::debug!("dropped a push frame on a multiplexed connection");
+                        continue;
+                    }
+                    match inflight.try_recv() {
+                        Ok(reply) => {
+                            let _ = reply.send(frame);
+                        }
+                        Err(_) => {
+                            tracing::warn!(
+                                "backend sent a reply nobody asked for; closing the connection"
+                            );
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(
+                        "backend sent an unreadable reply ({e}); closing the connection"
+                    );
+                    return;
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!("backend read failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// One request on a short-lived connection of its own (start-up discovery,
+/// health probes): connect, authenticate, send, read one reply frame.
+pub async fn request_once(
+    endpoint: &Endpoint,
+    args: &[&str],
+    timeout: std::time::Duration,
+) -> Result<Bytes, String> {
+    let work = async {
+        let mut stream = TcpStream::connect(endpoint.address())
+            .await
+            .map_err(|e| e.to_string())?;
+        handshake(&mut stream, endpoint, 0, Protocol::Resp2).await?;
+        stream
+            .write_all(Request::from_args(args).bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut scanner = FrameScanner::default();
+        loop {
+            if let Some(n) = scanner.next_frame(&buf).map_err(|e| e.to_string())? {
+                return Ok(buf.split_to(n).freeze());
+            }
+            if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("connection closed by the server".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("no reply within {}ms", timeout.as_millis()))?
+}

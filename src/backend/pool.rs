@@ -1,0 +1,162 @@
+//! A pool: the address of one Redis (swappable, for failover), its
+//! multiplexed connections keyed by database and protocol, and its health:
+//! after a failed connect, requests fail fast until the backoff expires.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::{BackendError, Conn};
+use crate::config::{BackendConfig, Endpoint};
+use crate::resp::Protocol;
+
+type Slot = Arc<Vec<AsyncMutex<Option<Conn>>>>;
+
+pub struct Pool {
+    name: String,
+    endpoint: ArcSwap<Endpoint>,
+    settings: BackendConfig,
+    slots: Mutex<HashMap<(u32, Protocol), Slot>>,
+    health: Mutex<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl Pool {
+    pub fn new(name: &str, endpoint: Endpoint, settings: BackendConfig) -> Pool {
+        Pool {
+            name: name.to_string(),
+            endpoint: ArcSwap::from_pointee(endpoint),
+            settings,
+            slots: Mutex::new(HashMap::new()),
+            health: Mutex::new(Health::default()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn endpoint(&self) -> Arc<Endpoint> {
+        self.endpoint.load_full()
+    }
+
+    /// The database on the backend for a client's selected db: a pool URL's
+    /// `/db` stands in for the client's db 0.
+    pub fn backend_db(&self, client_db: u32) -> u32 {
+        if client_db == 0 {
+            self.endpoint.load().db
+        } else {
+            client_db
+        }
+    }
+
+    /// `None` while healthy, else the last connect error.
+    pub fn last_error(&self) -> Option<String> {
+        let h = lock(&self.health);
+        (h.failures > 0).then(|| h.last_error.clone().unwrap_or_default())
+    }
+
+    /// A live multiplexed connection for (db, proto); `hint` spreads clients
+    /// over the slot's connections.
+    pub async fn conn(
+        &self,
+        client_db: u32,
+        proto: Protocol,
+        hint: usize,
+    ) -> Result<Conn, BackendError> {
+        let db = self.backend_db(client_db);
+        let slot = {
+            let mut slots = lock(&self.slots);
+            slots
+                .entry((db, proto))
+                .or_insert_with(|| {
+                    Arc::new(
+                        (0..self.settings.connections)
+                            .map(|_| AsyncMutex::new(None))
+                            .collect(),
+                    )
+                })
+                .clone()
+        };
+        let mut guard = slot[hint % slot.len()].lock().await;
+        if let Some(conn) = guard.as_ref() {
+            if !conn.is_closed() {
+                return Ok(conn.clone());
+            }
+        }
+        self.check_backoff()?;
+        let endpoint = self.endpoint();
+        let result = tokio::time::timeout(
+            self.settings.connect_timeout(),
+            Conn::open(&endpoint, db, proto),
+        )
+        .await;
+        match result {
+            Ok(Ok(conn)) => {
+                self.mark_up();
+                *guard = Some(conn.clone());
+                Ok(conn)
+            }
+            Ok(Err(reason)) => Err(self.mark_down(reason)),
+            Err(_) => Err(self.mark_down(format!(
+                "connect to {} timed out after {}ms",
+                endpoint.address(),
+                self.settings.connect_timeout_ms
+            ))),
+        }
+    }
+
+    fn check_backoff(&self) -> Result<(), BackendError> {
+        let h = lock(&self.health);
+        match h.retry_at {
+            Some(at) if Instant::now() < at => {
+                Err(self.unavailable(h.last_error.clone().unwrap_or_default()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn mark_up(&self) {
+        let mut h = lock(&self.health);
+        if h.failures > 0 {
+            tracing::info!(pool = %self.name, "backend reachable again");
+        }
+        *h = Health::default();
+    }
+
+    fn mark_down(&self, reason: String) -> BackendError {
+        let mut h = lock(&self.health);
+        if h.failures == 0 {
+            tracing::warn!(pool = %self.name, %reason, "backend unavailable");
+        }
+        h.failures = h.failures.saturating_add(1);
+        let exp = h.failures.min(16) - 1;
+        let backoff = Duration::from_millis(self.settings.backoff_min_ms.saturating_mul(1 << exp))
+            .min(Duration::from_millis(self.settings.backoff_max_ms));
+        h.retry_at = Some(Instant::now() + backoff);
+        h.last_error = Some(reason.clone());
+        self.unavailable(reason)
+    }
+
+    fn unavailable(&self, reason: String) -> BackendError {
+        BackendError::Unavailable {
+            pool: self.name.clone(),
+            reason,
+        }
+    }
+}
+
+/// Locks a short, never-awaited critical section; a panic elsewhere while
+/// holding it leaves plain data that is still consistent, so poison is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

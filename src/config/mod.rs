@@ -1,0 +1,425 @@
+//! The configuration: `conf/keyway.toml` (serde), environment overrides
+//! (`KEYWAY_*`, the seeds' `REDIS_<POOL>_URL`), and validation that names the
+//! bad field. A `Config` that exists is valid; keyway never starts half-set.
+
+mod url;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+pub use url::{parse_url, Endpoint};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    /// `field` is the dotted path of the bad value, or the env variable.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub backend: BackendConfig,
+    pub pools: BTreeMap<String, PoolConfig>,
+    pub routes: RoutesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub admin: String,
+    /// Databases a client may SELECT (0..databases), like Redis's `databases`.
+    pub databases: u32,
+    pub max_clients: usize,
+    /// Largest single argument, like Redis's `proto-max-bulk-len`.
+    pub max_bulk_bytes: usize,
+    /// Requests of one client read but not yet answered; beyond it keyway stops reading.
+    pub max_pipeline: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:6390".into(),
+            admin: "127.0.0.1:9390".into(),
+            databases: 16,
+            max_clients: 10_000,
+            max_bulk_bytes: 512 * 1024 * 1024,
+            max_pipeline: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    pub connect_timeout_ms: u64,
+    /// Multiplexed connections per pool, database and protocol version.
+    pub connections: usize,
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            connect_timeout_ms: 1000,
+            connections: 2,
+            backoff_min_ms: 50,
+            backoff_max_ms: 1000,
+        }
+    }
+}
+
+impl BackendConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesConfig {
+    pub default: String,
+    #[serde(default)]
+    pub prefixes: Vec<PrefixRule>,
+    #[serde(default)]
+    pub commands: Vec<CommandRule>,
+    #[serde(default)]
+    pub databases: Vec<DbRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixRule {
+    pub prefix: String,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRule {
+    /// A command name, or a family ending in `*` (`FT.*`).
+    pub command: String,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbRule {
+    pub db: u32,
+    pub pool: String,
+}
+
+/// A validated configuration: listen addresses parsed, pool URLs resolved,
+/// every route naming a known pool.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: String,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub log_filter: Option<String>,
+    pub server: ServerConfig,
+    pub backend: BackendConfig,
+    /// Pools in name order; a pool's index is its id everywhere else.
+    pub pools: Vec<Pool>,
+    pub routes: RoutesConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub endpoint: Endpoint,
+    /// Where the endpoint came from: the file field or the env variable.
+    pub origin: String,
+}
+
+impl Config {
+    /// Reads the file and applies the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, |k| std::env::var(k).ok())
+    }
+
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string(), env)
+    }
+
+    pub fn from_toml(
+        text: &str,
+        source: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: source.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        Self::validate(file, source, env)
+    }
+
+    fn validate(
+        mut file: FileConfig,
+        source: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut listen_field = "server.listen";
+        if let Some(l) = env("KEYWAY_LISTEN") {
+            file.server.listen = l;
+            listen_field = "KEYWAY_LISTEN";
+        }
+        let mut admin_field = "server.admin";
+        if let Some(a) = env("KEYWAY_ADMIN") {
+            file.server.admin = a;
+            admin_field = "KEYWAY_ADMIN";
+        }
+        let listen = parse_socket_addr(listen_field, &file.server.listen)?;
+        let admin = parse_socket_addr(admin_field, &file.server.admin)?;
+        if file.server.databases == 0 {
+            return Err(invalid("server.databases", "must be at least 1"));
+        }
+        if file.server.max_pipeline == 0 {
+            return Err(invalid("server.max_pipeline", "must be at least 1"));
+        }
+        if file.backend.connections == 0 {
+            return Err(invalid("backend.connections", "must be at least 1"));
+        }
+        if file.backend.connect_timeout_ms == 0 {
+            return Err(invalid("backend.connect_timeout_ms", "must be at least 1"));
+        }
+
+        if file.pools.is_empty() {
+            return Err(invalid("pools", "at least one pool is required"));
+        }
+        let mut pools = Vec::with_capacity(file.pools.len());
+        for (name, pool) in &file.pools {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(invalid(
+                    format!("pools.{name}"),
+                    "pool names use letters, digits, '_' and '-'",
+                ));
+            }
+            let env_name = pool_url_env(name);
+            let (url, origin) = match env(&env_name) {
+                Some(url) => (url, env_name),
+                None => (pool.url.clone(), format!("pools.{name}.url")),
+            };
+            let endpoint = parse_url(&url).map_err(|m| invalid(&origin, m))?;
+            pools.push(Pool {
+                name: name.clone(),
+                endpoint,
+                origin,
+            });
+        }
+
+        let known = |field: String, pool: &str| -> Result<(), ConfigError> {
+            if file.pools.contains_key(pool) {
+                Ok(())
+            } else {
+                let names: Vec<&str> = file.pools.keys().map(String::as_str).collect();
+                Err(invalid(
+                    field,
+                    format!("unknown pool '{pool}' (pools are: {})", names.join(", ")),
+                ))
+            }
+        };
+        let routes = &file.routes;
+        known("routes.default".into(), &routes.default)?;
+        let mut seen = HashSet::new();
+        for (i, rule) in routes.prefixes.iter().enumerate() {
+            let field = format!("routes.prefixes[{i}]");
+            known(format!("{field}.pool"), &rule.pool)?;
+            if rule.prefix.is_empty() {
+                return Err(invalid(
+                    format!("{field}.prefix"),
+                    "an empty prefix would match every key; use routes.default",
+                ));
+            }
+            if !seen.insert(rule.prefix.as_str()) {
+                return Err(invalid(
+                    format!("{field}.prefix"),
+                    format!("duplicate prefix '{}'", rule.prefix),
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, rule) in routes.commands.iter().enumerate() {
+            let field = format!("routes.commands[{i}]");
+            known(format!("{field}.pool"), &rule.pool)?;
+            let pattern = rule.command.to_ascii_lowercase();
+            let body = pattern.strip_suffix('*').unwrap_or(&pattern);
+            if body.is_empty() || body.contains('*') {
+                return Err(invalid(
+                    format!("{field}.command"),
+                    "a command name, or a prefix ending in one '*' (\"FT.*\")",
+                ));
+            }
+            if !seen.insert(pattern.clone()) {
+                return Err(invalid(
+                    format!("{field}.command"),
+                    format!("duplicate command rule '{}'", rule.command),
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, rule) in routes.databases.iter().enumerate() {
+            let field = format!("routes.databases[{i}]");
+            known(format!("{field}.pool"), &rule.pool)?;
+            if rule.db >= file.server.databases {
+                return Err(invalid(
+                    format!("{field}.db"),
+                    format!(
+                        "db {} is out of range (server.databases = {})",
+                        rule.db, file.server.databases
+                    ),
+                ));
+            }
+            if !seen.insert(rule.db) {
+                return Err(invalid(
+                    format!("{field}.db"),
+                    format!("duplicate db rule {}", rule.db),
+                ));
+            }
+        }
+
+        Ok(Config {
+            source: source.to_string(),
+            listen,
+            admin,
+            log_filter: env("KEYWAY_LOG"),
+            server: file.server,
+            backend: file.backend,
+            pools,
+            routes: file.routes,
+        })
+    }
+
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+}
+
+/// `REDIS_SESSION_URL` for pool `session`, as the seeds name them.
+pub fn pool_url_env(pool: &str) -> String {
+    format!("REDIS_{}_URL", pool.to_ascii_uppercase().replace('-', "_"))
+}
+
+fn parse_socket_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(field, format!("'{value}' is not an ip:port address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        [pools.session]
+        url = "redis://127.0.0.1:6379"
+        [pools.cache]
+        url = "redis://127.0.0.1:6380"
+        [routes]
+        default = "cache"
+        prefixes = [{ prefix = "session:", pool = "session" }]
+    "#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, "t.toml", no_env)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn valid_base() {
+        let c = Config::from_toml(BASE, "t.toml", no_env).unwrap();
+        assert_eq!(c.pools.len(), 2);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:6390");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let env = |k: &str| match k {
+            "REDIS_SESSION_URL" => Some("redis://:pw@10.0.0.1:7000/3".to_string()),
+            "KEYWAY_LISTEN" => Some("127.0.0.1:7777".to_string()),
+            _ => None,
+        };
+        let c = Config::from_toml(BASE, "t.toml", env).unwrap();
+        let session = &c.pools[c.pool_index("session").unwrap()];
+        assert_eq!(session.endpoint.port, 7000);
+        assert_eq!(session.endpoint.db, 3);
+        assert_eq!(session.origin, "REDIS_SESSION_URL");
+        assert_eq!(c.listen.port(), 7777);
+        let bad = |k: &str| (k == "REDIS_CACHE_URL").then(|| "redis://cache:notaport".to_string());
+        let e = Config::from_toml(BASE, "t.toml", bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("REDIS_CACHE_URL: bad port"), "{e}");
+    }
+
+    #[test]
+    fn mistakes_name_the_field() {
+        let unknown_pool = BASE.replace("pool = \"session\"", "pool = \"sesion\"");
+        assert!(err(&unknown_pool).starts_with("routes.prefixes[0].pool: unknown pool 'sesion'"));
+        let dup = BASE.replace(
+            "prefixes = [{ prefix = \"session:\", pool = \"session\" }]",
+            "prefixes = [{ prefix = \"a:\", pool = \"session\" }, { prefix = \"a:\", pool = \"cache\" }]",
+        );
+        assert_eq!(
+            err(&dup),
+            "routes.prefixes[1].prefix: duplicate prefix 'a:'"
+        );
+        let bad_addr = BASE.replace("127.0.0.1:6380", "127.0.0.1:http");
+        assert!(err(&bad_addr).starts_with("pools.cache.url: bad port"));
+        let unknown_field = format!("{BASE}\n[server]\nlisten_on = \"x\"\n");
+        assert!(
+            err(&unknown_field).contains("unknown field `listen_on`"),
+            "{}",
+            err(&unknown_field)
+        );
+        let bad_listen = format!("{BASE}\n[server]\nlisten = \"localhost\"\n");
+        assert!(err(&bad_listen).starts_with("server.listen:"));
+    }
+}

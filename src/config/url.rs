@@ -1,0 +1,172 @@
+//! Backend addresses as the seeds write them:
+//! `redis://[user:pass@]host:port[/db]`. `rediss://` and
+//! `redis+sentinel://` are recognised and refused until TLS and Sentinel
+//! support land, so a URL never silently means something else.
+
+use std::fmt;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: u32,
+}
+
+impl Endpoint {
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Shown in `--check`, logs and INFO: never the password.
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "redis://")?;
+        match (&self.username, &self.password) {
+            (Some(u), Some(_)) => write!(f, "{u}:***@")?,
+            (None, Some(_)) => write!(f, ":***@")?,
+            (Some(u), None) => write!(f, "{u}@")?,
+            (None, None) => {}
+        }
+        write!(f, "{}/{}", self.address(), self.db)
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+pub fn parse_url(url: &str) -> Result<Endpoint, String> {
+    let rest = if let Some(rest) = url.strip_prefix("redis://") {
+        rest
+    } else if url.starts_with("rediss://") {
+        return Err("rediss:// (TLS to the backend) is not supported yet".into());
+    } else if url.starts_with("redis+sentinel://") {
+        return Err("redis+sentinel:// is not supported yet".into());
+    } else {
+        return Err(format!(
+            "'{url}' is not a redis://[user:pass@]host:port[/db] URL"
+        ));
+    };
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, p),
+        None => (rest, ""),
+    };
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(u) => match u.split_once(':') {
+            Some((user, pass)) => (
+                non_empty(percent_decode(user)?),
+                Some(percent_decode(pass)?),
+            ),
+            None => (non_empty(percent_decode(u)?), None),
+        },
+    };
+    let (host, port) = split_host_port(hostport)?;
+    let db = match path.trim_end_matches('/') {
+        "" => 0,
+        d => d
+            .parse()
+            .map_err(|_| format!("database '{d}' in '{url}' is not a number"))?,
+    };
+    Ok(Endpoint {
+        host,
+        port,
+        username,
+        password,
+        db,
+    })
+}
+
+fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("bad IPv6 address '{hostport}'"))?;
+        (h, p.strip_prefix(':').unwrap_or(""))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, p),
+            None => (hostport, ""),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("no host in '{hostport}'"));
+    }
+    let port = if port.is_empty() {
+        6379
+    } else {
+        port.parse()
+            .map_err(|_| format!("bad port '{port}' in '{hostport}'"))?
+    };
+    if port == 0 {
+        return Err(format!("bad port 0 in '{hostport}'"));
+    }
+    Ok((host.to_string(), port))
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| "bad %-escape in URL credentials".to_string())?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "URL credentials are not UTF-8".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_seed_forms() {
+        let e = parse_url("redis://127.0.0.1:6380").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.db), ("127.0.0.1", 6380, 0));
+        let e = parse_url("redis://app:p%40ss@redis-session:6379/2").unwrap();
+        assert_eq!(e.username.as_deref(), Some("app"));
+        assert_eq!(e.password.as_deref(), Some("p@ss"));
+        assert_eq!(e.db, 2);
+        assert_eq!(e.to_string(), "redis://app:***@redis-session:6379/2");
+        let e = parse_url("redis://:secret@[::1]:7000").unwrap();
+        assert_eq!(
+            (e.username, e.password.as_deref(), e.port),
+            (None, Some("secret"), 7000)
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_honour() {
+        assert!(parse_url("http://x").is_err());
+        assert!(parse_url("redis://host:99999").is_err());
+        assert!(parse_url("redis://:6379").is_err());
+        assert!(parse_url("redis://h:1/x").is_err());
+        assert!(parse_url("rediss://h:1").unwrap_err().contains("TLS"));
+    }
+}

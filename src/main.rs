@@ -1,0 +1,160 @@
+//! The `keyway` binary: parse flags, load the configuration, start logging
+//! and the server. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use keyway::config::Config;
+use keyway::route::Router;
+use keyway::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "keyway",
+    version,
+    about = "A transparent, prefix-routing Redis (RESP) proxy"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, default_value = "conf/keyway.toml")]
+    config: PathBuf,
+    /// Validate the configuration, print the resolved route table and exit.
+    #[arg(long)]
+    check: bool,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keyway: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        print!("{}", route_table(&config));
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log_filter.as_deref(), cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keyway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let server = match Server::bind(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("keyway: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        server.run(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_logging(filter: Option<&str>, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or("info"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// What `--check` prints: every rule, in the order it is tried.
+fn route_table(config: &Config) -> String {
+    let router = Router::new(config);
+    let addr = |pool: &str| {
+        config
+            .pool_index(pool)
+            .map(|i| config.pools[i].endpoint.to_string())
+            .unwrap_or_default()
+    };
+    let mut out = format!("configuration {} is valid\n", config.source);
+    out.push_str(&format!(
+        "listen {}  admin {}\n\npools:\n",
+        config.listen, config.admin
+    ));
+    for p in &config.pools {
+        out.push_str(&format!(
+            "  {:<12} {}  (from {})\n",
+            p.name, p.endpoint, p.origin
+        ));
+    }
+    out.push_str("\nroutes (longest prefix, then command, then db, then default):\n");
+    let mut prefixes: Vec<_> = config.routes.prefixes.iter().collect();
+    prefixes.sort_by(|a, b| {
+        b.prefix
+            .len()
+            .cmp(&a.prefix.len())
+            .then(a.prefix.cmp(&b.prefix))
+    });
+    for r in prefixes {
+        out.push_str(&format!(
+            "  prefix  {:<24} -> {:<10} {}\n",
+            format!("{:?}", r.prefix),
+            r.pool,
+            addr(&r.pool)
+        ));
+    }
+    for r in &config.routes.commands {
+        out.push_str(&format!(
+            "  command {:<24} -> {:<10} {}\n",
+            r.command.to_ascii_uppercase(),
+            r.pool,
+            addr(&r.pool)
+        ));
+    }
+    for r in &config.routes.databases {
+        out.push_str(&format!(
+            "  db      {:<24} -> {:<10} {}\n",
+            r.db,
+            r.pool,
+            addr(&r.pool)
+        ));
+    }
+    let default = router.pool_name(router.default_pool());
+    out.push_str(&format!(
+        "  default {:<24} -> {:<10} {}\n",
+        "",
+        default,
+        addr(default)
+    ));
+    out
+}

@@ -1,0 +1,12 @@
+//! RESP on the wire: splitting client bytes into requests (multibulk and
+//! inline), finding reply frame boundaries from backends without rebuilding
+//! them, and encoding the replies keyway writes itself.
+
+mod encode;
+mod request;
+mod scan;
+pub mod shapes;
+
+pub use encode::{bulk, error, int, simple, Protocol, ReplyBuf};
+pub use request::{split_inline_args, ParseLimits, ProtocolError, Request, RequestParser};
+pub use scan::{is_nil, FrameScanner};

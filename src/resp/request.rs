@@ -1,0 +1,433 @@
+//! Client requests: complete frames split off the read buffer with their
+//! argument ranges. The parser resumes where it stopped, so a 64 MiB value or
+//! a 100,000-argument MSET arriving in pieces is scanned once.
+
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+/// Redis's own protocol errors; the client gets `-ERR Protocol error: ...`
+/// and the connection is closed, as Redis does.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("invalid multibulk length")]
+    MultibulkLength,
+    #[error("invalid bulk length")]
+    BulkLength,
+    #[error("expected '$', got '{0}'")]
+    ExpectedBulk(char),
+    #[error("too big inline request")]
+    InlineTooBig,
+    #[error("too big mbulk count string")]
+    CountTooBig,
+    #[error("unbalanced quotes in request")]
+    UnbalancedQuotes,
+    #[error("invalid reply frame")]
+    Reply,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ParseLimits {
+    /// Largest single argument, like Redis's `proto-max-bulk-len`.
+    pub max_bulk_len: usize,
+    /// Most arguments in one request.
+    pub max_args: usize,
+    /// Longest inline command line.
+    pub max_inline: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        ParseLimits {
+            max_bulk_len: 512 * 1024 * 1024,
+            max_args: 1024 * 1024,
+            max_inline: 64 * 1024,
+        }
+    }
+}
+
+/// One complete client request. `bytes` is what the backend receives:
+/// the client's own frame, or a multibulk rewrite of an inline command.
+#[derive(Clone, Debug)]
+pub struct Request {
+    bytes: Bytes,
+    args: Vec<Range<usize>>,
+}
+
+impl Request {
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn argc(&self) -> usize {
+        self.args.len()
+    }
+
+    pub fn arg(&self, i: usize) -> &[u8] {
+        &self.bytes[self.args[i].clone()]
+    }
+
+    pub fn args(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.args.iter().map(|r| &self.bytes[r.clone()])
+    }
+
+    pub fn arg_vec(&self) -> Vec<&[u8]> {
+        self.args().collect()
+    }
+
+    /// Builds a multibulk request from arguments (split commands, tests).
+    pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
+        let mut buf = BytesMut::new();
+        buf.put_slice(format!("*{}\r\n", args.len()).as_bytes());
+        let mut ranges = Vec::with_capacity(args.len());
+        for a in args {
+            let a = a.as_ref();
+            buf.put_slice(format!("${}\r\n", a.len()).as_bytes());
+            let start = buf.len();
+            buf.put_slice(a);
+            ranges.push(start..buf.len());
+            buf.put_slice(b"\r\n");
+        }
+        Request {
+            bytes: buf.freeze(),
+            args: ranges,
+        }
+    }
+}
+
+/// Where the parser stopped inside a multibulk request.
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Start,
+    Multibulk {
+        expected: usize,
+        pos: usize,
+        args: Vec<Range<usize>>,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    limits: ParseLimits,
+    state: State,
+}
+
+impl RequestParser {
+    pub fn new(limits: ParseLimits) -> Self {
+        RequestParser {
+            limits,
+            state: State::Start,
+        }
+    }
+
+    /// Splits the next complete request off `buf`, `Ok(None)` when more bytes
+    /// are needed. Empty multibulks and blank inline lines are skipped.
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+        loop {
+            if let State::Start = self.state {
+                let Some(&first) = buf.first() else {
+                    return Ok(None);
+                };
+                if first != b'*' {
+                    match self.inline(buf)? {
+                        Inline::Request(r) => return Ok(Some(r)),
+                        Inline::Blank => continue,
+                        Inline::Incomplete => return Ok(None),
+                    }
+                }
+                let Some((count, header_len)) = line_int(buf, 1, self.limits.max_inline)? else {
+                    return Ok(None);
+                };
+                if count > self.limits.max_args as i64 {
+                    return Err(ProtocolError::MultibulkLength);
+                }
+                if count <= 0 {
+                    let _ = buf.split_to(header_len);
+                    continue;
+                }
+                self.state = State::Multibulk {
+                    expected: count as usize,
+                    pos: header_len,
+                    args: Vec::with_capacity(count.min(1024) as usize),
+                };
+            }
+            return self.multibulk(buf);
+        }
+    }
+
+    fn multibulk(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+        let State::Multibulk {
+            expected,
+            pos,
+            args,
+        } = &mut self.state
+        else {
+            return Ok(None);
+        };
+        while args.len() < *expected {
+            let Some(&marker) = buf.get(*pos) else {
+                return Ok(None);
+            };
+            if marker != b'$' {
+                return Err(ProtocolError::ExpectedBulk(marker as char));
+            }
+            let Some((len, header_len)) = line_int(&buf[*pos..], 1, 32)? else {
+                return Ok(None);
+            };
+            if len < 0 || len as usize > self.limits.max_bulk_len {
+                return Err(ProtocolError::BulkLength);
+            }
+            let start = *pos + header_len;
+            let end = start + len as usize;
+            if buf.len() < end + 2 {
+                // Reserve for a large argument once rather than growing in steps.
+                buf.reserve(end + 2 - buf.len());
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(ProtocolError::BulkLength);
+            }
+            args.push(start..end);
+            *pos = end + 2;
+        }
+        let len = *pos;
+        let args = std::mem::take(args);
+        self.state = State::Start;
+        Ok(Some(Request {
+            bytes: buf.split_to(len).freeze(),
+            args,
+        }))
+    }
+
+    fn inline(&mut self, buf: &mut BytesMut) -> Result<Inline, ProtocolError> {
+        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+            if buf.len() > self.limits.max_inline {
+                return Err(ProtocolError::InlineTooBig);
+            }
+            return Ok(Inline::Incomplete);
+        };
+        if nl > self.limits.max_inline {
+            return Err(ProtocolError::InlineTooBig);
+        }
+        let line = buf.split_to(nl + 1);
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let args = split_inline_args(line)?;
+        if args.is_empty() {
+            return Ok(Inline::Blank);
+        }
+        if args.len() > self.limits.max_args {
+            return Err(ProtocolError::MultibulkLength);
+        }
+        Ok(Inline::Request(Request::from_args(&args)))
+    }
+}
+
+enum Inline {
+    Request(Request),
+    Blank,
+    Incomplete,
+}
+
+/// Parses `<marker><integer>\r\n` at the start of `buf`; returns the value
+/// and the header length, or `None` if the line is not complete yet.
+fn line_int(
+    buf: &[u8],
+    skip: usize,
+    max_line: usize,
+) -> Result<Option<(i64, usize)>, ProtocolError> {
+    let search = &buf[skip.min(buf.len())..];
+    let Some(cr) = search.iter().take(max_line + 1).position(|&b| b == b'\r') else {
+        if search.len() > max_line {
+            return Err(ProtocolError::CountTooBig);
+        }
+        return Ok(None);
+    };
+    if search.len() < cr + 2 {
+        return Ok(None);
+    }
+    let bad = || {
+        if buf.first() == Some(&b'*') {
+            ProtocolError::MultibulkLength
+        } else {
+            ProtocolError::BulkLength
+        }
+    };
+    if search[cr + 1] != b'\n' {
+        return Err(bad());
+    }
+    let value = std::str::from_utf8(&search[..cr])
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(bad)?;
+    Ok(Some((value, skip + cr + 2)))
+}
+
+/// Splits an inline command line the way Redis's `sdssplitargs` does:
+/// whitespace separated, with "double quotes" (and \n, \xHH escapes) and
+/// 'single quotes'.
+pub fn split_inline_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    let n = line.len();
+    loop {
+        while i < n && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= n {
+            return Ok(args);
+        }
+        let mut arg = Vec::new();
+        let mut in_double = false;
+        let mut in_single = false;
+        loop {
+            if in_double {
+                if i >= n {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                }
+                let c = line[i];
+                if c == b'\\' && i + 3 < n && line[i + 1] == b'x' {
+                    if let (Some(h), Some(l)) = (hex(line[i + 2]), hex(line[i + 3])) {
+                        arg.push(h * 16 + l);
+                        i += 4;
+                        continue;
+                    }
+                }
+                if c == b'\\' && i + 1 < n {
+                    arg.push(match line[i + 1] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'a' => 7,
+                        other => other,
+                    });
+                    i += 2;
+                    continue;
+                }
+                if c == b'"' {
+                    // A closing quote must be followed by a space or the end.
+                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                        return Err(ProtocolError::UnbalancedQuotes);
+                    }
+                    i += 1;
+                    break;
+                }
+                arg.push(c);
+                i += 1;
+            } else if in_single {
+                if i >= n {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                }
+                let c = line[i];
+                if c == b'\\' && i + 1 < n && line[i + 1] == b'\'' {
+                    arg.push(b'\'');
+                    i += 2;
+                    continue;
+                }
+                if c == b'\'' {
+                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                        return Err(ProtocolError::UnbalancedQuotes);
+                    }
+                    i += 1;
+                    break;
+                }
+                arg.push(c);
+                i += 1;
+            } else {
+                if i >= n || line[i].is_ascii_whitespace() {
+                    break;
+                }
+                match line[i] {
+                    b'"' if arg.is_empty() => in_double = true,
+                    b'\'' if arg.is_empty() => in_single = true,
+                    c => arg.push(c),
+                }
+                i += 1;
+            }
+        }
+        args.push(arg);
+    }
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let mut parser = RequestParser::default();
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(r) = parser.next(&mut buf)? {
+            out.push(r.args().map(<[u8]>::to_vec).collect());
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn multibulk_pipeline() {
+        let got = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*1\r\n$4\r\nPING\r\n").unwrap();
+        assert_eq!(
+            got,
+            vec![vec![b"GET".to_vec(), b"a".to_vec()], vec![b"PING".to_vec()]]
+        );
+    }
+
+    #[test]
+    fn resumes_byte_by_byte() {
+        let input = b"*3\r\n$3\r\nSET\r\n$4\r\nk\r\n\0\r\n$5\r\nhello\r\n";
+        let mut parser = RequestParser::default();
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        for &b in input.iter() {
+            buf.put_u8(b);
+            if let Some(r) = parser.next(&mut buf).unwrap() {
+                got = Some(r);
+            }
+        }
+        let r = got.expect("complete request");
+        assert_eq!(r.arg(1), b"k\r\n\0");
+        assert_eq!(r.bytes().as_ref(), input);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn inline_commands() {
+        let got = parse_all(b"SET k \"a b\\x41\\n\"\r\n\r\nGET 'it''\n").err();
+        assert_eq!(got, Some(ProtocolError::UnbalancedQuotes));
+        let got = parse_all(b"SET k \"a b\\x41\\n\"\r\n\r\nPING\n").unwrap();
+        assert_eq!(
+            got[0],
+            vec![b"SET".to_vec(), b"k".to_vec(), b"a bA\n".to_vec()]
+        );
+        assert_eq!(got[1], vec![b"PING".to_vec()]);
+    }
+
+    #[test]
+    fn protocol_errors() {
+        assert_eq!(
+            parse_all(b"*x\r\n").err(),
+            Some(ProtocolError::MultibulkLength)
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n:1\r\n").err(),
+            Some(ProtocolError::ExpectedBulk(':'))
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n$-3\r\n").err(),
+            Some(ProtocolError::BulkLength)
+        );
+        let mut p = RequestParser::new(ParseLimits {
+            max_bulk_len: 10,
+            ..ParseLimits::default()
+        });
+        let mut buf = BytesMut::from(&b"*1\r\n$11\r\n"[..]);
+        assert_eq!(p.next(&mut buf).err(), Some(ProtocolError::BulkLength));
+    }
+}

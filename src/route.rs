@@ -1,0 +1,375 @@
+//! Which pool serves a request: the longest matching key prefix, then a
+//! command-name rule, then the client's database, then the default pool.
+//! Multi-key commands whose keys span pools get a split plan or a refusal.
+
+use std::fmt;
+
+use crate::config::Config;
+use crate::resp::Request;
+
+/// Index of a pool in `Config::pools`.
+pub type PoolId = usize;
+
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// Longest prefix first, so the first match is the longest.
+    prefixes: Vec<(Box<[u8]>, PoolId)>,
+    /// Exact names before families, longer families first.
+    commands: Vec<(CommandPattern, PoolId)>,
+    databases: Vec<Option<PoolId>>,
+    default: PoolId,
+    pool_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CommandPattern {
+    Exact(Vec<u8>),
+    Family(Vec<u8>),
+}
+
+impl CommandPattern {
+    fn matches(&self, lower_name: &[u8]) -> bool {
+        match self {
+            CommandPattern::Exact(n) => n.as_slice() == lower_name,
+            CommandPattern::Family(p) => lower_name.starts_with(p),
+        }
+    }
+}
+
+/// How a request reaches the backends.
+#[derive(Debug)]
+pub enum Plan {
+    One(PoolId),
+    Split(SplitPlan),
+    CrossPool(CrossPool),
+}
+
+/// Keys of a non-splittable command in two pools: nothing is executed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossPool {
+    pub first: String,
+    pub second: String,
+}
+
+impl fmt::Display for CrossPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CROSSPOOL keys of this command map to pools '{}' and '{}'",
+            self.first, self.second
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitKind {
+    /// MGET: values reassembled in the order the client asked.
+    Mget,
+    /// MSET: OK only if every part said OK.
+    Mset,
+    /// DEL, UNLINK, EXISTS, TOUCH: integer replies summed.
+    Count,
+}
+
+#[derive(Debug)]
+pub struct SplitPlan {
+    pub kind: SplitKind,
+    pub parts: Vec<SplitPart>,
+    /// Number of keys in the original request.
+    pub keys: usize,
+}
+
+#[derive(Debug)]
+pub struct SplitPart {
+    pub pool: PoolId,
+    pub request: Request,
+    /// For each key of this part, its position among the original keys.
+    pub positions: Vec<usize>,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Router {
+        let id = |name: &str| config.pool_index(name).unwrap_or(0);
+        let mut prefixes: Vec<(Box<[u8]>, PoolId)> = config
+            .routes
+            .prefixes
+            .iter()
+            .map(|r| (r.prefix.as_bytes().into(), id(&r.pool)))
+            .collect();
+        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        let mut commands: Vec<(CommandPattern, PoolId)> = config
+            .routes
+            .commands
+            .iter()
+            .map(|r| {
+                let lower = r.command.to_ascii_lowercase().into_bytes();
+                let pattern = match lower.strip_suffix(b"*") {
+                    Some(p) => CommandPattern::Family(p.to_vec()),
+                    None => CommandPattern::Exact(lower),
+                };
+                (pattern, id(&r.pool))
+            })
+            .collect();
+        commands.sort_by_key(|(p, _)| match p {
+            CommandPattern::Exact(_) => (0, 0),
+            CommandPattern::Family(f) => (1, usize::MAX - f.len()),
+        });
+        let mut databases = vec![None; config.server.databases as usize];
+        for r in &config.routes.databases {
+            databases[r.db as usize] = Some(id(&r.pool));
+        }
+        Router {
+            prefixes,
+            commands,
+            databases,
+            default: id(&config.routes.default),
+            pool_names: config.pools.iter().map(|p| p.name.clone()).collect(),
+        }
+    }
+
+    pub fn pool_name(&self, pool: PoolId) -> &str {
+        &self.pool_names[pool]
+    }
+
+    pub fn pool_count(&self) -> usize {
+        self.pool_names.len()
+    }
+
+    pub fn default_pool(&self) -> PoolId {
+        self.default
+    }
+
+    /// The pool of the longest prefix `key` starts with, if any.
+    pub fn prefix_pool(&self, key: &[u8]) -> Option<PoolId> {
+        self.prefixes
+            .iter()
+            .find(|(p, _)| key.starts_with(p))
+            .map(|&(_, pool)| pool)
+    }
+
+    /// The pool for what the key does not decide: command rule, db rule, default.
+    pub fn fallback_pool(&self, lower_name: &[u8], db: u32) -> PoolId {
+        if let Some(&(_, pool)) = self.commands.iter().find(|(p, _)| p.matches(lower_name)) {
+            return pool;
+        }
+        self.databases
+            .get(db as usize)
+            .copied()
+            .flatten()
+            .unwrap_or(self.default)
+    }
+
+    pub fn pool_for_key(&self, key: &[u8], lower_name: &[u8], db: u32) -> PoolId {
+        self.prefix_pool(key)
+            .unwrap_or_else(|| self.fallback_pool(lower_name, db))
+    }
+
+    /// Every pool a glob pattern's keys could live in: the pools of prefixes
+    /// compatible with the pattern's literal start, plus the fallback pool
+    /// unless the literal start is inside one prefix.
+    pub fn pools_for_pattern(&self, pattern: &[u8], lower_name: &[u8], db: u32) -> Vec<PoolId> {
+        let literal_len = pattern
+            .iter()
+            .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+            .unwrap_or(pattern.len());
+        let literal = &pattern[..literal_len];
+        let mut pools = Vec::new();
+        let mut covered = false;
+        for (prefix, pool) in &self.prefixes {
+            if literal.starts_with(prefix) {
+                // The longest such prefix decides every key; shorter ones cannot.
+                if !covered {
+                    pools.push(*pool);
+                }
+                covered = true;
+            } else if prefix.starts_with(literal) && !pools.contains(pool) {
+                pools.push(*pool);
+            }
+        }
+        if !covered {
+            let fallback = self.fallback_pool(lower_name, db);
+            if !pools.contains(&fallback) {
+                pools.push(fallback);
+            }
+        }
+        pools.sort_unstable();
+        pools.dedup();
+        pools
+    }
+
+    /// Plans a request given the argument indexes of its keys.
+    pub fn plan(
+        &self,
+        lower_name: &[u8],
+        request: &Request,
+        key_indexes: &[usize],
+        db: u32,
+    ) -> Plan {
+        let Some((&first, rest)) = key_indexes.split_first() else {
+            return Plan::One(self.fallback_pool(lower_name, db));
+        };
+        let first_pool = self.pool_for_key(request.arg(first), lower_name, db);
+        let other = rest
+            .iter()
+            .map(|&i| self.pool_for_key(request.arg(i), lower_name, db))
+            .find(|&p| p != first_pool);
+        let Some(second_pool) = other else {
+            return Plan::One(first_pool);
+        };
+        let kind = match lower_name {
+            b"mget" => SplitKind::Mget,
+            b"mset" => SplitKind::Mset,
+            b"del" | b"unlink" | b"exists" | b"touch" => SplitKind::Count,
+            _ => {
+                return Plan::CrossPool(CrossPool {
+                    first: self.pool_name(first_pool).to_string(),
+                    second: self.pool_name(second_pool).to_string(),
+                })
+            }
+        };
+        Plan::Split(self.split(kind, lower_name, request, key_indexes, db))
+    }
+
+    fn split(
+        &self,
+        kind: SplitKind,
+        lower_name: &[u8],
+        request: &Request,
+        key_indexes: &[usize],
+        db: u32,
+    ) -> SplitPlan {
+        let with_value = kind == SplitKind::Mset;
+        let mut groups: Vec<(PoolId, Vec<&[u8]>, Vec<usize>)> = Vec::new();
+        for (position, &i) in key_indexes.iter().enumerate() {
+            let key = request.arg(i);
+            let pool = self.pool_for_key(key, lower_name, db);
+            let group = match groups.iter().position(|g| g.0 == pool) {
+                Some(g) => &mut groups[g],
+                None => {
+                    groups.push((pool, vec![request.arg(0)], Vec::new()));
+                    groups.last_mut().expect("just pushed")
+                }
+            };
+            group.1.push(key);
+            if with_value && i + 1 < request.argc() {
+                group.1.push(request.arg(i + 1));
+            }
+            group.2.push(position);
+        }
+        SplitPlan {
+            kind,
+            keys: key_indexes.len(),
+            parts: groups
+                .into_iter()
+                .map(|(pool, args, positions)| SplitPart {
+                    pool,
+                    request: Request::from_args(&args),
+                    positions,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        let text = r#"
+            [pools.session]
+            url = "redis://127.0.0.1:6379"
+            [pools.cache]
+            url = "redis://127.0.0.1:6380"
+            [pools.realtime]
+            url = "redis://127.0.0.1:6381"
+            [routes]
+            default = "cache"
+            prefixes = [
+              { prefix = "session:", pool = "session" },
+              { prefix = "session:cache:", pool = "cache" },
+              { prefix = "rate:", pool = "realtime" },
+            ]
+            commands = [{ command = "TS.*", pool = "realtime" }, { command = "FT.SEARCH", pool = "session" }]
+            databases = [{ db = 1, pool = "session" }]
+        "#;
+        Router::new(&Config::from_toml(text, "t", |_| None).unwrap())
+    }
+
+    fn name(r: &Router, p: PoolId) -> &str {
+        r.pool_name(p)
+    }
+
+    #[test]
+    fn precedence() {
+        let r = router();
+        assert_eq!(
+            name(&r, r.pool_for_key(b"session:abc", b"get", 0)),
+            "session"
+        );
+        assert_eq!(
+            name(&r, r.pool_for_key(b"session:cache:x", b"get", 0)),
+            "cache"
+        );
+        assert_eq!(
+            name(&r, r.pool_for_key(b"rate:api:42", b"incr", 1)),
+            "realtime"
+        );
+        assert_eq!(name(&r, r.pool_for_key(b"user:42", b"get", 0)), "cache");
+        assert_eq!(name(&r, r.pool_for_key(b"user:42", b"get", 1)), "session");
+        assert_eq!(name(&r, r.pool_for_key(b"idx", b"ts.add", 1)), "realtime");
+        assert_eq!(name(&r, r.pool_for_key(b"idx", b"ft.search", 0)), "session");
+    }
+
+    #[test]
+    fn split_and_refuse() {
+        let r = router();
+        let req = Request::from_args(&["MGET", "session:a", "user:b", "session:c"]);
+        let Plan::Split(plan) = r.plan(b"mget", &req, &[1, 2, 3], 0) else {
+            panic!()
+        };
+        assert_eq!(plan.kind, SplitKind::Mget);
+        assert_eq!(plan.parts.len(), 2);
+        assert_eq!(plan.parts[0].positions, [0, 2]);
+        assert_eq!(
+            plan.parts[0].request.arg_vec(),
+            [&b"MGET"[..], b"session:a", b"session:c"]
+        );
+        let req = Request::from_args(&["MSET", "session:a", "1", "user:b", "2"]);
+        let Plan::Split(plan) = r.plan(b"mset", &req, &[1, 3], 0) else {
+            panic!()
+        };
+        assert_eq!(
+            plan.parts[1].request.arg_vec(),
+            [&b"MSET"[..], b"user:b", b"2"]
+        );
+        let req = Request::from_args(&["RENAME", "session:a", "user:b"]);
+        let Plan::CrossPool(c) = r.plan(b"rename", &req, &[1, 2], 0) else {
+            panic!()
+        };
+        assert_eq!(
+            c.to_string(),
+            "CROSSPOOL keys of this command map to pools 'session' and 'cache'"
+        );
+        let req = Request::from_args(&["MGET", "session:a", "session:b"]);
+        assert!(matches!(
+            r.plan(b"mget", &req, &[1, 2], 0),
+            Plan::One(0) | Plan::One(_)
+        ));
+    }
+
+    #[test]
+    fn patterns() {
+        let r = router();
+        let names = |pat: &str| -> Vec<String> {
+            r.pools_for_pattern(pat.as_bytes(), b"scan", 0)
+                .iter()
+                .map(|&p| name(&r, p).to_string())
+                .collect()
+        };
+        assert_eq!(names("session:*"), ["cache", "session"]); // session:cache: lives in cache
+        assert_eq!(names("rate:*"), ["realtime"]);
+        assert_eq!(names("*"), ["cache", "realtime", "session"]);
+        assert_eq!(names("user:*"), ["cache"]);
+    }
+}

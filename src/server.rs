@@ -1,0 +1,133 @@
+//! The listener and accept loop: learns the backends' command table and
+//! version at start, enforces `max_clients`, and hands each connection to a
+//! session task until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis_protocol::resp2::decode::decode as decode_resp2;
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+use crate::backend::request_once;
+use crate::command::CommandTable;
+use crate::config::Config;
+use crate::resp::shapes;
+use crate::session;
+use crate::state::State;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<State>,
+}
+
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Server {
+    /// Binds the client listener and asks the default pool for its command
+    /// table and version (best effort: keyway starts without them).
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let mut commands = CommandTable::builtin();
+        let default = &config.pools[crate::route::Router::new(&config).default_pool()];
+        let version = discover(&default.endpoint, &mut commands).await;
+        let state = Arc::new(State::new(config, commands));
+        if let Some(v) = version {
+            state.redis_version.store(Arc::new(v));
+        }
+        Ok(Server { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// Accepts clients until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tracing::info!(listen = %self.state.config.listen, "keyway accepting clients");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    return;
+                }
+                accepted = self.listener.accept() => {
+                    let (mut socket, addr) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let state = self.state.clone();
+                    state.stats.connections_received.fetch_add(1, Ordering::Relaxed);
+                    if state.clients.len() >= state.config.server.max_clients {
+                        tokio::spawn(async move {
+                            let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
+                        });
+                        continue;
+                    }
+                    tokio::spawn(session::serve(state, socket, addr));
+                }
+            }
+        }
+    }
+}
+
+/// Learns module commands from `COMMAND` and the version from `INFO server`.
+async fn discover(
+    endpoint: &crate::config::Endpoint,
+    commands: &mut CommandTable,
+) -> Option<String> {
+    match request_once(endpoint, &["COMMAND"], DISCOVERY_TIMEOUT).await {
+        Ok(reply) => match decode_resp2(&reply) {
+            Ok(Some((frame, _))) => {
+                let added = commands.learn_from_command_reply(&frame);
+                tracing::info!(
+                    added,
+                    total = commands.len(),
+                    "command table refreshed from the default pool"
+                );
+            }
+            _ => tracing::warn!(
+                "could not decode the default pool's COMMAND reply; using the builtin table"
+            ),
+        },
+        Err(e) => {
+            tracing::warn!("default pool did not answer COMMAND ({e}); using the builtin table")
+        }
+    }
+    let info = request_once(endpoint, &["INFO", "server"], DISCOVERY_TIMEOUT)
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(shapes::bulk(&info)?).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(|v| v.trim().to_string())
+}

@@ -1,0 +1,360 @@
+//! Commands keyway answers itself because they are about the connection
+//! (PING, HELLO, SELECT, CLIENT ...) or about the whole keyspace, which no
+//! single pool holds (INFO, DBSIZE, SCAN, KEYS, RANDOMKEY).
+
+use super::merge::{decode_scan_cursor, InfoRequest, Merge};
+use super::reply::Reply;
+use super::Session;
+use crate::resp::{self, Protocol, ReplyBuf, Request};
+use crate::route::PoolId;
+
+fn err(msg: &str) -> Option<Reply> {
+    Some(Reply::Now(resp::error(msg)))
+}
+
+fn wrong_args(name: &str) -> Option<Reply> {
+    err(&format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+fn ok() -> Option<Reply> {
+    Some(Reply::Now(resp::simple("OK")))
+}
+
+fn text(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).into_owned()
+}
+
+impl Session {
+    /// `Some` when keyway handles the command itself.
+    pub(super) async fn local(&mut self, name: &[u8], req: &Request) -> Option<Reply> {
+        let argc = req.argc();
+        match name {
+            b"ping" => match argc {
+                1 => Some(Reply::Now(resp::simple("PONG"))),
+                2 => Some(Reply::Now(resp::bulk(req.arg(1)))),
+                _ => wrong_args("ping"),
+            },
+            b"echo" => Some(Reply::Now(resp::bulk(req.arg(1)))),
+            b"quit" => Some(Reply::Close(resp::simple("OK"))),
+            b"reset" => {
+                self.client.db = 0;
+                self.client.proto = Protocol::Resp2;
+                self.client.name.clear();
+                self.client_changed();
+                Some(Reply::Now(resp::simple("RESET")))
+            }
+            b"select" => self.select(req.arg(1)),
+            b"hello" => self.hello(req),
+            b"auth" => self.auth(req),
+            b"client" => self.client_command(req),
+            b"info" => Some(self.info(req).await),
+            b"command" | b"time" | b"lastsave" => {
+                let pool = self.state.router.default_pool();
+                Some(self.forward(pool, req.bytes().clone()).await)
+            }
+            b"dbsize" => {
+                let pools = self.all_pools();
+                Some(self.fanout(&pools, req.bytes(), Merge::SumIntegers).await)
+            }
+            b"keys" => {
+                let pools = self
+                    .state
+                    .router
+                    .pools_for_pattern(req.arg(1), name, self.client.db);
+                Some(self.fanout(&pools, req.bytes(), Merge::ConcatArrays).await)
+            }
+            b"randomkey" => {
+                let mut pools = self.all_pools();
+                let n = pools.len();
+                pools.rotate_left(self.client.id as usize % n.max(1));
+                Some(self.fanout(&pools, req.bytes(), Merge::FirstNonNil).await)
+            }
+            b"scan" => Some(self.scan(req).await),
+            _ => None,
+        }
+    }
+
+    fn all_pools(&self) -> Vec<PoolId> {
+        (0..self.state.router.pool_count()).collect()
+    }
+
+    fn select(&mut self, arg: &[u8]) -> Option<Reply> {
+        let Some(db) = std::str::from_utf8(arg)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+        else {
+            return err("ERR value is not an integer or out of range");
+        };
+        if db < 0 || db >= self.state.config.server.databases as i64 {
+            return err("ERR DB index is out of range");
+        }
+        if self.client.db != db as u32 {
+            self.client.db = db as u32;
+            self.client_changed();
+        }
+        ok()
+    }
+
+    /// keyway has no users yet: it behaves like a Redis whose default user
+    /// has no password.
+    fn auth(&mut self, req: &Request) -> Option<Reply> {
+        match req.argc() {
+            2 => err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
+            3 if req.arg(1) == b"default" => ok(),
+            3 => err("WRONGPASS invalid username-password pair or user is disabled."),
+            _ => err("ERR syntax error"),
+        }
+    }
+
+    fn hello(&mut self, req: &Request) -> Option<Reply> {
+        let mut proto = self.client.proto;
+        let mut name = None;
+        if req.argc() >= 2 {
+            proto = match req.arg(1) {
+                b"2" => Protocol::Resp2,
+                b"3" => Protocol::Resp3,
+                v if std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .is_none() =>
+                {
+                    return err("ERR Protocol version is not an integer or out of range")
+                }
+                _ => return err("NOPROTO unsupported protocol version"),
+            };
+            let mut i = 2;
+            while i < req.argc() {
+                let opt = req.arg(i);
+                if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < req.argc() {
+                    if req.arg(i + 1) != b"default" {
+                        return err(
+                            "WRONGPASS invalid username-password pair or user is disabled.",
+                        );
+                    }
+                    i += 3;
+                } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < req.argc() {
+                    let n = req.arg(i + 1);
+                    if !valid_client_name(n) {
+                        return err("ERR Client names cannot contain spaces, newlines or special characters.");
+                    }
+                    name = Some(text(n));
+                    i += 2;
+                } else {
+                    return err(&format!("ERR Syntax error in HELLO option '{}'", text(opt)));
+                }
+            }
+        }
+        if let Some(n) = name {
+            self.client.name = n;
+        }
+        if proto != self.client.proto {
+            self.client.proto = proto;
+        }
+        self.client_changed();
+        let version = self.state.redis_version();
+        let mut r = ReplyBuf::new(proto);
+        r.map(7);
+        r.bulk(b"server").bulk(b"redis");
+        r.bulk(b"version").bulk(version.as_bytes());
+        r.bulk(b"proto").int(proto.version());
+        r.bulk(b"id").int(self.client.id as i64);
+        r.bulk(b"mode").bulk(b"standalone");
+        r.bulk(b"role").bulk(b"master");
+        r.bulk(b"modules").array(0);
+        Some(Reply::Now(r.freeze()))
+    }
+
+    fn client_command(&mut self, req: &Request) -> Option<Reply> {
+        let sub = text(req.arg(1)).to_ascii_lowercase();
+        let argc = req.argc();
+        match (sub.as_str(), argc) {
+            ("id", 2) => Some(Reply::Now(resp::int(self.client.id as i64))),
+            ("getname", 2) => Some(Reply::Now(if self.client.name.is_empty() {
+                let mut r = ReplyBuf::new(self.client.proto);
+                r.null();
+                r.freeze()
+            } else {
+                resp::bulk(self.client.name.as_bytes())
+            })),
+            ("setname", 3) => {
+                if !valid_client_name(req.arg(2)) {
+                    return err(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.client.name = text(req.arg(2));
+                self.client_changed();
+                ok()
+            }
+            ("setinfo", 4) => {
+                let value = text(req.arg(3));
+                if value.contains(|c: char| c == ' ' || c == '\n' || c.is_control()) {
+                    return err(&format!(
+                        "ERR {} cannot contain spaces, newlines or special characters.",
+                        text(req.arg(2)).to_ascii_lowercase()
+                    ));
+                }
+                match text(req.arg(2)).to_ascii_lowercase().as_str() {
+                    "lib-name" => self.client.lib_name = value,
+                    "lib-ver" => self.client.lib_ver = value,
+                    other => return err(&format!("ERR Unrecognized option '{other}'")),
+                }
+                self.client_changed();
+                ok()
+            }
+            ("info", 2) => {
+                let mut r = ReplyBuf::new(self.client.proto);
+                r.verbatim(self.client.info().line().as_bytes());
+                Some(Reply::Now(r.freeze()))
+            }
+            ("list", _) => {
+                let mut lines: Vec<(u64, String)> = self
+                    .state
+                    .clients
+                    .iter()
+                    .map(|c| (c.id, c.line()))
+                    .collect();
+                lines.sort();
+                let all: String = lines.into_iter().map(|(_, l)| l).collect();
+                let mut r = ReplyBuf::new(self.client.proto);
+                r.verbatim(all.as_bytes());
+                Some(Reply::Now(r.freeze()))
+            }
+            ("no-evict", 3) => ok(),
+            ("id" | "getname" | "info" | "setname" | "setinfo" | "no-evict", _) => err(&format!(
+                "ERR wrong number of arguments for 'client|{sub}' command"
+            )),
+            ("help", _) => None,
+            _ => err(&format!(
+                "ERR CLIENT {} is not supported by keyway",
+                sub.to_ascii_uppercase()
+            )),
+        }
+    }
+
+    async fn scan(&mut self, req: &Request) -> Reply {
+        let Some(cursor) = std::str::from_utf8(req.arg(1))
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok())
+        else {
+            return Reply::Now(resp::error("ERR invalid cursor"));
+        };
+        let pattern = (2..req.argc().saturating_sub(1))
+            .find(|&i| req.arg(i).eq_ignore_ascii_case(b"MATCH"))
+            .map(|i| req.arg(i + 1));
+        let pools = match pattern {
+            Some(p) => self
+                .state
+                .router
+                .pools_for_pattern(p, b"scan", self.client.db),
+            None => self.all_pools(),
+        };
+        let count = pools.len();
+        let (backend_cursor, index) = decode_scan_cursor(cursor, count);
+        let mut args: Vec<&[u8]> = req.args().collect();
+        let backend_cursor = backend_cursor.to_string();
+        args[1] = backend_cursor.as_bytes();
+        let bytes = Request::from_args(&args).bytes().clone();
+        self.fanout(
+            &pools[index..index + 1],
+            &bytes,
+            Merge::Scan { index, count },
+        )
+        .await
+    }
+
+    async fn info(&mut self, req: &Request) -> Reply {
+        let asked: Vec<String> = req
+            .args()
+            .skip(1)
+            .map(|a| text(a).to_ascii_lowercase())
+            .collect();
+        let everything = asked.is_empty()
+            || asked
+                .iter()
+                .any(|s| matches!(s.as_str(), "all" | "default" | "everything"));
+        let wants = |s: &str| everything || asked.iter().any(|a| a == s);
+        let local = self.render_info_sections(&wants);
+        let wants_keyspace = wants("keyspace");
+        let default_pool = self.state.router.default_pool();
+        let request = InfoRequest {
+            proto: self.client.proto,
+            local,
+            wants_keyspace,
+            default_pool,
+        };
+        let pools = if wants_keyspace || wants("server") {
+            self.all_pools()
+        } else {
+            Vec::new()
+        };
+        let bytes = Request::from_args(&["INFO", "server", "keyspace"])
+            .bytes()
+            .clone();
+        self.fanout(&pools, &bytes, Merge::Info(request)).await
+    }
+
+    fn render_info_sections(&self, wants: &dyn Fn(&str) -> bool) -> String {
+        let state = &self.state;
+        let uptime = state.started.elapsed().as_secs();
+        let mut sections: Vec<String> = Vec::new();
+        if wants("server") {
+            sections.push(format!(
+                "# Server\r\nredis_version:{{redis_version}}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nexecutable:keyway\r\n",
+                std::env::consts::OS,
+                std::process::id(),
+                state.config.listen.port(),
+                uptime / 86400
+            ));
+        }
+        if wants("clients") {
+            sections.push(format!(
+                "# Clients\r\nconnected_clients:{}\r\n",
+                state.clients.len()
+            ));
+        }
+        if wants("persistence") {
+            sections.push("# Persistence\r\nloading:0\r\nasync_loading:0\r\n".into());
+        }
+        if wants("stats") {
+            use std::sync::atomic::Ordering::Relaxed;
+            sections.push(format!(
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n",
+                state.stats.connections_received.load(Relaxed),
+                state.stats.commands_processed.load(Relaxed)
+            ));
+        }
+        if wants("replication") {
+            sections.push("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n".into());
+        }
+        if wants("keyway") {
+            let mut s = format!(
+                "# Keyway\r\nkeyway_version:{}\r\nuptime_in_seconds:{uptime}\r\nconnected_clients:{}\r\npools:{}\r\n",
+                env!("CARGO_PKG_VERSION"),
+                state.clients.len(),
+                state.backends.pools().len()
+            );
+            for pool in state.backends.pools() {
+                let status = match pool.last_error() {
+                    None => "up".to_string(),
+                    Some(e) => format!("down ({})", e.replace(['\r', '\n', ','], " ")),
+                };
+                s.push_str(&format!(
+                    "pool_{}:address={},status={}\r\n",
+                    pool.name(),
+                    pool.endpoint().address(),
+                    status
+                ));
+            }
+            sections.push(s);
+        }
+        sections.join("\r\n")
+    }
+}
+
+/// Redis allows printable ASCII without spaces in client names.
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|&c| (b'!'..=b'~').contains(&c))
+}

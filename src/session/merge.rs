@@ -1,0 +1,216 @@
+//! Putting fan-out replies back together with Redis's own semantics: MGET
+//! in the order asked, counts summed, MSET OK only if all parts were, KEYS
+//! concatenated, SCAN with a cursor that says which pool it is in, INFO.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::backend::BackendError;
+use crate::resp::{self, shapes, Protocol, ReplyBuf};
+use crate::route::PoolId;
+use crate::state::State;
+
+pub enum Merge {
+    /// `positions[i]`: where part i's values go among `keys` values.
+    Mget {
+        keys: usize,
+        positions: Vec<Vec<usize>>,
+    },
+    AllOk,
+    SumIntegers,
+    ConcatArrays,
+    /// The first non-nil reply (the parts come in a random order).
+    FirstNonNil,
+    /// One pool of a cross-pool SCAN: `index` into `pools`' `count`.
+    Scan {
+        index: usize,
+        count: usize,
+    },
+    Info(InfoRequest),
+}
+
+/// Which sections a client asked for; the keyspace parts come from pools.
+pub struct InfoRequest {
+    pub proto: Protocol,
+    /// Sections keyway writes itself, already rendered, before Keyspace.
+    pub local: String,
+    pub wants_keyspace: bool,
+    pub default_pool: PoolId,
+}
+
+type Frames = Vec<(PoolId, Result<Bytes, BackendError>)>;
+
+impl Merge {
+    pub fn merge(self, state: &State, frames: Frames) -> Bytes {
+        if let Merge::Info(req) = self {
+            return merge_info(state, req, frames);
+        }
+        let mut ok = Vec::with_capacity(frames.len());
+        for (_, f) in frames {
+            match f {
+                Ok(b) => ok.push(b),
+                Err(e) => return e.to_resp(),
+            }
+        }
+        // A backend error reply (WRONGTYPE, ...) is the answer as Redis would give it.
+        if let Some(err) = ok.iter().find(|b| shapes::is_error(b)) {
+            return err.clone();
+        }
+        match self {
+            Merge::Mget { keys, positions } => merge_mget(keys, &positions, &ok),
+            Merge::AllOk => ok
+                .iter()
+                .find(|b| b.as_ref() != b"+OK\r\n")
+                .cloned()
+                .unwrap_or_else(|| resp::simple("OK")),
+            Merge::SumIntegers => {
+                let sum: Option<i64> = ok.iter().map(|b| shapes::integer(b)).sum();
+                sum.map(resp::int).unwrap_or_else(|| unexpected("integer"))
+            }
+            Merge::ConcatArrays => {
+                let mut all = Vec::new();
+                for b in &ok {
+                    match shapes::elements(b) {
+                        Some(e) => all.extend(e),
+                        None => return unexpected("array"),
+                    }
+                }
+                let mut out = ReplyBuf::new(Protocol::Resp2);
+                out.array(all.len());
+                all.iter().for_each(|e| {
+                    out.raw(e);
+                });
+                out.freeze()
+            }
+            Merge::FirstNonNil => ok
+                .iter()
+                .find(|b| !resp::is_nil(b))
+                .or(ok.first())
+                .cloned()
+                .unwrap_or_else(|| unexpected("reply")),
+            Merge::Scan { index, count } => merge_scan(index, count, ok.first()),
+            Merge::Info(_) => unexpected("info"),
+        }
+    }
+}
+
+fn unexpected(what: &str) -> Bytes {
+    resp::error(&format!(
+        "ERR keyway could not merge the backends' replies: expected {what}"
+    ))
+}
+
+fn merge_mget(keys: usize, positions: &[Vec<usize>], parts: &[Bytes]) -> Bytes {
+    let mut slots: Vec<&[u8]> = vec![b"$-1\r\n"; keys];
+    for (part, pos) in parts.iter().zip(positions) {
+        let Some(values) = shapes::elements(part) else {
+            return unexpected("array");
+        };
+        if values.len() != pos.len() {
+            return unexpected("one value per key");
+        }
+        for (v, &p) in values.into_iter().zip(pos) {
+            slots[p] = v;
+        }
+    }
+    let mut out = BytesMut::with_capacity(slots.iter().map(|s| s.len()).sum::<usize>() + 16);
+    out.put_slice(format!("*{keys}\r\n").as_bytes());
+    slots.iter().for_each(|s| out.put_slice(s));
+    out.freeze()
+}
+
+/// The client's cursor is `backend_cursor * count + index`, so each call
+/// knows which pool it continues; a finished pool moves on to the next.
+pub fn encode_scan_cursor(backend_cursor: u64, index: usize, count: usize) -> Option<u64> {
+    backend_cursor
+        .checked_mul(count as u64)?
+        .checked_add(index as u64)
+}
+
+pub fn decode_scan_cursor(cursor: u64, count: usize) -> (u64, usize) {
+    (cursor / count as u64, (cursor % count as u64) as usize)
+}
+
+fn merge_scan(index: usize, count: usize, reply: Option<&Bytes>) -> Bytes {
+    let Some(parts) = reply.and_then(|r| shapes::elements(r)) else {
+        return unexpected("scan reply");
+    };
+    let (Some(cursor), Some(keys)) = (parts.first().and_then(|c| shapes::bulk(c)), parts.get(1))
+    else {
+        return unexpected("scan reply");
+    };
+    let Some(backend_cursor) = std::str::from_utf8(cursor)
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return unexpected("scan cursor");
+    };
+    let next = if backend_cursor == 0 {
+        if index + 1 >= count {
+            Some(0)
+        } else {
+            Some(index as u64 + 1)
+        }
+    } else {
+        encode_scan_cursor(backend_cursor, index, count)
+    };
+    let Some(next) = next else {
+        return resp::error("ERR keyway cannot encode the backend's scan cursor");
+    };
+    let mut out = ReplyBuf::new(Protocol::Resp2);
+    out.array(2).bulk(next.to_string().as_bytes()).raw(keys);
+    out.freeze()
+}
+
+fn merge_info(state: &State, req: InfoRequest, frames: Frames) -> Bytes {
+    let mut version = None;
+    let mut dbs: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+    for (pool, frame) in &frames {
+        let Ok(frame) = frame else { continue };
+        let Some(text) = shapes::bulk(frame) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(text);
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("redis_version:") {
+                if *pool == req.default_pool || version.is_none() {
+                    version = Some(v.to_string());
+                }
+            } else if let Some((db, rest)) = line.split_once(":keys=") {
+                let Some(db) = db.strip_prefix("db").and_then(|d| d.parse().ok()) else {
+                    continue;
+                };
+                let keys = rest
+                    .split(',')
+                    .next()
+                    .and_then(|k| k.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let expires = rest
+                    .split(',')
+                    .find_map(|f| f.strip_prefix("expires="))
+                    .and_then(|e| e.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let entry = dbs.entry(db).or_default();
+                entry.0 += keys;
+                entry.1 += expires;
+            }
+        }
+    }
+    if let Some(v) = &version {
+        state.redis_version.store(std::sync::Arc::new(v.clone()));
+    }
+    let mut text = req.local.replace("{redis_version}", &state.redis_version());
+    if req.wants_keyspace {
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        text.push_str("# Keyspace\r\n");
+        for (db, (keys, expires)) in dbs {
+            text.push_str(&format!(
+                "db{db}:keys={keys},expires={expires},avg_ttl=0\r\n"
+            ));
+        }
+    }
+    let mut out = ReplyBuf::new(req.proto);
+    out.verbatim(text.as_bytes());
+    out.freeze()
+}

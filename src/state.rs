@@ -1,0 +1,94 @@
+//! What every session consults and nothing on the request path mutates:
+//! the configuration, route table, command table and pools, plus the client
+//! registry and counters that INFO and CLIENT LIST report.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+
+use crate::backend::Backends;
+use crate::command::CommandTable;
+use crate::config::Config;
+use crate::resp::Protocol;
+use crate::route::Router;
+
+pub struct State {
+    pub config: Config,
+    pub router: Router,
+    pub commands: CommandTable,
+    pub backends: Backends,
+    pub clients: DashMap<u64, ClientInfo>,
+    pub started: Instant,
+    /// The default pool's `redis_version`, reported by HELLO and INFO.
+    pub redis_version: ArcSwap<String>,
+    pub stats: Stats,
+    next_client_id: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub connections_received: AtomicU64,
+    pub commands_processed: AtomicU64,
+}
+
+/// What CLIENT LIST shows of one client.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    pub name: String,
+    pub db: u32,
+    pub proto: Protocol,
+    pub lib_name: String,
+    pub lib_ver: String,
+    pub connected: Instant,
+}
+
+/// Shown until a backend tells its own version.
+pub const FALLBACK_REDIS_VERSION: &str = "7.0.0";
+
+impl State {
+    pub fn new(config: Config, commands: CommandTable) -> State {
+        State {
+            router: Router::new(&config),
+            backends: Backends::new(&config),
+            config,
+            commands,
+            clients: DashMap::new(),
+            started: Instant::now(),
+            redis_version: ArcSwap::from_pointee(FALLBACK_REDIS_VERSION.to_string()),
+            stats: Stats::default(),
+            next_client_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn redis_version(&self) -> String {
+        self.redis_version.load().as_ref().clone()
+    }
+}
+
+impl ClientInfo {
+    /// One CLIENT LIST / CLIENT INFO line, in Redis's field order.
+    pub fn line(&self) -> String {
+        format!(
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db={} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=NULL user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
+            self.id,
+            self.addr,
+            self.local_addr,
+            self.name,
+            self.connected.elapsed().as_secs(),
+            self.db,
+            self.proto.version(),
+            self.lib_name,
+            self.lib_ver,
+        )
+    }
+}
