@@ -96,7 +96,7 @@ impl Router {
             .iter()
             .map(|r| (r.prefix.as_bytes().into(), id(&r.pool)))
             .collect();
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         let mut commands: Vec<(CommandPattern, PoolId)> = config
             .routes
             .commands
@@ -239,7 +239,9 @@ impl Router {
         db: u32,
     ) -> SplitPlan {
         let with_value = kind == SplitKind::Mset;
-        let mut groups: Vec<(PoolId, Vec<&[u8]>, Vec<usize>)> = Vec::new();
+        // Per pool: the part's arguments and the positions of its keys.
+        type Group<'a> = (PoolId, Vec<&'a [u8]>, Vec<usize>);
+        let mut groups: Vec<Group> = Vec::new();
         for (position, &i) in key_indexes.iter().enumerate() {
             let key = request.arg(i);
             let pool = self.pool_for_key(key, lower_name, db);

@@ -56,7 +56,7 @@ impl Session {
                 String::from_utf8_lossy(raw_name).to_ascii_uppercase()
             )));
         }
-        if name == b"mset" && args.len() % 2 == 0 {
+        if name == b"mset" && args.len().is_multiple_of(2) {
             return Reply::Now(resp::error(
                 "ERR wrong number of arguments for 'mset' command",
             ));
@@ -82,10 +82,7 @@ impl Session {
                 let mut parts = Vec::with_capacity(plan.parts.len());
                 for part in plan.parts {
                     let rx = self.send(part.pool, part.request.bytes().clone()).await;
-                    parts.push(Part {
-                        pool: part.pool,
-                        rx,
-                    });
+                    parts.push(Part::new(part.pool, rx));
                 }
                 Reply::Fanout { parts, merge }
             }
@@ -104,7 +101,7 @@ impl Session {
         let mut parts = Vec::with_capacity(pools.len());
         for &pool in pools {
             let rx = self.send(pool, bytes.clone()).await;
-            parts.push(Part { pool, rx });
+            parts.push(Part::new(pool, rx));
         }
         Reply::Fanout { parts, merge }
     }

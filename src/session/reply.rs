@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
+use tokio::sync::oneshot::error::TryRecvError;
 
 use super::merge::Merge;
 use crate::backend::{BackendError, ReplyRx};
@@ -29,6 +30,14 @@ pub enum Reply {
 pub struct Part {
     pub pool: PoolId,
     pub rx: Result<ReplyRx, BackendError>,
+    /// The part's reply once it arrived (kept across cancelled waits).
+    pub got: Option<Result<Bytes, BackendError>>,
+}
+
+impl Part {
+    pub fn new(pool: PoolId, rx: Result<ReplyRx, BackendError>) -> Part {
+        Part { pool, rx, got: None }
+    }
 }
 
 impl Reply {
@@ -41,34 +50,40 @@ impl Reply {
     }
 
     /// The bytes if they are there already, without waiting.
-    fn try_ready(self, state: &State) -> Result<Bytes, Reply> {
+    fn try_ready(&mut self, state: &State) -> Option<Bytes> {
         match self {
-            Reply::Now(b) | Reply::Close(b) => Ok(b),
-            Reply::Backend { pool, mut rx } => match rx.try_recv() {
-                Ok(b) => Ok(b),
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
-                    Err(Reply::Backend { pool, rx })
-                }
-                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Ok(lost(state, pool)),
+            Reply::Now(b) | Reply::Close(b) => Some(b.clone()),
+            Reply::Backend { pool, rx } => match rx.try_recv() {
+                Ok(b) => Some(b),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Closed) => Some(lost(state, *pool)),
             },
-            other => Err(other),
+            Reply::Fanout { .. } => None,
         }
     }
 
-    async fn resolve(self, state: &State) -> Bytes {
+    /// Waits for the reply. Cancel-safe: every wait is on a receiver held
+    /// by reference and each result is stored as soon as it arrives, so the
+    /// writer may drop this future to write bytes and call it again later.
+    async fn ready(&mut self, state: &State) -> Bytes {
         match self {
-            Reply::Now(b) | Reply::Close(b) => b,
-            Reply::Backend { pool, rx } => rx.await.unwrap_or_else(|_| lost(state, pool)),
+            Reply::Now(b) | Reply::Close(b) => b.clone(),
+            Reply::Backend { pool, rx } => rx.await.unwrap_or_else(|_| lost(state, *pool)),
             Reply::Fanout { parts, merge } => {
-                let mut frames = Vec::with_capacity(parts.len());
-                for part in parts {
-                    let frame = match part.rx {
-                        Ok(rx) => rx.await.map_err(|_| connection_lost(state, part.pool)),
-                        Err(e) => Err(e),
-                    };
-                    frames.push((part.pool, frame));
+                for part in parts.iter_mut() {
+                    if part.got.is_none() {
+                        let got = match &mut part.rx {
+                            Ok(rx) => rx.await.map_err(|_| connection_lost(state, part.pool)),
+                            Err(e) => Err(e.clone()),
+                        };
+                        part.got = Some(got);
+                    }
                 }
-                merge.merge(state, frames)
+                let frames = parts
+                    .iter_mut()
+                    .map(|p| (p.pool, p.got.take().unwrap_or_else(|| Err(connection_lost(state, p.pool)))))
+                    .collect();
+                std::mem::replace(merge, Merge::AllOk).merge(state, frames)
             }
         }
     }
@@ -84,64 +99,62 @@ fn lost(state: &State, pool: PoolId) -> Bytes {
     connection_lost(state, pool).to_resp()
 }
 
-/// Replies this big skip the coalescing buffer.
-const DIRECT_WRITE: usize = 64 * 1024;
+/// Above this many unwritten bytes the writer stops taking replies; the
+/// pipeline channel then fills and the reader stops reading the client.
+const OUTPUT_SOFT_LIMIT: usize = 64 * 1024 * 1024;
 
-pub async fn write_replies(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Reply>,
-    state: Arc<State>,
-) {
+/// Writes replies in request order. Writing and waiting for the next reply
+/// run side by side, so a client that sends a long pipeline before reading
+/// anything is served as Redis would serve it, up to the output limit.
+pub async fn write_replies(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>, state: Arc<State>) {
     let mut out = BytesMut::with_capacity(16 * 1024);
-    let mut next: Option<Reply> = None;
+    let mut current: Option<Reply> = None;
+    let mut input_done = false;
     loop {
-        let reply = match next.take() {
-            Some(r) => r,
-            None => {
-                if !out.is_empty() && flush(&mut wr, &mut out).await.is_err() {
-                    return;
-                }
-                match rx.recv().await {
-                    Some(r) => r,
-                    None => break,
+        // Take everything that is ready without waiting: one write per wake-up.
+        while out.len() < OUTPUT_SOFT_LIMIT {
+            if current.is_none() && !input_done {
+                match rx.try_recv() {
+                    Ok(r) => current = Some(r),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => input_done = true,
                 }
             }
-        };
-        let closes = reply.closes();
-        let bytes = match reply.try_ready(&state) {
-            Ok(b) => b,
-            Err(waiting) => {
-                // Nothing may sit unflushed while we wait on a slow reply.
-                if !out.is_empty() && flush(&mut wr, &mut out).await.is_err() {
-                    return;
-                }
-                waiting.resolve(&state).await
-            }
-        };
-        if bytes.len() >= DIRECT_WRITE {
-            if (!out.is_empty() && flush(&mut wr, &mut out).await.is_err())
-                || wr.write_all(&bytes).await.is_err()
-            {
-                return;
-            }
-        } else {
+            let Some(reply) = current.as_mut() else { break };
+            let Some(bytes) = reply.try_ready(&state) else { break };
             out.extend_from_slice(&bytes);
+            input_done |= reply.closes();
+            current = None;
         }
-        if closes {
+        if out.is_empty() && current.is_none() && input_done {
             break;
         }
-        if let Ok(r) = rx.try_recv() {
-            next = Some(r);
+        let can_take = out.len() < OUTPUT_SOFT_LIMIT;
+        tokio::select! {
+            written = wr.write_buf(&mut out), if !out.is_empty() => {
+                if !matches!(written, Ok(n) if n > 0) {
+                    return;
+                }
+            }
+            bytes = wait_current(&mut current, &state), if can_take && current.is_some() => {
+                out.extend_from_slice(&bytes);
+                if current.as_ref().is_some_and(Reply::closes) {
+                    input_done = true;
+                }
+                current = None;
+            }
+            next = rx.recv(), if can_take && current.is_none() && !input_done => match next {
+                Some(r) => current = Some(r),
+                None => input_done = true,
+            },
         }
-    }
-    if !out.is_empty() {
-        let _ = flush(&mut wr, &mut out).await;
     }
     let _ = wr.shutdown().await;
 }
 
-async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
-    let r = wr.write_all(out).await;
-    out.clear();
-    r
+async fn wait_current(current: &mut Option<Reply>, state: &State) -> Bytes {
+    match current {
+        Some(reply) => reply.ready(state).await,
+        None => std::future::pending().await,
+    }
 }

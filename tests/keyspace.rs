@@ -1,0 +1,88 @@
+//! Keyspace-wide commands over all pools: SCAN with a cursor that knows its
+//! pool (every key exactly once), KEYS, DBSIZE, RANDOMKEY, INFO keyspace.
+
+mod support;
+
+use std::collections::HashSet;
+
+use redis::Commands;
+use support::*;
+
+fn fill(c: &mut redis::Connection, per_prefix: usize) -> HashSet<String> {
+    let mut all = HashSet::new();
+    for prefix in ["session:", "user:", "rate:", "other:"] {
+        let mut pipe = redis::pipe();
+        for i in 0..per_prefix {
+            let k = format!("{prefix}{i}");
+            pipe.cmd("SET").arg(&k).arg(i).ignore();
+            all.insert(k);
+        }
+        let _: () = pipe.query(c).unwrap();
+    }
+    all
+}
+
+#[test]
+fn scan_visits_every_key_once_across_pools() {
+    let r = Reference::start();
+    let mut c = r.client();
+    let all = fill(&mut c, 500);
+    let mut seen = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(50).query(&mut c).unwrap();
+        seen.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let unique: HashSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "SCAN returned a key twice");
+    assert_eq!(unique, all);
+
+    // The redis crate's iterator, with a pattern.
+    let session: HashSet<String> = c.scan_match::<_, String>("session:*").unwrap().collect();
+    assert_eq!(session.len(), 500);
+}
+
+#[test]
+fn redis_cli_scan_pattern_returns_each_match_once() {
+    let r = Reference::start();
+    let mut c = r.client();
+    fill(&mut c, 300);
+    let out = redis_cli(r.keyway.port, &["--scan", "--pattern", "session:*"]);
+    let lines: Vec<&str> = out.lines().collect();
+    let unique: HashSet<&str> = lines.iter().copied().collect();
+    assert_eq!(lines.len(), 300, "{out}");
+    assert_eq!(unique.len(), 300);
+    assert!(lines.iter().all(|l| l.starts_with("session:")));
+    let out = redis_cli(r.keyway.port, &["--scan"]);
+    assert_eq!(out.lines().count(), 1200);
+}
+
+#[test]
+fn keys_dbsize_randomkey_and_info_keyspace_cover_all_pools() {
+    let r = Reference::start();
+    let mut c = r.client();
+    fill(&mut c, 10);
+    let mut keys: Vec<String> = c.keys("*").unwrap();
+    keys.sort();
+    assert_eq!(keys.len(), 40);
+    let keys: Vec<String> = c.keys("rate:*").unwrap();
+    assert_eq!(keys.len(), 10);
+    let n: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(n, 40);
+    let k: Option<String> = redis::cmd("RANDOMKEY").query(&mut c).unwrap();
+    assert!(k.is_some());
+    let info: String = redis::cmd("INFO").arg("keyspace").query(&mut c).unwrap();
+    assert!(info.contains("db0:keys=40,expires=0"), "{info}");
+}
+
+#[test]
+fn bad_scan_cursor_is_an_error() {
+    let r = Reference::start();
+    let mut c = r.client();
+    let err = redis::cmd("SCAN").arg("notanumber").query::<redis::Value>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("invalid cursor"), "{err}");
+}

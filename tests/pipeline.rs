@@ -1,0 +1,77 @@
+//! Pipelines: a client may send many commands without waiting; replies come
+//! back complete and in request order even when they go to different pools.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::*;
+
+const PREFIXES: [&str; 3] = ["session:p:", "user:p:", "rate:p:"];
+
+#[test]
+fn hundred_thousand_commands_across_three_pools_come_back_in_order() {
+    let r = Reference::start();
+    const N: usize = 100_000;
+    let mut stream = TcpStream::connect(("127.0.0.1", r.keyway.port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let reader_stream = stream.try_clone().unwrap();
+
+    // Request i: INCRBY <prefix><i%1000> i; written all at once, read after.
+    let writer = std::thread::spawn(move || {
+        let mut buf = Vec::with_capacity(N * 48);
+        for i in 0..N {
+            let key = format!("{}{}", PREFIXES[i % 3], i % 1000);
+            let by = i.to_string();
+            buf.extend_from_slice(
+                format!("*3\r\n$6\r\nINCRBY\r\n${}\r\n{}\r\n${}\r\n{}\r\n", key.len(), key, by.len(), by).as_bytes(),
+            );
+        }
+        stream.write_all(&buf).unwrap();
+        stream
+    });
+
+    let mut expected = std::collections::HashMap::<String, i64>::new();
+    let mut reader = BufReader::new(reader_stream);
+    let mut line = String::new();
+    for i in 0..N {
+        let key = format!("{}{}", PREFIXES[i % 3], i % 1000);
+        let total = expected.entry(key).or_insert(0);
+        *total += i as i64;
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, format!(":{}\r\n", total), "reply {i} out of order or wrong");
+    }
+    let _stream = writer.join().unwrap();
+
+    // Every key lives on the pool of its prefix, with the final total.
+    let mut s = r.session.direct();
+    let v: i64 = redis::cmd("GET").arg("session:p:0").query(&mut s).unwrap();
+    assert_eq!(v, expected["session:p:0"]);
+    let mut rt = r.realtime.direct();
+    let v: i64 = redis::cmd("GET").arg("rate:p:2").query(&mut rt).unwrap();
+    assert_eq!(v, expected["rate:p:2"]);
+}
+
+#[test]
+fn redis_crate_pipeline_mixing_pools_and_local_commands() {
+    let r = Reference::start();
+    let mut c = r.client();
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("SET").arg(format!("{}{i}", PREFIXES[i % 3])).arg(i);
+        pipe.cmd("PING");
+        pipe.cmd("MGET").arg(format!("{}{i}", PREFIXES[i % 3])).arg(format!("{}{i}", PREFIXES[(i + 1) % 3]));
+    }
+    let replies: Vec<redis::Value> = pipe.query(&mut c).unwrap();
+    assert_eq!(replies.len(), 6000);
+    for i in 0..2000 {
+        assert_eq!(replies[i * 3], redis::Value::Okay);
+        assert_eq!(replies[i * 3 + 1], redis::Value::SimpleString("PONG".into()));
+        let got: Vec<Option<i64>> = redis::from_redis_value(&replies[i * 3 + 2]).unwrap();
+        // The second key (another prefix, same number) is never written.
+        assert_eq!(got, vec![Some(i as i64), None], "MGET {i}");
+    }
+}

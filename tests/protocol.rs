@@ -1,0 +1,133 @@
+//! The wire: inline commands, HELLO 3 with RESP3 replies forwarded byte for
+//! byte, binary-safe keys and values, large values, and protocol errors.
+
+mod support;
+
+use redis::Commands;
+use support::*;
+
+#[test]
+fn inline_commands_work_like_redis() {
+    let r = Reference::start();
+    let mut raw = r.keyway.raw();
+    raw.send(b"PING\r\nSET session:inline \"a b\"\r\nGET session:inline\nECHO 'x y'\r\n");
+    assert_eq!(raw.read_frame(), b"+PONG\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"$3\r\na b\r\n");
+    assert_eq!(raw.read_frame(), b"$3\r\nx y\r\n");
+    let v: String = r.session.direct().get("session:inline").unwrap();
+    assert_eq!(v, "a b");
+}
+
+#[test]
+fn hello_3_round_trip_with_resp3_replies() {
+    let r = Reference::start();
+    let mut raw = r.keyway.raw();
+    raw.send(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
+    let hello = raw.read_frame();
+    assert!(hello.starts_with(b"%7\r\n"), "{}", String::from_utf8_lossy(&hello));
+    assert!(String::from_utf8_lossy(&hello).contains("$5\r\nproto\r\n:3\r\n"));
+
+    // A RESP3 map from the backend, forwarded as the backend sent it.
+    raw.send(b"*4\r\n$4\r\nHSET\r\n$6\r\nuser:h\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    assert_eq!(raw.read_frame(), b":1\r\n");
+    raw.send(b"*2\r\n$7\r\nHGETALL\r\n$6\r\nuser:h\r\n");
+    assert_eq!(raw.read_frame(), b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    // RESP3 null, double and set.
+    raw.send(b"*2\r\n$3\r\nGET\r\n$7\r\nmissing\r\n");
+    assert_eq!(raw.read_frame(), b"_\r\n");
+    raw.send(b"*3\r\n$4\r\nSADD\r\n$9\r\nsession:s\r\n$1\r\nm\r\n");
+    assert_eq!(raw.read_frame(), b":1\r\n");
+    raw.send(b"*2\r\n$8\r\nSMEMBERS\r\n$9\r\nsession:s\r\n");
+    assert_eq!(raw.read_frame(), b"~1\r\n$1\r\nm\r\n");
+    raw.send(b"*4\r\n$4\r\nZADD\r\n$6\r\nrate:z\r\n$3\r\n1.5\r\n$1\r\nm\r\n");
+    assert_eq!(raw.read_frame(), b":1\r\n");
+    raw.send(b"*3\r\n$6\r\nZSCORE\r\n$6\r\nrate:z\r\n$1\r\nm\r\n");
+    assert_eq!(raw.read_frame(), b",1.5\r\n");
+    // Keyway's own replies follow the protocol too.
+    raw.send(b"*2\r\n$6\r\nCLIENT\r\n$7\r\nGETNAME\r\n");
+    assert_eq!(raw.read_frame(), b"_\r\n");
+
+    // Back to RESP2: the same commands answer in RESP2 forms.
+    raw.send(b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n");
+    assert!(raw.read_frame().starts_with(b"*14\r\n"));
+    raw.send(b"*2\r\n$7\r\nHGETALL\r\n$6\r\nuser:h\r\n");
+    assert_eq!(raw.read_frame(), b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    raw.send(b"*2\r\n$3\r\nGET\r\n$7\r\nmissing\r\n");
+    assert_eq!(raw.read_frame(), b"$-1\r\n");
+
+    raw.send(b"*2\r\n$5\r\nHELLO\r\n$1\r\n4\r\n");
+    assert_eq!(raw.read_frame(), b"-NOPROTO unsupported protocol version\r\n");
+}
+
+#[test]
+fn binary_keys_and_values() {
+    let r = Reference::start();
+    let mut c = r.client();
+    let key: &[u8] = b"session:\r\n\0\xff\xfe";
+    let value: &[u8] = b"\0\r\n\xc3\x28binary\r\n";
+    let _: () = c.set(key, value).unwrap();
+    let got: Vec<u8> = c.get(key).unwrap();
+    assert_eq!(got, value);
+    let direct: Vec<u8> = r.session.direct().get(key).unwrap();
+    assert_eq!(direct, value);
+}
+
+#[test]
+fn one_and_sixty_four_mebibyte_values() {
+    let r = Reference::start();
+    let mut c = r.client();
+    for (key, size) in [("user:big1", 1 << 20), ("rate:big64", 64 << 20)] {
+        let value: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let _: () = c.set(key, &value).unwrap();
+        let got: Vec<u8> = c.get(key).unwrap();
+        assert_eq!(got.len(), size);
+        assert!(got == value, "{key} came back different");
+        let len: usize = c.strlen(key).unwrap();
+        assert_eq!(len, size);
+    }
+}
+
+#[test]
+fn protocol_errors_get_redis_errors_and_close() {
+    let r = Reference::start();
+    let mut raw = r.keyway.raw();
+    raw.send(b"*1\r\n:12\r\n");
+    assert_eq!(raw.read_frame(), b"-ERR Protocol error: expected '$', got ':'\r\n");
+    assert!(raw.is_closed());
+    let mut raw = r.keyway.raw();
+    raw.send(b"*abc\r\n");
+    assert_eq!(raw.read_frame(), b"-ERR Protocol error: invalid multibulk length\r\n");
+    assert!(raw.is_closed());
+    // Other clients never noticed.
+    let mut c = r.client();
+    let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+#[test]
+fn keyway_answers_connection_commands_like_redis() {
+    let r = Reference::start();
+    let mut c = r.client();
+    let err = redis::cmd("GET").query::<()>(&mut c).unwrap_err();
+    assert_eq!(err.to_string(), "An error was signalled by the server - ResponseError: wrong number of arguments for 'get' command");
+    let err = redis::cmd("NOSUCHCMD").arg("a").query::<()>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("unknown command 'NOSUCHCMD'"), "{err}");
+    let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("app-1").query(&mut c).unwrap();
+    let name: String = redis::cmd("CLIENT").arg("GETNAME").query(&mut c).unwrap();
+    assert_eq!(name, "app-1");
+    let _: () = redis::cmd("CLIENT").arg("SETINFO").arg("lib-name").arg("redis-rs").query(&mut c).unwrap();
+    let info: String = redis::cmd("CLIENT").arg("INFO").query(&mut c).unwrap();
+    assert!(info.contains("name=app-1") && info.contains("lib-name=redis-rs"), "{info}");
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c).unwrap();
+    assert!(info.contains(&format!("id={id} ")));
+    let info: String = redis::cmd("INFO").query(&mut c).unwrap();
+    assert!(info.contains("redis_version:7."), "INFO server carries the backend version: {info}");
+    assert!(info.contains("# Keyway") && info.contains("pool_session:address=127.0.0.1:"));
+    let t: Vec<String> = redis::cmd("TIME").query(&mut c).unwrap();
+    assert_eq!(t.len(), 2);
+    let count: i64 = redis::cmd("COMMAND").arg("COUNT").query(&mut c).unwrap();
+    assert!(count > 200);
+    let echo: String = redis::cmd("ECHO").arg("hi").query(&mut c).unwrap();
+    assert_eq!(echo, "hi");
+}

@@ -1,0 +1,342 @@
+//! The shared fixture: real `redis-server` processes on free loopback ports
+//! and the real `keyway` binary in front of them, each stopped by PID when
+//! dropped. Nothing here is a mock.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("keyway-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on {port} within 10s");
+}
+
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+    args: Vec<String>,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        Self::start_on(free_port(), extra)
+    }
+
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        let dir = TempDir::new("redis");
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--dir".into(),
+            dir.0.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        wait_for_port(port, &mut child, "redis-server");
+        RedisServer {
+            port,
+            child,
+            args,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A direct connection, bypassing keyway, to check where data landed.
+    pub fn direct(&self) -> redis::Connection {
+        connect(self.port)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same server again on the same port (data is gone).
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut child = Command::new("redis-server")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server restart");
+        wait_for_port(self.port, &mut child, "redis-server");
+        self.child = child;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn connect(port: u16) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("client");
+    let conn = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    conn
+}
+
+pub struct Keyway {
+    pub port: u16,
+    pub config_path: PathBuf,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Keyway {
+    /// Starts the keyway binary with `config` (TOML). `server.listen` is
+    /// filled in by the fixture through `KEYWAY_LISTEN`.
+    pub fn start(config: &str) -> Keyway {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Keyway {
+        let dir = TempDir::new("keyway");
+        let config_path = dir.0.join("keyway.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let port = free_port();
+        let admin = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyway"));
+        cmd.arg("--config")
+            .arg(&config_path)
+            .env("KEYWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KEYWAY_ADMIN", format!("127.0.0.1:{admin}"))
+            .env("KEYWAY_LOG", "keyway=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.0.join("keyway.log")).expect("log file"),
+            ));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn keyway");
+        wait_for_port(port, &mut child, "keyway");
+        Keyway {
+            port,
+            config_path,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        connect(self.port)
+    }
+
+    pub fn raw(&self) -> RawClient {
+        RawClient::connect(self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.0.join("keyway.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Keyway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The reference deployment in miniature: session, cache and realtime
+/// Redis servers and keyway routing the seeds' prefixes to them.
+pub struct Reference {
+    pub session: RedisServer,
+    pub cache: RedisServer,
+    pub realtime: RedisServer,
+    pub keyway: Keyway,
+}
+
+pub fn reference_config(session: &str, cache: &str, realtime: &str) -> String {
+    format!(
+        r#"
+[backend]
+connect_timeout_ms = 500
+backoff_min_ms = 20
+backoff_max_ms = 200
+
+[pools.session]
+url = "{session}"
+[pools.cache]
+url = "{cache}"
+[pools.realtime]
+url = "{realtime}"
+
+[routes]
+default = "cache"
+prefixes = [
+  {{ prefix = "session:", pool = "session" }},
+  {{ prefix = "user:", pool = "cache" }},
+  {{ prefix = "chat:", pool = "cache" }},
+  {{ prefix = "rate:", pool = "realtime" }},
+  {{ prefix = "analytics:", pool = "realtime" }},
+]
+commands = [{{ command = "TS.*", pool = "realtime" }}]
+databases = [{{ db = 3, pool = "session" }}]
+"#
+    )
+}
+
+impl Reference {
+    pub fn start() -> Reference {
+        let session = RedisServer::start();
+        let cache = RedisServer::start();
+        let realtime = RedisServer::start();
+        let keyway = Keyway::start(&reference_config(&session.url(), &cache.url(), &realtime.url()));
+        Reference {
+            session,
+            cache,
+            realtime,
+            keyway,
+        }
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        self.keyway.client()
+    }
+}
+
+/// A plain TCP client for byte-level checks (inline commands, RESP3 frames).
+pub struct RawClient {
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+}
+
+impl RawClient {
+    pub fn connect(port: u16) -> RawClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        RawClient {
+            reader: BufReader::new(stream.try_clone().expect("clone")),
+            stream,
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Reads one complete RESP frame and returns its bytes.
+    pub fn read_frame(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.read_into(&mut out);
+        out
+    }
+
+    fn read_into(&mut self, out: &mut Vec<u8>) {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line).expect("read line");
+        assert!(!line.is_empty(), "connection closed");
+        out.extend_from_slice(&line);
+        let kind = line[0];
+        let n: i64 = std::str::from_utf8(&line[1..line.len() - 2])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        match kind {
+            b'$' | b'=' | b'!' if n >= 0 => {
+                let mut data = vec![0; n as usize + 2];
+                self.reader.read_exact(&mut data).expect("read bulk");
+                out.extend_from_slice(&data);
+            }
+            b'*' | b'~' | b'>' => (0..n.max(0)).for_each(|_| self.read_into(out)),
+            b'%' => (0..n * 2).for_each(|_| self.read_into(out)),
+            b'|' => (0..n * 2 + 1).for_each(|_| self.read_into(out)),
+            _ => {}
+        }
+    }
+
+    /// True once the server has closed the connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+}
+
+/// A command-line run of redis-cli against a port, returning stdout.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
