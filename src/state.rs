@@ -46,6 +46,12 @@ pub struct ClientInfo {
     pub lib_name: String,
     pub lib_ver: String,
     pub connected: Instant,
+    /// Queued commands in MULTI, or -1 outside a transaction.
+    pub multi: i64,
+    /// Channels, patterns and shard channels subscribed.
+    pub subscriptions: (usize, usize, usize),
+    /// Cancelling it disconnects the client (CLIENT KILL).
+    pub kill: tokio_util::sync::CancellationToken,
 }
 
 /// Shown until a backend tells its own version.
@@ -76,16 +82,31 @@ impl State {
 }
 
 impl ClientInfo {
+    fn flags(&self) -> &'static str {
+        if self.multi >= 0 {
+            "x"
+        } else if self.subscriptions != (0, 0, 0) {
+            "P"
+        } else {
+            "N"
+        }
+    }
+
     /// One CLIENT LIST / CLIENT INFO line, in Redis's field order.
     pub fn line(&self) -> String {
         format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db={} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=NULL user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db={} sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=NULL user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
             self.id,
             self.addr,
             self.local_addr,
             self.name,
             self.connected.elapsed().as_secs(),
+            self.flags(),
             self.db,
+            self.subscriptions.0,
+            self.subscriptions.1,
+            self.subscriptions.2,
+            self.multi,
             self.proto.version(),
             self.lib_name,
             self.lib_ver,

@@ -24,10 +24,17 @@ fn a_down_backend_fails_fast_and_recovers() {
         err.to_string().contains("backend 'session' "),
         "the error names the pool: {err}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2), "no hang: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no hang: {:?}",
+        started.elapsed()
+    );
     // Further requests fail immediately too, with the reason.
     let err = c.get::<_, String>("session:a").unwrap_err();
-    assert!(err.to_string().contains("backend 'session' unavailable"), "{err}");
+    assert!(
+        err.to_string().contains("backend 'session' unavailable"),
+        "{err}"
+    );
 
     // The other pools keep serving, on the same client connection.
     let _: () = c.set("user:a", "2").unwrap();
@@ -64,7 +71,8 @@ fn a_connection_lost_mid_pipeline_fails_only_its_in_flight_requests() {
     // Scripts that keep the session backend busy for a second each, with
     // writes to the cache pool interleaved; the session backend is killed
     // while they are in flight.
-    const BUSY: &str = "local t = redis.call('TIME') while redis.call('TIME')[1] - t[1] < 1 do end return 'done'";
+    const BUSY: &str =
+        "local t = redis.call('TIME') while redis.call('TIME')[1] - t[1] < 1 do end return 'done'";
     const N: usize = 40;
     let mut buf = Vec::new();
     for i in 0..N {
@@ -75,7 +83,9 @@ fn a_connection_lost_mid_pipeline_fails_only_its_in_flight_requests() {
         }
     }
     let mut stream = TcpStream::connect(("127.0.0.1", r.keyway.port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     stream.write_all(&buf).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     r.session.stop();
@@ -92,14 +102,23 @@ fn a_connection_lost_mid_pipeline_fails_only_its_in_flight_requests() {
                 reader.read_line(&mut payload).unwrap();
                 assert_eq!(payload, "done\r\n");
             } else {
-                assert_eq!(line, "-ERR backend 'session' connection lost\r\n", "request {i}");
+                assert_eq!(
+                    line, "-ERR backend 'session' connection lost\r\n",
+                    "request {i}"
+                );
                 lost += 1;
             }
         } else {
-            assert_eq!(line, "+OK\r\n", "request {i} went to the cache pool and must succeed");
+            assert_eq!(
+                line, "+OK\r\n",
+                "request {i} went to the cache pool and must succeed"
+            );
         }
     }
-    assert!(lost > 0, "killing the backend mid-pipeline failed no request");
+    assert!(
+        lost > 0,
+        "killing the backend mid-pipeline failed no request"
+    );
     let v: String = r.cache.direct().get("user:39").unwrap();
     assert_eq!(v, "39");
 }

@@ -25,21 +25,33 @@ fn keyway(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 fn reference_config_checks_and_prints_the_route_table() {
     let (code, out, err) = keyway(&["--check"], &[]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("session      redis://127.0.0.1:6379/0"), "{out}");
+    assert!(
+        out.contains("session      redis://127.0.0.1:6379/0"),
+        "{out}"
+    );
     assert!(out.contains("prefix  \"session:\""), "{out}");
     assert!(out.contains("command FT.*"), "{out}");
     assert!(out.contains("db      3"), "{out}");
-    assert!(out.contains("default                          -> cache"), "{out}");
+    assert!(
+        out.contains("default                          -> cache"),
+        "{out}"
+    );
 }
 
 #[test]
 fn env_overrides_show_in_check() {
     let (code, out, _) = keyway(
         &["--check"],
-        &[("REDIS_SESSION_URL", "redis://app:secret@127.0.0.1:7001/2"), ("KEYWAY_LISTEN", "127.0.0.1:7390")],
+        &[
+            ("REDIS_SESSION_URL", "redis://app:secret@127.0.0.1:7001/2"),
+            ("KEYWAY_LISTEN", "127.0.0.1:7390"),
+        ],
     );
     assert_eq!(code, 0);
-    assert!(out.contains("redis://app:***@127.0.0.1:7001/2  (from REDIS_SESSION_URL)"), "{out}");
+    assert!(
+        out.contains("redis://app:***@127.0.0.1:7001/2  (from REDIS_SESSION_URL)"),
+        "{out}"
+    );
     assert!(!out.contains("secret"), "passwords are never printed");
     assert!(out.contains("listen 127.0.0.1:7390"));
 }
@@ -47,13 +59,35 @@ fn env_overrides_show_in_check() {
 #[test]
 fn mistakes_are_refused_naming_the_field() {
     let dir = TempDir::new("config");
-    let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/keyway.toml")).unwrap();
+    let base =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/keyway.toml")).unwrap();
     let cases = [
-        (base.replace("{ prefix = \"rate:\", pool = \"realtime\" }", "{ prefix = \"rate:\", pool = \"realtim\" }"), "routes.prefixes[12].pool: unknown pool 'realtim'"),
-        (base.replace("{ prefix = \"kb:\", pool = \"cache\" }", "{ prefix = \"user:\", pool = \"cache\" }"), "duplicate prefix 'user:'"),
-        (base.replace("redis://127.0.0.1:6380", "redis://127.0.0.1:99999"), "pools.cache.url: bad port '99999'"),
-        (base.replace("databases = 16", "databses = 16"), "unknown field `databses`"),
-        (base.replace("default = \"cache\"", "default = \"nope\""), "routes.default: unknown pool 'nope'"),
+        (
+            base.replace(
+                "{ prefix = \"rate:\", pool = \"realtime\" }",
+                "{ prefix = \"rate:\", pool = \"realtim\" }",
+            ),
+            "routes.prefixes[12].pool: unknown pool 'realtim'",
+        ),
+        (
+            base.replace(
+                "{ prefix = \"kb:\", pool = \"cache\" }",
+                "{ prefix = \"user:\", pool = \"cache\" }",
+            ),
+            "duplicate prefix 'user:'",
+        ),
+        (
+            base.replace("redis://127.0.0.1:6380", "redis://127.0.0.1:99999"),
+            "pools.cache.url: bad port '99999'",
+        ),
+        (
+            base.replace("databases = 16", "databses = 16"),
+            "unknown field `databses`",
+        ),
+        (
+            base.replace("default = \"cache\"", "default = \"nope\""),
+            "routes.default: unknown pool 'nope'",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = dir.0.join(format!("bad{i}.toml"));

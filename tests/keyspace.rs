@@ -30,7 +30,12 @@ fn scan_visits_every_key_once_across_pools() {
     let mut seen = Vec::new();
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(50).query(&mut c).unwrap();
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(50)
+            .query(&mut c)
+            .unwrap();
         seen.extend(keys);
         cursor = next;
         if cursor == 0 {
@@ -83,6 +88,9 @@ fn keys_dbsize_randomkey_and_info_keyspace_cover_all_pools() {
 fn bad_scan_cursor_is_an_error() {
     let r = Reference::start();
     let mut c = r.client();
-    let err = redis::cmd("SCAN").arg("notanumber").query::<redis::Value>(&mut c).unwrap_err();
+    let err = redis::cmd("SCAN")
+        .arg("notanumber")
+        .query::<redis::Value>(&mut c)
+        .unwrap_err();
     assert!(err.to_string().contains("invalid cursor"), "{err}");
 }

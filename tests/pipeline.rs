@@ -16,7 +16,9 @@ fn hundred_thousand_commands_across_three_pools_come_back_in_order() {
     let r = Reference::start();
     const N: usize = 100_000;
     let mut stream = TcpStream::connect(("127.0.0.1", r.keyway.port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let reader_stream = stream.try_clone().unwrap();
 
     // Request i: INCRBY <prefix><i%1000> i; written all at once, read after.
@@ -26,7 +28,14 @@ fn hundred_thousand_commands_across_three_pools_come_back_in_order() {
             let key = format!("{}{}", PREFIXES[i % 3], i % 1000);
             let by = i.to_string();
             buf.extend_from_slice(
-                format!("*3\r\n$6\r\nINCRBY\r\n${}\r\n{}\r\n${}\r\n{}\r\n", key.len(), key, by.len(), by).as_bytes(),
+                format!(
+                    "*3\r\n$6\r\nINCRBY\r\n${}\r\n{}\r\n${}\r\n{}\r\n",
+                    key.len(),
+                    key,
+                    by.len(),
+                    by
+                )
+                .as_bytes(),
             );
         }
         stream.write_all(&buf).unwrap();
@@ -42,7 +51,11 @@ fn hundred_thousand_commands_across_three_pools_come_back_in_order() {
         *total += i as i64;
         line.clear();
         reader.read_line(&mut line).unwrap();
-        assert_eq!(line, format!(":{}\r\n", total), "reply {i} out of order or wrong");
+        assert_eq!(
+            line,
+            format!(":{}\r\n", total),
+            "reply {i} out of order or wrong"
+        );
     }
     let _stream = writer.join().unwrap();
 
@@ -61,15 +74,22 @@ fn redis_crate_pipeline_mixing_pools_and_local_commands() {
     let mut c = r.client();
     let mut pipe = redis::pipe();
     for i in 0..2000 {
-        pipe.cmd("SET").arg(format!("{}{i}", PREFIXES[i % 3])).arg(i);
+        pipe.cmd("SET")
+            .arg(format!("{}{i}", PREFIXES[i % 3]))
+            .arg(i);
         pipe.cmd("PING");
-        pipe.cmd("MGET").arg(format!("{}{i}", PREFIXES[i % 3])).arg(format!("{}{i}", PREFIXES[(i + 1) % 3]));
+        pipe.cmd("MGET")
+            .arg(format!("{}{i}", PREFIXES[i % 3]))
+            .arg(format!("{}{i}", PREFIXES[(i + 1) % 3]));
     }
     let replies: Vec<redis::Value> = pipe.query(&mut c).unwrap();
     assert_eq!(replies.len(), 6000);
     for i in 0..2000 {
         assert_eq!(replies[i * 3], redis::Value::Okay);
-        assert_eq!(replies[i * 3 + 1], redis::Value::SimpleString("PONG".into()));
+        assert_eq!(
+            replies[i * 3 + 1],
+            redis::Value::SimpleString("PONG".into())
+        );
         let got: Vec<Option<i64>> = redis::from_redis_value(&replies[i * 3 + 2]).unwrap();
         // The second key (another prefix, same number) is never written.
         assert_eq!(got, vec![Some(i as i64), None], "MGET {i}");

@@ -25,7 +25,11 @@ fn hello_3_round_trip_with_resp3_replies() {
     let mut raw = r.keyway.raw();
     raw.send(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
     let hello = raw.read_frame();
-    assert!(hello.starts_with(b"%7\r\n"), "{}", String::from_utf8_lossy(&hello));
+    assert!(
+        hello.starts_with(b"%7\r\n"),
+        "{}",
+        String::from_utf8_lossy(&hello)
+    );
     assert!(String::from_utf8_lossy(&hello).contains("$5\r\nproto\r\n:3\r\n"));
 
     // A RESP3 map from the backend, forwarded as the backend sent it.
@@ -57,7 +61,10 @@ fn hello_3_round_trip_with_resp3_replies() {
     assert_eq!(raw.read_frame(), b"$-1\r\n");
 
     raw.send(b"*2\r\n$5\r\nHELLO\r\n$1\r\n4\r\n");
-    assert_eq!(raw.read_frame(), b"-NOPROTO unsupported protocol version\r\n");
+    assert_eq!(
+        raw.read_frame(),
+        b"-NOPROTO unsupported protocol version\r\n"
+    );
 }
 
 #[test]
@@ -93,11 +100,17 @@ fn protocol_errors_get_redis_errors_and_close() {
     let r = Reference::start();
     let mut raw = r.keyway.raw();
     raw.send(b"*1\r\n:12\r\n");
-    assert_eq!(raw.read_frame(), b"-ERR Protocol error: expected '$', got ':'\r\n");
+    assert_eq!(
+        raw.read_frame(),
+        b"-ERR Protocol error: expected '$', got ':'\r\n"
+    );
     assert!(raw.is_closed());
     let mut raw = r.keyway.raw();
     raw.send(b"*abc\r\n");
-    assert_eq!(raw.read_frame(), b"-ERR Protocol error: invalid multibulk length\r\n");
+    assert_eq!(
+        raw.read_frame(),
+        b"-ERR Protocol error: invalid multibulk length\r\n"
+    );
     assert!(raw.is_closed());
     // Other clients never noticed.
     let mut c = r.client();
@@ -111,18 +124,39 @@ fn keyway_answers_connection_commands_like_redis() {
     let mut c = r.client();
     let err = redis::cmd("GET").query::<()>(&mut c).unwrap_err();
     assert_eq!(err.to_string(), "An error was signalled by the server - ResponseError: wrong number of arguments for 'get' command");
-    let err = redis::cmd("NOSUCHCMD").arg("a").query::<()>(&mut c).unwrap_err();
-    assert!(err.to_string().contains("unknown command 'NOSUCHCMD'"), "{err}");
-    let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("app-1").query(&mut c).unwrap();
+    let err = redis::cmd("NOSUCHCMD")
+        .arg("a")
+        .query::<()>(&mut c)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("unknown command 'NOSUCHCMD'"),
+        "{err}"
+    );
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("app-1")
+        .query(&mut c)
+        .unwrap();
     let name: String = redis::cmd("CLIENT").arg("GETNAME").query(&mut c).unwrap();
     assert_eq!(name, "app-1");
-    let _: () = redis::cmd("CLIENT").arg("SETINFO").arg("lib-name").arg("redis-rs").query(&mut c).unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETINFO")
+        .arg("lib-name")
+        .arg("redis-rs")
+        .query(&mut c)
+        .unwrap();
     let info: String = redis::cmd("CLIENT").arg("INFO").query(&mut c).unwrap();
-    assert!(info.contains("name=app-1") && info.contains("lib-name=redis-rs"), "{info}");
+    assert!(
+        info.contains("name=app-1") && info.contains("lib-name=redis-rs"),
+        "{info}"
+    );
     let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c).unwrap();
     assert!(info.contains(&format!("id={id} ")));
     let info: String = redis::cmd("INFO").query(&mut c).unwrap();
-    assert!(info.contains("redis_version:7."), "INFO server carries the backend version: {info}");
+    assert!(
+        info.contains("redis_version:7."),
+        "INFO server carries the backend version: {info}"
+    );
     assert!(info.contains("# Keyway") && info.contains("pool_session:address=127.0.0.1:"));
     let t: Vec<String> = redis::cmd("TIME").query(&mut c).unwrap();
     assert_eq!(t.len(), 2);

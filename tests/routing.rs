@@ -21,10 +21,17 @@ fn keys_land_on_the_pool_of_their_prefix() {
     let _: () = c.set("unprefixed", "x").unwrap();
 
     let (mut s, mut ca, mut rt) = (r.session.direct(), r.cache.direct(), r.realtime.direct());
-    assert!(exists(&mut s, "session:abc") && !exists(&mut ca, "session:abc") && !exists(&mut rt, "session:abc"));
+    assert!(
+        exists(&mut s, "session:abc")
+            && !exists(&mut ca, "session:abc")
+            && !exists(&mut rt, "session:abc")
+    );
     assert!(exists(&mut ca, "user:42:profile") && !exists(&mut s, "user:42:profile"));
     assert!(exists(&mut rt, "rate:api:42:chat") && !exists(&mut ca, "rate:api:42:chat"));
-    assert!(exists(&mut ca, "unprefixed"), "the default pool takes unprefixed keys");
+    assert!(
+        exists(&mut ca, "unprefixed"),
+        "the default pool takes unprefixed keys"
+    );
 
     // And the client reads back what it wrote, as from one Redis.
     let v: String = c.get("session:abc").unwrap();
@@ -43,13 +50,25 @@ fn selected_db_is_kept_and_db_rules_route() {
 
     let mut s = r.session.direct();
     redis::cmd("SELECT").arg(3).query::<()>(&mut s).unwrap();
-    assert!(exists(&mut s, "plain"), "db 3 routes to session and stays db 3");
+    assert!(
+        exists(&mut s, "plain"),
+        "db 3 routes to session and stays db 3"
+    );
     let mut ca = r.cache.direct();
     redis::cmd("SELECT").arg(3).query::<()>(&mut ca).unwrap();
-    assert!(exists(&mut ca, "user:7"), "a matching prefix wins over the db rule");
+    assert!(
+        exists(&mut ca, "user:7"),
+        "a matching prefix wins over the db rule"
+    );
 
-    let err = redis::cmd("SELECT").arg(16).query::<()>(&mut c).unwrap_err();
-    assert!(err.to_string().contains("DB index is out of range"), "{err}");
+    let err = redis::cmd("SELECT")
+        .arg(16)
+        .query::<()>(&mut c)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("DB index is out of range"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -57,16 +76,26 @@ fn command_rules_route_keyless_and_index_commands() {
     let session = RedisServer::start();
     let cache = RedisServer::start();
     let realtime = RedisServer::start();
-    let config = reference_config(&session.url(), &cache.url(), &realtime.url())
-        .replace(r#"commands = [{ command = "TS.*", pool = "realtime" }]"#, r#"commands = [{ command = "PF*", pool = "realtime" }]"#);
+    let config = reference_config(&session.url(), &cache.url(), &realtime.url()).replace(
+        r#"commands = [{ command = "TS.*", pool = "realtime" }]"#,
+        r#"commands = [{ command = "PF*", pool = "realtime" }]"#,
+    );
     let kw = Keyway::start(&config);
     let mut c = kw.client();
-    let added: i64 = redis::cmd("PFADD").arg("hll:visitors").arg("a").query(&mut c).unwrap();
+    let added: i64 = redis::cmd("PFADD")
+        .arg("hll:visitors")
+        .arg("a")
+        .query(&mut c)
+        .unwrap();
     assert_eq!(added, 1);
     assert!(exists(&mut realtime.direct(), "hll:visitors"));
     assert!(!exists(&mut cache.direct(), "hll:visitors"));
     // A prefix still wins over the command rule.
-    let _: i64 = redis::cmd("PFADD").arg("session:hll").arg("a").query(&mut c).unwrap();
+    let _: i64 = redis::cmd("PFADD")
+        .arg("session:hll")
+        .arg("a")
+        .query(&mut c)
+        .unwrap();
     assert!(exists(&mut session.direct(), "session:hll"));
 }
 
@@ -77,8 +106,15 @@ fn publish_routes_by_channel_prefix() {
     let mut pubsub = direct_sub.as_pubsub();
     pubsub.subscribe("session:events").unwrap();
     let mut c = r.client();
-    let receivers: i64 = redis::cmd("PUBLISH").arg("session:events").arg("hello").query(&mut c).unwrap();
-    assert_eq!(receivers, 1, "PUBLISH reached the session pool's subscriber");
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg("session:events")
+        .arg("hello")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        receivers, 1,
+        "PUBLISH reached the session pool's subscriber"
+    );
     let msg = pubsub.get_message().unwrap();
     assert_eq!(msg.get_payload::<String>().unwrap(), "hello");
 }

@@ -12,7 +12,16 @@ fn mget_keeps_order_across_pools() {
     let r = Reference::start();
     let mut c = r.client();
     let _: () = redis::cmd("MSET")
-        .arg(&["session:1", "s1", "user:1", "u1", "rate:1", "r1", "session:2", "s2"])
+        .arg(&[
+            "session:1",
+            "s1",
+            "user:1",
+            "u1",
+            "rate:1",
+            "r1",
+            "session:2",
+            "s2",
+        ])
         .query(&mut c)
         .unwrap();
     // MSET split: every part applied on its own pool.
@@ -24,11 +33,26 @@ fn mget_keeps_order_across_pools() {
     assert_eq!(u.as_deref(), Some("u1"));
 
     let got: Vec<Option<String>> = c
-        .mget(&["rate:1", "session:2", "missing", "user:1", "session:1", "rate:1"])
+        .mget(&[
+            "rate:1",
+            "session:2",
+            "missing",
+            "user:1",
+            "session:1",
+            "rate:1",
+        ])
         .unwrap();
     assert_eq!(
         got,
-        [Some("r1"), Some("s2"), None, Some("u1"), Some("s1"), Some("r1")].map(|v| v.map(String::from))
+        [
+            Some("r1"),
+            Some("s2"),
+            None,
+            Some("u1"),
+            Some("s1"),
+            Some("r1")
+        ]
+        .map(|v| v.map(String::from))
     );
 }
 
@@ -36,14 +60,25 @@ fn mget_keeps_order_across_pools() {
 fn counts_are_summed() {
     let r = Reference::start();
     let mut c = r.client();
-    let _: () = c.mset(&[("session:a", 1), ("user:a", 2), ("rate:a", 3)]).unwrap();
-    let n: i64 = redis::cmd("EXISTS").arg(&["session:a", "user:a", "rate:a", "nope", "user:a"]).query(&mut c).unwrap();
+    let _: () = c
+        .mset(&[("session:a", 1), ("user:a", 2), ("rate:a", 3)])
+        .unwrap();
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(&["session:a", "user:a", "rate:a", "nope", "user:a"])
+        .query(&mut c)
+        .unwrap();
     assert_eq!(n, 4, "EXISTS counts duplicates, as Redis does");
-    let n: i64 = redis::cmd("TOUCH").arg(&["session:a", "rate:a", "nope"]).query(&mut c).unwrap();
+    let n: i64 = redis::cmd("TOUCH")
+        .arg(&["session:a", "rate:a", "nope"])
+        .query(&mut c)
+        .unwrap();
     assert_eq!(n, 2);
     let n: i64 = c.del(&["session:a", "user:a", "nope"]).unwrap();
     assert_eq!(n, 2);
-    let n: i64 = redis::cmd("UNLINK").arg(&["rate:a", "session:a"]).query(&mut c).unwrap();
+    let n: i64 = redis::cmd("UNLINK")
+        .arg(&["rate:a", "session:a"])
+        .query(&mut c)
+        .unwrap();
     assert_eq!(n, 1);
     let left: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
     assert_eq!(left, 0);
@@ -57,10 +92,21 @@ fn non_splittable_cross_pool_commands_are_refused_and_run_nowhere() {
     let _: () = c.set("user:x", "2").unwrap();
     let cases: Vec<redis::Cmd> = vec![
         redis::cmd("RENAME").arg("session:x").arg("user:y").clone(),
-        redis::cmd("MSETNX").arg(&["session:n", "1", "user:n", "2"]).clone(),
-        redis::cmd("SUNIONSTORE").arg(&["user:dst", "session:x", "user:x"]).clone(),
-        redis::cmd("SMOVE").arg(&["session:x", "user:x", "m"]).clone(),
-        redis::cmd("EVAL").arg("return redis.call('SET', KEYS[1], 1)").arg(2).arg("session:e").arg("user:e").clone(),
+        redis::cmd("MSETNX")
+            .arg(&["session:n", "1", "user:n", "2"])
+            .clone(),
+        redis::cmd("SUNIONSTORE")
+            .arg(&["user:dst", "session:x", "user:x"])
+            .clone(),
+        redis::cmd("SMOVE")
+            .arg(&["session:x", "user:x", "m"])
+            .clone(),
+        redis::cmd("EVAL")
+            .arg("return redis.call('SET', KEYS[1], 1)")
+            .arg(2)
+            .arg("session:e")
+            .arg("user:e")
+            .clone(),
     ];
     for cmd in cases {
         let err = cmd.query::<redis::Value>(&mut c).unwrap_err();
@@ -90,7 +136,11 @@ fn same_pool_multi_key_commands_pass_through() {
     let r = Reference::start();
     let mut c = r.client();
     let _: () = c.set("session:from", "v").unwrap();
-    let _: () = redis::cmd("RENAME").arg("session:from").arg("session:to").query(&mut c).unwrap();
+    let _: () = redis::cmd("RENAME")
+        .arg("session:from")
+        .arg("session:to")
+        .query(&mut c)
+        .unwrap();
     let v: String = r.session.direct().get("session:to").unwrap();
     assert_eq!(v, "v");
     let n: i64 = redis::cmd("EVAL")

@@ -68,7 +68,7 @@ impl Conn {
     }
 }
 
-async fn handshake(
+pub(super) async fn handshake(
     stream: &mut TcpStream,
     endpoint: &Endpoint,
     db: u32,

@@ -3,11 +3,13 @@
 //! connect timeout and re-opened with backoff after a failure.
 
 mod conn;
+mod dedicated;
 mod pool;
 
 use thiserror::Error;
 
 pub use conn::{request_once, Conn, ReplyRx};
+pub use dedicated::Dedicated;
 pub use pool::Pool;
 
 use crate::config::Config;
@@ -22,6 +24,9 @@ pub enum BackendError {
     /// have been executed, so it is failed, never retried blindly.
     #[error("backend '{pool}' connection lost")]
     ConnectionLost { pool: String },
+    /// Every connection this pool may lease to single clients is in use.
+    #[error("backend '{pool}' has no free dedicated connection (limit {limit} reached)")]
+    LeasesExhausted { pool: String, limit: usize },
 }
 
 impl BackendError {

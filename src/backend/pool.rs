@@ -7,9 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 
-use super::{BackendError, Conn};
+use super::conn::handshake;
+use super::{BackendError, Conn, Dedicated};
 use crate::config::{BackendConfig, Endpoint};
 use crate::resp::Protocol;
 
@@ -21,7 +23,13 @@ pub struct Pool {
     settings: BackendConfig,
     slots: Mutex<HashMap<(u32, Protocol), Slot>>,
     health: Mutex<Health>,
+    /// Bounds the connections leased to single clients at once.
+    leases: Arc<Semaphore>,
+    idle: Mutex<Vec<Dedicated>>,
 }
+
+/// Clean leased connections kept for the next lease.
+const IDLE_DEDICATED: usize = 16;
 
 #[derive(Default)]
 struct Health {
@@ -35,9 +43,11 @@ impl Pool {
         Pool {
             name: name.to_string(),
             endpoint: ArcSwap::from_pointee(endpoint),
-            settings,
+            leases: Arc::new(Semaphore::new(settings.max_dedicated)),
+            idle: Mutex::new(Vec::new()),
             slots: Mutex::new(HashMap::new()),
             health: Mutex::new(Health::default()),
+            settings,
         }
     }
 
@@ -112,6 +122,65 @@ impl Pool {
                 endpoint.address(),
                 self.settings.connect_timeout_ms
             ))),
+        }
+    }
+
+    /// A connection for this client alone, from the idle list or new.
+    /// Fails at once when the pool's lease limit is reached.
+    pub async fn lease(&self, client_db: u32, proto: Protocol) -> Result<Dedicated, BackendError> {
+        let db = self.backend_db(client_db);
+        let permit =
+            self.leases
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| BackendError::LeasesExhausted {
+                    pool: self.name.clone(),
+                    limit: self.settings.max_dedicated,
+                })?;
+        {
+            let mut idle = lock(&self.idle);
+            if let Some(i) = idle.iter().position(|d| d.db == db && d.proto == proto) {
+                let mut d = idle.swap_remove(i);
+                d._permit = permit;
+                return Ok(d);
+            }
+        }
+        self.check_backoff()?;
+        let endpoint = self.endpoint();
+        let open = async {
+            let mut stream = TcpStream::connect(endpoint.address())
+                .await
+                .map_err(|e| e.to_string())?;
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            handshake(&mut stream, &endpoint, db, proto).await?;
+            Ok::<_, String>(stream)
+        };
+        match tokio::time::timeout(self.settings.connect_timeout(), open).await {
+            Ok(Ok(stream)) => {
+                self.mark_up();
+                Ok(Dedicated::new(
+                    stream,
+                    endpoint.address(),
+                    db,
+                    proto,
+                    permit,
+                ))
+            }
+            Ok(Err(reason)) => Err(self.mark_down(reason)),
+            Err(_) => Err(self.mark_down(format!("connect to {} timed out", endpoint.address()))),
+        }
+    }
+
+    /// Takes back a leased connection whose state ended cleanly (EXEC,
+    /// DISCARD, a blocking command answered). Anything else is just dropped.
+    pub fn release(&self, conn: Dedicated) {
+        // A connection to an address the pool no longer uses (failover) is dropped.
+        if !conn.is_clean() || conn.address != self.endpoint.load().address() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() < IDLE_DEDICATED {
+            idle.push(conn);
         }
     }
 

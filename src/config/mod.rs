@@ -81,6 +81,9 @@ pub struct BackendConfig {
     pub connections: usize,
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
+    /// Connections a pool may lease to single clients at once (transactions
+    /// with WATCH, blocking commands, subscriptions).
+    pub max_dedicated: usize,
 }
 
 impl Default for BackendConfig {
@@ -90,6 +93,7 @@ impl Default for BackendConfig {
             connections: 2,
             backoff_min_ms: 50,
             backoff_max_ms: 1000,
+            max_dedicated: 128,
         }
     }
 }

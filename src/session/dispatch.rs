@@ -1,20 +1,45 @@
-//! From one parsed request to its pending reply: look the command up, check
-//! its arity, answer it locally or plan its route, and queue it on the
-//! backend connections in request order.
+//! From one parsed request to its pending reply: look the command up, apply
+//! the connection's mode (transaction, subscriber), answer it locally, run
+//! it on a leased connection, or plan its route and queue it on the
+//! multiplexed backend connections in request order.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::merge::Merge;
+use super::pubsub::Kind;
 use super::reply::{Part, Reply};
 use super::Session;
-use crate::command::Flags;
-use crate::resp::{self, Request};
+use crate::command::{Flags, Spec};
+use crate::resp::{self, Protocol, Request};
 use crate::route::{Plan, PoolId, SplitKind};
 
 /// Command names longer than this are not in any table.
 const MAX_NAME: usize = 64;
+
+fn error(msg: &str) -> Reply {
+    Reply::Now(resp::error(msg))
+}
+
+fn upper(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).to_ascii_uppercase()
+}
+
+/// Redis's reply to a command it does not know.
+fn unknown_command(request: &Request) -> String {
+    let mut msg = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(request.arg(0))
+    );
+    for arg in request.args().skip(1).take(16) {
+        msg.push_str(&format!(
+            "'{}' ",
+            String::from_utf8_lossy(&arg[..arg.len().min(128)])
+        ));
+    }
+    msg
+}
 
 impl Session {
     pub(super) async fn dispatch(&mut self, request: Request) -> Reply {
@@ -30,16 +55,59 @@ impl Session {
             *d = s.to_ascii_lowercase();
         }
         let name = &name_buf[..name_len];
+        let spec = {
+            let args = request.arg_vec();
+            state.commands.lookup(&args)
+        };
 
-        let args = request.arg_vec();
-        let spec = state.commands.lookup(&args);
-        if let Some(spec) = spec {
-            if !spec.arity_ok(args.len()) {
-                return Reply::Now(resp::error(&format!(
-                    "ERR wrong number of arguments for '{}' command",
-                    spec.name
-                )));
+        // RESP2 subscriber mode allows only the subscription commands.
+        if self.client.proto == Protocol::Resp2 && self.subscriptions().is_some() {
+            match name {
+                b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
+                | b"sunsubscribe" | b"quit" | b"reset" => {}
+                b"ping" => return self.subscriber_ping(&request),
+                _ => {
+                    return error(&format!(
+                        "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                        spec.map(|s| s.name.to_string()).unwrap_or_else(|| String::from_utf8_lossy(name).into_owned())
+                    ))
+                }
             }
+        }
+
+        if let Some(spec) = spec {
+            if !spec.arity_ok(request.argc()) {
+                let msg = format!("ERR wrong number of arguments for '{}' command", spec.name);
+                return self.refuse_in_multi(msg);
+            }
+        }
+
+        match name {
+            b"multi" => return self.multi(),
+            b"exec" => return self.exec().await,
+            b"discard" => return self.discard(),
+            b"quit" => return Reply::Close(resp::simple("OK")),
+            b"reset" => return self.reset(),
+            _ => {}
+        }
+
+        if self.in_multi() {
+            return self.queue_command(name, spec, request);
+        }
+
+        match name {
+            b"watch" => {
+                let pool = self.single_pool(name, spec, &request);
+                return self.watch(&request, pool).await;
+            }
+            b"unwatch" => return self.unwatch().await,
+            b"subscribe" => return self.subscribe(Kind::Channel, &request).await,
+            b"psubscribe" => return self.subscribe(Kind::Pattern, &request).await,
+            b"ssubscribe" => return self.subscribe(Kind::Shard, &request).await,
+            b"unsubscribe" => return self.unsubscribe(Kind::Channel, &request).await,
+            b"punsubscribe" => return self.unsubscribe(Kind::Pattern, &request).await,
+            b"sunsubscribe" => return self.unsubscribe(Kind::Shard, &request).await,
+            _ => {}
         }
         if let Some(reply) = self.local(name, &request).await {
             return reply;
@@ -50,26 +118,22 @@ impl Session {
             let pool = state.router.fallback_pool(name, self.client.db);
             return self.forward(pool, request.bytes().clone()).await;
         };
-        if let Some(refusal) = needs_dedicated_connection(name, spec.flags, &args) {
-            return Reply::Now(resp::error(&format!(
-                "ERR '{}' needs a dedicated backend connection ({refusal}), which keyway does not support yet",
-                String::from_utf8_lossy(raw_name).to_ascii_uppercase()
-            )));
-        }
-        if name == b"mset" && args.len().is_multiple_of(2) {
-            return Reply::Now(resp::error(
-                "ERR wrong number of arguments for 'mset' command",
+        if let Some(what) = refused(name) {
+            return error(&format!(
+                "ERR '{}' is not supported by keyway: {what}",
+                upper(raw_name)
             ));
         }
-        let mut keys = std::mem::take(&mut self.key_scratch);
-        keys.clear();
-        state.commands.key_indexes(spec, &args, &mut keys);
-        let plan = state.router.plan(name, &request, &keys, self.client.db);
-        self.key_scratch = keys;
-        drop(args);
+        if name == b"mset" && request.argc().is_multiple_of(2) {
+            return error("ERR wrong number of arguments for 'mset' command");
+        }
+        let (plan, _) = self.plan(name, spec, &request);
         match plan {
+            Plan::One(pool) if blocks(name, spec.flags, &request) => {
+                self.blocking(pool, &request).await
+            }
             Plan::One(pool) => self.forward(pool, request.bytes().clone()).await,
-            Plan::CrossPool(c) => Reply::Now(resp::error(&c.to_string())),
+            Plan::CrossPool(c) => error(&c.to_string()),
             Plan::Split(plan) => {
                 let merge = match plan.kind {
                     SplitKind::Mget => Merge::Mget {
@@ -87,6 +151,89 @@ impl Session {
                 Reply::Fanout { parts, merge }
             }
         }
+    }
+
+    /// The route of a request, and whether it has keys at all.
+    fn plan(&mut self, name: &[u8], spec: &Spec, request: &Request) -> (Plan, bool) {
+        let mut keys = std::mem::take(&mut self.key_scratch);
+        keys.clear();
+        {
+            let args = request.arg_vec();
+            self.state.commands.key_indexes(spec, &args, &mut keys);
+        }
+        let plan = self.state.router.plan(name, request, &keys, self.client.db);
+        let has_keys = !keys.is_empty();
+        self.key_scratch = keys;
+        (plan, has_keys)
+    }
+
+    /// The one pool all of a request's keys map to, or the refusal text.
+    fn single_pool(
+        &mut self,
+        name: &[u8],
+        spec: Option<&Spec>,
+        request: &Request,
+    ) -> Result<PoolId, String> {
+        let Some(spec) = spec else {
+            return Err(unknown_command(request));
+        };
+        match self.plan(name, spec, request).0 {
+            Plan::One(pool) => Ok(pool),
+            Plan::CrossPool(c) => Err(c.to_string()),
+            Plan::Split(plan) => {
+                let first = plan.parts[0].pool;
+                let second = plan.parts.get(1).map(|p| p.pool).unwrap_or(first);
+                Err(self.cross_pool(first, second).to_string())
+            }
+        }
+    }
+
+    /// A command between MULTI and EXEC.
+    fn queue_command(&mut self, name: &[u8], spec: Option<&Spec>, request: Request) -> Reply {
+        match name {
+            b"watch" => return error("ERR WATCH inside MULTI is not allowed"),
+            b"subscribe" | b"psubscribe" | b"ssubscribe" | b"hello" | b"auth" | b"select"
+            | b"client" | b"scan" | b"keys" | b"dbsize" | b"info" | b"randomkey" | b"pubsub"
+            | b"script" | b"function" => {
+                return self.refuse_in_multi(format!(
+                    "ERR '{}' inside MULTI is not supported by keyway",
+                    upper(name)
+                ));
+            }
+            _ => {}
+        }
+        if let Some(what) = refused(name) {
+            return self.refuse_in_multi(format!(
+                "ERR '{}' is not supported by keyway: {what}",
+                upper(name)
+            ));
+        }
+        let Some(spec) = spec else {
+            return self.refuse_in_multi(unknown_command(&request));
+        };
+        let pool = match self.plan(name, spec, &request) {
+            (Plan::One(pool), true) => Ok(Some(pool)),
+            (Plan::One(_), false) => Ok(None),
+            (Plan::CrossPool(c), _) => Err(c.to_string()),
+            (Plan::Split(plan), _) => {
+                let first = plan.parts[0].pool;
+                let second = plan.parts.get(1).map(|p| p.pool).unwrap_or(first);
+                Err(self.cross_pool(first, second).to_string())
+            }
+        };
+        self.queue_in_multi(request, pool)
+    }
+
+    /// An error that, inside MULTI, also makes EXEC answer EXECABORT.
+    fn refuse_in_multi(&mut self, message: String) -> Reply {
+        if self.in_multi() {
+            return self.queue_in_multi_error(message);
+        }
+        error(&message)
+    }
+
+    fn queue_in_multi_error(&mut self, message: String) -> Reply {
+        self.queue_in_multi(Request::from_args(&["PING"]), Err(message))
     }
 
     pub(super) async fn forward(&mut self, pool: PoolId, bytes: Bytes) -> Reply {
@@ -107,20 +254,21 @@ impl Session {
     }
 }
 
-/// Commands whose state lives on one backend connection cannot share a
-/// multiplexed one: a transaction, a subscription, a blocked pop.
-fn needs_dedicated_connection(name: &[u8], flags: Flags, args: &[&[u8]]) -> Option<&'static str> {
+/// Commands that would hold a connection's state keyway cannot share.
+fn refused(name: &[u8]) -> Option<&'static str> {
     match name {
-        b"multi" | b"exec" | b"discard" | b"watch" | b"unwatch" => Some("transaction"),
-        b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
-        | b"sunsubscribe" => Some("pub/sub"),
-        b"monitor" | b"sync" | b"psync" | b"replconf" => Some("replication stream"),
-        b"wait" | b"waitaof" => Some("blocking"),
-        b"xread" | b"xreadgroup" => args
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
-            .then_some("blocking"),
-        _ if flags.contains(Flags::BLOCKING) => Some("blocking"),
+        b"monitor" => Some("MONITOR would show one backend connection, not this client's traffic"),
+        b"sync" | b"psync" | b"replconf" => Some("replication goes to the backends directly"),
+        b"readonly" | b"readwrite" | b"asking" => Some("keyway is not a cluster node"),
         _ => None,
+    }
+}
+
+/// Whether this request blocks its connection until something happens.
+fn blocks(name: &[u8], flags: Flags, request: &Request) -> bool {
+    match name {
+        b"wait" | b"waitaof" => true,
+        b"xread" | b"xreadgroup" => request.args().any(|a| a.eq_ignore_ascii_case(b"BLOCK")),
+        _ => flags.contains(Flags::BLOCKING),
     }
 }

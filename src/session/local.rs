@@ -37,14 +37,6 @@ impl Session {
                 _ => wrong_args("ping"),
             },
             b"echo" => Some(Reply::Now(resp::bulk(req.arg(1)))),
-            b"quit" => Some(Reply::Close(resp::simple("OK"))),
-            b"reset" => {
-                self.client.db = 0;
-                self.client.proto = Protocol::Resp2;
-                self.client.name.clear();
-                self.client_changed();
-                Some(Reply::Now(resp::simple("RESET")))
-            }
             b"select" => self.select(req.arg(1)),
             b"hello" => self.hello(req),
             b"auth" => self.auth(req),
@@ -72,8 +64,57 @@ impl Session {
                 Some(self.fanout(&pools, req.bytes(), Merge::FirstNonNil).await)
             }
             b"scan" => Some(self.scan(req).await),
+            b"pubsub" => Some(self.pubsub_command(req).await),
+            b"script" | b"function" => self.scripting(name, req).await,
+            b"swapdb" => {
+                let pools = self.all_pools();
+                Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
+            }
             _ => None,
         }
+    }
+
+    /// RESET: back to a fresh connection's state; leases and subscriptions
+    /// are dropped, which closes their backend connections.
+    pub(super) fn reset(&mut self) -> Reply {
+        self.mode = super::Mode::Normal;
+        self.reply_mode = super::ReplyMode::On;
+        self.client.db = 0;
+        self.client.proto = Protocol::Resp2;
+        self.client.name.clear();
+        self.client_changed();
+        Reply::Now(resp::simple("RESET"))
+    }
+
+    /// PUBSUB introspection summed over pools.
+    async fn pubsub_command(&mut self, req: &Request) -> Reply {
+        let sub = text(req.arg(1)).to_ascii_lowercase();
+        let pools = self.all_pools();
+        let merge = match sub.as_str() {
+            "channels" | "shardchannels" => Merge::ConcatArrays,
+            "numsub" | "shardnumsub" => Merge::SumPairs,
+            "numpat" => Merge::SumIntegers,
+            _ => {
+                let pool = self.state.router.default_pool();
+                return self.forward(pool, req.bytes().clone()).await;
+            }
+        };
+        self.fanout(&pools, req.bytes(), merge).await
+    }
+
+    /// SCRIPT and FUNCTION changes go to every pool, so EVALSHA and FCALL
+    /// work wherever their keys land; read-only forms ask the default pool.
+    async fn scripting(&mut self, name: &[u8], req: &Request) -> Option<Reply> {
+        let sub = text(req.arg(1)).to_ascii_lowercase();
+        let merge = match (name, sub.as_str()) {
+            (b"script", "load") | (b"function", "load") => Merge::First,
+            (b"script", "exists") => Merge::AllExist,
+            (b"script", "flush") | (b"function", "flush" | "delete" | "restore") => Merge::AllOk,
+            (_, "kill") => Merge::AnyOk,
+            _ => return None,
+        };
+        let pools = self.all_pools();
+        Some(self.fanout(&pools, req.bytes(), merge).await)
     }
 
     fn all_pools(&self) -> Vec<PoolId> {
@@ -206,7 +247,7 @@ impl Session {
             }
             ("info", 2) => {
                 let mut r = ReplyBuf::new(self.client.proto);
-                r.verbatim(self.client.info().line().as_bytes());
+                r.verbatim(self.client.info(&self.kill, &self.mode).line().as_bytes());
                 Some(Reply::Now(r.freeze()))
             }
             ("list", _) => {
@@ -223,7 +264,31 @@ impl Session {
                 Some(Reply::Now(r.freeze()))
             }
             ("no-evict", 3) => ok(),
-            ("id" | "getname" | "info" | "setname" | "setinfo" | "no-evict", _) => err(&format!(
+            ("reply", 3) => match text(req.arg(2)).to_ascii_lowercase().as_str() {
+                "on" => {
+                    self.reply_mode = super::ReplyMode::On;
+                    ok()
+                }
+                "off" => {
+                    self.reply_mode = super::ReplyMode::Off;
+                    ok()
+                }
+                "skip" => {
+                    // Neither SKIP itself nor the next command is answered.
+                    self.reply_mode = super::ReplyMode::Skip(2);
+                    ok()
+                }
+                _ => err("ERR syntax error"),
+            },
+            ("kill", _) => Some(self.client_kill(req)),
+            ("tracking" | "caching" | "getredir" | "trackinginfo", _) => err(&format!(
+                "ERR CLIENT {} is not supported by keyway (client-side caching needs one backend connection per client)",
+                sub.to_ascii_uppercase()
+            )),
+            ("no-touch", _) => err(
+                "ERR CLIENT NO-TOUCH is not supported by keyway (it would apply to a shared backend connection)",
+            ),
+            ("id" | "getname" | "info" | "setname" | "setinfo" | "no-evict" | "reply", _) => err(&format!(
                 "ERR wrong number of arguments for 'client|{sub}' command"
             )),
             ("help", _) => None,
@@ -232,6 +297,66 @@ impl Session {
                 sub.to_ascii_uppercase()
             )),
         }
+    }
+
+    /// CLIENT KILL addr, or the filter form: ID, ADDR, LADDR, USER, SKIPME.
+    fn client_kill(&mut self, req: &Request) -> Reply {
+        let args: Vec<String> = req.args().skip(2).map(text).collect();
+        let mut filters: Vec<(String, String)> = Vec::new();
+        let old_form = args.len() == 1;
+        if old_form {
+            filters.push(("addr".into(), args[0].clone()));
+        } else {
+            if args.is_empty() || !args.len().is_multiple_of(2) {
+                return Reply::Now(resp::error("ERR syntax error"));
+            }
+            for pair in args.chunks(2) {
+                filters.push((pair[0].to_ascii_lowercase(), pair[1].clone()));
+            }
+        }
+        let mut skip_me = true;
+        for (k, v) in &filters {
+            match k.as_str() {
+                "id" if v.parse::<u64>().is_err() => {
+                    return Reply::Now(resp::error("ERR client-id should be greater than 0"))
+                }
+                "skipme" => skip_me = !v.eq_ignore_ascii_case("no"),
+                "id" | "addr" | "laddr" | "user" | "type" | "maxage" => {}
+                _ => return Reply::Now(resp::error("ERR syntax error")),
+            }
+        }
+        let mut killed = 0;
+        for entry in self.state.clients.iter() {
+            let c = entry.value();
+            if skip_me && c.id == self.client.id && !old_form {
+                continue;
+            }
+            let matches = filters.iter().all(|(k, v)| match k.as_str() {
+                "id" => v.parse::<u64>().ok() == Some(c.id),
+                "addr" => c.addr.to_string() == *v,
+                "laddr" => c.local_addr.to_string() == *v,
+                "user" => v == "default",
+                "type" => {
+                    v.eq_ignore_ascii_case("normal")
+                        || (v.eq_ignore_ascii_case("pubsub") && c.subscriptions != (0, 0, 0))
+                }
+                "maxage" => v
+                    .parse::<u64>()
+                    .is_ok_and(|age| c.connected.elapsed().as_secs() >= age),
+                _ => true,
+            });
+            if matches {
+                c.kill.cancel();
+                killed += 1;
+            }
+        }
+        if old_form {
+            if killed == 0 {
+                return Reply::Now(resp::error("ERR No such client"));
+            }
+            return Reply::Now(resp::simple("OK"));
+        }
+        Reply::Now(resp::int(killed))
     }
 
     async fn scan(&mut self, req: &Request) -> Reply {

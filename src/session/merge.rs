@@ -16,7 +16,15 @@ pub enum Merge {
         positions: Vec<Vec<usize>>,
     },
     AllOk,
+    /// At least one part said OK (SCRIPT KILL: only the busy pool can).
+    AnyOk,
+    /// Every part agreed; the first reply stands for all (SCRIPT LOAD).
+    First,
     SumIntegers,
+    /// `[name, n, name, n]` replies summed per position (PUBSUB NUMSUB).
+    SumPairs,
+    /// Element-wise AND of 0/1 arrays (SCRIPT EXISTS: loaded everywhere).
+    AllExist,
     ConcatArrays,
     /// The first non-nil reply (the parts come in a random order).
     FirstNonNil,
@@ -51,6 +59,14 @@ impl Merge {
                 Err(e) => return e.to_resp(),
             }
         }
+        if let Merge::AnyOk = self {
+            return ok
+                .iter()
+                .find(|b| b.as_ref() == b"+OK\r\n")
+                .or(ok.first())
+                .cloned()
+                .unwrap_or_else(|| unexpected("reply"));
+        }
         // A backend error reply (WRONGTYPE, ...) is the answer as Redis would give it.
         if let Some(err) = ok.iter().find(|b| shapes::is_error(b)) {
             return err.clone();
@@ -81,6 +97,10 @@ impl Merge {
                 });
                 out.freeze()
             }
+            Merge::First => ok.first().cloned().unwrap_or_else(|| unexpected("reply")),
+            Merge::SumPairs => merge_pairs(&ok),
+            Merge::AllExist => merge_all_exist(&ok),
+            Merge::AnyOk => unexpected("reply"),
             Merge::FirstNonNil => ok
                 .iter()
                 .find(|b| !resp::is_nil(b))
@@ -97,6 +117,57 @@ fn unexpected(what: &str) -> Bytes {
     resp::error(&format!(
         "ERR keyway could not merge the backends' replies: expected {what}"
     ))
+}
+
+fn merge_pairs(parts: &[Bytes]) -> Bytes {
+    let mut names: Vec<&[u8]> = Vec::new();
+    let mut sums: Vec<i64> = Vec::new();
+    for part in parts {
+        let Some(e) = shapes::elements(part) else {
+            return unexpected("array");
+        };
+        for (i, pair) in e.chunks(2).enumerate() {
+            let n = pair.get(1).and_then(|f| shapes::integer(f)).unwrap_or(0);
+            if i < sums.len() {
+                sums[i] += n;
+            } else {
+                names.push(pair[0]);
+                sums.push(n);
+            }
+        }
+    }
+    let mut out = ReplyBuf::new(Protocol::Resp2);
+    out.array(names.len() * 2);
+    for (name, n) in names.iter().zip(sums) {
+        out.raw(name).int(n);
+    }
+    out.freeze()
+}
+
+fn merge_all_exist(parts: &[Bytes]) -> Bytes {
+    let mut all: Option<Vec<i64>> = None;
+    for part in parts {
+        let Some(e) = shapes::elements(part) else {
+            return unexpected("array");
+        };
+        let flags: Vec<i64> = e.iter().map(|f| shapes::integer(f).unwrap_or(0)).collect();
+        all = Some(match all {
+            None => flags,
+            Some(prev) => prev
+                .iter()
+                .zip(&flags)
+                .map(|(a, b)| a.min(b))
+                .copied()
+                .collect(),
+        });
+    }
+    let all = all.unwrap_or_default();
+    let mut out = ReplyBuf::new(Protocol::Resp2);
+    out.array(all.len());
+    all.iter().for_each(|&n| {
+        out.int(n);
+    });
+    out.freeze()
 }
 
 fn merge_mget(keys: usize, positions: &[Vec<usize>], parts: &[Bytes]) -> Bytes {

@@ -1,11 +1,15 @@
 //! One client connection: reads bytes, splits complete requests (pipelines
-//! included), keeps the client's state (db, protocol, name) and hands each
-//! request's pending reply, in order, to the writer task.
+//! included), keeps the client's state (db, protocol, name, transaction,
+//! subscriptions) and hands each request's pending reply, in order, to the
+//! writer task.
 
+mod blocking;
 mod dispatch;
 mod local;
 mod merge;
+mod pubsub;
 mod reply;
+mod transaction;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +17,10 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendError, Conn, ReplyRx};
 use crate::config::Config;
@@ -24,7 +30,12 @@ use crate::state::{ClientInfo, State};
 
 pub use reply::Reply;
 
+use pubsub::Subscriptions;
+use transaction::Transaction;
+
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes a client may send ahead while keyway waits on a blocking command.
+const MAX_READ_AHEAD: usize = 1024 * 1024;
 
 /// The client's own state, as Redis keeps it per connection.
 #[derive(Debug, Clone)]
@@ -41,7 +52,11 @@ pub struct ClientState {
 }
 
 impl ClientState {
-    fn info(&self) -> ClientInfo {
+    fn info(&self, kill: &CancellationToken, mode: &Mode) -> ClientInfo {
+        let (sub, psub, ssub) = match mode {
+            Mode::Subscribed(s) => s.counts(),
+            _ => (0, 0, 0),
+        };
         ClientInfo {
             id: self.id,
             addr: self.addr,
@@ -52,17 +67,48 @@ impl ClientState {
             lib_name: self.lib_name.clone(),
             lib_ver: self.lib_ver.clone(),
             connected: self.connected,
+            multi: match mode {
+                Mode::Transaction(t) if t.in_multi() => t.queued_len() as i64,
+                _ => -1,
+            },
+            subscriptions: (sub, psub, ssub),
+            kill: kill.clone(),
         }
     }
+}
+
+/// What the connection is doing, as Redis distinguishes it.
+pub(crate) enum Mode {
+    Normal,
+    /// After WATCH or MULTI, until EXEC, DISCARD, UNWATCH or RESET.
+    Transaction(Transaction),
+    /// With at least one subscription.
+    Subscribed(Subscriptions),
+}
+
+/// CLIENT REPLY: whether replies are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyMode {
+    On,
+    Off,
+    /// This many more replies are dropped (SKIP drops its own and the next).
+    Skip(u8),
 }
 
 pub struct Session {
     state: Arc<State>,
     client: ClientState,
+    mode: Mode,
+    reply_mode: ReplyMode,
     /// Per pool, the multiplexed connection for the client's current db and
     /// protocol; cleared when either changes.
     conns: Vec<Option<Conn>>,
     key_scratch: Vec<usize>,
+    rd: OwnedReadHalf,
+    inbuf: BytesMut,
+    tx: mpsc::Sender<Reply>,
+    /// Cancelled by CLIENT KILL.
+    kill: CancellationToken,
 }
 
 pub fn parse_limits(config: &Config) -> ParseLimits {
@@ -88,56 +134,95 @@ pub async fn serve(state: Arc<State>, socket: TcpStream, addr: SocketAddr) {
         connected: Instant::now(),
     };
     let id = client.id;
-    state.clients.insert(id, client.info());
-    let mut session = Session {
-        conns: vec![None; state.router.pool_count()],
-        state: state.clone(),
-        client,
-        key_scratch: Vec::new(),
-    };
     let (rd, wr) = socket.into_split();
     // The channel's bound is the pipeline depth: a client that does not
     // read its replies stops being read.
     let (tx, rx) = mpsc::channel(state.config.server.max_pipeline);
     let writer = tokio::spawn(reply::write_replies(wr, rx, state.clone()));
-    session.read_requests(rd, tx).await;
+    let mut session = Session {
+        conns: vec![None; state.router.pool_count()],
+        state: state.clone(),
+        client,
+        mode: Mode::Normal,
+        reply_mode: ReplyMode::On,
+        key_scratch: Vec::new(),
+        rd,
+        inbuf: BytesMut::with_capacity(READ_CHUNK),
+        tx,
+        kill: CancellationToken::new(),
+    };
+    session.register();
+    session.read_requests().await;
+    // Leased connections close with the session: nothing half-done survives.
+    session.mode = Mode::Normal;
+    drop(session);
     let _ = writer.await;
     state.clients.remove(&id);
 }
 
 impl Session {
-    async fn read_requests(
-        &mut self,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
-        tx: mpsc::Sender<Reply>,
-    ) {
+    async fn read_requests(&mut self) {
         let mut parser = RequestParser::new(parse_limits(&self.state.config));
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {
-            match parser.next(&mut buf) {
+            match parser.next(&mut self.inbuf) {
                 Ok(Some(request)) => {
                     let reply = self.dispatch(request).await;
-                    let closes = reply.closes();
-                    if tx.send(reply).await.is_err() || closes {
+                    if !self.queue(reply).await {
                         return;
                     }
+                    self.release_held_messages().await;
                 }
                 Ok(None) => {
-                    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                        buf.reserve(READ_CHUNK);
-                    }
-                    match rd.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
+                    if !self.read_more().await {
+                        return;
                     }
                 }
                 Err(e) => {
                     tracing::debug!(client = self.client.id, "protocol error: {e}");
                     let reply = crate::resp::error(&format!("ERR Protocol error: {e}"));
-                    let _ = tx.send(Reply::Close(reply)).await;
+                    let _ = self.tx.send(Reply::Close(reply)).await;
                     return;
                 }
             }
+        }
+    }
+
+    /// Reads more client bytes; false on EOF, error or CLIENT KILL.
+    async fn read_more(&mut self) -> bool {
+        if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 4 {
+            self.inbuf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = self.rd.read_buf(&mut self.inbuf) => matches!(read, Ok(n) if n > 0),
+            _ = self.kill.cancelled() => false,
+        }
+    }
+
+    /// Hands a reply to the writer, honouring CLIENT REPLY; false when the
+    /// connection is done.
+    async fn queue(&mut self, reply: Reply) -> bool {
+        let closes = reply.closes();
+        let reply = match self.reply_mode {
+            ReplyMode::On => reply,
+            ReplyMode::Off => Reply::Silent(Box::new(reply)),
+            ReplyMode::Skip(n) => {
+                self.reply_mode = if n > 1 {
+                    ReplyMode::Skip(n - 1)
+                } else {
+                    ReplyMode::On
+                };
+                Reply::Silent(Box::new(reply))
+            }
+        };
+        self.tx.send(reply).await.is_ok() && !closes
+    }
+
+    /// Waits until every reply queued before now has been resolved, so work
+    /// on a leased connection runs after the client's earlier commands.
+    async fn barrier(&mut self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Reply::Barrier(Some(done))).await.is_ok() {
+            let _ = wait.await;
         }
     }
 
@@ -170,11 +255,15 @@ impl Session {
         })
     }
 
+    fn register(&self) {
+        self.state
+            .clients
+            .insert(self.client.id, self.client.info(&self.kill, &self.mode));
+    }
+
     /// The db or protocol changed: connections for the old ones no longer fit.
     fn client_changed(&mut self) {
         self.conns.iter_mut().for_each(|c| *c = None);
-        self.state
-            .clients
-            .insert(self.client.id, self.client.info());
+        self.register();
     }
 }

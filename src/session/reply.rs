@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
 use tokio::sync::oneshot::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot};
 
 use super::merge::Merge;
 use crate::backend::{BackendError, ReplyRx};
@@ -25,6 +25,10 @@ pub enum Reply {
     Fanout { parts: Vec<Part>, merge: Merge },
     /// Written, then the connection is closed (QUIT, protocol errors).
     Close(Bytes),
+    /// Resolved but not written (CLIENT REPLY OFF / SKIP).
+    Silent(Box<Reply>),
+    /// Writes nothing; fires once every earlier reply is resolved.
+    Barrier(Option<oneshot::Sender<()>>),
 }
 
 pub struct Part {
@@ -36,13 +40,21 @@ pub struct Part {
 
 impl Part {
     pub fn new(pool: PoolId, rx: Result<ReplyRx, BackendError>) -> Part {
-        Part { pool, rx, got: None }
+        Part {
+            pool,
+            rx,
+            got: None,
+        }
     }
 }
 
 impl Reply {
     pub fn closes(&self) -> bool {
-        matches!(self, Reply::Close(_))
+        match self {
+            Reply::Close(_) => true,
+            Reply::Silent(inner) => inner.closes(),
+            _ => false,
+        }
     }
 
     pub fn backend_error(e: &BackendError) -> Reply {
@@ -59,6 +71,13 @@ impl Reply {
                 Err(TryRecvError::Closed) => Some(lost(state, *pool)),
             },
             Reply::Fanout { .. } => None,
+            Reply::Silent(inner) => inner.try_ready(state).map(|_| Bytes::new()),
+            Reply::Barrier(done) => {
+                if let Some(done) = done.take() {
+                    let _ = done.send(());
+                }
+                Some(Bytes::new())
+            }
         }
     }
 
@@ -81,10 +100,22 @@ impl Reply {
                 }
                 let frames = parts
                     .iter_mut()
-                    .map(|p| (p.pool, p.got.take().unwrap_or_else(|| Err(connection_lost(state, p.pool)))))
+                    .map(|p| {
+                        (
+                            p.pool,
+                            p.got
+                                .take()
+                                .unwrap_or_else(|| Err(connection_lost(state, p.pool))),
+                        )
+                    })
                     .collect();
                 std::mem::replace(merge, Merge::AllOk).merge(state, frames)
             }
+            Reply::Silent(inner) => {
+                Box::pin(inner.ready(state)).await;
+                Bytes::new()
+            }
+            Reply::Barrier(_) => self.try_ready(state).unwrap_or_default(),
         }
     }
 }
@@ -106,7 +137,11 @@ const OUTPUT_SOFT_LIMIT: usize = 64 * 1024 * 1024;
 /// Writes replies in request order. Writing and waiting for the next reply
 /// run side by side, so a client that sends a long pipeline before reading
 /// anything is served as Redis would serve it, up to the output limit.
-pub async fn write_replies(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>, state: Arc<State>) {
+pub async fn write_replies(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Reply>,
+    state: Arc<State>,
+) {
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut current: Option<Reply> = None;
     let mut input_done = false;
@@ -121,7 +156,9 @@ pub async fn write_replies(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>
                 }
             }
             let Some(reply) = current.as_mut() else { break };
-            let Some(bytes) = reply.try_ready(&state) else { break };
+            let Some(bytes) = reply.try_ready(&state) else {
+                break;
+            };
             out.extend_from_slice(&bytes);
             input_done |= reply.closes();
             current = None;

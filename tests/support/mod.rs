@@ -18,7 +18,8 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("keyway-test-{}-{tag}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("keyway-test-{}-{tag}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -142,7 +143,8 @@ pub fn connect(port: u16) -> redis::Connection {
     let conn = client
         .get_connection_with_timeout(Duration::from_secs(5))
         .expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     conn
 }
 
@@ -257,7 +259,11 @@ impl Reference {
         let session = RedisServer::start();
         let cache = RedisServer::start();
         let realtime = RedisServer::start();
-        let keyway = Keyway::start(&reference_config(&session.url(), &cache.url(), &realtime.url()));
+        let keyway = Keyway::start(&reference_config(
+            &session.url(),
+            &cache.url(),
+            &realtime.url(),
+        ));
         Reference {
             session,
             cache,

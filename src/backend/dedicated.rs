@@ -1,0 +1,68 @@
+//! A connection leased to one client for state that cannot be shared:
+//! a transaction with WATCH, a blocking command, subscriptions. Leases are
+//! bounded per pool; a clean connection goes back to the idle list, any
+//! other is closed (dropping it closes the socket, which ends its state).
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::resp::{FrameScanner, Protocol};
+
+pub struct Dedicated {
+    stream: TcpStream,
+    buf: BytesMut,
+    scanner: FrameScanner,
+    pub(super) address: String,
+    pub(super) db: u32,
+    pub(super) proto: Protocol,
+    pub(super) _permit: OwnedSemaphorePermit,
+}
+
+impl Dedicated {
+    pub(super) fn new(
+        stream: TcpStream,
+        address: String,
+        db: u32,
+        proto: Protocol,
+        permit: OwnedSemaphorePermit,
+    ) -> Dedicated {
+        Dedicated {
+            stream,
+            address,
+            buf: BytesMut::with_capacity(16 * 1024),
+            scanner: FrameScanner::default(),
+            db,
+            proto,
+            _permit: permit,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// The next reply frame. Cancel-safe: bytes read and the scan position
+    /// stay in `self`, so a caller may race it against other events.
+    pub async fn read_frame(&mut self) -> std::io::Result<Bytes> {
+        loop {
+            match self.scanner.next_frame(&self.buf) {
+                Ok(Some(n)) => return Ok(self.buf.split_to(n).freeze()),
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// True when no reply bytes are pending: safe to hand to someone else.
+    pub(super) fn is_clean(&self) -> bool {
+        self.buf.is_empty()
+    }
+}

@@ -1,0 +1,454 @@
+//! Subscriptions. Channels route by prefix like keys (patterns go to every
+//! pool they could match); each pool with subscriptions gets a leased
+//! connection and a link task forwarding its messages. keyway writes the
+//! (un)subscribe confirmations itself, with counts over all pools.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::reply::Reply;
+use super::{Mode, Session};
+use crate::backend::Dedicated;
+use crate::resp::{self, shapes, Protocol, ReplyBuf, Request};
+use crate::route::PoolId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+impl Kind {
+    fn subscribe(self) -> &'static str {
+        match self {
+            Kind::Channel => "subscribe",
+            Kind::Pattern => "psubscribe",
+            Kind::Shard => "ssubscribe",
+        }
+    }
+
+    fn unsubscribe(self) -> &'static str {
+        match self {
+            Kind::Channel => "unsubscribe",
+            Kind::Pattern => "punsubscribe",
+            Kind::Shard => "sunsubscribe",
+        }
+    }
+}
+
+enum LinkCmd {
+    /// Send a (un)subscribe command; `done` fires when the backend has
+    /// confirmed `confirmations` names (false if the link failed).
+    Send {
+        bytes: Bytes,
+        confirmations: usize,
+        done: oneshot::Sender<bool>,
+    },
+    /// The client's confirmations are queued: forward held messages now.
+    Release,
+}
+
+pub(crate) struct Subscriptions {
+    channels: BTreeMap<Bytes, PoolId>,
+    patterns: BTreeMap<Bytes, Vec<PoolId>>,
+    shards: BTreeMap<Bytes, PoolId>,
+    links: Vec<Option<mpsc::Sender<LinkCmd>>>,
+    /// Links holding messages until the confirmations are queued.
+    held: Vec<PoolId>,
+}
+
+impl Subscriptions {
+    fn new(pools: usize) -> Subscriptions {
+        Subscriptions {
+            channels: BTreeMap::new(),
+            patterns: BTreeMap::new(),
+            shards: BTreeMap::new(),
+            links: vec![None; pools],
+            held: Vec::new(),
+        }
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.channels.len(), self.patterns.len(), self.shards.len())
+    }
+
+    fn count_for(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Shard => self.shards.len(),
+            _ => self.channels.len() + self.patterns.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counts() == (0, 0, 0)
+    }
+
+    fn names(&self, kind: Kind) -> Vec<Bytes> {
+        match kind {
+            Kind::Channel => self.channels.keys().cloned().collect(),
+            Kind::Pattern => self.patterns.keys().cloned().collect(),
+            Kind::Shard => self.shards.keys().cloned().collect(),
+        }
+    }
+
+    fn pools_of(&self, kind: Kind, name: &Bytes) -> Vec<PoolId> {
+        match kind {
+            Kind::Channel => self
+                .channels
+                .get(name)
+                .map(|p| vec![*p])
+                .unwrap_or_default(),
+            Kind::Pattern => self.patterns.get(name).cloned().unwrap_or_default(),
+            Kind::Shard => self.shards.get(name).map(|p| vec![*p]).unwrap_or_default(),
+        }
+    }
+}
+
+/// One confirmation frame, as Redis writes it in the client's protocol.
+fn confirmation(proto: Protocol, what: &str, name: Option<&[u8]>, count: usize) -> Bytes {
+    let mut r = ReplyBuf::new(proto);
+    match proto {
+        Protocol::Resp2 => r.array(3),
+        Protocol::Resp3 => r.raw(b">3\r\n"),
+    };
+    r.bulk(what.as_bytes());
+    match name {
+        Some(n) => r.bulk(n),
+        None => r.null(),
+    };
+    r.int(count as i64);
+    r.freeze()
+}
+
+fn command(verb: &str, names: &[Bytes]) -> Bytes {
+    let mut args: Vec<&[u8]> = vec![verb.as_bytes()];
+    args.extend(names.iter().map(|n| n.as_ref()));
+    Request::from_args(&args).bytes().clone()
+}
+
+impl Session {
+    pub(super) fn subscriptions(&self) -> Option<&Subscriptions> {
+        match &self.mode {
+            Mode::Subscribed(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn pools_for_subscription(&self, kind: Kind, name: &[u8]) -> Vec<PoolId> {
+        let router = &self.state.router;
+        match kind {
+            Kind::Pattern => router.pools_for_pattern(name, b"psubscribe", self.client.db),
+            Kind::Channel => vec![router.pool_for_key(name, b"subscribe", self.client.db)],
+            Kind::Shard => vec![router.pool_for_key(name, b"ssubscribe", self.client.db)],
+        }
+    }
+
+    pub(super) async fn subscribe(&mut self, kind: Kind, request: &Request) -> Reply {
+        match &self.mode {
+            Mode::Normal => {
+                self.mode = Mode::Subscribed(Subscriptions::new(self.state.router.pool_count()))
+            }
+            Mode::Subscribed(_) => {}
+            Mode::Transaction(_) => {
+                return Reply::Now(resp::error(
+                    "ERR keyway does not support subscribing during a transaction",
+                ))
+            }
+        }
+        let names: Vec<Bytes> = request.args().skip(1).map(Bytes::copy_from_slice).collect();
+        let mut per_pool: BTreeMap<PoolId, Vec<Bytes>> = BTreeMap::new();
+        let mut pools_by_name = Vec::with_capacity(names.len());
+        for name in &names {
+            let pools = self.pools_for_subscription(kind, name);
+            for &p in &pools {
+                per_pool.entry(p).or_default().push(name.clone());
+            }
+            pools_by_name.push(pools);
+        }
+        let mut waits = Vec::new();
+        for (pool, pool_names) in &per_pool {
+            let link = match self.link(*pool).await {
+                Ok(link) => link,
+                Err(reply) => {
+                    self.leave_if_empty();
+                    return reply;
+                }
+            };
+            let (done, wait) = oneshot::channel();
+            let cmd = LinkCmd::Send {
+                bytes: command(kind.subscribe(), pool_names),
+                confirmations: pool_names.len(),
+                done,
+            };
+            // A closed link drops `done`, which the wait below reports.
+            let _ = link.send(cmd).await;
+            waits.push((*pool, wait));
+        }
+        for (pool, wait) in waits {
+            if !matches!(wait.await, Ok(true)) {
+                self.leave_if_empty();
+                return Reply::Now(resp::error(&format!(
+                    "ERR backend '{}' connection lost while subscribing",
+                    self.state.router.pool_name(pool)
+                )));
+            }
+        }
+        let proto = self.client.proto;
+        let Mode::Subscribed(subs) = &mut self.mode else {
+            return Reply::Now(resp::error("ERR subscription state lost"));
+        };
+        let mut out = Vec::new();
+        for (name, pools) in names.into_iter().zip(pools_by_name) {
+            match kind {
+                Kind::Channel => {
+                    subs.channels.insert(name.clone(), pools[0]);
+                }
+                Kind::Pattern => {
+                    subs.patterns.insert(name.clone(), pools);
+                }
+                Kind::Shard => {
+                    subs.shards.insert(name.clone(), pools[0]);
+                }
+            }
+            out.extend_from_slice(&confirmation(
+                proto,
+                kind.subscribe(),
+                Some(&name),
+                subs.count_for(kind),
+            ));
+        }
+        subs.held = per_pool.keys().copied().collect();
+        self.register();
+        Reply::Now(Bytes::from(out))
+    }
+
+    pub(super) async fn unsubscribe(&mut self, kind: Kind, request: &Request) -> Reply {
+        let proto = self.client.proto;
+        let Mode::Subscribed(subs) = &mut self.mode else {
+            // Not subscribed: Redis still confirms, with a count of zero.
+            let mut out = Vec::new();
+            if request.argc() == 1 {
+                out.extend_from_slice(&confirmation(proto, kind.unsubscribe(), None, 0));
+            }
+            for name in request.args().skip(1) {
+                out.extend_from_slice(&confirmation(proto, kind.unsubscribe(), Some(name), 0));
+            }
+            return Reply::Now(Bytes::from(out));
+        };
+        let names: Vec<Bytes> = if request.argc() == 1 {
+            subs.names(kind)
+        } else {
+            request.args().skip(1).map(Bytes::copy_from_slice).collect()
+        };
+        if names.is_empty() {
+            return Reply::Now(confirmation(
+                proto,
+                kind.unsubscribe(),
+                None,
+                subs.count_for(kind),
+            ));
+        }
+        let mut per_pool: BTreeMap<PoolId, Vec<Bytes>> = BTreeMap::new();
+        for name in &names {
+            for p in subs.pools_of(kind, name) {
+                per_pool.entry(p).or_default().push(name.clone());
+            }
+        }
+        let mut waits = Vec::new();
+        for (pool, pool_names) in per_pool {
+            if let Some(link) = subs.links[pool].clone() {
+                let (done, wait) = oneshot::channel();
+                let cmd = LinkCmd::Send {
+                    bytes: command(kind.unsubscribe(), &pool_names),
+                    confirmations: pool_names.len(),
+                    done,
+                };
+                if link.send(cmd).await.is_ok() {
+                    waits.push(wait);
+                }
+            }
+        }
+        for wait in waits {
+            let _ = wait.await;
+        }
+        let Mode::Subscribed(subs) = &mut self.mode else {
+            return Reply::Now(resp::error("ERR subscription state lost"));
+        };
+        let mut out = Vec::new();
+        for name in names {
+            match kind {
+                Kind::Channel => {
+                    subs.channels.remove(&name);
+                }
+                Kind::Pattern => {
+                    subs.patterns.remove(&name);
+                }
+                Kind::Shard => {
+                    subs.shards.remove(&name);
+                }
+            }
+            out.extend_from_slice(&confirmation(
+                proto,
+                kind.unsubscribe(),
+                Some(&name),
+                subs.count_for(kind),
+            ));
+        }
+        self.leave_if_empty();
+        self.register();
+        Reply::Now(Bytes::from(out))
+    }
+
+    /// With no subscription left the connection is an ordinary one again;
+    /// dropping the links closes their leased connections.
+    fn leave_if_empty(&mut self) {
+        if matches!(&self.mode, Mode::Subscribed(s) if s.is_empty()) {
+            self.mode = Mode::Normal;
+        }
+    }
+
+    /// Lets links forward messages that arrived while the confirmations
+    /// were being queued, so a client never sees a message first.
+    pub(super) async fn release_held_messages(&mut self) {
+        let Mode::Subscribed(subs) = &mut self.mode else {
+            return;
+        };
+        for pool in std::mem::take(&mut subs.held) {
+            if let Some(link) = &subs.links[pool] {
+                let _ = link.send(LinkCmd::Release).await;
+            }
+        }
+    }
+
+    /// PING in RESP2 subscriber mode answers `["pong", msg]`.
+    pub(super) fn subscriber_ping(&self, request: &Request) -> Reply {
+        let mut r = ReplyBuf::new(Protocol::Resp2);
+        r.array(2).bulk(b"pong").bulk(if request.argc() > 1 {
+            request.arg(1)
+        } else {
+            b""
+        });
+        Reply::Now(r.freeze())
+    }
+
+    async fn link(&mut self, pool: PoolId) -> Result<mpsc::Sender<LinkCmd>, Reply> {
+        let Mode::Subscribed(subs) = &mut self.mode else {
+            return Err(Reply::Now(resp::error("ERR subscription state lost")));
+        };
+        if let Some(link) = &subs.links[pool] {
+            if !link.is_closed() {
+                return Ok(link.clone());
+            }
+        }
+        let backend = self.state.backends.pool(pool);
+        let conn = backend
+            .lease(self.client.db, self.client.proto)
+            .await
+            .map_err(|e| Reply::backend_error(&e))?;
+        let (cmds_tx, cmds_rx) = mpsc::channel(64);
+        tokio::spawn(run_link(
+            conn,
+            cmds_rx,
+            self.tx.clone(),
+            backend.name().to_string(),
+        ));
+        let Mode::Subscribed(subs) = &mut self.mode else {
+            return Err(Reply::Now(resp::error("ERR subscription state lost")));
+        };
+        subs.links[pool] = Some(cmds_tx.clone());
+        Ok(cmds_tx)
+    }
+}
+
+/// Messages held while confirmations are pending, at most.
+const MAX_HELD: usize = 10_000;
+
+enum FrameKind {
+    Message,
+    Confirmation,
+    Other,
+}
+
+fn frame_kind(frame: &[u8]) -> FrameKind {
+    let Some(first) = shapes::elements(frame)
+        .and_then(|e| e.first().and_then(|f| shapes::bulk(f).map(<[u8]>::to_vec)))
+    else {
+        return FrameKind::Other;
+    };
+    match first.as_slice() {
+        b"message" | b"pmessage" | b"smessage" => FrameKind::Message,
+        b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
+        | b"sunsubscribe" => FrameKind::Confirmation,
+        _ => FrameKind::Other,
+    }
+}
+
+async fn run_link(
+    mut conn: Dedicated,
+    mut cmds: mpsc::Receiver<LinkCmd>,
+    client: mpsc::Sender<Reply>,
+    pool: String,
+) {
+    let mut waiting: VecDeque<(usize, oneshot::Sender<bool>)> = VecDeque::new();
+    let mut held: Vec<Bytes> = Vec::new();
+    let mut holding = false;
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                None => return,
+                Some(LinkCmd::Send { bytes, confirmations, done }) => {
+                    holding = true;
+                    if conn.send(&bytes).await.is_err() {
+                        let _ = done.send(false);
+                        break;
+                    }
+                    waiting.push_back((confirmations, done));
+                }
+                Some(LinkCmd::Release) => {
+                    holding = false;
+                    for m in held.drain(..) {
+                        if client.send(Reply::Now(m)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            },
+            frame = conn.read_frame() => match frame {
+                Err(_) => break,
+                Ok(frame) => match frame_kind(&frame) {
+                    FrameKind::Message if holding && held.len() < MAX_HELD => held.push(frame),
+                    FrameKind::Message => {
+                        if client.send(Reply::Now(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                    FrameKind::Confirmation => {
+                        if let Some(front) = waiting.front_mut() {
+                            front.0 = front.0.saturating_sub(1);
+                            if front.0 == 0 {
+                                if let Some((_, done)) = waiting.pop_front() {
+                                    let _ = done.send(true);
+                                }
+                            }
+                        }
+                    }
+                    FrameKind::Other => {}
+                },
+            },
+        }
+    }
+    // The subscription connection broke: the client's subscriptions are
+    // gone, so it is told and disconnected, and its library resubscribes.
+    for (_, done) in waiting.drain(..) {
+        let _ = done.send(false);
+    }
+    tracing::warn!(%pool, "subscription connection lost; disconnecting the subscriber");
+    let _ = client
+        .send(Reply::Close(resp::error(&format!(
+            "ERR backend '{pool}' connection lost: subscriptions ended"
+        ))))
+        .await;
+}

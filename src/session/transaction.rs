@@ -1,0 +1,260 @@
+//! MULTI / EXEC / DISCARD / WATCH / UNWATCH. Commands are checked and queued
+//! in keyway (all keys of a transaction must map to one pool) and sent with
+//! MULTI and EXEC in one write on a leased connection, so a client that goes
+//! away mid-transaction leaves nothing half-done. WATCH leases at once.
+
+use super::reply::Reply;
+use super::{Mode, Session};
+use crate::backend::{BackendError, Dedicated};
+use crate::resp::{self, Request};
+use crate::route::{CrossPool, PoolId};
+
+pub(crate) struct Transaction {
+    /// The pool every keyed command so far maps to.
+    pool: Option<PoolId>,
+    /// The connection holding the WATCHes, with its pool.
+    lease: Option<(PoolId, Dedicated)>,
+    multi: bool,
+    queued: Vec<Request>,
+    /// A queue-time error: EXEC answers EXECABORT.
+    aborted: bool,
+}
+
+impl Transaction {
+    fn new() -> Transaction {
+        Transaction {
+            pool: None,
+            lease: None,
+            multi: false,
+            queued: Vec::new(),
+            aborted: false,
+        }
+    }
+
+    pub fn in_multi(&self) -> bool {
+        self.multi
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queued.len()
+    }
+}
+
+const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
+
+impl Session {
+    pub(super) fn in_multi(&self) -> bool {
+        matches!(&self.mode, Mode::Transaction(t) if t.multi)
+    }
+
+    fn transaction(&mut self) -> Option<&mut Transaction> {
+        match &mut self.mode {
+            Mode::Transaction(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub(super) fn multi(&mut self) -> Reply {
+        match &mut self.mode {
+            Mode::Transaction(t) if t.multi => {
+                Reply::Now(resp::error("ERR MULTI calls can not be nested"))
+            }
+            Mode::Transaction(t) => {
+                t.multi = true;
+                Reply::Now(resp::simple("OK"))
+            }
+            Mode::Normal => {
+                let mut t = Transaction::new();
+                t.multi = true;
+                self.mode = Mode::Transaction(t);
+                self.register();
+                Reply::Now(resp::simple("OK"))
+            }
+            Mode::Subscribed(_) => Reply::Now(resp::error(
+                "ERR keyway does not support MULTI on a connection with subscriptions",
+            )),
+        }
+    }
+
+    /// A command arriving between MULTI and EXEC: refused (which aborts the
+    /// transaction, as Redis does for queue-time errors) or queued.
+    /// `pool` is `Some` when the command has keys.
+    pub(super) fn queue_in_multi(
+        &mut self,
+        request: Request,
+        pool: Result<Option<PoolId>, String>,
+    ) -> Reply {
+        let Some(t) = self.transaction() else {
+            return Reply::Now(resp::error("ERR EXEC without MULTI"));
+        };
+        let pool = match pool {
+            Ok(p) => p,
+            Err(message) => {
+                t.aborted = true;
+                return Reply::Now(resp::error(&message));
+            }
+        };
+        if let Some(pool) = pool {
+            match t.pool {
+                Some(existing) if existing != pool => {
+                    t.aborted = true;
+                    let names = (existing, pool);
+                    let err = self.cross_pool(names.0, names.1);
+                    return Reply::Now(resp::error(&err.to_string()));
+                }
+                _ => t.pool = Some(pool),
+            }
+        }
+        t.queued.push(request);
+        self.register();
+        Reply::Now(resp::simple("QUEUED"))
+    }
+
+    pub(super) fn cross_pool(&self, first: PoolId, second: PoolId) -> CrossPool {
+        CrossPool {
+            first: self.state.router.pool_name(first).to_string(),
+            second: self.state.router.pool_name(second).to_string(),
+        }
+    }
+
+    pub(super) async fn exec(&mut self) -> Reply {
+        if !self.in_multi() {
+            return Reply::Now(resp::error("ERR EXEC without MULTI"));
+        }
+        let Mode::Transaction(t) = std::mem::replace(&mut self.mode, Mode::Normal) else {
+            return Reply::Now(resp::error("ERR EXEC without MULTI"));
+        };
+        self.register();
+        if t.aborted {
+            // Dropping the lease closes it, which also forgets its WATCHes.
+            return Reply::Now(resp::error(EXECABORT));
+        }
+        self.barrier().await;
+        let (pool, mut conn) = match t.lease {
+            Some(lease) => lease,
+            None => {
+                let pool = t.pool.unwrap_or_else(|| self.state.router.default_pool());
+                match self
+                    .state
+                    .backends
+                    .pool(pool)
+                    .lease(self.client.db, self.client.proto)
+                    .await
+                {
+                    Ok(conn) => (pool, conn),
+                    Err(e) => return Reply::backend_error(&e),
+                }
+            }
+        };
+        let mut bytes =
+            Vec::with_capacity(64 + t.queued.iter().map(|r| r.bytes().len()).sum::<usize>());
+        bytes.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
+        for r in &t.queued {
+            bytes.extend_from_slice(r.bytes());
+        }
+        bytes.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+        let lost = || {
+            Reply::backend_error(&BackendError::ConnectionLost {
+                pool: self.state.router.pool_name(pool).to_string(),
+            })
+        };
+        if conn.send(&bytes).await.is_err() {
+            return lost();
+        }
+        let mut last = None;
+        for _ in 0..t.queued.len() + 2 {
+            match conn.read_frame().await {
+                Ok(frame) => last = Some(frame),
+                Err(_) => return lost(),
+            }
+        }
+        self.state.backends.pool(pool).release(conn);
+        match last {
+            Some(frame) => Reply::Now(frame),
+            None => lost(),
+        }
+    }
+
+    pub(super) fn discard(&mut self) -> Reply {
+        if !self.in_multi() {
+            return Reply::Now(resp::error("ERR DISCARD without MULTI"));
+        }
+        // The lease, if any, closes: DISCARD also forgets WATCHes.
+        self.mode = Mode::Normal;
+        self.register();
+        Reply::Now(resp::simple("OK"))
+    }
+
+    /// WATCH outside MULTI: leases a connection to the keys' pool at once.
+    pub(super) async fn watch(&mut self, request: &Request, pool: Result<PoolId, String>) -> Reply {
+        if self.in_multi() {
+            return Reply::Now(resp::error("ERR WATCH inside MULTI is not allowed"));
+        }
+        if matches!(self.mode, Mode::Subscribed(_)) {
+            return Reply::Now(resp::error(
+                "ERR keyway does not support WATCH on a connection with subscriptions",
+            ));
+        }
+        let pool = match pool {
+            Ok(p) => p,
+            Err(message) => return Reply::Now(resp::error(&message)),
+        };
+        if let Mode::Transaction(t) = &self.mode {
+            if let Some((leased, _)) = &t.lease {
+                if *leased != pool {
+                    return Reply::Now(resp::error(&self.cross_pool(*leased, pool).to_string()));
+                }
+            }
+        }
+        self.barrier().await;
+        let mut t = match std::mem::replace(&mut self.mode, Mode::Normal) {
+            Mode::Transaction(t) => t,
+            _ => Transaction::new(),
+        };
+        let mut conn = match t.lease.take() {
+            Some((_, conn)) => conn,
+            None => match self
+                .state
+                .backends
+                .pool(pool)
+                .lease(self.client.db, self.client.proto)
+                .await
+            {
+                Ok(conn) => conn,
+                Err(e) => return Reply::backend_error(&e),
+            },
+        };
+        let reply = match conn.send(request.bytes()).await {
+            Ok(()) => conn.read_frame().await,
+            Err(e) => Err(e),
+        };
+        match reply {
+            Ok(frame) => {
+                t.pool = Some(pool);
+                t.lease = Some((pool, conn));
+                self.mode = Mode::Transaction(t);
+                self.register();
+                Reply::Now(frame)
+            }
+            Err(_) => Reply::backend_error(&BackendError::ConnectionLost {
+                pool: self.state.router.pool_name(pool).to_string(),
+            }),
+        }
+    }
+
+    /// UNWATCH outside MULTI: ends the watch and returns the connection.
+    pub(super) async fn unwatch(&mut self) -> Reply {
+        if let Mode::Transaction(t) = &mut self.mode {
+            if let Some((pool, mut conn)) = t.lease.take() {
+                let clean = conn.send(b"*1\r\n$7\r\nUNWATCH\r\n").await.is_ok()
+                    && conn.read_frame().await.is_ok();
+                if clean {
+                    self.state.backends.pool(pool).release(conn);
+                }
+            }
+            self.mode = Mode::Normal;
+            self.register();
+        }
+        Reply::Now(resp::simple("OK"))
+    }
+}
