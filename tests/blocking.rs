@@ -1,0 +1,140 @@
+//! Blocking commands on leased connections: one blocked client never delays
+//! another's GET, timeouts behave as in Redis, a client that leaves while
+//! blocked does not take an element with it, and the lease limit is a clear
+//! error.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use support::*;
+
+#[test]
+fn a_blocked_client_does_not_delay_others() {
+    let r = Reference::start();
+    let port = r.keyway.port;
+    let blocked = std::thread::spawn(move || {
+        let mut c = connect(port);
+        let got: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg("user:queue")
+            .arg(5)
+            .query(&mut c)
+            .unwrap();
+        got
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = r.client();
+    let started = Instant::now();
+    for i in 0..100 {
+        let _: () = c.set(format!("user:x{i}"), i).unwrap();
+        let _: i64 = c.get(format!("user:x{i}")).unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "GETs were delayed: {:?}",
+        started.elapsed()
+    );
+    let _: () = c.rpush("user:queue", "job-1").unwrap();
+    let got = blocked.join().unwrap();
+    assert_eq!(got, Some(("user:queue".to_string(), "job-1".to_string())));
+}
+
+#[test]
+fn timeouts_behave_as_in_redis() {
+    let r = Reference::start();
+    let mut c = r.client();
+    let started = Instant::now();
+    let got: Option<(String, String)> = redis::cmd("BRPOP")
+        .arg("session:empty")
+        .arg("0.3")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(got, None);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let got: Option<redis::Value> = redis::cmd("BZPOPMIN")
+        .arg("rate:z")
+        .arg("0.1")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(got, None);
+    let got: redis::Value = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(100)
+        .arg("STREAMS")
+        .arg("rate:s")
+        .arg("$")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(got, redis::Value::Nil);
+    // Timeout 0 waits until an element arrives.
+    let port = r.keyway.port;
+    let waiter = std::thread::spawn(move || {
+        let mut c = connect(port);
+        let got: (String, String) = redis::cmd("BLPOP")
+            .arg("session:forever")
+            .arg(0)
+            .query(&mut c)
+            .unwrap();
+        got.1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let _: () = c.lpush("session:forever", "late").unwrap();
+    assert_eq!(waiter.join().unwrap(), "late");
+}
+
+#[test]
+fn a_client_leaving_while_blocked_steals_nothing() {
+    let r = Reference::start();
+    {
+        let mut raw = r.keyway.raw();
+        raw.send(b"BLPOP user:jobs 0\r\n");
+        std::thread::sleep(Duration::from_millis(200));
+    } // the blocked client disconnects
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = r.client();
+    let _: () = c.rpush("user:jobs", "precious").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let len: i64 = r.cache.direct().llen("user:jobs").unwrap();
+    assert_eq!(
+        len, 1,
+        "the element pushed after the blocked client left is still in the list"
+    );
+    // And the next blocking client gets it.
+    let got: (String, String) = redis::cmd("BLPOP")
+        .arg("user:jobs")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(got.1, "precious");
+}
+
+#[test]
+fn exhausted_leases_are_a_clear_error() {
+    let session = RedisServer::start();
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    let config = reference_config(&session.url(), &cache.url(), &realtime.url())
+        .replace("[backend]\n", "[backend]\nmax_dedicated = 2\n");
+    let kw = Keyway::start(&config);
+    let mut blocked = Vec::new();
+    for _ in 0..2 {
+        let mut raw = kw.raw();
+        raw.send(b"BLPOP session:never 5\r\n");
+        blocked.push(raw);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = kw.client();
+    let err = redis::cmd("BLPOP")
+        .arg("session:never")
+        .arg(1)
+        .query::<redis::Value>(&mut c)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("backend 'session' has no free dedicated connection (limit 2 reached)"),
+        "{err}"
+    );
+    // Ordinary commands are unaffected.
+    let _: () = c.set("session:ok", 1).unwrap();
+}

@@ -1,0 +1,168 @@
+//! Pub/Sub through keyway: channels route by prefix, patterns reach every
+//! pool they could match with each message delivered once, RESP2 subscriber
+//! mode restrictions, RESP3 pushes mixed with replies, PUBSUB aggregation.
+
+mod support;
+
+use std::time::Duration;
+
+use redis::Commands;
+use support::*;
+
+#[test]
+fn published_through_keyway_reaches_keyway_and_direct_subscribers() {
+    let r = Reference::start();
+    let mut sub_conn = r.client();
+    let mut sub = sub_conn.as_pubsub();
+    sub.subscribe("chat:room:1").unwrap();
+    sub.subscribe("session:events").unwrap();
+    sub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut direct = r.cache.direct();
+    let mut direct_sub = direct.as_pubsub();
+    direct_sub.subscribe("chat:room:1").unwrap();
+    direct_sub
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+
+    let mut c = r.client();
+    let n: i64 = c.publish("chat:room:1", "hello").unwrap();
+    assert_eq!(
+        n, 2,
+        "one keyway subscriber and one direct subscriber on the cache pool"
+    );
+    let n: i64 = c.publish("session:events", "login").unwrap();
+    assert_eq!(n, 1);
+    let m = sub.get_message().unwrap();
+    assert_eq!(
+        (m.get_channel_name(), m.get_payload::<String>().unwrap()),
+        ("chat:room:1", "hello".to_string())
+    );
+    let m = sub.get_message().unwrap();
+    assert_eq!(
+        (m.get_channel_name(), m.get_payload::<String>().unwrap()),
+        ("session:events", "login".to_string())
+    );
+    let m = direct_sub.get_message().unwrap();
+    assert_eq!(m.get_payload::<String>().unwrap(), "hello");
+}
+
+#[test]
+fn patterns_cover_every_pool_once() {
+    let r = Reference::start();
+    let mut raw = r.keyway.raw();
+    raw.send(b"PSUBSCRIBE *:news\r\n");
+    assert_eq!(
+        raw.read_frame(),
+        b"*3\r\n$10\r\npsubscribe\r\n$6\r\n*:news\r\n:1\r\n"
+    );
+    let mut c = r.client();
+    for ch in ["session:news", "user:news", "rate:news"] {
+        let n: i64 = c.publish(ch, ch).unwrap();
+        assert_eq!(n, 1, "{ch}");
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let frame = String::from_utf8(raw.read_frame()).unwrap();
+        assert!(frame.starts_with("*4\r\n$8\r\npmessage\r\n"), "{frame}");
+        got.push(frame);
+    }
+    for ch in ["session:news", "user:news", "rate:news"] {
+        assert_eq!(
+            got.iter().filter(|f| f.contains(ch)).count(),
+            1,
+            "{ch} delivered once"
+        );
+    }
+}
+
+#[test]
+fn resp2_subscriber_mode_rules() {
+    let r = Reference::start();
+    let mut raw = r.keyway.raw();
+    raw.send(b"SUBSCRIBE session:a user:b\r\n");
+    assert_eq!(
+        raw.read_frame(),
+        b"*3\r\n$9\r\nsubscribe\r\n$9\r\nsession:a\r\n:1\r\n"
+    );
+    assert_eq!(
+        raw.read_frame(),
+        b"*3\r\n$9\r\nsubscribe\r\n$6\r\nuser:b\r\n:2\r\n"
+    );
+    raw.send(b"GET x\r\nPING\r\nPING hi\r\n");
+    assert_eq!(
+        raw.read_frame(),
+        b"-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
+    );
+    assert_eq!(raw.read_frame(), b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    assert_eq!(raw.read_frame(), b"*2\r\n$4\r\npong\r\n$2\r\nhi\r\n");
+    raw.send(b"UNSUBSCRIBE\r\n");
+    // One confirmation per channel, counting down to zero.
+    let first = String::from_utf8(raw.read_frame()).unwrap();
+    let second = String::from_utf8(raw.read_frame()).unwrap();
+    assert!(
+        first.starts_with("*3\r\n$11\r\nunsubscribe\r\n") && first.ends_with(":1\r\n"),
+        "{first}"
+    );
+    assert!(second.ends_with(":0\r\n"), "{second}");
+    assert!(
+        (first.clone() + &second).contains("session:a") && (first + &second).contains("user:b")
+    );
+    // Out of subscriber mode: ordinary commands again.
+    raw.send(b"PING\r\n");
+    assert_eq!(raw.read_frame(), b"+PONG\r\n");
+}
+
+#[test]
+fn resp3_pushes_interleave_with_replies() {
+    let r = Reference::start();
+    let mut raw = r.keyway.raw();
+    raw.send(b"HELLO 3\r\n");
+    raw.read_frame();
+    raw.send(b"SUBSCRIBE chat:live\r\n");
+    assert_eq!(
+        raw.read_frame(),
+        b">3\r\n$9\r\nsubscribe\r\n$9\r\nchat:live\r\n:1\r\n"
+    );
+    raw.send(b"SET user:r3 v\r\nGET user:r3\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"$1\r\nv\r\n");
+    let mut c = r.client();
+    let _: i64 = c.publish("chat:live", "pushed").unwrap();
+    assert_eq!(
+        raw.read_frame(),
+        b">3\r\n$7\r\nmessage\r\n$9\r\nchat:live\r\n$6\r\npushed\r\n"
+    );
+    raw.send(b"GET user:r3\r\n");
+    assert_eq!(raw.read_frame(), b"$1\r\nv\r\n");
+}
+
+#[test]
+fn pubsub_introspection_sums_over_pools() {
+    let r = Reference::start();
+    let mut a = r.keyway.raw();
+    a.send(b"SUBSCRIBE session:x user:y\r\nPSUBSCRIBE rate:*\r\n");
+    for _ in 0..3 {
+        a.read_frame();
+    }
+    let mut c = r.client();
+    let mut chans: Vec<String> = redis::cmd("PUBSUB").arg("CHANNELS").query(&mut c).unwrap();
+    chans.sort();
+    assert_eq!(chans, ["session:x", "user:y"]);
+    let numsub: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("session:x")
+        .arg("user:y")
+        .arg("none")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        numsub,
+        [
+            ("session:x".into(), 1),
+            ("user:y".into(), 1),
+            ("none".into(), 0)
+        ]
+    );
+    let numpat: i64 = redis::cmd("PUBSUB").arg("NUMPAT").query(&mut c).unwrap();
+    assert_eq!(numpat, 1, "rate:* goes to the realtime pool only");
+}

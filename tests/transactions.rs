@@ -1,0 +1,175 @@
+//! MULTI / EXEC / DISCARD / WATCH through keyway, with Redis's semantics:
+//! QUEUED replies, EXECABORT after a queue-time error (including CROSSPOOL),
+//! nil from EXEC when a WATCHed key changed, nothing left half-done.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use redis::Commands;
+use support::*;
+
+#[test]
+fn multi_exec_runs_atomically_on_the_keys_pool() {
+    let r = Reference::start();
+    let mut c = r.client();
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr("rate:t:1", 5)
+        .incr("rate:t:2", 7)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!((a, b), (5, 7));
+    let v: i64 = r.realtime.direct().get("rate:t:2").unwrap();
+    assert_eq!(v, 7);
+}
+
+#[test]
+fn raw_transaction_replies_are_redis_replies() {
+    let r = Reference::start();
+    let mut raw = r.keyway.raw();
+    raw.send(b"MULTI\r\nSET session:t 1\r\nINCR session:t\r\nPING\r\nEXEC\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    assert_eq!(raw.read_frame(), b"*3\r\n+OK\r\n:2\r\n+PONG\r\n");
+    raw.send(b"EXEC\r\nDISCARD\r\nMULTI\r\nMULTI\r\nDISCARD\r\n");
+    assert_eq!(raw.read_frame(), b"-ERR EXEC without MULTI\r\n");
+    assert_eq!(raw.read_frame(), b"-ERR DISCARD without MULTI\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"-ERR MULTI calls can not be nested\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+}
+
+#[test]
+fn queue_time_errors_abort_the_transaction() {
+    let r = Reference::start();
+    let mut raw = r.keyway.raw();
+    // Cross-pool command queued: refused at queue time, EXEC aborts.
+    raw.send(b"MULTI\r\nSET session:q 1\r\nSET user:q 1\r\nEXEC\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    let err = String::from_utf8(raw.read_frame()).unwrap();
+    assert!(
+        err.starts_with("-CROSSPOOL keys of this command map to pools 'session' and 'cache'"),
+        "{err}"
+    );
+    assert_eq!(
+        raw.read_frame(),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    // Wrong arity and unknown commands too.
+    raw.send(b"MULTI\r\nGET\r\nNOPE x\r\nSET session:q 2\r\nEXEC\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(
+        raw.read_frame(),
+        b"-ERR wrong number of arguments for 'get' command\r\n"
+    );
+    assert!(raw.read_frame().starts_with(b"-ERR unknown command 'NOPE'"));
+    assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    assert_eq!(
+        raw.read_frame(),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    // Nothing of either transaction ran.
+    let mut s = r.session.direct();
+    assert!(!s.exists::<_, bool>("session:q").unwrap());
+    assert!(!r.cache.direct().exists::<_, bool>("user:q").unwrap());
+}
+
+#[test]
+fn watch_conflict_makes_exec_return_nil() {
+    let r = Reference::start();
+    let mut c = r.client();
+    let mut other = r.client();
+    let _: () = c.set("session:w", 1).unwrap();
+    let _: () = redis::cmd("WATCH").arg("session:w").query(&mut c).unwrap();
+    let _: () = other.set("session:w", 2).unwrap();
+    let _: () = redis::cmd("MULTI").query(&mut c).unwrap();
+    let q: String = redis::cmd("SET")
+        .arg("session:w")
+        .arg(3)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(q, "QUEUED");
+    let exec: redis::Value = redis::cmd("EXEC").query(&mut c).unwrap();
+    assert_eq!(
+        exec,
+        redis::Value::Nil,
+        "EXEC after a WATCH conflict is nil"
+    );
+    let v: i64 = other.get("session:w").unwrap();
+    assert_eq!(v, 2);
+
+    // Without a conflict the watched transaction runs.
+    let _: () = redis::cmd("WATCH").arg("session:w").query(&mut c).unwrap();
+    let (v,): (i64,) = redis::pipe()
+        .atomic()
+        .incr("session:w", 10)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(v, 12);
+    // WATCH of keys in two pools is refused.
+    let err = redis::cmd("WATCH")
+        .arg("session:w")
+        .arg("user:w")
+        .query::<()>(&mut c)
+        .unwrap_err();
+    assert_eq!(err.code(), Some("CROSSPOOL"));
+}
+
+#[test]
+fn a_client_leaving_mid_transaction_leaves_nothing_behind() {
+    let r = Reference::start();
+    {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", r.keyway.port)).unwrap();
+        stream
+            .write_all(
+                b"WATCH session:gone\r\nMULTI\r\nSET session:gone 1\r\nINCR session:gone\r\n",
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!r
+        .session
+        .direct()
+        .exists::<_, bool>("session:gone")
+        .unwrap());
+    // The pool's connections are clean: a later transaction works normally.
+    let mut c = r.client();
+    let (v,): (i64,) = redis::pipe()
+        .atomic()
+        .incr("session:gone", 1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(v, 1);
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut r.session.direct())
+        .unwrap();
+    assert!(
+        !clients.contains("flags=x"),
+        "no backend connection is left in MULTI: {clients}"
+    );
+}
+
+#[test]
+fn transaction_sees_the_clients_earlier_pipelined_writes() {
+    let r = Reference::start();
+    let mut raw = r.keyway.raw();
+    let mut batch = Vec::new();
+    for _ in 0..200 {
+        batch.extend_from_slice(b"INCR session:order\r\n");
+    }
+    batch.extend_from_slice(b"MULTI\r\nGET session:order\r\nEXEC\r\n");
+    raw.send(&batch);
+    for i in 1..=200 {
+        assert_eq!(raw.read_frame(), format!(":{i}\r\n").into_bytes());
+    }
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    assert_eq!(raw.read_frame(), b"*1\r\n$3\r\n200\r\n");
+}
