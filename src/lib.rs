@@ -10,3 +10,5 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod metrics;
+pub mod policy;

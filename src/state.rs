@@ -12,6 +12,8 @@ use dashmap::DashMap;
 use crate::backend::Backends;
 use crate::command::CommandTable;
 use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::resp::Protocol;
 use crate::route::Router;
 
@@ -20,6 +22,8 @@ pub struct State {
     pub router: Router,
     pub commands: CommandTable,
     pub backends: Backends,
+    pub policy: Policy,
+    pub metrics: Metrics,
     pub clients: DashMap<u64, ClientInfo>,
     pub started: Instant,
     /// The default pool's `redis_version`, reported by HELLO and INFO.
@@ -46,6 +50,7 @@ pub struct ClientInfo {
     pub lib_name: String,
     pub lib_ver: String,
     pub connected: Instant,
+    pub user: String,
     /// Queued commands in MULTI, or -1 outside a transaction.
     pub multi: i64,
     /// Channels, patterns and shard channels subscribed.
@@ -62,6 +67,8 @@ impl State {
         State {
             router: Router::new(&config),
             backends: Backends::new(&config),
+            policy: Policy::new(&config),
+            metrics: Metrics::new(),
             config,
             commands,
             clients: DashMap::new(),
@@ -95,7 +102,7 @@ impl ClientInfo {
     /// One CLIENT LIST / CLIENT INFO line, in Redis's field order.
     pub fn line(&self) -> String {
         format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db={} sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=NULL user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db={} sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=NULL user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
             self.id,
             self.addr,
             self.local_addr,
@@ -107,6 +114,7 @@ impl ClientInfo {
             self.subscriptions.1,
             self.subscriptions.2,
             self.multi,
+            self.user,
             self.proto.version(),
             self.lib_name,
             self.lib_ver,

@@ -44,6 +44,131 @@ pub struct FileConfig {
     pub backend: BackendConfig,
     pub pools: BTreeMap<String, PoolConfig>,
     pub routes: RoutesConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub limits: Vec<LimitConfig>,
+}
+
+/// Client authentication. With no password and no users, clients need no
+/// AUTH (like a Redis without requirepass). Secrets never sit inline: they
+/// come from an environment variable or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A file holding the `requirepass`-style password of user `default`
+    /// (`KEYWAY_REQUIREPASS` in the environment takes precedence).
+    pub requirepass_file: Option<String>,
+    /// Failed AUTH attempts allowed per client IP per minute before the
+    /// address is locked out for the rest of that minute.
+    pub max_failures_per_minute: u32,
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            requirepass_file: None,
+            max_failures_per_minute: 10,
+            users: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    /// Key prefixes this user may touch; `"*"` (the default) is every key.
+    #[serde(default = "all_prefixes")]
+    pub prefixes: Vec<String>,
+    /// Refuse every command Redis flags as a write.
+    #[serde(default)]
+    pub read_only: bool,
+    /// ACL categories allowed (`read`, `string`, `pubsub` ...); empty is all.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// Blocklist entries lifted for this user (`"CONFIG GET"`).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Extra blocklist entries for this user (`"EVAL"`, `"SCRIPT"`).
+    #[serde(default)]
+    pub block: Vec<String>,
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn all_prefixes() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+fn enabled() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Commands (`"FLUSHALL"`) or subcommands (`"CONFIG SET"`) never
+    /// forwarded, for every client; aliases (SLAVEOF/REPLICAOF) included.
+    pub blocklist: Vec<String>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            blocklist: ["FLUSHALL", "FLUSHDB", "CONFIG", "SHUTDOWN", "DEBUG"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+/// One rate limit (GCRA): `rate` per second with `burst`, counted per key
+/// of its `scope`. Every limit that applies to a request must admit it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    pub name: String,
+    pub scope: LimitScope,
+    pub rate: f64,
+    pub burst: u32,
+    /// Only these commands count against the limit (all when empty).
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// For `scope = "pool"`: only this pool (all pools, each on its own, when unset).
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub action: LimitAction,
+    /// With `action = "delay"`: the longest a request waits for a slot.
+    #[serde(default = "default_max_delay")]
+    pub max_delay_ms: u64,
+}
+
+fn default_max_delay() -> u64 {
+    100
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitScope {
+    Ip,
+    User,
+    Pool,
+    Command,
+    Global,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitAction {
+    #[default]
+    Reject,
+    Delay,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +282,21 @@ pub struct Config {
     /// Pools in name order; a pool's index is its id everywhere else.
     pub pools: Vec<Pool>,
     pub routes: RoutesConfig,
+    pub policy: PolicyConfig,
+    pub limits: Vec<LimitConfig>,
+    pub auth: AuthConfig,
+    /// Resolved passwords: `default` (requirepass) and named users.
+    pub passwords: BTreeMap<String, Secret>,
+}
+
+/// A password read from the environment or a file; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -324,7 +464,14 @@ impl Config {
             }
         }
 
+        let passwords = resolve_passwords(&file.auth, &env)?;
+        validate_policy(&file)?;
+
         Ok(Config {
+            policy: file.policy,
+            limits: file.limits,
+            auth: file.auth,
+            passwords,
             source: source.to_string(),
             listen,
             admin,
@@ -339,6 +486,96 @@ impl Config {
     pub fn pool_index(&self, name: &str) -> Option<usize> {
         self.pools.iter().position(|p| p.name == name)
     }
+}
+
+fn read_secret_file(field: &str, path: &str) -> Result<Secret, ConfigError> {
+    let text = std::fs::read(path).map_err(|e| invalid(field, format!("cannot read '{path}': {e}")))?;
+    let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
+    let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+    if trimmed.is_empty() {
+        return Err(invalid(field, format!("'{path}' is empty")));
+    }
+    Ok(Secret(trimmed.to_vec()))
+}
+
+fn resolve_passwords(
+    auth: &AuthConfig,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, Secret>, ConfigError> {
+    let mut out = BTreeMap::new();
+    if let Some(p) = env("KEYWAY_REQUIREPASS").filter(|p| !p.is_empty()) {
+        out.insert("default".to_string(), Secret(p.into_bytes()));
+    } else if let Some(path) = &auth.requirepass_file {
+        out.insert("default".to_string(), read_secret_file("auth.requirepass_file", path)?);
+    }
+    for (i, user) in auth.users.iter().enumerate() {
+        let field = format!("auth.users[{i}]");
+        if user.name.is_empty() || user.name.contains(char::is_whitespace) {
+            return Err(invalid(format!("{field}.name"), "a user name without spaces is required"));
+        }
+        if out.contains_key(&user.name) && !(user.name == "default" && out.len() == 1 && i == 0) {
+            return Err(invalid(format!("{field}.name"), format!("duplicate user '{}'", user.name)));
+        }
+        let secret = match (&user.password_env, &user.password_file) {
+            (Some(var), _) if env(var).is_some_and(|v| !v.is_empty()) => {
+                Secret(env(var).unwrap_or_default().into_bytes())
+            }
+            (_, Some(path)) => read_secret_file(&format!("{field}.password_file"), path)?,
+            (Some(var), None) => {
+                return Err(invalid(format!("{field}.password_env"), format!("environment variable {var} is not set")))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    &field,
+                    "a password_env or password_file is required (passwords are never inline)",
+                ))
+            }
+        };
+        out.insert(user.name.clone(), secret);
+    }
+    Ok(out)
+}
+
+/// A blocklist entry: a command name, optionally with one subcommand.
+fn check_command_entry(field: &str, entry: &str) -> Result<(), ConfigError> {
+    let words: Vec<&str> = entry.split_whitespace().collect();
+    if words.is_empty() || words.len() > 2 {
+        return Err(invalid(field, format!("'{entry}' is not \"COMMAND\" or \"COMMAND SUBCOMMAND\"")));
+    }
+    Ok(())
+}
+
+fn validate_policy(file: &FileConfig) -> Result<(), ConfigError> {
+    for (i, e) in file.policy.blocklist.iter().enumerate() {
+        check_command_entry(&format!("policy.blocklist[{i}]"), e)?;
+    }
+    for (i, u) in file.auth.users.iter().enumerate() {
+        for (j, e) in u.allow.iter().enumerate() {
+            check_command_entry(&format!("auth.users[{i}].allow[{j}]"), e)?;
+        }
+        for (j, e) in u.block.iter().enumerate() {
+            check_command_entry(&format!("auth.users[{i}].block[{j}]"), e)?;
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, l) in file.limits.iter().enumerate() {
+        let field = format!("limits[{i}]");
+        if !names.insert(l.name.as_str()) {
+            return Err(invalid(format!("{field}.name"), format!("duplicate limit '{}'", l.name)));
+        }
+        if !(l.rate > 0.0 && l.rate.is_finite()) {
+            return Err(invalid(format!("{field}.rate"), "must be a positive number of requests per second"));
+        }
+        if l.burst == 0 {
+            return Err(invalid(format!("{field}.burst"), "must be at least 1"));
+        }
+        if let Some(pool) = &l.pool {
+            if !file.pools.contains_key(pool) {
+                return Err(invalid(format!("{field}.pool"), format!("unknown pool '{pool}'")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `REDIS_SESSION_URL` for pool `session`, as the seeds name them.

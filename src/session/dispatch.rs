@@ -12,6 +12,7 @@ use super::pubsub::Kind;
 use super::reply::{Part, Reply};
 use super::Session;
 use crate::command::{Flags, Spec};
+use crate::policy::{Denial, Subject};
 use crate::resp::{self, Protocol, Request};
 use crate::route::{Plan, PoolId, SplitKind};
 
@@ -60,6 +61,12 @@ impl Session {
             state.commands.lookup(&args)
         };
 
+        // An unauthenticated client may only authenticate (or leave).
+        let no_auth = spec.is_some_and(|s| s.flags.contains(Flags::NO_AUTH));
+        if self.client.user.is_none() && !no_auth {
+            return self.deny(Denial::NoAuth);
+        }
+
         // RESP2 subscriber mode allows only the subscription commands.
         if self.client.proto == Protocol::Resp2 && self.subscriptions().is_some() {
             match name {
@@ -78,7 +85,16 @@ impl Session {
         if let Some(spec) = spec {
             if !spec.arity_ok(request.argc()) {
                 let msg = format!("ERR wrong number of arguments for '{}' command", spec.name);
-                return self.refuse_in_multi(msg);
+                return self.refuse_in_multi(resp::error(&msg));
+            }
+        }
+
+        if let Some(user) = self.client.user.clone() {
+            if !no_auth {
+                let sub = (request.argc() > 1).then(|| request.arg(1));
+                if let Err(denial) = state.policy.check_command(&user, name, spec, sub) {
+                    return self.deny(denial);
+                }
             }
         }
 
@@ -93,6 +109,12 @@ impl Session {
 
         if self.in_multi() {
             return self.queue_command(name, spec, request);
+        }
+
+        if state.policy.has_limits(false) {
+            if let Err(denial) = self.admit(name, spec, None).await {
+                return self.deny(denial);
+            }
         }
 
         match name {
@@ -119,21 +141,34 @@ impl Session {
             return self.forward(pool, request.bytes().clone()).await;
         };
         if let Some(what) = refused(name) {
-            return error(&format!(
-                "ERR '{}' is not supported by keyway: {what}",
-                upper(raw_name)
-            ));
+            return error(&format!("ERR '{}' is not supported by keyway: {what}", upper(raw_name)));
         }
         if name == b"mset" && request.argc().is_multiple_of(2) {
             return error("ERR wrong number of arguments for 'mset' command");
         }
-        let (plan, _) = self.plan(name, spec, &request);
-        match plan {
-            Plan::One(pool) if blocks(name, spec.flags, &request) => {
-                self.blocking(pool, &request).await
+        let plan = match self.plan(name, spec, &request) {
+            Ok((plan, _)) => plan,
+            Err(denial) => return self.deny(denial),
+        };
+        if state.policy.has_limits(true) {
+            let pools: Vec<PoolId> = match &plan {
+                Plan::One(pool) => vec![*pool],
+                Plan::Split(split) => split.parts.iter().map(|p| p.pool).collect(),
+                Plan::CrossPool(_) => Vec::new(),
+            };
+            for pool in pools {
+                if let Err(denial) = self.admit(name, Some(spec), Some(pool)).await {
+                    return self.deny(denial);
+                }
             }
+        }
+        match plan {
+            Plan::One(pool) if blocks(name, spec.flags, &request) => self.blocking(pool, &request).await,
             Plan::One(pool) => self.forward(pool, request.bytes().clone()).await,
-            Plan::CrossPool(c) => error(&c.to_string()),
+            Plan::CrossPool(c) => {
+                state.metrics.deny("crosspool", spec.name);
+                error(&c.to_string())
+            }
             Plan::Split(plan) => {
                 let merge = match plan.kind {
                     SplitKind::Mget => Merge::Mget {
@@ -153,37 +188,59 @@ impl Session {
         }
     }
 
-    /// The route of a request, and whether it has keys at all.
-    fn plan(&mut self, name: &[u8], spec: &Spec, request: &Request) -> (Plan, bool) {
+    /// The rate limits that apply before (`pool` None) or after routing.
+    async fn admit(&self, name: &[u8], spec: Option<&Spec>, pool: Option<PoolId>) -> Result<(), Denial> {
+        let Some(user) = &self.client.user else {
+            return Ok(());
+        };
+        let command = spec.map(|s| s.name.to_string()).unwrap_or_else(|| String::from_utf8_lossy(name).into_owned());
+        let subject = Subject {
+            ip: self.client.addr.ip(),
+            user: &user.name,
+            command: &command,
+            pool,
+        };
+        self.state.policy.admit(&subject, pool.is_some()).await
+    }
+
+    /// The route of a request and whether it has keys; a key outside the
+    /// user's prefixes refuses the whole request.
+    fn plan(&mut self, name: &[u8], spec: &Spec, request: &Request) -> Result<(Plan, bool), Denial> {
         let mut keys = std::mem::take(&mut self.key_scratch);
         keys.clear();
         {
             let args = request.arg_vec();
             self.state.commands.key_indexes(spec, &args, &mut keys);
         }
-        let plan = self.state.router.plan(name, request, &keys, self.client.db);
+        let allowed = match &self.client.user {
+            Some(user) => keys
+                .iter()
+                .try_for_each(|&i| self.state.policy.check_key(user, request.arg(i))),
+            None => Ok(()),
+        };
+        let plan = allowed.map(|()| self.state.router.plan(name, request, &keys, self.client.db));
         let has_keys = !keys.is_empty();
         self.key_scratch = keys;
-        (plan, has_keys)
+        plan.map(|p| (p, has_keys))
     }
 
-    /// The one pool all of a request's keys map to, or the refusal text.
-    fn single_pool(
-        &mut self,
-        name: &[u8],
-        spec: Option<&Spec>,
-        request: &Request,
-    ) -> Result<PoolId, String> {
+    /// The one pool all of a request's keys map to, or the refusal.
+    fn single_pool(&mut self, name: &[u8], spec: Option<&Spec>, request: &Request) -> Result<PoolId, Bytes> {
         let Some(spec) = spec else {
-            return Err(unknown_command(request));
+            return Err(resp::error(&unknown_command(request)));
         };
-        match self.plan(name, spec, request).0 {
-            Plan::One(pool) => Ok(pool),
-            Plan::CrossPool(c) => Err(c.to_string()),
-            Plan::Split(plan) => {
+        match self.plan(name, spec, request) {
+            Ok((Plan::One(pool), _)) => Ok(pool),
+            Ok((Plan::CrossPool(c), _)) => Err(resp::error(&c.to_string())),
+            Ok((Plan::Split(plan), _)) => {
                 let first = plan.parts[0].pool;
                 let second = plan.parts.get(1).map(|p| p.pool).unwrap_or(first);
-                Err(self.cross_pool(first, second).to_string())
+                Err(resp::error(&self.cross_pool(first, second).to_string()))
+            }
+            Err(denial) => {
+                let (reason, detail) = denial.labels();
+                self.state.metrics.deny(reason, &detail);
+                Err(denial.to_resp())
             }
         }
     }
@@ -192,48 +249,37 @@ impl Session {
     fn queue_command(&mut self, name: &[u8], spec: Option<&Spec>, request: Request) -> Reply {
         match name {
             b"watch" => return error("ERR WATCH inside MULTI is not allowed"),
-            b"subscribe" | b"psubscribe" | b"ssubscribe" | b"hello" | b"auth" | b"select"
-            | b"client" | b"scan" | b"keys" | b"dbsize" | b"info" | b"randomkey" | b"pubsub"
-            | b"script" | b"function" => {
-                return self.refuse_in_multi(format!(
+            b"subscribe" | b"psubscribe" | b"ssubscribe" | b"hello" | b"auth" | b"select" | b"client"
+            | b"scan" | b"keys" | b"dbsize" | b"info" | b"randomkey" | b"pubsub" | b"script" | b"function" => {
+                return self.refuse_in_multi(resp::error(&format!(
                     "ERR '{}' inside MULTI is not supported by keyway",
                     upper(name)
-                ));
+                )));
             }
             _ => {}
         }
         if let Some(what) = refused(name) {
-            return self.refuse_in_multi(format!(
+            return self.refuse_in_multi(resp::error(&format!(
                 "ERR '{}' is not supported by keyway: {what}",
                 upper(name)
-            ));
+            )));
         }
-        let Some(spec) = spec else {
-            return self.refuse_in_multi(unknown_command(&request));
-        };
-        let pool = match self.plan(name, spec, &request) {
-            (Plan::One(pool), true) => Ok(Some(pool)),
-            (Plan::One(_), false) => Ok(None),
-            (Plan::CrossPool(c), _) => Err(c.to_string()),
-            (Plan::Split(plan), _) => {
-                let first = plan.parts[0].pool;
-                let second = plan.parts.get(1).map(|p| p.pool).unwrap_or(first);
-                Err(self.cross_pool(first, second).to_string())
-            }
-        };
+        if spec.is_none() {
+            return self.refuse_in_multi(resp::error(&unknown_command(&request)));
+        }
+        // Keyless commands (PING, TIME ...) run wherever the transaction does.
+        let pool = self
+            .single_pool(name, spec, &request)
+            .map(|pool| (!self.key_scratch.is_empty()).then_some(pool));
         self.queue_in_multi(request, pool)
     }
 
     /// An error that, inside MULTI, also makes EXEC answer EXECABORT.
-    fn refuse_in_multi(&mut self, message: String) -> Reply {
+    pub(super) fn refuse_in_multi(&mut self, error: Bytes) -> Reply {
         if self.in_multi() {
-            return self.queue_in_multi_error(message);
+            return self.queue_in_multi(Request::from_args(&["PING"]), Err(error));
         }
-        error(&message)
-    }
-
-    fn queue_in_multi_error(&mut self, message: String) -> Reply {
-        self.queue_in_multi(Request::from_args(&["PING"]), Err(message))
+        Reply::Now(error)
     }
 
     pub(super) async fn forward(&mut self, pool: PoolId, bytes: Bytes) -> Reply {

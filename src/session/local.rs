@@ -82,6 +82,7 @@ impl Session {
         self.client.db = 0;
         self.client.proto = Protocol::Resp2;
         self.client.name.clear();
+        self.client.user = self.state.policy.initial_user();
         self.client_changed();
         Reply::Now(resp::simple("RESET"))
     }
@@ -141,16 +142,46 @@ impl Session {
     /// keyway has no users yet: it behaves like a Redis whose default user
     /// has no password.
     fn auth(&mut self, req: &Request) -> Option<Reply> {
-        match req.argc() {
-            2 => err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
-            3 if req.arg(1) == b"default" => ok(),
-            3 => err("WRONGPASS invalid username-password pair or user is disabled."),
-            _ => err("ERR syntax error"),
+        let (user, password) = match req.argc() {
+            2 => (None, req.arg(1)),
+            3 => (Some(req.arg(1)), req.arg(2)),
+            _ => return err("ERR syntax error"),
+        };
+        Some(match self.authenticate(user, password) {
+            Ok(()) => Reply::Now(resp::simple("OK")),
+            Err(reply) => reply,
+        })
+    }
+
+    /// AUTH and HELLO ... AUTH. Without configured passwords keyway acts
+    /// like a Redis whose default user has none.
+    fn authenticate(&mut self, user: Option<&[u8]>, password: &[u8]) -> Result<(), Reply> {
+        let policy = &self.state.policy;
+        if !policy.auth_required {
+            return match user {
+                None => Err(Reply::Now(resp::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"))),
+                Some(b"default") => Ok(()),
+                Some(_) => Err(self.deny(crate::policy::Denial::WrongPass)),
+            };
+        }
+        match policy.authenticate(self.client.addr.ip(), user, password) {
+            Ok(u) => {
+                self.client.user = Some(u);
+                self.register();
+                Ok(())
+            }
+            Err(denial) => {
+                if matches!(denial, crate::policy::Denial::LockedOut(_)) {
+                    self.state.metrics.auth_lockouts.inc();
+                }
+                Err(self.deny(denial))
+            }
         }
     }
 
     fn hello(&mut self, req: &Request) -> Option<Reply> {
         let mut proto = self.client.proto;
+        let mut authenticated = false;
         let mut name = None;
         if req.argc() >= 2 {
             proto = match req.arg(1) {
@@ -169,11 +200,10 @@ impl Session {
             while i < req.argc() {
                 let opt = req.arg(i);
                 if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < req.argc() {
-                    if req.arg(i + 1) != b"default" {
-                        return err(
-                            "WRONGPASS invalid username-password pair or user is disabled.",
-                        );
+                    if let Err(reply) = self.authenticate(Some(req.arg(i + 1)), req.arg(i + 2)) {
+                        return Some(reply);
                     }
+                    authenticated = true;
                     i += 3;
                 } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < req.argc() {
                     let n = req.arg(i + 1);
@@ -186,6 +216,9 @@ impl Session {
                     return err(&format!("ERR Syntax error in HELLO option '{}'", text(opt)));
                 }
             }
+        }
+        if self.client.user.is_none() && !authenticated {
+            return Some(self.deny(crate::policy::Denial::HelloNoAuth));
         }
         if let Some(n) = name {
             self.client.name = n;

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendError, Conn, ReplyRx};
+use crate::policy::{Denial, User};
 use crate::config::Config;
 use crate::resp::{ParseLimits, Protocol, RequestParser};
 use crate::route::PoolId;
@@ -49,6 +50,8 @@ pub struct ClientState {
     pub lib_name: String,
     pub lib_ver: String,
     pub connected: Instant,
+    /// `None` until the client authenticates, when authentication is on.
+    pub user: Option<Arc<User>>,
 }
 
 impl ClientState {
@@ -67,6 +70,7 @@ impl ClientState {
             lib_name: self.lib_name.clone(),
             lib_ver: self.lib_ver.clone(),
             connected: self.connected,
+            user: self.user.as_ref().map(|u| u.name.to_string()).unwrap_or_default(),
             multi: match mode {
                 Mode::Transaction(t) if t.in_multi() => t.queued_len() as i64,
                 _ => -1,
@@ -132,8 +136,11 @@ pub async fn serve(state: Arc<State>, socket: TcpStream, addr: SocketAddr) {
         lib_name: String::new(),
         lib_ver: String::new(),
         connected: Instant::now(),
+        user: state.policy.initial_user(),
     };
     let id = client.id;
+    state.metrics.clients_connected.inc();
+    state.metrics.clients_total.inc();
     let (rd, wr) = socket.into_split();
     // The channel's bound is the pipeline depth: a client that does not
     // read its replies stops being read.
@@ -158,6 +165,7 @@ pub async fn serve(state: Arc<State>, socket: TcpStream, addr: SocketAddr) {
     drop(session);
     let _ = writer.await;
     state.clients.remove(&id);
+    state.metrics.clients_connected.dec();
 }
 
 impl Session {
@@ -259,6 +267,14 @@ impl Session {
         self.state
             .clients
             .insert(self.client.id, self.client.info(&self.kill, &self.mode));
+    }
+
+    /// Counts a refusal and answers it; inside MULTI it also aborts the
+    /// transaction, as a queue-time error does in Redis.
+    pub(super) fn deny(&mut self, denial: Denial) -> Reply {
+        let (reason, detail) = denial.labels();
+        self.state.metrics.deny(reason, &detail);
+        self.refuse_in_multi(denial.to_resp())
     }
 
     /// The db or protocol changed: connections for the old ones no longer fit.

@@ -3,6 +3,8 @@
 //! MULTI and EXEC in one write on a leased connection, so a client that goes
 //! away mid-transaction leaves nothing half-done. WATCH leases at once.
 
+use bytes::Bytes;
+
 use super::reply::Reply;
 use super::{Mode, Session};
 use crate::backend::{BackendError, Dedicated};
@@ -82,16 +84,16 @@ impl Session {
     pub(super) fn queue_in_multi(
         &mut self,
         request: Request,
-        pool: Result<Option<PoolId>, String>,
+        pool: Result<Option<PoolId>, Bytes>,
     ) -> Reply {
         let Some(t) = self.transaction() else {
             return Reply::Now(resp::error("ERR EXEC without MULTI"));
         };
         let pool = match pool {
             Ok(p) => p,
-            Err(message) => {
+            Err(error) => {
                 t.aborted = true;
-                return Reply::Now(resp::error(&message));
+                return Reply::Now(error);
             }
         };
         if let Some(pool) = pool {
@@ -186,7 +188,7 @@ impl Session {
     }
 
     /// WATCH outside MULTI: leases a connection to the keys' pool at once.
-    pub(super) async fn watch(&mut self, request: &Request, pool: Result<PoolId, String>) -> Reply {
+    pub(super) async fn watch(&mut self, request: &Request, pool: Result<PoolId, Bytes>) -> Reply {
         if self.in_multi() {
             return Reply::Now(resp::error("ERR WATCH inside MULTI is not allowed"));
         }
@@ -197,7 +199,7 @@ impl Session {
         }
         let pool = match pool {
             Ok(p) => p,
-            Err(message) => return Reply::Now(resp::error(&message)),
+            Err(error) => return Reply::Now(error),
         };
         if let Mode::Transaction(t) = &self.mode {
             if let Some((leased, _)) = &t.lease {
