@@ -2,13 +2,15 @@
 //! `session` → `command` → `route` → `backend`, replies back through
 //! `session` in request order. See DESIGN.md for the map.
 
+pub mod admin;
 pub mod backend;
 pub mod command;
 pub mod config;
+pub mod metrics;
+pub mod monitor;
+pub mod policy;
 pub mod resp;
 pub mod route;
 pub mod server;
 pub mod session;
 pub mod state;
-pub mod metrics;
-pub mod policy;

@@ -3,8 +3,8 @@
 //! bounded: commands outside the table are `other`, routes are rule names.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -32,25 +32,35 @@ pub struct Metrics {
 /// ~50µs to ~10s: a loopback GET sits in the first buckets, a slow Lua
 /// script or a blocked pop in the last.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry.register(Box::new(g.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
 fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
-        .expect("valid metric definition");
-    registry.register(Box::new(h.clone())).expect("metric registered once");
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric definition");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
@@ -65,10 +75,15 @@ impl Metrics {
     /// so registration cannot fail at run time.
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let clients_connected = IntGauge::new("keyway_clients_connected", "Clients connected now").expect("valid");
-        let clients_total = IntCounter::new("keyway_clients_total", "Clients accepted").expect("valid");
-        let clients_rejected =
-            IntCounter::new("keyway_clients_rejected_total", "Clients refused (max_clients)").expect("valid");
+        let clients_connected =
+            IntGauge::new("keyway_clients_connected", "Clients connected now").expect("valid");
+        let clients_total =
+            IntCounter::new("keyway_clients_total", "Clients accepted").expect("valid");
+        let clients_rejected = IntCounter::new(
+            "keyway_clients_rejected_total",
+            "Clients refused (max_clients)",
+        )
+        .expect("valid");
         let auth_lockouts = IntCounter::new(
             "keyway_auth_lockouts_total",
             "AUTH attempts refused because an address failed too often",
@@ -77,9 +92,15 @@ impl Metrics {
         for m in [&clients_total, &clients_rejected, &auth_lockouts] {
             r.register(Box::new(m.clone())).expect("registered once");
         }
-        r.register(Box::new(clients_connected.clone())).expect("registered once");
+        r.register(Box::new(clients_connected.clone()))
+            .expect("registered once");
         Metrics {
-            commands: counter_vec(&r, "keyway_commands_total", "Commands answered", &["command", "pool", "outcome"]),
+            commands: counter_vec(
+                &r,
+                "keyway_commands_total",
+                "Commands answered",
+                &["command", "pool", "outcome"],
+            ),
             command_duration: histogram_vec(
                 &r,
                 "keyway_command_duration_seconds",
@@ -92,11 +113,31 @@ impl Metrics {
                 "Backend round trip of forwarded requests",
                 &["pool"],
             ),
-            cache_hits: counter_vec(&r, "keyway_cache_hits_total", "Reads that found a value", &["pool", "route"]),
-            cache_misses: counter_vec(&r, "keyway_cache_misses_total", "Reads that found nil", &["pool", "route"]),
+            cache_hits: counter_vec(
+                &r,
+                "keyway_cache_hits_total",
+                "Reads that found a value",
+                &["pool", "route"],
+            ),
+            cache_misses: counter_vec(
+                &r,
+                "keyway_cache_misses_total",
+                "Reads that found nil",
+                &["pool", "route"],
+            ),
             errors: counter_vec(&r, "keyway_errors_total", "Errors by kind", &["kind"]),
-            denials: counter_vec(&r, "keyway_denials_total", "Requests refused by keyway", &["reason", "detail"]),
-            backend_up: gauge_vec(&r, "keyway_backend_up", "1 when the pool's backend answers", &["pool"]),
+            denials: counter_vec(
+                &r,
+                "keyway_denials_total",
+                "Requests refused by keyway",
+                &["reason", "detail"],
+            ),
+            backend_up: gauge_vec(
+                &r,
+                "keyway_backend_up",
+                "1 when the pool's backend answers",
+                &["pool"],
+            ),
             backend_connections: gauge_vec(
                 &r,
                 "keyway_backend_connections",
@@ -109,15 +150,30 @@ impl Metrics {
                 "Fields of the backend's INFO (used_memory, maxmemory, connected_clients, ...)",
                 &["pool", "field"],
             ),
-            slow_commands: counter_vec(&r, "keyway_slow_commands_total", "Commands over the slow log threshold", &["pool"]),
-            failovers: counter_vec(&r, "keyway_failovers_total", "Master changes followed", &["pool"]),
+            slow_commands: counter_vec(
+                &r,
+                "keyway_slow_commands_total",
+                "Commands over the slow log threshold",
+                &["pool"],
+            ),
+            failovers: counter_vec(
+                &r,
+                "keyway_failovers_total",
+                "Master changes followed",
+                &["pool"],
+            ),
             failover_seconds: histogram_vec(
                 &r,
                 "keyway_failover_duration_seconds",
                 "From the sentinel's switch event to writes served on the new master",
                 &["pool"],
             ),
-            config_reloads: counter_vec(&r, "keyway_config_reloads_total", "Configuration reloads", &["result"]),
+            config_reloads: counter_vec(
+                &r,
+                "keyway_config_reloads_total",
+                "Configuration reloads",
+                &["result"],
+            ),
             clients_connected,
             clients_total,
             clients_rejected,

@@ -139,6 +139,20 @@ impl Router {
         self.default
     }
 
+    /// The index of the longest prefix rule `key` matches: the `route`
+    /// label of the cache hit/miss metrics.
+    pub fn prefix_rule(&self, key: &[u8]) -> Option<usize> {
+        self.prefixes.iter().position(|(p, _)| key.starts_with(p))
+    }
+
+    /// A route label: the prefix of a rule, or `default` for keys that no
+    /// prefix decided.
+    pub fn route_label(&self, rule: Option<usize>) -> String {
+        rule.and_then(|i| self.prefixes.get(i))
+            .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_else(|| "default".to_string())
+    }
+
     /// The pool of the longest prefix `key` starts with, if any.
     pub fn prefix_pool(&self, key: &[u8]) -> Option<PoolId> {
         self.prefixes

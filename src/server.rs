@@ -31,6 +31,7 @@ pub enum ServerError {
 
 pub struct Server {
     listener: TcpListener,
+    admin: TcpListener,
     state: Arc<State>,
 }
 
@@ -47,6 +48,12 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let admin = TcpListener::bind(config.admin)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.admin,
+                source,
+            })?;
         let mut commands = CommandTable::builtin();
         let default = &config.pools[crate::route::Router::new(&config).default_pool()];
         let version = discover(&default.endpoint, &mut commands).await;
@@ -54,7 +61,11 @@ impl Server {
         if let Some(v) = version {
             state.redis_version.store(Arc::new(v));
         }
-        Ok(Server { listener, state })
+        Ok(Server {
+            listener,
+            admin,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -67,7 +78,11 @@ impl Server {
 
     /// Accepts clients until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tracing::info!(listen = %self.state.config.listen, "keyway accepting clients");
+        tracing::info!(listen = %self.state.config.listen, admin = %self.state.config.admin, "keyway accepting clients");
+        let interval = Duration::from_millis(self.state.config.server.health_interval_ms.max(100));
+        let monitor = tokio::spawn(crate::monitor::run(self.state.clone(), interval));
+        let admin = tokio::spawn(crate::admin::serve(self.state.clone(), self.admin));
+        let _tasks = AbortOnDrop(vec![monitor, admin]);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -88,6 +103,7 @@ impl Server {
                     let state = self.state.clone();
                     state.stats.connections_received.fetch_add(1, Ordering::Relaxed);
                     if state.clients.len() >= state.config.server.max_clients {
+                        state.metrics.clients_rejected.inc();
                         tokio::spawn(async move {
                             let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
                         });
@@ -97,6 +113,15 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+/// Background tasks that end with the server.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|t| t.abort());
     }
 }
 

@@ -10,7 +10,7 @@ use thiserror::Error;
 
 pub use conn::{request_once, Conn, ReplyRx};
 pub use dedicated::Dedicated;
-pub use pool::Pool;
+pub use pool::{Pool, Probe};
 
 use crate::config::Config;
 use crate::route::PoolId;

@@ -26,6 +26,17 @@ pub struct Pool {
     /// Bounds the connections leased to single clients at once.
     leases: Arc<Semaphore>,
     idle: Mutex<Vec<Dedicated>>,
+    probe: Mutex<Probe>,
+}
+
+/// What the last health probe of the pool's backend found.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    /// `None` until the first probe ran.
+    pub ok: Option<bool>,
+    pub reason: String,
+    /// The backend's `role` (master, slave) from INFO replication.
+    pub role: String,
 }
 
 /// Clean leased connections kept for the next lease.
@@ -45,6 +56,7 @@ impl Pool {
             endpoint: ArcSwap::from_pointee(endpoint),
             leases: Arc::new(Semaphore::new(settings.max_dedicated)),
             idle: Mutex::new(Vec::new()),
+            probe: Mutex::new(Probe::default()),
             slots: Mutex::new(HashMap::new()),
             health: Mutex::new(Health::default()),
             settings,
@@ -67,6 +79,32 @@ impl Pool {
         } else {
             client_db
         }
+    }
+
+    pub fn probe(&self) -> Probe {
+        lock(&self.probe).clone()
+    }
+
+    pub fn set_probe(&self, probe: Probe) {
+        *lock(&self.probe) = probe;
+    }
+
+    /// Leased connections in use now.
+    pub fn leased(&self) -> usize {
+        self.settings.max_dedicated - self.leases.available_permits()
+    }
+
+    /// Multiplexed connections open now.
+    pub fn multiplexed(&self) -> usize {
+        let slots: Vec<Slot> = lock(&self.slots).values().cloned().collect();
+        slots
+            .iter()
+            .flat_map(|s| s.iter())
+            .filter(|c| {
+                c.try_lock()
+                    .is_ok_and(|c| c.as_ref().is_some_and(|c| !c.is_closed()))
+            })
+            .count()
     }
 
     /// `None` while healthy, else the last connect error.

@@ -183,6 +183,8 @@ pub struct ServerConfig {
     pub max_bulk_bytes: usize,
     /// Requests of one client read but not yet answered; beyond it keyway stops reading.
     pub max_pipeline: usize,
+    /// How often each pool's backend is probed with INFO (readiness, gauges).
+    pub health_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -194,6 +196,7 @@ impl Default for ServerConfig {
             max_clients: 10_000,
             max_bulk_bytes: 512 * 1024 * 1024,
             max_pipeline: 4096,
+            health_interval_ms: 1000,
         }
     }
 }
@@ -489,7 +492,8 @@ impl Config {
 }
 
 fn read_secret_file(field: &str, path: &str) -> Result<Secret, ConfigError> {
-    let text = std::fs::read(path).map_err(|e| invalid(field, format!("cannot read '{path}': {e}")))?;
+    let text =
+        std::fs::read(path).map_err(|e| invalid(field, format!("cannot read '{path}': {e}")))?;
     let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
     let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
     if trimmed.is_empty() {
@@ -506,15 +510,24 @@ fn resolve_passwords(
     if let Some(p) = env("KEYWAY_REQUIREPASS").filter(|p| !p.is_empty()) {
         out.insert("default".to_string(), Secret(p.into_bytes()));
     } else if let Some(path) = &auth.requirepass_file {
-        out.insert("default".to_string(), read_secret_file("auth.requirepass_file", path)?);
+        out.insert(
+            "default".to_string(),
+            read_secret_file("auth.requirepass_file", path)?,
+        );
     }
     for (i, user) in auth.users.iter().enumerate() {
         let field = format!("auth.users[{i}]");
         if user.name.is_empty() || user.name.contains(char::is_whitespace) {
-            return Err(invalid(format!("{field}.name"), "a user name without spaces is required"));
+            return Err(invalid(
+                format!("{field}.name"),
+                "a user name without spaces is required",
+            ));
         }
         if out.contains_key(&user.name) && !(user.name == "default" && out.len() == 1 && i == 0) {
-            return Err(invalid(format!("{field}.name"), format!("duplicate user '{}'", user.name)));
+            return Err(invalid(
+                format!("{field}.name"),
+                format!("duplicate user '{}'", user.name),
+            ));
         }
         let secret = match (&user.password_env, &user.password_file) {
             (Some(var), _) if env(var).is_some_and(|v| !v.is_empty()) => {
@@ -522,7 +535,10 @@ fn resolve_passwords(
             }
             (_, Some(path)) => read_secret_file(&format!("{field}.password_file"), path)?,
             (Some(var), None) => {
-                return Err(invalid(format!("{field}.password_env"), format!("environment variable {var} is not set")))
+                return Err(invalid(
+                    format!("{field}.password_env"),
+                    format!("environment variable {var} is not set"),
+                ))
             }
             (None, None) => {
                 return Err(invalid(
@@ -540,7 +556,10 @@ fn resolve_passwords(
 fn check_command_entry(field: &str, entry: &str) -> Result<(), ConfigError> {
     let words: Vec<&str> = entry.split_whitespace().collect();
     if words.is_empty() || words.len() > 2 {
-        return Err(invalid(field, format!("'{entry}' is not \"COMMAND\" or \"COMMAND SUBCOMMAND\"")));
+        return Err(invalid(
+            field,
+            format!("'{entry}' is not \"COMMAND\" or \"COMMAND SUBCOMMAND\""),
+        ));
     }
     Ok(())
 }
@@ -561,17 +580,26 @@ fn validate_policy(file: &FileConfig) -> Result<(), ConfigError> {
     for (i, l) in file.limits.iter().enumerate() {
         let field = format!("limits[{i}]");
         if !names.insert(l.name.as_str()) {
-            return Err(invalid(format!("{field}.name"), format!("duplicate limit '{}'", l.name)));
+            return Err(invalid(
+                format!("{field}.name"),
+                format!("duplicate limit '{}'", l.name),
+            ));
         }
         if !(l.rate > 0.0 && l.rate.is_finite()) {
-            return Err(invalid(format!("{field}.rate"), "must be a positive number of requests per second"));
+            return Err(invalid(
+                format!("{field}.rate"),
+                "must be a positive number of requests per second",
+            ));
         }
         if l.burst == 0 {
             return Err(invalid(format!("{field}.burst"), "must be at least 1"));
         }
         if let Some(pool) = &l.pool {
             if !file.pools.contains_key(pool) {
-                return Err(invalid(format!("{field}.pool"), format!("unknown pool '{pool}'")));
+                return Err(invalid(
+                    format!("{field}.pool"),
+                    format!("unknown pool '{pool}'"),
+                ));
             }
         }
     }

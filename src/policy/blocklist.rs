@@ -66,12 +66,24 @@ impl Blocklist {
         let sub = sub?;
         let pair = format!("{command}|{sub}");
         if self.entries.contains(&pair) {
-            return Some(format!("{} {}", command.to_ascii_uppercase(), sub.to_ascii_uppercase()));
+            return Some(format!(
+                "{} {}",
+                command.to_ascii_uppercase(),
+                sub.to_ascii_uppercase()
+            ));
         }
         let prefix = format!("{command}|*except|");
-        let excepted: Vec<&String> = self.entries.iter().filter(|e| e.starts_with(&prefix)).collect();
+        let excepted: Vec<&String> = self
+            .entries
+            .iter()
+            .filter(|e| e.starts_with(&prefix))
+            .collect();
         if !excepted.is_empty() && !excepted.iter().any(|e| e[prefix.len()..] == pair) {
-            return Some(format!("{} {}", command.to_ascii_uppercase(), sub.to_ascii_uppercase()));
+            return Some(format!(
+                "{} {}",
+                command.to_ascii_uppercase(),
+                sub.to_ascii_uppercase()
+            ));
         }
         None
     }
@@ -85,9 +97,15 @@ mod tests {
     fn commands_subcommands_and_aliases() {
         let b = Blocklist::new(&["FLUSHALL", "config set", "REPLICAOF"]);
         assert_eq!(b.blocked(b"flushall", None).as_deref(), Some("FLUSHALL"));
-        assert_eq!(b.blocked(b"CONFIG", Some(b"SET")).as_deref(), Some("CONFIG SET"));
+        assert_eq!(
+            b.blocked(b"CONFIG", Some(b"SET")).as_deref(),
+            Some("CONFIG SET")
+        );
         assert_eq!(b.blocked(b"CONFIG", Some(b"get")), None);
-        assert_eq!(b.blocked(b"SLAVEOF", Some(b"no")).as_deref(), Some("REPLICAOF"));
+        assert_eq!(
+            b.blocked(b"SLAVEOF", Some(b"no")).as_deref(),
+            Some("REPLICAOF")
+        );
         assert_eq!(b.blocked(b"GET", Some(b"k")), None);
     }
 
@@ -96,7 +114,10 @@ mod tests {
         let b = Blocklist::new(&["CONFIG", "FLUSHALL"]);
         let admin = b.with_overrides(&["CONFIG GET"], &["KEYS"]);
         assert_eq!(admin.blocked(b"config", Some(b"get")), None);
-        assert_eq!(admin.blocked(b"config", Some(b"set")).as_deref(), Some("CONFIG SET"));
+        assert_eq!(
+            admin.blocked(b"config", Some(b"set")).as_deref(),
+            Some("CONFIG SET")
+        );
         assert_eq!(admin.blocked(b"keys", Some(b"*")).as_deref(), Some("KEYS"));
         let lifted = b.with_overrides(&["FLUSHALL"], &[] as &[&str]);
         assert_eq!(lifted.blocked(b"flushall", None), None);

@@ -49,7 +49,11 @@ impl Limit {
         Limit {
             name: config.name.clone(),
             scope: config.scope,
-            commands: config.commands.iter().map(|c| c.to_ascii_lowercase()).collect(),
+            commands: config
+                .commands
+                .iter()
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
             pool: config.pool.as_deref().and_then(pool_index),
             action: config.action,
             max_delay: Duration::from_millis(config.max_delay_ms),

@@ -49,7 +49,10 @@ pub enum Denial {
     Blocked(String),
     NoPermCommand(String),
     NoPermKey(Vec<u8>),
-    RateLimited { limit: String, retry_after: Duration },
+    RateLimited {
+        limit: String,
+        retry_after: Duration,
+    },
 }
 
 impl Denial {
@@ -127,13 +130,18 @@ impl Policy {
                     password: config.passwords.get(&u.name).map(|s| s.0.clone()),
                     prefixes,
                     read_only: u.read_only,
-                    categories: u.categories.iter().map(|c| c.trim_start_matches('@').to_ascii_lowercase()).collect(),
+                    categories: u
+                        .categories
+                        .iter()
+                        .map(|c| c.trim_start_matches('@').to_ascii_lowercase())
+                        .collect(),
                     blocklist: global.with_overrides(&u.allow, &u.block),
                     enabled: u.enabled,
                 }),
             );
         }
-        let per_minute = NonZeroU32::new(config.auth.max_failures_per_minute).unwrap_or(NonZeroU32::MIN);
+        let per_minute =
+            NonZeroU32::new(config.auth.max_failures_per_minute).unwrap_or(NonZeroU32::MIN);
         Policy {
             auth_required: !users.is_empty(),
             anonymous: Arc::new(User {
@@ -164,7 +172,12 @@ impl Policy {
 
     /// AUTH [user] password. Every password is compared in full, in
     /// constant time, and failures count towards the address's lock-out.
-    pub fn authenticate(&self, ip: IpAddr, user: Option<&[u8]>, password: &[u8]) -> Result<Arc<User>, Denial> {
+    pub fn authenticate(
+        &self,
+        ip: IpAddr,
+        user: Option<&[u8]>,
+        password: &[u8],
+    ) -> Result<Arc<User>, Denial> {
         if let Some(until) = self.locked.get(&ip).map(|e| *e.value()) {
             let now = Instant::now();
             if until > now {
@@ -172,7 +185,9 @@ impl Policy {
             }
             self.locked.remove(&ip);
         }
-        let name = user.map(|u| String::from_utf8_lossy(u).into_owned()).unwrap_or_else(|| "default".into());
+        let name = user
+            .map(|u| String::from_utf8_lossy(u).into_owned())
+            .unwrap_or_else(|| "default".into());
         let found = self.users.get(&name).filter(|u| u.enabled);
         let expected = found.and_then(|u| u.password.as_deref()).unwrap_or(b"");
         let matches: bool = expected.ct_eq(password).into();
@@ -181,7 +196,8 @@ impl Policy {
             _ => {
                 if let Err(not_until) = self.failures.check_key(&ip) {
                     let wait = not_until.wait_time_from(self.failures.clock().now());
-                    self.locked.insert(ip, Instant::now() + wait.max(Duration::from_secs(1)));
+                    self.locked
+                        .insert(ip, Instant::now() + wait.max(Duration::from_secs(1)));
                     tracing::warn!(%ip, user = %name, "too many failed AUTH attempts; address locked out");
                     return Err(Denial::LockedOut(wait));
                 }
@@ -191,11 +207,20 @@ impl Policy {
     }
 
     /// Blocklist, read-only and category checks for a command.
-    pub fn check_command(&self, user: &User, name: &[u8], spec: Option<&Spec>, sub: Option<&[u8]>) -> Result<(), Denial> {
+    pub fn check_command(
+        &self,
+        user: &User,
+        name: &[u8],
+        spec: Option<&Spec>,
+        sub: Option<&[u8]>,
+    ) -> Result<(), Denial> {
         if let Some(entry) = user.blocklist.blocked(name, sub) {
             return Err(Denial::Blocked(entry));
         }
-        let command = || spec.map(|s| s.name.to_string()).unwrap_or_else(|| String::from_utf8_lossy(name).to_ascii_lowercase());
+        let command = || {
+            spec.map(|s| s.name.to_string())
+                .unwrap_or_else(|| String::from_utf8_lossy(name).to_ascii_lowercase())
+        };
         let Some(spec) = spec else {
             // A command keyway cannot classify is not run for a restricted user.
             if user.read_only || !user.categories.is_empty() {
@@ -207,7 +232,10 @@ impl Policy {
             return Err(Denial::NoPermCommand(command()));
         }
         if !user.categories.is_empty()
-            && !user.categories.iter().any(|c| c == "all" || spec.in_acl_category(c))
+            && !user
+                .categories
+                .iter()
+                .any(|c| c == "all" || spec.in_acl_category(c))
         {
             return Err(Denial::NoPermCommand(command()));
         }
@@ -216,7 +244,9 @@ impl Policy {
 
     pub fn check_key(&self, user: &User, key: &[u8]) -> Result<(), Denial> {
         match &user.prefixes {
-            Some(prefixes) if !prefixes.iter().any(|p| key.starts_with(p)) => Err(Denial::NoPermKey(key.to_vec())),
+            Some(prefixes) if !prefixes.iter().any(|p| key.starts_with(p)) => {
+                Err(Denial::NoPermKey(key.to_vec()))
+            }
             _ => Ok(()),
         }
     }

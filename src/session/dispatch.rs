@@ -4,12 +4,13 @@
 //! multiplexed backend connections in request order.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::merge::Merge;
 use super::pubsub::Kind;
-use super::reply::{Part, Reply};
+use super::reply::{CacheCount, Meta, Part, Reply};
 use super::Session;
 use crate::command::{Flags, Spec};
 use crate::policy::{Denial, Subject};
@@ -59,6 +60,26 @@ impl Session {
         let spec = {
             let args = request.arg_vec();
             state.commands.lookup(&args)
+        };
+        self.meta = Meta {
+            command: spec.map(|s| s.name).unwrap_or("other"),
+            started: Instant::now(),
+            cache: match spec.map(|s| s.name) {
+                Some("mget" | "hmget") => CacheCount::PerElement,
+                Some(_)
+                    if spec.is_some_and(|s| {
+                        s.flags.contains(Flags::READONLY)
+                            && !s.keys.is_empty()
+                            && !s.in_acl_category("keyspace")
+                    }) =>
+                {
+                    CacheCount::Single
+                }
+                _ => CacheCount::No,
+            },
+            route: (request.argc() > 1 && spec.is_some_and(|s| !s.keys.is_empty()))
+                .then(|| state.router.prefix_rule(request.arg(1)))
+                .flatten(),
         };
 
         // An unauthenticated client may only authenticate (or leave).
@@ -141,7 +162,10 @@ impl Session {
             return self.forward(pool, request.bytes().clone()).await;
         };
         if let Some(what) = refused(name) {
-            return error(&format!("ERR '{}' is not supported by keyway: {what}", upper(raw_name)));
+            return error(&format!(
+                "ERR '{}' is not supported by keyway: {what}",
+                upper(raw_name)
+            ));
         }
         if name == b"mset" && request.argc().is_multiple_of(2) {
             return error("ERR wrong number of arguments for 'mset' command");
@@ -163,7 +187,9 @@ impl Session {
             }
         }
         match plan {
-            Plan::One(pool) if blocks(name, spec.flags, &request) => self.blocking(pool, &request).await,
+            Plan::One(pool) if blocks(name, spec.flags, &request) => {
+                self.blocking(pool, &request).await
+            }
             Plan::One(pool) => self.forward(pool, request.bytes().clone()).await,
             Plan::CrossPool(c) => {
                 state.metrics.deny("crosspool", spec.name);
@@ -183,17 +209,28 @@ impl Session {
                     let rx = self.send(part.pool, part.request.bytes().clone()).await;
                     parts.push(Part::new(part.pool, rx));
                 }
-                Reply::Fanout { parts, merge }
+                Reply::Fanout {
+                    parts,
+                    merge,
+                    meta: self.meta,
+                }
             }
         }
     }
 
     /// The rate limits that apply before (`pool` None) or after routing.
-    async fn admit(&self, name: &[u8], spec: Option<&Spec>, pool: Option<PoolId>) -> Result<(), Denial> {
+    async fn admit(
+        &self,
+        name: &[u8],
+        spec: Option<&Spec>,
+        pool: Option<PoolId>,
+    ) -> Result<(), Denial> {
         let Some(user) = &self.client.user else {
             return Ok(());
         };
-        let command = spec.map(|s| s.name.to_string()).unwrap_or_else(|| String::from_utf8_lossy(name).into_owned());
+        let command = spec
+            .map(|s| s.name.to_string())
+            .unwrap_or_else(|| String::from_utf8_lossy(name).into_owned());
         let subject = Subject {
             ip: self.client.addr.ip(),
             user: &user.name,
@@ -205,7 +242,12 @@ impl Session {
 
     /// The route of a request and whether it has keys; a key outside the
     /// user's prefixes refuses the whole request.
-    fn plan(&mut self, name: &[u8], spec: &Spec, request: &Request) -> Result<(Plan, bool), Denial> {
+    fn plan(
+        &mut self,
+        name: &[u8],
+        spec: &Spec,
+        request: &Request,
+    ) -> Result<(Plan, bool), Denial> {
         let mut keys = std::mem::take(&mut self.key_scratch);
         keys.clear();
         {
@@ -225,7 +267,12 @@ impl Session {
     }
 
     /// The one pool all of a request's keys map to, or the refusal.
-    fn single_pool(&mut self, name: &[u8], spec: Option<&Spec>, request: &Request) -> Result<PoolId, Bytes> {
+    fn single_pool(
+        &mut self,
+        name: &[u8],
+        spec: Option<&Spec>,
+        request: &Request,
+    ) -> Result<PoolId, Bytes> {
         let Some(spec) = spec else {
             return Err(resp::error(&unknown_command(request)));
         };
@@ -249,8 +296,9 @@ impl Session {
     fn queue_command(&mut self, name: &[u8], spec: Option<&Spec>, request: Request) -> Reply {
         match name {
             b"watch" => return error("ERR WATCH inside MULTI is not allowed"),
-            b"subscribe" | b"psubscribe" | b"ssubscribe" | b"hello" | b"auth" | b"select" | b"client"
-            | b"scan" | b"keys" | b"dbsize" | b"info" | b"randomkey" | b"pubsub" | b"script" | b"function" => {
+            b"subscribe" | b"psubscribe" | b"ssubscribe" | b"hello" | b"auth" | b"select"
+            | b"client" | b"scan" | b"keys" | b"dbsize" | b"info" | b"randomkey" | b"pubsub"
+            | b"script" | b"function" => {
                 return self.refuse_in_multi(resp::error(&format!(
                     "ERR '{}' inside MULTI is not supported by keyway",
                     upper(name)
@@ -284,7 +332,11 @@ impl Session {
 
     pub(super) async fn forward(&mut self, pool: PoolId, bytes: Bytes) -> Reply {
         match self.send(pool, bytes).await {
-            Ok(rx) => Reply::Backend { pool, rx },
+            Ok(rx) => Reply::Backend {
+                pool,
+                rx,
+                meta: self.meta,
+            },
             Err(e) => Reply::backend_error(&e),
         }
     }
@@ -296,7 +348,11 @@ impl Session {
             let rx = self.send(pool, bytes.clone()).await;
             parts.push(Part::new(pool, rx));
         }
-        Reply::Fanout { parts, merge }
+        Reply::Fanout {
+            parts,
+            merge,
+            meta: self.meta,
+        }
     }
 }
 

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendError, Conn, ReplyRx};
-use crate::policy::{Denial, User};
 use crate::config::Config;
+use crate::policy::{Denial, User};
 use crate::resp::{ParseLimits, Protocol, RequestParser};
 use crate::route::PoolId;
 use crate::state::{ClientInfo, State};
@@ -70,7 +70,11 @@ impl ClientState {
             lib_name: self.lib_name.clone(),
             lib_ver: self.lib_ver.clone(),
             connected: self.connected,
-            user: self.user.as_ref().map(|u| u.name.to_string()).unwrap_or_default(),
+            user: self
+                .user
+                .as_ref()
+                .map(|u| u.name.to_string())
+                .unwrap_or_default(),
             multi: match mode {
                 Mode::Transaction(t) if t.in_multi() => t.queued_len() as i64,
                 _ => -1,
@@ -113,6 +117,8 @@ pub struct Session {
     tx: mpsc::Sender<Reply>,
     /// Cancelled by CLIENT KILL.
     kill: CancellationToken,
+    /// The metrics context of the request being dispatched.
+    meta: reply::Meta,
 }
 
 pub fn parse_limits(config: &Config) -> ParseLimits {
@@ -157,6 +163,7 @@ pub async fn serve(state: Arc<State>, socket: TcpStream, addr: SocketAddr) {
         inbuf: BytesMut::with_capacity(READ_CHUNK),
         tx,
         kill: CancellationToken::new(),
+        meta: reply::Meta::new(),
     };
     session.register();
     session.read_requests().await;

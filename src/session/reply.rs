@@ -3,6 +3,7 @@
 //! whatever is ready into one write.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -12,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::merge::Merge;
 use crate::backend::{BackendError, ReplyRx};
+use crate::resp::{self, shapes};
 use crate::route::PoolId;
 use crate::state::State;
 
@@ -20,15 +22,106 @@ pub enum Reply {
     /// Answered by keyway (or refused).
     Now(Bytes),
     /// Forwarded to one pool; its reply is passed through unchanged.
-    Backend { pool: PoolId, rx: ReplyRx },
+    Backend {
+        pool: PoolId,
+        rx: ReplyRx,
+        meta: Meta,
+    },
     /// Sent to several pools; the parts are merged once all arrived.
-    Fanout { parts: Vec<Part>, merge: Merge },
+    Fanout {
+        parts: Vec<Part>,
+        merge: Merge,
+        meta: Meta,
+    },
     /// Written, then the connection is closed (QUIT, protocol errors).
     Close(Bytes),
     /// Resolved but not written (CLIENT REPLY OFF / SKIP).
     Silent(Box<Reply>),
     /// Writes nothing; fires once every earlier reply is resolved.
     Barrier(Option<oneshot::Sender<()>>),
+}
+
+/// What the metrics need to know of a forwarded request.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    /// The command-table name, or `other` (bounded label values).
+    pub command: &'static str,
+    pub started: Instant,
+    pub cache: CacheCount,
+    /// The prefix rule of the first key (the `route` label).
+    pub route: Option<usize>,
+}
+
+/// How a reply counts towards cache hits and misses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheCount {
+    No,
+    /// A read of one value: nil is a miss.
+    Single,
+    /// MGET, HMGET: each element counts.
+    PerElement,
+}
+
+impl Meta {
+    pub fn new() -> Meta {
+        Meta {
+            command: "other",
+            started: Instant::now(),
+            cache: CacheCount::No,
+            route: None,
+        }
+    }
+
+    fn record(&self, state: &State, pool: &str, reply: &[u8]) {
+        let m = &state.metrics;
+        let outcome = if shapes::is_error(reply) {
+            "error"
+        } else {
+            "ok"
+        };
+        m.commands
+            .with_label_values(&[self.command, pool, outcome])
+            .inc();
+        m.command_duration
+            .with_label_values(&[self.command, pool])
+            .observe(self.started.elapsed().as_secs_f64());
+        if outcome == "error" {
+            m.errors.with_label_values(&["backend_error_reply"]).inc();
+        }
+        let (hits, misses) = match self.cache {
+            CacheCount::No => return,
+            CacheCount::Single if outcome == "ok" => {
+                if resp::is_nil(reply) {
+                    (0, 1)
+                } else {
+                    (1, 0)
+                }
+            }
+            CacheCount::Single => return,
+            CacheCount::PerElement => match shapes::elements(reply) {
+                Some(e) => {
+                    let nil = e.iter().filter(|f| resp::is_nil(f)).count() as u64;
+                    (e.len() as u64 - nil, nil)
+                }
+                None => return,
+            },
+        };
+        let route = state.router.route_label(self.route);
+        if hits > 0 {
+            m.cache_hits.with_label_values(&[pool, &route]).inc_by(hits);
+        }
+        if misses > 0 {
+            m.cache_misses
+                .with_label_values(&[pool, &route])
+                .inc_by(misses);
+        }
+    }
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 pub struct Part {
@@ -65,8 +158,11 @@ impl Reply {
     fn try_ready(&mut self, state: &State) -> Option<Bytes> {
         match self {
             Reply::Now(b) | Reply::Close(b) => Some(b.clone()),
-            Reply::Backend { pool, rx } => match rx.try_recv() {
-                Ok(b) => Some(b),
+            Reply::Backend { pool, rx, meta } => match rx.try_recv() {
+                Ok(b) => {
+                    meta.record(state, state.router.pool_name(*pool), &b);
+                    Some(b)
+                }
                 Err(TryRecvError::Empty) => None,
                 Err(TryRecvError::Closed) => Some(lost(state, *pool)),
             },
@@ -87,8 +183,14 @@ impl Reply {
     async fn ready(&mut self, state: &State) -> Bytes {
         match self {
             Reply::Now(b) | Reply::Close(b) => b.clone(),
-            Reply::Backend { pool, rx } => rx.await.unwrap_or_else(|_| lost(state, *pool)),
-            Reply::Fanout { parts, merge } => {
+            Reply::Backend { pool, rx, meta } => match rx.await {
+                Ok(b) => {
+                    meta.record(state, state.router.pool_name(*pool), &b);
+                    b
+                }
+                Err(_) => lost(state, *pool),
+            },
+            Reply::Fanout { parts, merge, meta } => {
                 for part in parts.iter_mut() {
                     if part.got.is_none() {
                         let got = match &mut part.rx {
@@ -109,7 +211,9 @@ impl Reply {
                         )
                     })
                     .collect();
-                std::mem::replace(merge, Merge::AllOk).merge(state, frames)
+                let merged = std::mem::replace(merge, Merge::AllOk).merge(state, frames);
+                meta.record(state, "multi", &merged);
+                merged
             }
             Reply::Silent(inner) => {
                 Box::pin(inner.ready(state)).await;
@@ -127,6 +231,11 @@ pub fn connection_lost(state: &State, pool: PoolId) -> BackendError {
 }
 
 fn lost(state: &State, pool: PoolId) -> Bytes {
+    state
+        .metrics
+        .errors
+        .with_label_values(&["connection_lost"])
+        .inc();
     connection_lost(state, pool).to_resp()
 }
 

@@ -150,6 +150,7 @@ pub fn connect(port: u16) -> redis::Connection {
 
 pub struct Keyway {
     pub port: u16,
+    pub admin_port: u16,
     pub config_path: PathBuf,
     child: Child,
     _dir: TempDir,
@@ -183,8 +184,10 @@ impl Keyway {
         }
         let mut child = cmd.spawn().expect("spawn keyway");
         wait_for_port(port, &mut child, "keyway");
+        wait_for_port(admin, &mut child, "keyway admin");
         Keyway {
             port,
+            admin_port: admin,
             config_path,
             child,
             _dir: dir,
@@ -206,6 +209,86 @@ impl Keyway {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// GET (or POST) on the admin endpoint: status code and body.
+    pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        http(self.admin_port, method, path)
+    }
+
+    /// One sample of `/metrics`, e.g. `keyway_denials_total{reason="blocklist",detail="FLUSHALL"}`;
+    /// 0 when the series does not exist yet.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.http("GET", "/metrics");
+        metric_value(&body, series)
+    }
+
+    /// Waits up to `timeout` for `check` to hold, polling.
+    pub fn wait_until(&self, timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        check()
+    }
+
+    /// Sends a signal to the keyway process (by its PID).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// A minimal HTTP/1.1 request to a loopback port.
+pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("admin connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        .expect("write request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one series in a Prometheus text exposition.
+pub fn metric_value(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 impl Drop for Keyway {

@@ -1,0 +1,105 @@
+//! The periodic health probe: every interval each pool's backend answers
+//! `INFO` on a short-lived connection. The result decides `/readyz`, sets
+//! `keyway_backend_up`, and exports the fields the seeds alert on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{request_once, Probe};
+use crate::resp::shapes;
+use crate::state::State;
+
+/// INFO fields exported as `keyway_backend_info{pool,field}`.
+const EXPORTED: &[&str] = &[
+    "used_memory",
+    "maxmemory",
+    "connected_clients",
+    "evicted_keys",
+    "expired_keys",
+    "keyspace_hits",
+    "keyspace_misses",
+    "master_repl_offset",
+    "instantaneous_ops_per_sec",
+];
+
+pub async fn run(state: Arc<State>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        probe_all(&state, interval).await;
+        state.policy.purge_idle();
+    }
+}
+
+/// Probes every pool side by side, so one slow pool does not delay the others.
+pub async fn probe_all(state: &Arc<State>, timeout: Duration) {
+    let timeout = timeout.max(Duration::from_millis(500));
+    let handles: Vec<_> = (0..state.backends.pools().len())
+        .map(|i| {
+            let endpoint = state.backends.pool(i).endpoint();
+            tokio::spawn(async move { request_once(&endpoint, &["INFO"], timeout).await })
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let result = handle.await.unwrap_or_else(|e| Err(e.to_string()));
+        let pool = state.backends.pool(i);
+        let name = pool.name();
+        let probe = match result {
+            Ok(reply) => match shapes::bulk(&reply) {
+                Some(text) => {
+                    let text = String::from_utf8_lossy(text);
+                    let mut role = String::new();
+                    for line in text.lines() {
+                        let Some((field, value)) = line.split_once(':') else {
+                            continue;
+                        };
+                        if field == "role" {
+                            role = value.trim().to_string();
+                        }
+                        if EXPORTED.contains(&field) {
+                            if let Ok(v) = value.trim().parse::<i64>() {
+                                state
+                                    .metrics
+                                    .backend_info
+                                    .with_label_values(&[name, field])
+                                    .set(v);
+                            }
+                        }
+                    }
+                    Probe {
+                        ok: Some(true),
+                        reason: String::new(),
+                        role,
+                    }
+                }
+                None => Probe {
+                    ok: Some(false),
+                    reason: String::from_utf8_lossy(&reply).trim().to_string(),
+                    role: String::new(),
+                },
+            },
+            Err(reason) => Probe {
+                ok: Some(false),
+                reason,
+                role: String::new(),
+            },
+        };
+        state
+            .metrics
+            .backend_up
+            .with_label_values(&[name])
+            .set(i64::from(probe.ok == Some(true)));
+        state
+            .metrics
+            .backend_connections
+            .with_label_values(&[name, "multiplexed"])
+            .set(pool.multiplexed() as i64);
+        state
+            .metrics
+            .backend_connections
+            .with_label_values(&[name, "leased"])
+            .set(pool.leased() as i64);
+        pool.set_probe(probe);
+    }
+}
