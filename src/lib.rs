@@ -13,4 +13,5 @@ pub mod resp;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod slowlog;
 pub mod state;

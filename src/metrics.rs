@@ -189,6 +189,26 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
+    /// Cache hits and misses over every pool and route (for INFO).
+    pub fn cache_totals(&self) -> (u64, u64) {
+        let sum = |family: &str| -> u64 {
+            self.registry
+                .gather()
+                .iter()
+                .filter(|mf| mf.name() == family)
+                .flat_map(|mf| {
+                    mf.get_metric()
+                        .iter()
+                        .map(|m| m.get_counter().get_value() as u64)
+                })
+                .sum()
+        };
+        (
+            sum("keyway_cache_hits_total"),
+            sum("keyway_cache_misses_total"),
+        )
+    }
+
     pub fn deny(&self, reason: &str, detail: &str) {
         self.denials.with_label_values(&[reason, detail]).inc();
     }

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::resp::Protocol;
 use crate::route::Router;
+use crate::slowlog::SlowLog;
 
 pub struct State {
     pub config: Config,
@@ -24,6 +25,7 @@ pub struct State {
     pub backends: Backends,
     pub policy: Policy,
     pub metrics: Metrics,
+    pub slowlog: SlowLog,
     pub clients: DashMap<u64, ClientInfo>,
     pub started: Instant,
     /// The default pool's `redis_version`, reported by HELLO and INFO.
@@ -69,6 +71,10 @@ impl State {
             backends: Backends::new(&config),
             policy: Policy::new(&config),
             metrics: Metrics::new(),
+            slowlog: SlowLog::new(
+                std::time::Duration::from_millis(config.server.slowlog_threshold_ms),
+                config.server.slowlog_max_len,
+            ),
             config,
             commands,
             clients: DashMap::new(),

@@ -185,6 +185,9 @@ pub struct ServerConfig {
     pub max_pipeline: usize,
     /// How often each pool's backend is probed with INFO (readiness, gauges).
     pub health_interval_ms: u64,
+    /// Commands slower than this go to keyway's slow log (the seeds: 1 s).
+    pub slowlog_threshold_ms: u64,
+    pub slowlog_max_len: usize,
 }
 
 impl Default for ServerConfig {
@@ -197,6 +200,8 @@ impl Default for ServerConfig {
             max_bulk_bytes: 512 * 1024 * 1024,
             max_pipeline: 4096,
             health_interval_ms: 1000,
+            slowlog_threshold_ms: 1000,
+            slowlog_max_len: 128,
         }
     }
 }

@@ -80,6 +80,8 @@ impl Session {
             route: (request.argc() > 1 && spec.is_some_and(|s| !s.keys.is_empty()))
                 .then(|| state.router.prefix_rule(request.arg(1)))
                 .flatten(),
+            request: request.bytes().clone(),
+            client: self.client.id,
         };
 
         // An unauthenticated client may only authenticate (or leave).
@@ -212,7 +214,7 @@ impl Session {
                 Reply::Fanout {
                     parts,
                     merge,
-                    meta: self.meta,
+                    meta: self.meta.clone(),
                 }
             }
         }
@@ -335,7 +337,7 @@ impl Session {
             Ok(rx) => Reply::Backend {
                 pool,
                 rx,
-                meta: self.meta,
+                meta: self.meta.clone(),
             },
             Err(e) => Reply::backend_error(&e),
         }
@@ -351,7 +353,7 @@ impl Session {
         Reply::Fanout {
             parts,
             merge,
-            meta: self.meta,
+            meta: self.meta.clone(),
         }
     }
 }

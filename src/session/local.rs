@@ -64,11 +64,36 @@ impl Session {
                 Some(self.fanout(&pools, req.bytes(), Merge::FirstNonNil).await)
             }
             b"scan" => Some(self.scan(req).await),
+            b"slowlog" => self.slowlog(req),
             b"pubsub" => Some(self.pubsub_command(req).await),
             b"script" | b"function" => self.scripting(name, req).await,
             b"swapdb" => {
                 let pools = self.all_pools();
                 Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
+            }
+            _ => None,
+        }
+    }
+
+    /// SLOWLOG answers from keyway's own slow log, which sees every pool.
+    fn slowlog(&mut self, req: &Request) -> Option<Reply> {
+        let log = &self.state.slowlog;
+        match text(req.arg(1)).to_ascii_lowercase().as_str() {
+            "get" => {
+                let count = match req.argc() {
+                    2 => None,
+                    _ => match text(req.arg(2)).parse::<i64>() {
+                        Ok(n) if n < 0 => Some(usize::MAX),
+                        Ok(n) => Some(n as usize),
+                        Err(_) => return err("ERR value is not an integer or out of range"),
+                    },
+                };
+                Some(Reply::Now(log.render(count, self.client.proto)))
+            }
+            "len" => Some(Reply::Now(resp::int(log.len() as i64))),
+            "reset" => {
+                log.reset();
+                ok()
             }
             _ => None,
         }
@@ -494,16 +519,38 @@ impl Session {
                 state.clients.len(),
                 state.backends.pools().len()
             );
+            let (hits, misses) = state.metrics.cache_totals();
+            let ratio = if hits + misses > 0 {
+                hits as f64 / (hits + misses) as f64
+            } else {
+                0.0
+            };
+            s.push_str(&format!(
+                "total_commands_processed:{}\r\ncache_hits:{hits}\r\ncache_misses:{misses}\r\ncache_hit_ratio:{ratio:.4}\r\n",
+                state.stats.commands_processed.load(std::sync::atomic::Ordering::Relaxed)
+            ));
             for pool in state.backends.pools() {
                 let status = match pool.last_error() {
                     None => "up".to_string(),
                     Some(e) => format!("down ({})", e.replace(['\r', '\n', ','], " ")),
                 };
+                let probe = pool.probe();
+                let status = match probe.ok {
+                    Some(false) => {
+                        format!("down ({})", probe.reason.replace(['\r', '\n', ','], " "))
+                    }
+                    _ => status,
+                };
                 s.push_str(&format!(
-                    "pool_{}:address={},status={}\r\n",
+                    "pool_{}:address={},status={},role={}\r\n",
                     pool.name(),
                     pool.endpoint().address(),
-                    status
+                    status,
+                    if probe.role.is_empty() {
+                        "unknown"
+                    } else {
+                        &probe.role
+                    }
                 ));
             }
             sections.push(s);

@@ -42,7 +42,7 @@ pub enum Reply {
 }
 
 /// What the metrics need to know of a forwarded request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Meta {
     /// The command-table name, or `other` (bounded label values).
     pub command: &'static str,
@@ -50,6 +50,9 @@ pub struct Meta {
     pub cache: CacheCount,
     /// The prefix rule of the first key (the `route` label).
     pub route: Option<usize>,
+    /// The request as sent, read again only if it turns out slow.
+    pub request: Bytes,
+    pub client: u64,
 }
 
 /// How a reply counts towards cache hits and misses.
@@ -69,6 +72,8 @@ impl Meta {
             started: Instant::now(),
             cache: CacheCount::No,
             route: None,
+            request: Bytes::new(),
+            client: 0,
         }
     }
 
@@ -82,9 +87,13 @@ impl Meta {
         m.commands
             .with_label_values(&[self.command, pool, outcome])
             .inc();
+        let elapsed = self.started.elapsed();
         m.command_duration
             .with_label_values(&[self.command, pool])
-            .observe(self.started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
+        if elapsed >= state.slowlog.threshold {
+            self.record_slow(state, pool, elapsed);
+        }
         if outcome == "error" {
             m.errors.with_label_values(&["backend_error_reply"]).inc();
         }
@@ -115,6 +124,32 @@ impl Meta {
                 .with_label_values(&[pool, &route])
                 .inc_by(misses);
         }
+    }
+}
+
+impl Meta {
+    fn record_slow(&self, state: &State, pool: &str, elapsed: std::time::Duration) {
+        state.metrics.slow_commands.with_label_values(&[pool]).inc();
+        let mut parser = crate::resp::RequestParser::default();
+        let mut buf = bytes::BytesMut::from(&self.request[..]);
+        let args = match parser.next(&mut buf) {
+            Ok(Some(r)) => crate::slowlog::trim_args(r.args()),
+            _ => Vec::new(),
+        };
+        let (addr, name) = state
+            .clients
+            .get(&self.client)
+            .map(|c| (c.addr.to_string(), c.name.clone()))
+            .unwrap_or_default();
+        state.slowlog.record(crate::slowlog::Entry {
+            id: 0,
+            unix_time: 0,
+            duration: elapsed,
+            args,
+            client_addr: addr,
+            client_name: name,
+            pool: pool.to_string(),
+        });
     }
 }
 

@@ -1,0 +1,124 @@
+//! keyway's own slow log: commands slower than the threshold (from parsed
+//! request to reply ready), kept in a bounded ring and served by
+//! `SLOWLOG GET / LEN / RESET` through keyway, with the pool that ran them.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::resp::{Protocol, ReplyBuf};
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: u64,
+    pub unix_time: u64,
+    pub duration: Duration,
+    pub args: Vec<Bytes>,
+    pub client_addr: String,
+    pub client_name: String,
+    pub pool: String,
+}
+
+pub struct SlowLog {
+    pub threshold: Duration,
+    max_len: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: u64,
+    entries: VecDeque<Entry>,
+}
+
+/// Redis keeps at most this many arguments, each cut to this many bytes.
+const MAX_ARGS: usize = 32;
+const MAX_ARG_LEN: usize = 128;
+
+/// The arguments as Redis's slow log shows them.
+pub fn trim_args<'a>(args: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<Bytes> {
+    let total = args.len();
+    let mut out = Vec::new();
+    for (i, arg) in args.enumerate() {
+        if i == MAX_ARGS - 1 && total > MAX_ARGS {
+            out.push(Bytes::from(format!(
+                "... ({} more arguments)",
+                total - MAX_ARGS + 1
+            )));
+            break;
+        }
+        if arg.len() > MAX_ARG_LEN {
+            let mut cut = arg[..MAX_ARG_LEN].to_vec();
+            cut.extend_from_slice(
+                format!("... ({} more bytes)", arg.len() - MAX_ARG_LEN).as_bytes(),
+            );
+            out.push(Bytes::from(cut));
+        } else {
+            out.push(Bytes::copy_from_slice(arg));
+        }
+    }
+    out
+}
+
+impl SlowLog {
+    pub fn new(threshold: Duration, max_len: usize) -> SlowLog {
+        SlowLog {
+            threshold,
+            max_len,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn record(&self, mut entry: Entry) {
+        let mut inner = self.lock();
+        entry.id = inner.next_id;
+        entry.unix_time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        inner.next_id += 1;
+        inner.entries.push_front(entry);
+        let max = self.max_len;
+        inner.entries.truncate(max);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn reset(&self) {
+        self.lock().entries.clear();
+    }
+
+    /// `SLOWLOG GET [count]`: newest first, Redis's entry layout plus the pool.
+    pub fn render(&self, count: Option<usize>, proto: Protocol) -> Bytes {
+        let inner = self.lock();
+        let n = count.unwrap_or(10).min(inner.entries.len());
+        let mut r = ReplyBuf::new(proto);
+        r.array(n);
+        for e in inner.entries.iter().take(n) {
+            r.array(7)
+                .int(e.id as i64)
+                .int(e.unix_time as i64)
+                .int(e.duration.as_micros() as i64);
+            r.array(e.args.len());
+            for a in &e.args {
+                r.bulk(a);
+            }
+            r.bulk(e.client_addr.as_bytes())
+                .bulk(e.client_name.as_bytes())
+                .bulk(e.pool.as_bytes());
+        }
+        r.freeze()
+    }
+}
