@@ -174,19 +174,19 @@ impl Session {
         };
         Some(match self.authenticate(user, password) {
             Ok(()) => Reply::Now(resp::simple("OK")),
-            Err(reply) => reply,
+            Err(reply) => *reply,
         })
     }
 
     /// AUTH and HELLO ... AUTH. Without configured passwords keyway acts
     /// like a Redis whose default user has none.
-    fn authenticate(&mut self, user: Option<&[u8]>, password: &[u8]) -> Result<(), Reply> {
+    fn authenticate(&mut self, user: Option<&[u8]>, password: &[u8]) -> Result<(), Box<Reply>> {
         let policy = &self.state.policy;
         if !policy.auth_required {
             return match user {
-                None => Err(Reply::Now(resp::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"))),
+                None => Err(Box::new(Reply::Now(resp::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")))),
                 Some(b"default") => Ok(()),
-                Some(_) => Err(self.deny(crate::policy::Denial::WrongPass)),
+                Some(_) => Err(Box::new(self.deny(crate::policy::Denial::WrongPass))),
             };
         }
         match policy.authenticate(self.client.addr.ip(), user, password) {
@@ -199,7 +199,7 @@ impl Session {
                 if matches!(denial, crate::policy::Denial::LockedOut(_)) {
                     self.state.metrics.auth_lockouts.inc();
                 }
-                Err(self.deny(denial))
+                Err(Box::new(self.deny(denial)))
             }
         }
     }
@@ -226,7 +226,7 @@ impl Session {
                 let opt = req.arg(i);
                 if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < req.argc() {
                     if let Err(reply) = self.authenticate(Some(req.arg(i + 1)), req.arg(i + 2)) {
-                        return Some(reply);
+                        return Some(*reply);
                     }
                     authenticated = true;
                     i += 3;
