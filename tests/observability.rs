@@ -97,6 +97,9 @@ fn known_traffic_gives_exact_counters() {
     );
 }
 
+/// id, timestamp, microseconds, arguments, client address, client name, pool.
+type SlowEntry = (i64, i64, i64, Vec<String>, String, String, String);
+
 #[test]
 fn slow_commands_reach_the_slow_log_and_a_counter() {
     let (_r, kw) = setup("", &[]);
@@ -115,8 +118,7 @@ fn slow_commands_reach_the_slow_log_and_a_counter() {
     let _: () = c.set("user:fast", 1).unwrap();
     let len: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut c).unwrap();
     assert_eq!(len, 1);
-    let entries: Vec<(i64, i64, i64, Vec<String>, String, String, String)> =
-        redis::cmd("SLOWLOG").arg("GET").query(&mut c).unwrap();
+    let entries: Vec<SlowEntry> = redis::cmd("SLOWLOG").arg("GET").query(&mut c).unwrap();
     let (_, _, micros, args, addr, _, pool) = &entries[0];
     assert!(*micros >= 300_000, "{micros}");
     assert_eq!(args.len(), 4);
