@@ -11,6 +11,7 @@ pub mod monitor;
 pub mod policy;
 pub mod resp;
 pub mod route;
+pub mod sentinel;
 pub mod server;
 pub mod session;
 pub mod slowlog;

@@ -97,6 +97,24 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Asks the sentinels now; `--check` shows where the pool would point.
+fn current_master(
+    sentinel: &keyway::config::SentinelConfig,
+    node: &keyway::config::Endpoint,
+) -> String {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return format!("unknown ({e})"),
+    };
+    match runtime.block_on(keyway::sentinel::discover(sentinel, node)) {
+        Ok((host, port)) => format!("{host}:{port} (confirmed by ROLE)"),
+        Err(e) => format!("none confirmed ({e})"),
+    }
+}
+
 /// What `--check` prints: every rule, in the order it is tried.
 fn route_table(config: &Config) -> String {
     let router = Router::new(config);
@@ -112,10 +130,29 @@ fn route_table(config: &Config) -> String {
         config.listen, config.admin
     ));
     for p in &config.pools {
-        out.push_str(&format!(
-            "  {:<12} {}  (from {})\n",
-            p.name, p.endpoint, p.origin
-        ));
+        match &p.sentinel {
+            None => out.push_str(&format!(
+                "  {:<12} {}  (from {})\n",
+                p.name, p.endpoint, p.origin
+            )),
+            Some(s) => {
+                let sentinels: Vec<String> = s
+                    .spec
+                    .sentinels
+                    .iter()
+                    .map(|(h, port)| format!("{h}:{port}"))
+                    .collect();
+                out.push_str(&format!(
+                    "  {:<12} sentinel master '{}' via {}  (from {})\n  {:<12} currently reported master: {}\n",
+                    p.name,
+                    s.spec.master,
+                    sentinels.join(", "),
+                    p.origin,
+                    "",
+                    current_master(s, &p.endpoint)
+                ));
+            }
+        }
     }
     out.push_str("\nroutes (longest prefix, then command, then db, then default):\n");
     let mut prefixes: Vec<_> = config.routes.prefixes.iter().collect();

@@ -40,7 +40,7 @@ const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
 impl Server {
     /// Binds the client listener and asks the default pool for its command
     /// table and version (best effort: keyway starts without them).
-    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+    pub async fn bind(mut config: Config) -> Result<Server, ServerError> {
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -54,10 +54,25 @@ impl Server {
                 addr: config.admin,
                 source,
             })?;
+        for pool in config.pools.iter_mut() {
+            let Some(sentinel) = &pool.sentinel else {
+                continue;
+            };
+            match crate::sentinel::discover(sentinel, &pool.endpoint).await {
+                Ok((host, port)) => {
+                    tracing::info!(pool = %pool.name, master = %format!("{host}:{port}"), "master discovered through Sentinel");
+                    pool.endpoint.host = host;
+                    pool.endpoint.port = port;
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %pool.name, "no master confirmed yet (pool not ready): {e}")
+                }
+            }
+        }
         let mut commands = CommandTable::builtin();
         let default = &config.pools[crate::route::Router::new(&config).default_pool()];
         let version = discover(&default.endpoint, &mut commands).await;
-        let state = Arc::new(State::new(config, commands));
+        let state = State::new(config, commands);
         if let Some(v) = version {
             state.redis_version.store(Arc::new(v));
         }
@@ -82,7 +97,19 @@ impl Server {
         let interval = Duration::from_millis(self.state.config.server.health_interval_ms.max(100));
         let monitor = tokio::spawn(crate::monitor::run(self.state.clone(), interval));
         let admin = tokio::spawn(crate::admin::serve(self.state.clone(), self.admin));
-        let _tasks = AbortOnDrop(vec![monitor, admin]);
+        let mut tasks = vec![monitor, admin];
+        let poll = Duration::from_millis(self.state.config.backend.sentinel_poll_ms.max(100));
+        for (id, pool) in self.state.config.pools.iter().enumerate() {
+            if let Some(sentinel) = &pool.sentinel {
+                tasks.push(tokio::spawn(crate::sentinel::follow(
+                    self.state.clone(),
+                    id,
+                    sentinel.clone(),
+                    poll,
+                )));
+            }
+        }
+        let _tasks = AbortOnDrop(tasks);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -19,6 +20,7 @@ use crate::route::Router;
 use crate::slowlog::SlowLog;
 
 pub struct State {
+    me: Weak<State>,
     pub config: Config,
     pub router: Router,
     pub commands: CommandTable,
@@ -65,8 +67,9 @@ pub struct ClientInfo {
 pub const FALLBACK_REDIS_VERSION: &str = "7.0.0";
 
 impl State {
-    pub fn new(config: Config, commands: CommandTable) -> State {
-        State {
+    pub fn new(config: Config, commands: CommandTable) -> Arc<State> {
+        Arc::new_cyclic(|me| State {
+            me: me.clone(),
             router: Router::new(&config),
             backends: Backends::new(&config),
             policy: Policy::new(&config),
@@ -82,7 +85,12 @@ impl State {
             redis_version: ArcSwap::from_pointee(FALLBACK_REDIS_VERSION.to_string()),
             stats: Stats::default(),
             next_client_id: AtomicU64::new(1),
-        }
+        })
+    }
+
+    /// The shared handle, for work that outlives a borrow (a retry task).
+    pub fn self_arc(&self) -> Option<Arc<State>> {
+        self.me.upgrade()
     }
 
     pub fn next_client_id(&self) -> u64 {

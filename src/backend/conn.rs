@@ -2,11 +2,13 @@
 //! requests are queued into one write, and a reader task that hands each
 //! reply frame to the oldest waiting request (Redis answers in order).
 
+use std::collections::VecDeque;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Endpoint;
 use crate::resp::{FrameScanner, Protocol, Request};
@@ -35,7 +37,14 @@ pub struct Conn {
 impl Conn {
     /// Connects, authenticates, negotiates the protocol and selects `db`.
     /// Errors are the reason shown to clients.
-    pub async fn open(endpoint: &Endpoint, db: u32, proto: Protocol) -> Result<Conn, String> {
+    /// The connection retires (stops taking requests, finishes those in
+    /// flight, closes) when `retire` changes: the pool moved to a new master.
+    pub async fn open(
+        endpoint: &Endpoint,
+        db: u32,
+        proto: Protocol,
+        retire: watch::Receiver<u64>,
+    ) -> Result<Conn, String> {
         let mut stream = TcpStream::connect(endpoint.address())
             .await
             .map_err(|e| e.to_string())?;
@@ -44,7 +53,7 @@ impl Conn {
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(QUEUE);
         let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_loop(wr, rx, inflight_tx));
+        let writer = tokio::spawn(write_loop(wr, rx, inflight_tx, retire));
         tokio::spawn(async move {
             read_loop(rd, inflight_rx).await;
             // Stop the writer so senders see a closed connection at once.
@@ -122,10 +131,16 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outbound>,
     inflight: mpsc::UnboundedSender<oneshot::Sender<Bytes>>,
+    mut retire: watch::Receiver<u64>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+            // Retired: new requests go elsewhere; dropping `rx` tells senders.
+            _ = retire.changed() => return,
+        }
         for out in batch.drain(..) {
             // Registered before the bytes leave, so the reader always finds it.
             if inflight.send(out.reply).is_err() {
@@ -150,12 +165,17 @@ async fn write_loop(
     }
 }
 
+/// Hands each reply frame to the oldest waiting request. Ends when the
+/// backend closes, or once the writer is gone and nothing is in flight
+/// (a retired connection drains, then closes).
 async fn read_loop(
     mut rd: OwnedReadHalf,
-    mut inflight: mpsc::UnboundedReceiver<oneshot::Sender<Bytes>>,
+    mut inflight_rx: mpsc::UnboundedReceiver<oneshot::Sender<Bytes>>,
 ) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = FrameScanner::default();
+    let mut waiting: VecDeque<oneshot::Sender<Bytes>> = VecDeque::new();
+    let mut writer_gone = false;
     loop {
         loop {
             match scanner.next_frame(&buf) {
@@ -166,11 +186,14 @@ async fn read_loop(
                         tracing::debug!("dropped a push frame on a multiplexed connection");
                         continue;
                     }
-                    match inflight.try_recv() {
-                        Ok(reply) => {
+                    while let Ok(reply) = inflight_rx.try_recv() {
+                        waiting.push_back(reply);
+                    }
+                    match waiting.pop_front() {
+                        Some(reply) => {
                             let _ = reply.send(frame);
                         }
-                        Err(_) => {
+                        None => {
                             tracing::warn!(
                                 "backend sent a reply nobody asked for; closing the connection"
                             );
@@ -187,16 +210,25 @@ async fn read_loop(
                 }
             }
         }
+        if writer_gone && waiting.is_empty() {
+            return;
+        }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!("backend read failed: {e}");
-                return;
-            }
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!("backend read failed: {e}");
+                    return;
+                }
+            },
+            next = inflight_rx.recv(), if !writer_gone => match next {
+                Some(reply) => waiting.push_back(reply),
+                None => writer_gone = true,
+            },
         }
     }
 }

@@ -17,7 +17,8 @@ pub struct Dedicated {
     pub(super) address: String,
     pub(super) db: u32,
     pub(super) proto: Protocol,
-    pub(super) _permit: OwnedSemaphorePermit,
+    /// `None` for connections outside any pool (sentinel watchers).
+    pub(super) _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Dedicated {
@@ -35,8 +36,36 @@ impl Dedicated {
             scanner: FrameScanner::default(),
             db,
             proto,
-            _permit: permit,
+            _permit: Some(permit),
         }
+    }
+
+    /// A connection of its own to `endpoint`, authenticated, outside any
+    /// pool's lease limit (sentinel subscriptions).
+    pub async fn connect(
+        endpoint: &crate::config::Endpoint,
+        timeout: std::time::Duration,
+    ) -> Result<Dedicated, String> {
+        let open = async {
+            let mut stream = TcpStream::connect(endpoint.address())
+                .await
+                .map_err(|e| e.to_string())?;
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            super::conn::handshake(&mut stream, endpoint, 0, Protocol::Resp2).await?;
+            Ok::<_, String>(stream)
+        };
+        let stream = tokio::time::timeout(timeout, open)
+            .await
+            .map_err(|_| format!("connect to {} timed out", endpoint.address()))??;
+        Ok(Dedicated {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            scanner: FrameScanner::default(),
+            address: endpoint.address(),
+            db: 0,
+            proto: Protocol::Resp2,
+            _permit: None,
+        })
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {

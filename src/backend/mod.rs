@@ -47,7 +47,14 @@ impl Backends {
             pools: config
                 .pools
                 .iter()
-                .map(|p| Pool::new(&p.name, p.endpoint.clone(), config.backend.clone()))
+                .map(|p| {
+                    let pool = Pool::new(&p.name, p.endpoint.clone(), config.backend.clone());
+                    if p.sentinel.is_some() {
+                        pool.with_sentinel()
+                    } else {
+                        pool
+                    }
+                })
                 .collect(),
         }
     }

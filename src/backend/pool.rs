@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex as AsyncMutex, Semaphore};
+use tokio::sync::{watch, Mutex as AsyncMutex, Semaphore};
 
 use super::conn::handshake;
 use super::{BackendError, Conn, Dedicated};
@@ -27,6 +27,12 @@ pub struct Pool {
     leases: Arc<Semaphore>,
     idle: Mutex<Vec<Dedicated>>,
     probe: Mutex<Probe>,
+    /// Bumped when the pool moves to another address (failover); its
+    /// connections to the old one retire when they see it.
+    generation: watch::Sender<u64>,
+    /// Set for pools whose master Sentinel decides.
+    sentinel: bool,
+    rediscover: tokio::sync::Notify,
 }
 
 /// What the last health probe of the pool's backend found.
@@ -57,6 +63,9 @@ impl Pool {
             leases: Arc::new(Semaphore::new(settings.max_dedicated)),
             idle: Mutex::new(Vec::new()),
             probe: Mutex::new(Probe::default()),
+            generation: watch::Sender::new(0),
+            sentinel: false,
+            rediscover: tokio::sync::Notify::new(),
             slots: Mutex::new(HashMap::new()),
             health: Mutex::new(Health::default()),
             settings,
@@ -69,6 +78,57 @@ impl Pool {
 
     pub fn endpoint(&self) -> Arc<Endpoint> {
         self.endpoint.load_full()
+    }
+
+    /// Moves the pool to a new master address. Multiplexed connections to
+    /// the old one finish what is in flight and close; idle leased ones are
+    /// dropped. Returns false when the address did not change.
+    pub fn set_address(&self, host: &str, port: u16) -> bool {
+        let current = self.endpoint.load_full();
+        if current.host == host && current.port == port {
+            return false;
+        }
+        let mut next = (*current).clone();
+        next.host = host.to_string();
+        next.port = port;
+        self.endpoint.store(Arc::new(next));
+        lock(&self.slots).clear();
+        lock(&self.idle).clear();
+        *lock(&self.health) = Health::default();
+        self.generation.send_modify(|g| *g += 1);
+        true
+    }
+
+    pub fn with_sentinel(mut self) -> Pool {
+        self.sentinel = true;
+        self
+    }
+
+    pub fn is_sentinel_managed(&self) -> bool {
+        self.sentinel
+    }
+
+    /// Asks the pool's Sentinel follower to look for the master now (a
+    /// `-READONLY` reply says the master was demoted).
+    pub fn request_rediscovery(&self) {
+        self.rediscover.notify_one();
+    }
+
+    pub async fn rediscovery_requested(&self) {
+        self.rediscover.notified().await
+    }
+
+    /// Changes whenever the pool moves to another address.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// A Sentinel pool whose master is not known yet has no address.
+    fn unresolved(&self, endpoint: &Endpoint) -> Option<BackendError> {
+        endpoint
+            .host
+            .is_empty()
+            .then(|| self.unavailable("no master discovered yet".to_string()))
     }
 
     /// The database on the backend for a client's selected db: a pool URL's
@@ -143,9 +203,13 @@ impl Pool {
         }
         self.check_backoff()?;
         let endpoint = self.endpoint();
+        if let Some(e) = self.unresolved(&endpoint) {
+            return Err(e);
+        }
+        let retire = self.changes();
         let result = tokio::time::timeout(
             self.settings.connect_timeout(),
-            Conn::open(&endpoint, db, proto),
+            Conn::open(&endpoint, db, proto, retire),
         )
         .await;
         match result {
@@ -179,12 +243,15 @@ impl Pool {
             let mut idle = lock(&self.idle);
             if let Some(i) = idle.iter().position(|d| d.db == db && d.proto == proto) {
                 let mut d = idle.swap_remove(i);
-                d._permit = permit;
+                d._permit = Some(permit);
                 return Ok(d);
             }
         }
         self.check_backoff()?;
         let endpoint = self.endpoint();
+        if let Some(e) = self.unresolved(&endpoint) {
+            return Err(e);
+        }
         let open = async {
             let mut stream = TcpStream::connect(endpoint.address())
                 .await

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-pub use url::{parse_url, Endpoint};
+pub use url::{parse_backend_url, parse_url, BackendUrl, Endpoint, SentinelSpec};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -217,6 +217,11 @@ pub struct BackendConfig {
     /// Connections a pool may lease to single clients at once (transactions
     /// with WATCH, blocking commands, subscriptions).
     pub max_dedicated: usize,
+    /// How often Sentinel pools re-check their master besides the events.
+    pub sentinel_poll_ms: u64,
+    /// Retry a read once on the new master when its connection broke in a
+    /// failover (writes are never retried blindly).
+    pub retry_reads: bool,
 }
 
 impl Default for BackendConfig {
@@ -227,6 +232,8 @@ impl Default for BackendConfig {
             backoff_min_ms: 50,
             backoff_max_ms: 1000,
             max_dedicated: 128,
+            sentinel_poll_ms: 1000,
+            retry_reads: true,
         }
     }
 }
@@ -241,6 +248,11 @@ impl BackendConfig {
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub url: String,
+    /// Credentials for the sentinels themselves (a `redis+sentinel://`
+    /// URL's user:pass are the data nodes').
+    pub sentinel_username: Option<String>,
+    pub sentinel_password_env: Option<String>,
+    pub sentinel_password_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +309,38 @@ pub struct Config {
     pub passwords: BTreeMap<String, Secret>,
 }
 
+/// A Sentinel-managed pool: which master, which sentinels, and the
+/// sentinels' own credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    pub spec: SentinelSpec,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SentinelConfig({:?}, user {:?}, password ***)",
+            self.spec, self.username
+        )
+    }
+}
+
+impl SentinelConfig {
+    /// An endpoint for talking to one sentinel with its credentials.
+    pub fn sentinel_endpoint(&self, host: &str, port: u16) -> Endpoint {
+        Endpoint {
+            host: host.to_string(),
+            port,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            db: 0,
+        }
+    }
+}
+
 /// A password read from the environment or a file; never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub Vec<u8>);
@@ -310,7 +354,9 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, Clone)]
 pub struct Pool {
     pub name: String,
+    /// For a Sentinel pool: credentials and db, host empty until discovered.
     pub endpoint: Endpoint,
+    pub sentinel: Option<SentinelConfig>,
     /// Where the endpoint came from: the file field or the env variable.
     pub origin: String,
 }
@@ -394,10 +440,43 @@ impl Config {
                 Some(url) => (url, env_name),
                 None => (pool.url.clone(), format!("pools.{name}.url")),
             };
-            let endpoint = parse_url(&url).map_err(|m| invalid(&origin, m))?;
+            let parsed = parse_backend_url(&url).map_err(|m| invalid(&origin, m))?;
+            let sentinel = match parsed.sentinel {
+                None => None,
+                Some(spec) => {
+                    let field = format!("pools.{name}");
+                    let password = match (&pool.sentinel_password_env, &pool.sentinel_password_file)
+                    {
+                        (Some(var), _) if env(var).is_some() => env(var),
+                        (Some(var), None) => {
+                            return Err(invalid(
+                                format!("{field}.sentinel_password_env"),
+                                format!("environment variable {var} is not set"),
+                            ))
+                        }
+                        (_, Some(path)) => Some(
+                            String::from_utf8_lossy(
+                                &read_secret_file(
+                                    &format!("{field}.sentinel_password_file"),
+                                    path,
+                                )?
+                                .0,
+                            )
+                            .into_owned(),
+                        ),
+                        (None, None) => None,
+                    };
+                    Some(SentinelConfig {
+                        spec,
+                        username: pool.sentinel_username.clone(),
+                        password,
+                    })
+                }
+            };
             pools.push(Pool {
                 name: name.clone(),
-                endpoint,
+                endpoint: parsed.endpoint,
+                sentinel,
                 origin,
             });
         }

@@ -1,7 +1,8 @@
 //! Backend addresses as the seeds write them:
-//! `redis://[user:pass@]host:port[/db]`. `rediss://` and
-//! `redis+sentinel://` are recognised and refused until TLS and Sentinel
-//! support land, so a URL never silently means something else.
+//! `redis://[user:pass@]host:port[/db]`, or a Sentinel-managed master:
+//! `redis+sentinel://[user:pass@]h1:26379,h2:26380,h3:26381/master[/db]`.
+//! `rediss://` is recognised and refused until TLS support lands, so a URL
+//! never silently means something else.
 
 use std::fmt;
 
@@ -44,13 +45,71 @@ impl fmt::Debug for Endpoint {
     }
 }
 
+/// A master found through Sentinel: its name and the sentinels to ask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentinelSpec {
+    pub master: String,
+    pub sentinels: Vec<(String, u16)>,
+}
+
+/// What a pool URL names: a fixed address, or a Sentinel master whose
+/// address is discovered (the endpoint then carries credentials and db).
+#[derive(Clone, Debug)]
+pub struct BackendUrl {
+    pub endpoint: Endpoint,
+    pub sentinel: Option<SentinelSpec>,
+}
+
+pub fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
+    let Some(rest) = url.strip_prefix("redis+sentinel://") else {
+        return parse_url(url).map(|endpoint| BackendUrl {
+            endpoint,
+            sentinel: None,
+        });
+    };
+    let (authority, path) = rest.split_once('/').ok_or_else(|| {
+        format!(
+            "'{url}' names no master: redis+sentinel://host:port[,host:port...]/master-name[/db]"
+        )
+    })?;
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let mut sentinels = Vec::new();
+    for hostport in hosts.split(',').filter(|h| !h.is_empty()) {
+        let (host, port) = split_host_port(hostport, 26379)?;
+        sentinels.push((host, port));
+    }
+    if sentinels.is_empty() {
+        return Err(format!("'{url}' names no sentinel"));
+    }
+    let mut parts = path.trim_end_matches('/').splitn(2, '/');
+    let master = parts.next().unwrap_or_default().to_string();
+    if master.is_empty() {
+        return Err(format!("'{url}' names no master"));
+    }
+    // The credentials and db are the data node's: reuse the plain parser.
+    let node = match (userinfo, parts.next()) {
+        (Some(u), Some(db)) => format!("redis://{u}@unresolved:1/{db}"),
+        (Some(u), None) => format!("redis://{u}@unresolved:1"),
+        (None, Some(db)) => format!("redis://unresolved:1/{db}"),
+        (None, None) => "redis://unresolved:1".to_string(),
+    };
+    let mut endpoint = parse_url(&node)?;
+    endpoint.host = String::new();
+    endpoint.port = 0;
+    Ok(BackendUrl {
+        endpoint,
+        sentinel: Some(SentinelSpec { master, sentinels }),
+    })
+}
+
 pub fn parse_url(url: &str) -> Result<Endpoint, String> {
     let rest = if let Some(rest) = url.strip_prefix("redis://") {
         rest
     } else if url.starts_with("rediss://") {
         return Err("rediss:// (TLS to the backend) is not supported yet".into());
-    } else if url.starts_with("redis+sentinel://") {
-        return Err("redis+sentinel:// is not supported yet".into());
     } else {
         return Err(format!(
             "'{url}' is not a redis://[user:pass@]host:port[/db] URL"
@@ -74,7 +133,7 @@ pub fn parse_url(url: &str) -> Result<Endpoint, String> {
             None => (non_empty(percent_decode(u)?), None),
         },
     };
-    let (host, port) = split_host_port(hostport)?;
+    let (host, port) = split_host_port(hostport, 6379)?;
     let db = match path.trim_end_matches('/') {
         "" => 0,
         d => d
@@ -90,7 +149,7 @@ pub fn parse_url(url: &str) -> Result<Endpoint, String> {
     })
 }
 
-fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
+fn split_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
         let (h, p) = rest
             .split_once(']')
@@ -106,7 +165,7 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
         return Err(format!("no host in '{hostport}'"));
     }
     let port = if port.is_empty() {
-        6379
+        default_port
     } else {
         port.parse()
             .map_err(|_| format!("bad port '{port}' in '{hostport}'"))?
@@ -159,6 +218,30 @@ mod tests {
             (e.username, e.password.as_deref(), e.port),
             (None, Some("secret"), 7000)
         );
+    }
+
+    #[test]
+    fn sentinel_urls() {
+        let u =
+            parse_backend_url("redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380,h3/session/2")
+                .unwrap();
+        let s = u.sentinel.unwrap();
+        assert_eq!(s.master, "session");
+        assert_eq!(
+            s.sentinels,
+            [
+                ("127.0.0.1".into(), 26379),
+                ("127.0.0.1".into(), 26380),
+                ("h3".into(), 26379)
+            ]
+        );
+        assert_eq!(
+            (u.endpoint.password.as_deref(), u.endpoint.db),
+            (Some("pw"), 2)
+        );
+        assert!(parse_backend_url("redis+sentinel://h1:1").is_err());
+        assert!(parse_backend_url("redis+sentinel://h1:1/").is_err());
+        assert!(parse_backend_url("redis://h:1").unwrap().sentinel.is_none());
     }
 
     #[test]

@@ -82,6 +82,10 @@ impl Session {
                 .flatten(),
             request: request.bytes().clone(),
             client: self.client.id,
+            db: self.client.db,
+            proto: self.client.proto,
+            read_only: spec.is_some_and(|s| s.flags.contains(Flags::READONLY)),
+            retried: false,
         };
 
         // An unauthenticated client may only authenticate (or leave).

@@ -349,12 +349,13 @@ impl Session {
             .await
             .map_err(|e| Reply::backend_error(&e))?;
         let (cmds_tx, cmds_rx) = mpsc::channel(64);
-        tokio::spawn(run_link(
-            conn,
-            cmds_rx,
-            self.tx.clone(),
-            backend.name().to_string(),
-        ));
+        let source = LinkSource {
+            state: self.state.clone(),
+            pool,
+            db: self.client.db,
+            proto: self.client.proto,
+        };
+        tokio::spawn(run_link(source, conn, cmds_rx, self.tx.clone()));
         let Mode::Subscribed(subs) = &mut self.mode else {
             return Err(Reply::Now(resp::error("ERR subscription state lost")));
         };
@@ -386,26 +387,118 @@ fn frame_kind(frame: &[u8]) -> FrameKind {
     }
 }
 
+/// The link's own record of what it subscribed, to subscribe again on a
+/// new connection: verb (`subscribe`, `psubscribe`, `ssubscribe`) → names.
+#[derive(Default)]
+struct Subscribed(BTreeMap<&'static str, std::collections::BTreeSet<Bytes>>);
+
+impl Subscribed {
+    fn apply(&mut self, command: &Bytes) {
+        let mut parser = crate::resp::RequestParser::default();
+        let mut buf = bytes::BytesMut::from(&command[..]);
+        let Ok(Some(req)) = parser.next(&mut buf) else {
+            return;
+        };
+        let verb = String::from_utf8_lossy(req.arg(0)).to_ascii_lowercase();
+        let (kind, add) = match verb.as_str() {
+            "subscribe" => ("subscribe", true),
+            "psubscribe" => ("psubscribe", true),
+            "ssubscribe" => ("ssubscribe", true),
+            "unsubscribe" => ("subscribe", false),
+            "punsubscribe" => ("psubscribe", false),
+            "sunsubscribe" => ("ssubscribe", false),
+            _ => return,
+        };
+        let set = self.0.entry(kind).or_default();
+        for name in req.args().skip(1) {
+            if add {
+                set.insert(Bytes::copy_from_slice(name));
+            } else {
+                set.remove(name);
+            }
+        }
+    }
+
+    /// The commands that restore every subscription, with how many
+    /// confirmations each brings.
+    fn restore(&self) -> Vec<(Bytes, usize)> {
+        self.0
+            .iter()
+            .filter(|(_, names)| !names.is_empty())
+            .map(|(verb, names)| {
+                let names: Vec<Bytes> = names.iter().cloned().collect();
+                (command(verb, &names), names.len())
+            })
+            .collect()
+    }
+}
+
+/// Where a link's connection comes from, to replace it after a failover.
+struct LinkSource {
+    state: std::sync::Arc<crate::state::State>,
+    pool: PoolId,
+    db: u32,
+    proto: Protocol,
+}
+
+/// How long a link keeps trying to restore subscriptions on a new master.
+const RESUBSCRIBE_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl LinkSource {
+    /// A new connection with every subscription restored (confirmations
+    /// consumed here), or `None` after trying for `RESUBSCRIBE_FOR`.
+    async fn reconnect(&self, subscribed: &Subscribed) -> Option<Dedicated> {
+        let backend = self.state.backends.pool(self.pool);
+        let deadline = tokio::time::Instant::now() + RESUBSCRIBE_FOR;
+        let mut pause = std::time::Duration::from_millis(50);
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(mut conn) = backend.lease(self.db, self.proto).await {
+                let mut ok = true;
+                for (bytes, confirmations) in subscribed.restore() {
+                    ok &= conn.send(&bytes).await.is_ok();
+                    for _ in 0..confirmations {
+                        ok &= conn.read_frame().await.is_ok();
+                    }
+                }
+                if ok {
+                    tracing::info!(pool = %backend.name(), "subscriptions restored on the pool's current master");
+                    return Some(conn);
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(1));
+        }
+        None
+    }
+}
+
 async fn run_link(
+    source: LinkSource,
     mut conn: Dedicated,
     mut cmds: mpsc::Receiver<LinkCmd>,
     client: mpsc::Sender<Reply>,
-    pool: String,
 ) {
+    let pool = source.state.backends.pool(source.pool).name().to_string();
+    let mut moved = source.state.backends.pool(source.pool).changes();
+    moved.mark_unchanged();
+    let mut subscribed = Subscribed::default();
     let mut waiting: VecDeque<(usize, oneshot::Sender<bool>)> = VecDeque::new();
     let mut held: Vec<Bytes> = Vec::new();
     let mut holding = false;
     loop {
-        tokio::select! {
+        let broken = tokio::select! {
             cmd = cmds.recv() => match cmd {
                 None => return,
                 Some(LinkCmd::Send { bytes, confirmations, done }) => {
                     holding = true;
+                    subscribed.apply(&bytes);
                     if conn.send(&bytes).await.is_err() {
                         let _ = done.send(false);
-                        break;
+                        true
+                    } else {
+                        waiting.push_back((confirmations, done));
+                        false
                     }
-                    waiting.push_back((confirmations, done));
                 }
                 Some(LinkCmd::Release) => {
                     holding = false;
@@ -414,41 +507,59 @@ async fn run_link(
                             return;
                         }
                     }
+                    false
                 }
             },
             frame = conn.read_frame() => match frame {
-                Err(_) => break,
-                Ok(frame) => match frame_kind(&frame) {
-                    FrameKind::Message if holding && held.len() < MAX_HELD => held.push(frame),
-                    FrameKind::Message => {
-                        if client.send(Reply::Now(frame)).await.is_err() {
-                            return;
+                Err(_) => true,
+                Ok(frame) => {
+                    match frame_kind(&frame) {
+                        FrameKind::Message if holding && held.len() < MAX_HELD => held.push(frame),
+                        FrameKind::Message => {
+                            if client.send(Reply::Now(frame)).await.is_err() {
+                                return;
+                            }
                         }
-                    }
-                    FrameKind::Confirmation => {
-                        if let Some(front) = waiting.front_mut() {
-                            front.0 = front.0.saturating_sub(1);
-                            if front.0 == 0 {
-                                if let Some((_, done)) = waiting.pop_front() {
-                                    let _ = done.send(true);
+                        FrameKind::Confirmation => {
+                            if let Some(front) = waiting.front_mut() {
+                                front.0 = front.0.saturating_sub(1);
+                                if front.0 == 0 {
+                                    if let Some((_, done)) = waiting.pop_front() {
+                                        let _ = done.send(true);
+                                    }
                                 }
                             }
                         }
+                        FrameKind::Other => {}
                     }
-                    FrameKind::Other => {}
-                },
+                    false
+                }
             },
+            // The pool moved to a new master (failover): follow it.
+            _ = moved.changed() => true,
+        };
+        if !broken {
+            continue;
+        }
+        // Subscriptions survive a failover: the client keeps its
+        // subscriptions and never sees the switch.
+        for (_, done) in waiting.drain(..) {
+            let _ = done.send(true);
+        }
+        match source.reconnect(&subscribed).await {
+            Some(new_conn) => {
+                conn = new_conn;
+                moved.mark_unchanged();
+            }
+            None => {
+                tracing::warn!(%pool, "subscription connection lost; disconnecting the subscriber");
+                let _ = client
+                    .send(Reply::Close(resp::error(&format!(
+                        "ERR backend '{pool}' connection lost: subscriptions ended"
+                    ))))
+                    .await;
+                return;
+            }
         }
     }
-    // The subscription connection broke: the client's subscriptions are
-    // gone, so it is told and disconnected, and its library resubscribes.
-    for (_, done) in waiting.drain(..) {
-        let _ = done.send(false);
-    }
-    tracing::warn!(%pool, "subscription connection lost; disconnecting the subscriber");
-    let _ = client
-        .send(Reply::Close(resp::error(&format!(
-            "ERR backend '{pool}' connection lost: subscriptions ended"
-        ))))
-        .await;
 }

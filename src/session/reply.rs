@@ -53,6 +53,11 @@ pub struct Meta {
     /// The request as sent, read again only if it turns out slow.
     pub request: Bytes,
     pub client: u64,
+    /// For a retry on the new master after a failover.
+    pub db: u32,
+    pub proto: crate::resp::Protocol,
+    pub read_only: bool,
+    pub retried: bool,
 }
 
 /// How a reply counts towards cache hits and misses.
@@ -74,6 +79,10 @@ impl Meta {
             route: None,
             request: Bytes::new(),
             client: 0,
+            db: 0,
+            proto: crate::resp::Protocol::Resp2,
+            read_only: false,
+            retried: false,
         }
     }
 
@@ -193,14 +202,20 @@ impl Reply {
     fn try_ready(&mut self, state: &State) -> Option<Bytes> {
         match self {
             Reply::Now(b) | Reply::Close(b) => Some(b.clone()),
-            Reply::Backend { pool, rx, meta } => match rx.try_recv() {
-                Ok(b) => {
-                    meta.record(state, state.router.pool_name(*pool), &b);
-                    Some(b)
+            Reply::Backend { pool, rx, meta } => {
+                let got = match rx.try_recv() {
+                    Ok(b) => Some(b),
+                    Err(TryRecvError::Empty) => return None,
+                    Err(TryRecvError::Closed) => None,
+                };
+                if let Some(retry) = failover_retry(state, *pool, meta, got.as_ref()) {
+                    *rx = retry;
+                    return None;
                 }
-                Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Closed) => Some(lost(state, *pool)),
-            },
+                let b = got.unwrap_or_else(|| lost(state, *pool));
+                meta.record(state, state.router.pool_name(*pool), &b);
+                Some(b)
+            }
             Reply::Fanout { .. } => None,
             Reply::Silent(inner) => inner.try_ready(state).map(|_| Bytes::new()),
             Reply::Barrier(done) => {
@@ -218,12 +233,15 @@ impl Reply {
     async fn ready(&mut self, state: &State) -> Bytes {
         match self {
             Reply::Now(b) | Reply::Close(b) => b.clone(),
-            Reply::Backend { pool, rx, meta } => match rx.await {
-                Ok(b) => {
-                    meta.record(state, state.router.pool_name(*pool), &b);
-                    b
+            Reply::Backend { pool, rx, meta } => loop {
+                let got = (&mut *rx).await.ok();
+                if let Some(retry) = failover_retry(state, *pool, meta, got.as_ref()) {
+                    *rx = retry;
+                    continue;
                 }
-                Err(_) => lost(state, *pool),
+                let b = got.unwrap_or_else(|| lost(state, *pool));
+                meta.record(state, state.router.pool_name(*pool), &b);
+                break b;
             },
             Reply::Fanout { parts, merge, meta } => {
                 for part in parts.iter_mut() {
@@ -257,6 +275,64 @@ impl Reply {
             Reply::Barrier(_) => self.try_ready(state).unwrap_or_default(),
         }
     }
+}
+
+/// How long a retried request waits for Sentinel to name a new master.
+const FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A reply that says the master moved: `-READONLY` (the write was not
+/// applied: safe to send again to the new master), or a lost connection
+/// for a read (harmless to repeat). Writes whose fate is unknown are never
+/// retried. The retry runs in its own task so the writer can be cancelled.
+fn failover_retry(
+    state: &State,
+    pool: PoolId,
+    meta: &mut Meta,
+    got: Option<&Bytes>,
+) -> Option<ReplyRx> {
+    if meta.retried || meta.request.is_empty() {
+        return None;
+    }
+    let backend = state.backends.pool(pool);
+    let readonly = got.is_some_and(|b| b.starts_with(b"-READONLY"));
+    let lost_read = got.is_none() && meta.read_only && state.config.backend.retry_reads;
+    if !(readonly && backend.is_sentinel_managed()) && !lost_read {
+        return None;
+    }
+    meta.retried = true;
+    state
+        .metrics
+        .errors
+        .with_label_values(&[if readonly {
+            "readonly_retried"
+        } else {
+            "read_retried"
+        }])
+        .inc();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let state = state.self_arc()?;
+    let request = meta.request.clone();
+    let (db, proto) = (meta.db, meta.proto);
+    tokio::spawn(async move {
+        let backend = state.backends.pool(pool);
+        if backend.is_sentinel_managed() {
+            let mut changes = backend.changes();
+            changes.mark_unchanged();
+            backend.request_rediscovery();
+            let _ = tokio::time::timeout(FAILOVER_WAIT, changes.changed()).await;
+        }
+        let reply = match backend.conn(db, proto, 0).await {
+            Ok(conn) => match conn.send(request).await {
+                Ok(reply) => reply.await.ok(),
+                Err(_) => None,
+            },
+            Err(e) => Some(e.to_resp()),
+        };
+        if let Some(reply) = reply {
+            let _ = tx.send(reply);
+        }
+    });
+    Some(rx)
 }
 
 pub fn connection_lost(state: &State, pool: PoolId) -> BackendError {

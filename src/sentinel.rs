@@ -1,0 +1,215 @@
+//! Following a Sentinel-managed master. Discovery asks every sentinel and
+//! takes the address most of them report, confirmed by the node's own
+//! ROLE. A watcher per sentinel subscribes to `+switch-master` (and logs
+//! sdown/odown); a poll is the fallback for a missed event. A confirmed
+//! change swaps the pool's address, off the request path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::backend::{request_once, Dedicated};
+use crate::config::{Endpoint, SentinelConfig};
+use crate::resp::{shapes, Request};
+use crate::route::PoolId;
+use crate::state::State;
+
+const QUERY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Asks the sentinels for the master's address and confirms it with ROLE.
+/// Unreachable sentinels are skipped; disagreeing ones are outvoted.
+pub async fn discover(cfg: &SentinelConfig, node: &Endpoint) -> Result<(String, u16), String> {
+    let asks: Vec<_> = cfg
+        .spec
+        .sentinels
+        .iter()
+        .map(|(host, port)| {
+            let endpoint = cfg.sentinel_endpoint(host, *port);
+            let master = cfg.spec.master.clone();
+            tokio::spawn(async move {
+                let reply = request_once(
+                    &endpoint,
+                    &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &master],
+                    QUERY_TIMEOUT,
+                )
+                .await?;
+                let parts =
+                    shapes::elements(&reply).ok_or_else(|| "no master known".to_string())?;
+                let host = parts
+                    .first()
+                    .and_then(|p| shapes::bulk(p))
+                    .ok_or("no master known")?;
+                let port = parts
+                    .get(1)
+                    .and_then(|p| shapes::bulk(p))
+                    .ok_or("no master known")?;
+                let port: u16 = std::str::from_utf8(port)
+                    .ok()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or("bad port")?;
+                Ok::<_, String>((String::from_utf8_lossy(host).into_owned(), port))
+            })
+        })
+        .collect();
+    let mut votes: HashMap<(String, u16), usize> = HashMap::new();
+    let mut errors = Vec::new();
+    for ask in asks {
+        match ask.await {
+            Ok(Ok(addr)) => *votes.entry(addr).or_default() += 1,
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let mut candidates: Vec<((String, u16), usize)> = votes.into_iter().collect();
+    candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    if candidates.is_empty() {
+        return Err(format!(
+            "no sentinel answered for master '{}': {}",
+            cfg.spec.master,
+            errors.join("; ")
+        ));
+    }
+    for ((host, port), _) in &candidates {
+        let mut endpoint = node.clone();
+        endpoint.host = host.clone();
+        endpoint.port = *port;
+        endpoint.db = 0;
+        if let Ok(role) = request_once(&endpoint, &["ROLE"], QUERY_TIMEOUT).await {
+            let is_master = shapes::elements(&role)
+                .and_then(|e| {
+                    e.first()
+                        .and_then(|f| shapes::bulk(f).map(|b| b == b"master"))
+                })
+                .unwrap_or(false);
+            if is_master {
+                return Ok((host.clone(), *port));
+            }
+        }
+    }
+    Err(format!(
+        "sentinels report {} for '{}' but none confirms ROLE master",
+        candidates
+            .iter()
+            .map(|((h, p), n)| format!("{h}:{p} ({n} votes)"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        cfg.spec.master
+    ))
+}
+
+/// Keeps one pool on its current master for as long as keyway runs.
+pub async fn follow(state: Arc<State>, pool_id: PoolId, cfg: SentinelConfig, poll: Duration) {
+    let (events_tx, mut events) = mpsc::channel::<Instant>(16);
+    let mut watchers = Vec::new();
+    for (host, port) in &cfg.spec.sentinels {
+        watchers.push(tokio::spawn(watch_sentinel(
+            cfg.sentinel_endpoint(host, *port),
+            cfg.spec.master.clone(),
+            events_tx.clone(),
+        )));
+    }
+    let _watchers = AbortOnDrop(watchers);
+    let pool = state.backends.pool(pool_id);
+    let node = state.config.pools[pool_id].endpoint.clone();
+    loop {
+        let switch_seen = tokio::select! {
+            at = events.recv() => at,
+            _ = tokio::time::sleep(poll) => None,
+            _ = pool.rediscovery_requested() => Some(Instant::now()),
+        };
+        match discover(&cfg, &node).await {
+            Ok((host, port)) => {
+                let old = pool.endpoint().address();
+                if pool.set_address(&host, port) {
+                    let name = pool.name().to_string();
+                    if old == ":0" {
+                        tracing::info!(pool = %name, master = %format!("{host}:{port}"), "master discovered");
+                    } else {
+                        state.metrics.failovers.with_label_values(&[&name]).inc();
+                        if let Some(at) = switch_seen {
+                            state
+                                .metrics
+                                .failover_seconds
+                                .with_label_values(&[&name])
+                                .observe(at.elapsed().as_secs_f64());
+                        }
+                        tracing::warn!(pool = %name, old = %old, new = %format!("{host}:{port}"), "master changed: following the failover");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(pool = %pool.name(), "discovery failed: {e}"),
+        }
+    }
+}
+
+/// Subscribes to one sentinel's events, reconnecting while it is away.
+async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender<Instant>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut was_connected = false;
+    loop {
+        match Dedicated::connect(&endpoint, QUERY_TIMEOUT).await {
+            Ok(mut conn) => {
+                let subscribe = Request::from_args(&[
+                    "SUBSCRIBE",
+                    "+switch-master",
+                    "+sdown",
+                    "-sdown",
+                    "+odown",
+                ]);
+                if conn.send(subscribe.bytes()).await.is_ok() {
+                    if was_connected {
+                        tracing::info!(sentinel = %endpoint.address(), "resubscribed to sentinel");
+                    }
+                    was_connected = true;
+                    backoff = Duration::from_millis(100);
+                    while let Ok(frame) = conn.read_frame().await {
+                        let Some(parts) = shapes::elements(&frame) else {
+                            continue;
+                        };
+                        let (Some(kind), Some(channel), Some(payload)) = (
+                            parts.first().and_then(|p| shapes::bulk(p)),
+                            parts.get(1).and_then(|p| shapes::bulk(p)),
+                            parts.get(2).and_then(|p| shapes::bulk(p)),
+                        ) else {
+                            continue;
+                        };
+                        if kind != b"message" {
+                            continue;
+                        }
+                        let payload = String::from_utf8_lossy(payload);
+                        let mentions_master = payload.split(' ').any(|w| w == master);
+                        if !mentions_master {
+                            continue;
+                        }
+                        match channel {
+                            b"+switch-master" => {
+                                tracing::info!(sentinel = %endpoint.address(), event = %payload, "sentinel reports +switch-master");
+                                let _ = events.try_send(Instant::now());
+                            }
+                            other => tracing::info!(
+                                sentinel = %endpoint.address(),
+                                event = %String::from_utf8_lossy(other),
+                                detail = %payload,
+                                "sentinel event"
+                            ),
+                        }
+                    }
+                }
+                tracing::warn!(sentinel = %endpoint.address(), "lost the sentinel subscription; reconnecting");
+            }
+            Err(e) => tracing::debug!(sentinel = %endpoint.address(), "sentinel unreachable: {e}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|t| t.abort());
+    }
+}
