@@ -296,7 +296,8 @@ fn failover_retry(
     let backend = state.backends.pool(pool);
     let readonly = got.is_some_and(|b| b.starts_with(b"-READONLY"));
     let lost_read = got.is_none() && meta.read_only && state.config.backend.retry_reads;
-    if !(readonly && backend.is_sentinel_managed()) && !lost_read {
+    let demoted = readonly && backend.is_sentinel_managed();
+    if !(demoted || lost_read) {
         return None;
     }
     meta.retried = true;
