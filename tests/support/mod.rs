@@ -429,3 +429,169 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .expect("redis-cli must be installed");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A real `redis-sentinel` watching one master, on a free loopback port.
+pub struct Sentinel {
+    pub port: u16,
+    child: Child,
+    conf: PathBuf,
+    _dir: TempDir,
+}
+
+impl Sentinel {
+    pub fn start(master: &str, master_port: u16) -> Sentinel {
+        let dir = TempDir::new("sentinel");
+        let port = free_port();
+        let conf = dir.0.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {master} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {master} 1000\nsentinel failover-timeout {master} 3000\n\
+                 sentinel parallel-syncs {master} 1\n",
+                dir.0.display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Self::spawn(&conf, port);
+        Sentinel {
+            port,
+            child,
+            conf,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(conf: &std::path::Path, port: u16) -> Child {
+        let mut child = Command::new("redis-sentinel")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-sentinel must be installed (scripts/test.sh installs it)");
+        wait_for_port(port, &mut child, "redis-sentinel");
+        child
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again with the configuration it rewrote while running.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(&self.conf, self.port);
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        connect(self.port)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A master, one replica and three sentinels (quorum two), as the seeds run them.
+pub struct SentinelSetup {
+    pub name: String,
+    pub nodes: Vec<RedisServer>,
+    pub sentinels: Vec<Sentinel>,
+}
+
+fn info_field(port: u16, section: &str, field: &str) -> Option<String> {
+    let mut c = connect(port);
+    let info: String = redis::cmd("INFO").arg(section).query(&mut c).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
+impl SentinelSetup {
+    pub fn start(name: &str) -> SentinelSetup {
+        let master = RedisServer::start();
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while info_field(replica.port, "replication", "master_link_status").as_deref() != Some("up")
+        {
+            assert!(Instant::now() < deadline, "replica did not sync");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(name, master.port)).collect();
+        let setup = SentinelSetup {
+            name: name.to_string(),
+            nodes: vec![master, replica],
+            sentinels,
+        };
+        // Failover needs every sentinel to know the replica and its peers.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = setup.sentinels.iter().all(|s| {
+                let mut c = s.client();
+                let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
+                    .arg("REPLICAS")
+                    .arg(name)
+                    .query(&mut c)
+                    .unwrap_or_default();
+                let peers: Vec<redis::Value> = redis::cmd("SENTINEL")
+                    .arg("SENTINELS")
+                    .arg(name)
+                    .query(&mut c)
+                    .unwrap_or_default();
+                !replicas.is_empty() && peers.len() == 2
+            });
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sentinels did not discover the replica and each other"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        setup
+    }
+
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/{}", hosts.join(","), self.name)
+    }
+
+    /// The master port a live sentinel reports now.
+    pub fn master_port(&self) -> u16 {
+        for s in &self.sentinels {
+            let Ok(mut c) = redis::Client::open(format!("redis://127.0.0.1:{}/", s.port))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            else {
+                continue;
+            };
+            if let Ok((_, port)) = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(&self.name)
+                .query::<(String, u16)>(&mut c)
+            {
+                return port;
+            }
+        }
+        panic!("no sentinel answered");
+    }
+
+    pub fn node(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node on that port")
+    }
+
+    pub fn role(port: u16) -> Option<String> {
+        info_field(port, "replication", "role")
+    }
+}

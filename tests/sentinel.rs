@@ -1,0 +1,257 @@
+//! Sentinel: discovery with a sentinel down, planned and unplanned
+//! failover under load (errors counted, writes checked on the new master),
+//! a demoted master's -READONLY retried, subscriptions surviving the
+//! failover, and a restarted sentinel resubscribed.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use support::*;
+
+fn keyway_for(setup: &SentinelSetup, cache: &RedisServer, realtime: &RedisServer) -> Keyway {
+    let config = reference_config(&setup.url(), &cache.url(), &realtime.url()).replace(
+        "[backend]\n",
+        "[server]\nhealth_interval_ms = 200\n[backend]\nsentinel_poll_ms = 500\n",
+    );
+    Keyway::start(&config)
+}
+
+/// Writes INCR session:counter through keyway until stopped; returns
+/// (acknowledged value, errors, the error texts seen).
+fn load(
+    port: u16,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut c = connect(port);
+        let mut errors = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match redis::cmd("INCR")
+                .arg("session:counter")
+                .query::<u64>(&mut c)
+            {
+                Ok(v) => acked.store(v, Ordering::Relaxed),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    if e.is_io_error() {
+                        c = connect(port);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        (acked.load(Ordering::Relaxed), errors)
+    })
+}
+
+fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if check() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn discovery_with_one_sentinel_down() {
+    let mut setup = SentinelSetup::start("session");
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    setup.sentinels[0].stop();
+    let master = setup.master_port();
+    let kw = keyway_for(&setup, &cache, &realtime);
+    let mut c = kw.client();
+    let _: () = c.set("session:found", "yes").unwrap();
+    let v: String = connect(master).get("session:found").unwrap();
+    assert_eq!(v, "yes");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyway"))
+        .args(["--check", "--config"])
+        .arg(&kw.config_path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("sentinel master 'session' via"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "currently reported master: 127.0.0.1:{master} (confirmed by ROLE)"
+        )),
+        "{out}"
+    );
+    assert!(
+        kw.wait_until(Duration::from_secs(3), || kw.http("GET", "/readyz").0
+            == 200)
+    );
+}
+
+#[test]
+fn planned_failover_under_load() {
+    let setup = SentinelSetup::start("session");
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    let kw = keyway_for(&setup, &cache, &realtime);
+    let old = setup.master_port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let worker = load(kw.port, stop.clone(), acked.clone());
+    std::thread::sleep(Duration::from_millis(500));
+
+    let started = Instant::now();
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg("session")
+        .query(&mut setup.sentinels[1].client())
+        .unwrap();
+    let new_master = wait_for(Duration::from_secs(20), || setup.master_port() != old)
+        .map(|_| setup.master_port());
+    let new_master = new_master.expect("sentinel promoted the replica");
+    // Writes resume on the new master.
+    let before = acked.load(Ordering::Relaxed);
+    let resumed = wait_for(Duration::from_secs(10), || {
+        let now = acked.load(Ordering::Relaxed);
+        now > before + 10
+            && connect(new_master)
+                .get::<_, u64>("session:counter")
+                .unwrap_or(0)
+                >= now
+    });
+    let resumed = resumed.expect("writes resumed on the new master");
+    stop.store(true, Ordering::Relaxed);
+    let (last, errors) = worker.join().unwrap();
+    let on_new: u64 = connect(new_master).get("session:counter").unwrap();
+    assert!(
+        on_new >= last,
+        "every acknowledged write is on the new master ({on_new} < {last})"
+    );
+    eprintln!(
+        "planned failover: switch after {:?}, writes on the new master {:?} later, client errors {} {:?}",
+        started.elapsed() - resumed,
+        resumed,
+        errors.len(),
+        errors.iter().take(3).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "planned failover: READONLY replies retried on the new master: {}",
+        kw.metric(r#"keyway_errors_total{kind="readonly_retried"}"#)
+    );
+    assert!(
+        errors.is_empty(),
+        "a planned failover cost the client {} errors: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(kw.metric(r#"keyway_failovers_total{pool="session"}"#) >= 1.0);
+    assert!(kw.log().contains("master changed: following the failover"));
+    // Sentinel then turns the old master into a replica.
+    assert!(
+        wait_for(Duration::from_secs(15), || SentinelSetup::role(old)
+            .as_deref()
+            == Some("slave"))
+        .is_some()
+    );
+}
+
+#[test]
+fn master_killed_under_load() {
+    let mut setup = SentinelSetup::start("session");
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    let kw = keyway_for(&setup, &cache, &realtime);
+    let old = setup.master_port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let worker = load(kw.port, stop.clone(), acked.clone());
+    std::thread::sleep(Duration::from_millis(500));
+
+    let killed_at = Instant::now();
+    setup.node(old).stop();
+    let new_master = wait_for(Duration::from_secs(30), || setup.master_port() != old)
+        .map(|_| setup.master_port())
+        .expect("sentinel promoted the replica");
+    let switched = killed_at.elapsed();
+    let before = acked.load(Ordering::Relaxed);
+    let resumed = wait_for(Duration::from_secs(10), || {
+        acked.load(Ordering::Relaxed) > before + 10
+    })
+    .expect("writes resumed through keyway");
+    stop.store(true, Ordering::Relaxed);
+    let (last, errors) = worker.join().unwrap();
+    let on_new: u64 = connect(new_master).get("session:counter").unwrap();
+    assert!(
+        on_new >= last,
+        "acknowledged writes after the switch are on the new master ({on_new} < {last})"
+    );
+    eprintln!(
+        "unplanned failover: sentinel switched {switched:?} after the kill, keyway resumed {resumed:?} after that, client errors {} (first: {:?})",
+        errors.len(),
+        errors.first()
+    );
+    assert!(
+        resumed < Duration::from_secs(3),
+        "keyway took {resumed:?} to follow +switch-master"
+    );
+    assert!(
+        errors.iter().all(|e| e.contains("backend 'session'")),
+        "errors name the pool: {errors:?}"
+    );
+}
+
+#[test]
+fn subscriptions_survive_a_failover() {
+    let setup = SentinelSetup::start("session");
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    let kw = keyway_for(&setup, &cache, &realtime);
+    let mut raw = kw.raw();
+    raw.send(b"SUBSCRIBE session:events\r\n");
+    assert!(raw.read_frame().starts_with(b"*3\r\n$9\r\nsubscribe"));
+    let old = setup.master_port();
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg("session")
+        .query(&mut setup.sentinels[0].client())
+        .unwrap();
+    let new_master = wait_for(Duration::from_secs(20), || setup.master_port() != old)
+        .map(|_| setup.master_port())
+        .expect("failover happened");
+    // Publish on the new master directly until the subscriber (through keyway) hears it.
+    let mut publisher = connect(new_master);
+    let heard = wait_for(Duration::from_secs(10), || {
+        publisher
+            .publish::<_, _, i64>("session:events", "after-failover")
+            .unwrap_or(0)
+            > 0
+    });
+    assert!(heard.is_some(), "keyway resubscribed on the new master");
+    let frame = String::from_utf8(raw.read_frame()).unwrap();
+    assert!(frame.contains("after-failover"), "{frame}");
+}
+
+#[test]
+fn a_restarted_sentinel_is_resubscribed() {
+    let mut setup = SentinelSetup::start("session");
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    let kw = keyway_for(&setup, &cache, &realtime);
+    std::thread::sleep(Duration::from_millis(300));
+    setup.sentinels[2].restart();
+    assert!(
+        kw.wait_until(Duration::from_secs(5), || kw
+            .log()
+            .contains("resubscribed to sentinel")),
+        "{}",
+        kw.log()
+    );
+    // The restarted sentinel lists keyway's subscription among its clients.
+    let mut s = setup.sentinels[2].client();
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut s).unwrap();
+    assert!(clients.lines().any(|l| l.contains(" sub=4 ")), "{clients}");
+}
