@@ -91,7 +91,9 @@ impl Server {
         self.state.clone()
     }
 
-    /// Accepts clients until `shutdown` completes.
+    /// Accepts clients until `shutdown` completes, then drains: `/readyz`
+    /// turns 503, the listeners close, sessions answer what they already
+    /// read and close, and whatever is left after the drain timeout is cut.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tracing::info!(listen = %self.state.config.listen, admin = %self.state.config.admin, "keyway accepting clients");
         let interval = Duration::from_millis(self.state.config.server.health_interval_ms.max(100));
@@ -110,12 +112,43 @@ impl Server {
             }
         }
         let _tasks = AbortOnDrop(tasks);
+        let unix = match &self.state.config.server.unix_socket {
+            Some(path) => {
+                // A stale socket file from a previous run would make bind fail.
+                let _ = std::fs::remove_file(path);
+                match tokio::net::UnixListener::bind(path) {
+                    Ok(l) => {
+                        tracing::info!(path = %path, "accepting clients on a Unix socket");
+                        Some(l)
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path, "cannot listen on the Unix socket: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => {
-                    tracing::info!("shutting down");
+                    // Closing the listeners first: new clients are refused
+                    // by the kernel rather than left waiting in a backlog.
+                    drop(unix);
+                    drop(self.listener);
+                    drain(&self.state).await;
                     return;
+                }
+                accepted = accept_unix(&unix) => {
+                    if let Ok((socket, _)) = accepted {
+                        let state = self.state.clone();
+                        if state.clients.len() >= state.config.server.max_clients {
+                            state.metrics.clients_rejected.inc();
+                            continue;
+                        }
+                        tokio::spawn(session::serve_unix(state, socket));
+                    }
                 }
                 accepted = self.listener.accept() => {
                     let (mut socket, addr) = match accepted {
@@ -140,6 +173,42 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+/// The drain itself (see `Server::run`).
+async fn drain(state: &State) {
+    let timeout = Duration::from_millis(state.config.server.drain_timeout_ms);
+    tracing::info!(
+        clients = state.clients.len(),
+        ?timeout,
+        "shutting down: draining clients"
+    );
+    crate::admin::DRAINING.store(true, Ordering::Relaxed);
+    state.drain.cancel();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !state.clients.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = state.clients.len();
+    if left > 0 {
+        tracing::warn!(left, "drain timeout reached; closing the remaining clients");
+        for c in state.clients.iter() {
+            c.kill.cancel();
+        }
+    }
+    if let Some(path) = &state.config.server.unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("drained; exiting");
+}
+
+async fn accept_unix(
+    listener: &Option<tokio::net::UnixListener>,
+) -> std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -33,6 +33,8 @@ pub struct State {
     /// The default pool's `redis_version`, reported by HELLO and INFO.
     pub redis_version: ArcSwap<String>,
     pub stats: Stats,
+    /// Cancelled when shutdown starts: sessions finish what they read and close.
+    pub drain: tokio_util::sync::CancellationToken,
     next_client_id: AtomicU64,
 }
 
@@ -84,6 +86,7 @@ impl State {
             started: Instant::now(),
             redis_version: ArcSwap::from_pointee(FALLBACK_REDIS_VERSION.to_string()),
             stats: Stats::default(),
+            drain: tokio_util::sync::CancellationToken::new(),
             next_client_id: AtomicU64::new(1),
         })
     }

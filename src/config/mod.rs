@@ -188,6 +188,20 @@ pub struct ServerConfig {
     /// Commands slower than this go to keyway's slow log (the seeds: 1 s).
     pub slowlog_threshold_ms: u64,
     pub slowlog_max_len: usize,
+    /// Close clients idle this long (0: never, like Redis's `timeout 0`).
+    /// Subscribers and clients in a transaction are exempt.
+    pub idle_timeout_secs: u64,
+    /// TCP keepalive probes on client connections (0: off).
+    pub tcp_keepalive_secs: u64,
+    /// On SIGTERM, how long in-flight requests may take before the
+    /// remaining clients are closed.
+    pub drain_timeout_ms: u64,
+    /// An optional Unix-socket listener (the usual way into a sidecar).
+    pub unix_socket: Option<String>,
+    /// Unwritten reply bytes per client above which keyway stops reading it.
+    pub client_output_limit_bytes: usize,
+    /// A client kept above that limit this long is disconnected.
+    pub client_output_stall_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -202,6 +216,12 @@ impl Default for ServerConfig {
             health_interval_ms: 1000,
             slowlog_threshold_ms: 1000,
             slowlog_max_len: 128,
+            idle_timeout_secs: 0,
+            tcp_keepalive_secs: 300,
+            drain_timeout_ms: 10_000,
+            unix_socket: None,
+            client_output_limit_bytes: 64 * 1024 * 1024,
+            client_output_stall_secs: 10,
         }
     }
 }
@@ -222,6 +242,9 @@ pub struct BackendConfig {
     /// Retry a read once on the new master when its connection broke in a
     /// failover (writes are never retried blindly).
     pub retry_reads: bool,
+    /// A forwarded request unanswered this long fails with a timeout
+    /// error (0: no limit). Blocking commands are exempt.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for BackendConfig {
@@ -234,6 +257,7 @@ impl Default for BackendConfig {
             max_dedicated: 128,
             sentinel_poll_ms: 1000,
             retry_reads: true,
+            request_timeout_ms: 10_000,
         }
     }
 }

@@ -47,6 +47,7 @@ impl Session {
                     }
                 }
                 _ = self.kill.cancelled() => return Reply::Close(Bytes::new()),
+                _ = self.state.drain.cancelled() => return Reply::Close(Bytes::new()),
                 _ = self.tx.closed() => return Reply::Close(Bytes::new()),
             }
         }

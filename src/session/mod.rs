@@ -16,9 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -112,7 +111,7 @@ pub struct Session {
     /// protocol; cleared when either changes.
     conns: Vec<Option<Conn>>,
     key_scratch: Vec<usize>,
-    rd: OwnedReadHalf,
+    rd: ClientReader,
     inbuf: BytesMut,
     tx: mpsc::Sender<Reply>,
     /// Cancelled by CLIENT KILL.
@@ -128,10 +127,37 @@ pub fn parse_limits(config: &Config) -> ParseLimits {
     }
 }
 
-/// Serves one client until it quits, breaks the protocol or disconnects.
+/// The two halves of a client connection, TCP or Unix socket alike.
+pub type ClientReader = Box<dyn AsyncRead + Send + Sync + Unpin>;
+pub type ClientWriter = Box<dyn AsyncWrite + Send + Sync + Unpin>;
+
+/// Serves one TCP client until it quits, breaks the protocol or disconnects.
 pub async fn serve(state: Arc<State>, socket: TcpStream, addr: SocketAddr) {
     let local_addr = socket.local_addr().unwrap_or(addr);
     let _ = socket.set_nodelay(true);
+    let keepalive = state.config.server.tcp_keepalive_secs;
+    if keepalive > 0 {
+        let ka = socket2::TcpKeepalive::new().with_time(std::time::Duration::from_secs(keepalive));
+        let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&ka);
+    }
+    let (rd, wr) = socket.into_split();
+    serve_stream(state, Box::new(rd), Box::new(wr), addr, local_addr).await
+}
+
+/// Serves one Unix-socket client (shown with address 0.0.0.0:0).
+pub async fn serve_unix(state: Arc<State>, socket: UnixStream) {
+    let addr = SocketAddr::from(([0, 0, 0, 0], 0));
+    let (rd, wr) = socket.into_split();
+    serve_stream(state, Box::new(rd), Box::new(wr), addr, addr).await
+}
+
+async fn serve_stream(
+    state: Arc<State>,
+    rd: ClientReader,
+    wr: ClientWriter,
+    addr: SocketAddr,
+    local_addr: SocketAddr,
+) {
     let client = ClientState {
         id: state.next_client_id(),
         addr,
@@ -147,7 +173,6 @@ pub async fn serve(state: Arc<State>, socket: TcpStream, addr: SocketAddr) {
     let id = client.id;
     state.metrics.clients_connected.inc();
     state.metrics.clients_total.inc();
-    let (rd, wr) = socket.into_split();
     // The channel's bound is the pipeline depth: a client that does not
     // read its replies stops being read.
     let (tx, rx) = mpsc::channel(state.config.server.max_pipeline);
@@ -207,9 +232,22 @@ impl Session {
         if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 4 {
             self.inbuf.reserve(READ_CHUNK);
         }
+        // Subscribers and transactions wait for the server, not the client.
+        let idle = match (&self.mode, self.state.config.server.idle_timeout_secs) {
+            (Mode::Normal, secs) if secs > 0 => std::time::Duration::from_secs(secs),
+            _ => std::time::Duration::MAX,
+        };
         tokio::select! {
-            read = self.rd.read_buf(&mut self.inbuf) => matches!(read, Ok(n) if n > 0),
+            read = tokio::time::timeout(idle, self.rd.read_buf(&mut self.inbuf)) => match read {
+                Ok(read) => matches!(read, Ok(n) if n > 0),
+                Err(_) => {
+                    tracing::debug!(client = self.client.id, "closing an idle client");
+                    false
+                }
+            },
             _ = self.kill.cancelled() => false,
+            // Shutdown: what was read is answered; nothing more is read.
+            _ = self.state.drain.cancelled() => false,
         }
     }
 

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::ClientWriter;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
@@ -234,7 +234,27 @@ impl Reply {
         match self {
             Reply::Now(b) | Reply::Close(b) => b.clone(),
             Reply::Backend { pool, rx, meta } => loop {
-                let got = (&mut *rx).await.ok();
+                let timeout = state.config.backend.request_timeout_ms;
+                let got = if timeout == 0 {
+                    (&mut *rx).await.ok()
+                } else {
+                    let deadline = tokio::time::Instant::from_std(meta.started)
+                        + std::time::Duration::from_millis(timeout);
+                    match tokio::time::timeout_at(deadline, &mut *rx).await {
+                        Ok(got) => got.ok(),
+                        Err(_) => {
+                            // The late reply is dropped when it arrives; the
+                            // connection's FIFO order is unaffected.
+                            state.metrics.errors.with_label_values(&["timeout"]).inc();
+                            let b = resp::error(&format!(
+                                "ERR backend '{}' timed out after {timeout}ms",
+                                state.router.pool_name(*pool)
+                            ));
+                            meta.record(state, state.router.pool_name(*pool), &b);
+                            break b;
+                        }
+                    }
+                };
                 if let Some(retry) = failover_retry(state, *pool, meta, got.as_ref()) {
                     *rx = retry;
                     continue;
@@ -351,24 +371,36 @@ fn lost(state: &State, pool: PoolId) -> Bytes {
     connection_lost(state, pool).to_resp()
 }
 
-/// Above this many unwritten bytes the writer stops taking replies; the
-/// pipeline channel then fills and the reader stops reading the client.
-const OUTPUT_SOFT_LIMIT: usize = 64 * 1024 * 1024;
-
 /// Writes replies in request order. Writing and waiting for the next reply
 /// run side by side, so a client that sends a long pipeline before reading
 /// anything is served as Redis would serve it, up to the output limit.
-pub async fn write_replies(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Reply>,
-    state: Arc<State>,
-) {
+pub async fn write_replies(mut wr: ClientWriter, mut rx: mpsc::Receiver<Reply>, state: Arc<State>) {
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut current: Option<Reply> = None;
     let mut input_done = false;
+    // Above the output limit the writer stops taking replies, the pipeline
+    // channel fills and the reader stops reading the client; a client kept
+    // there too long (it does not read) is disconnected.
+    let limit = state.config.server.client_output_limit_bytes.max(1);
+    let stall = std::time::Duration::from_secs(state.config.server.client_output_stall_secs.max(1));
+    let mut stalled_since: Option<tokio::time::Instant> = None;
     loop {
+        if out.len() >= limit {
+            let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= stall {
+                tracing::warn!("disconnecting a client that does not read its replies");
+                state
+                    .metrics
+                    .errors
+                    .with_label_values(&["client_output_stalled"])
+                    .inc();
+                return;
+            }
+        } else {
+            stalled_since = None;
+        }
         // Take everything that is ready without waiting: one write per wake-up.
-        while out.len() < OUTPUT_SOFT_LIMIT {
+        while out.len() < limit {
             if current.is_none() && !input_done {
                 match rx.try_recv() {
                     Ok(r) => current = Some(r),
@@ -387,8 +419,10 @@ pub async fn write_replies(
         if out.is_empty() && current.is_none() && input_done {
             break;
         }
-        let can_take = out.len() < OUTPUT_SOFT_LIMIT;
+        let can_take = out.len() < limit;
+        let stall_deadline = stalled_since.map(|s| s + stall);
         tokio::select! {
+            _ = tokio::time::sleep_until(stall_deadline.unwrap_or_else(tokio::time::Instant::now)), if stall_deadline.is_some() => {}
             written = wr.write_buf(&mut out), if !out.is_empty() => {
                 if !matches!(written, Ok(n) if n > 0) {
                     return;
