@@ -63,13 +63,25 @@ fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "application/json",
             config(state).to_string(),
         ),
+        (&Method::POST, "/reload") => match state.reload() {
+            Ok(generation) => respond(
+                StatusCode::OK,
+                "application/json",
+                json!({ "reloaded": true, "generation": generation }).to_string(),
+            ),
+            Err(e) => respond(
+                StatusCode::BAD_REQUEST,
+                "application/json",
+                json!({ "reloaded": false, "error": e }).to_string(),
+            ),
+        },
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
 
 fn readyz(state: &State) -> Response<Full<Bytes>> {
     let mut failing = serde_json::Map::new();
-    for pool in state.backends.pools() {
+    for pool in state.live().backends.pools() {
         let probe = pool.probe();
         let reason = match probe.ok {
             Some(true) if probe.role == "master" || probe.role.is_empty() => continue,
@@ -129,7 +141,7 @@ fn label<'a>(labels: &Labels<'a>, name: &str) -> Option<&'a str> {
 fn stats(state: &State) -> Value {
     let uptime = state.started.elapsed().as_secs_f64().max(1.0);
     let mut pools = serde_json::Map::new();
-    for pool in state.backends.pools() {
+    for pool in state.live().backends.pools() {
         let name = pool.name();
         let is_pool = |l: &Labels| label(l, "pool") == Some(name);
         let commands = sum_samples(state, "keyway_commands_total", &is_pool);
@@ -155,7 +167,7 @@ fn stats(state: &State) -> Value {
         );
     }
     let mut limits = serde_json::Map::new();
-    for limit in state.policy.limits() {
+    for limit in state.live().policy.limits() {
         let denials = sum_samples(state, "keyway_denials_total", &|l| {
             label(l, "reason") == Some("ratelimit") && label(l, "detail") == Some(&limit.name)
         });
@@ -212,7 +224,7 @@ fn latency(state: &State, pool: &str) -> Value {
 }
 
 fn config(state: &State) -> Value {
-    let c = &state.config;
+    let c = &state.live().config;
     json!({
         "source": c.source,
         "listen": c.listen.to_string(),
@@ -236,7 +248,7 @@ fn config(state: &State) -> Value {
             "databases": c.routes.databases.iter().map(|r| json!({"db": r.db, "pool": r.pool})).collect::<Vec<_>>(),
         },
         "auth": {
-            "required": state.policy.auth_required,
+            "required": state.live().policy.auth_required,
             "users": c.auth.users.iter().map(|u| json!({
                 "name": u.name,
                 "password": "<redacted>",

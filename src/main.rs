@@ -65,6 +65,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        tokio::spawn(reload_on_sighup(server.state()));
         server.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
@@ -79,6 +80,20 @@ fn init_logging(filter: Option<&str>, format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// SIGHUP re-reads the configuration; an invalid file is logged and ignored.
+async fn reload_on_sighup(state: std::sync::Arc<keyway::state::State>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = state.reload();
+        }
     }
 }
 

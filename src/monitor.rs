@@ -28,22 +28,24 @@ pub async fn run(state: Arc<State>, interval: Duration) {
     loop {
         ticker.tick().await;
         probe_all(&state, interval).await;
-        state.policy.purge_idle();
+        state.live().policy.purge_idle();
     }
 }
 
 /// Probes every pool side by side, so one slow pool does not delay the others.
 pub async fn probe_all(state: &Arc<State>, timeout: Duration) {
     let timeout = timeout.max(Duration::from_millis(500));
-    let handles: Vec<_> = (0..state.backends.pools().len())
-        .map(|i| {
-            let endpoint = state.backends.pool(i).endpoint();
+    // One snapshot: a reload meanwhile is probed on the next tick.
+    let pools: Vec<_> = state.live().backends.pools().to_vec();
+    let handles: Vec<_> = pools
+        .iter()
+        .map(|pool| {
+            let endpoint = pool.endpoint();
             tokio::spawn(async move { request_once(&endpoint, &["INFO"], timeout).await })
         })
         .collect();
-    for (i, handle) in handles.into_iter().enumerate() {
+    for (pool, handle) in pools.iter().zip(handles) {
         let result = handle.await.unwrap_or_else(|e| Err(e.to_string()));
-        let pool = state.backends.pool(i);
         let name = pool.name();
         let probe = match result {
             Ok(reply) => match shapes::bulk(&reply) {

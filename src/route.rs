@@ -127,8 +127,12 @@ impl Router {
         }
     }
 
+    /// A pool's name; `unknown` for an id from before a reload.
     pub fn pool_name(&self, pool: PoolId) -> &str {
-        &self.pool_names[pool]
+        self.pool_names
+            .get(pool)
+            .map(String::as_str)
+            .unwrap_or("unknown")
     }
 
     pub fn pool_count(&self) -> usize {

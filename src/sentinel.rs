@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::backend::Pool;
 use crate::backend::{request_once, Dedicated};
 use crate::config::{Endpoint, SentinelConfig};
 use crate::resp::{shapes, Request};
-use crate::route::PoolId;
 use crate::state::State;
 
 const QUERY_TIMEOUT: Duration = Duration::from_millis(500);
@@ -100,7 +100,13 @@ pub async fn discover(cfg: &SentinelConfig, node: &Endpoint) -> Result<(String, 
 }
 
 /// Keeps one pool on its current master for as long as keyway runs.
-pub async fn follow(state: Arc<State>, pool_id: PoolId, cfg: SentinelConfig, poll: Duration) {
+pub async fn follow(
+    state: Arc<State>,
+    pool: Arc<Pool>,
+    node: Endpoint,
+    cfg: SentinelConfig,
+    poll: Duration,
+) {
     let (events_tx, mut events) = mpsc::channel::<Instant>(16);
     let mut watchers = Vec::new();
     for (host, port) in &cfg.spec.sentinels {
@@ -111,8 +117,6 @@ pub async fn follow(state: Arc<State>, pool_id: PoolId, cfg: SentinelConfig, pol
         )));
     }
     let _watchers = AbortOnDrop(watchers);
-    let pool = state.backends.pool(pool_id);
-    let node = state.config.pools[pool_id].endpoint.clone();
     loop {
         let switch_seen = tokio::select! {
             at = events.recv() => at,

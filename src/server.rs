@@ -95,24 +95,28 @@ impl Server {
     /// turns 503, the listeners close, sessions answer what they already
     /// read and close, and whatever is left after the drain timeout is cut.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tracing::info!(listen = %self.state.config.listen, admin = %self.state.config.admin, "keyway accepting clients");
-        let interval = Duration::from_millis(self.state.config.server.health_interval_ms.max(100));
+        tracing::info!(listen = %self.state.live().config.listen, admin = %self.state.live().config.admin, "keyway accepting clients");
+        let interval =
+            Duration::from_millis(self.state.live().config.server.health_interval_ms.max(100));
         let monitor = tokio::spawn(crate::monitor::run(self.state.clone(), interval));
         let admin = tokio::spawn(crate::admin::serve(self.state.clone(), self.admin));
         let mut tasks = vec![monitor, admin];
-        let poll = Duration::from_millis(self.state.config.backend.sentinel_poll_ms.max(100));
-        for (id, pool) in self.state.config.pools.iter().enumerate() {
+        let poll =
+            Duration::from_millis(self.state.live().config.backend.sentinel_poll_ms.max(100));
+        let live = self.state.live_arc();
+        for (id, pool) in live.config.pools.iter().enumerate() {
             if let Some(sentinel) = &pool.sentinel {
                 tasks.push(tokio::spawn(crate::sentinel::follow(
                     self.state.clone(),
-                    id,
+                    live.backends.pool_arc(id),
+                    pool.endpoint.clone(),
                     sentinel.clone(),
                     poll,
                 )));
             }
         }
         let _tasks = AbortOnDrop(tasks);
-        let unix = match &self.state.config.server.unix_socket {
+        let unix = match &self.state.live().config.server.unix_socket {
             Some(path) => {
                 // A stale socket file from a previous run would make bind fail.
                 let _ = std::fs::remove_file(path);
@@ -143,7 +147,7 @@ impl Server {
                 accepted = accept_unix(&unix) => {
                     if let Ok((socket, _)) = accepted {
                         let state = self.state.clone();
-                        if state.clients.len() >= state.config.server.max_clients {
+                        if state.clients.len() >= state.live().config.server.max_clients {
                             state.metrics.clients_rejected.inc();
                             continue;
                         }
@@ -162,7 +166,7 @@ impl Server {
                     };
                     let state = self.state.clone();
                     state.stats.connections_received.fetch_add(1, Ordering::Relaxed);
-                    if state.clients.len() >= state.config.server.max_clients {
+                    if state.clients.len() >= state.live().config.server.max_clients {
                         state.metrics.clients_rejected.inc();
                         tokio::spawn(async move {
                             let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
@@ -178,7 +182,7 @@ impl Server {
 
 /// The drain itself (see `Server::run`).
 async fn drain(state: &State) {
-    let timeout = Duration::from_millis(state.config.server.drain_timeout_ms);
+    let timeout = Duration::from_millis(state.live().config.server.drain_timeout_ms);
     tracing::info!(
         clients = state.clients.len(),
         ?timeout,
@@ -197,7 +201,7 @@ async fn drain(state: &State) {
             c.kill.cancel();
         }
     }
-    if let Some(path) = &state.config.server.unix_socket {
+    if let Some(path) = &state.live().config.server.unix_socket {
         let _ = std::fs::remove_file(path);
     }
     tracing::info!("drained; exiting");

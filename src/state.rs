@@ -1,6 +1,6 @@
-//! What every session consults and nothing on the request path mutates:
-//! the configuration, route table, command table and pools, plus the client
-//! registry and counters that INFO and CLIENT LIST report.
+//! What every session consults: the live configuration (routes, users,
+//! limits, pools), swapped whole on reload, plus the command table, the
+//! client registry and the counters that INFO and CLIENT LIST report.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,13 +19,21 @@ use crate::resp::Protocol;
 use crate::route::Router;
 use crate::slowlog::SlowLog;
 
-pub struct State {
-    me: Weak<State>,
+/// Everything a reload replaces, swapped in one step: a request sees
+/// either the old configuration or the new one, never a mix.
+pub struct Live {
     pub config: Config,
     pub router: Router,
-    pub commands: CommandTable,
     pub backends: Backends,
     pub policy: Policy,
+    /// Bumped by every reload; sessions notice and refresh what they cached.
+    pub generation: u64,
+}
+
+pub struct State {
+    me: Weak<State>,
+    live: ArcSwap<Live>,
+    pub commands: CommandTable,
     pub metrics: Metrics,
     pub slowlog: SlowLog,
     pub clients: DashMap<u64, ClientInfo>,
@@ -72,15 +80,18 @@ impl State {
     pub fn new(config: Config, commands: CommandTable) -> Arc<State> {
         Arc::new_cyclic(|me| State {
             me: me.clone(),
-            router: Router::new(&config),
-            backends: Backends::new(&config),
-            policy: Policy::new(&config),
             metrics: Metrics::new(),
             slowlog: SlowLog::new(
                 std::time::Duration::from_millis(config.server.slowlog_threshold_ms),
                 config.server.slowlog_max_len,
             ),
-            config,
+            live: ArcSwap::from_pointee(Live {
+                router: Router::new(&config),
+                backends: Backends::new(&config),
+                policy: Policy::new(&config),
+                config,
+                generation: 0,
+            }),
             commands,
             clients: DashMap::new(),
             started: Instant::now(),
@@ -89,6 +100,83 @@ impl State {
             drain: tokio_util::sync::CancellationToken::new(),
             next_client_id: AtomicU64::new(1),
         })
+    }
+
+    /// The configuration in force now.
+    pub fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
+    }
+
+    pub fn live_arc(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Re-reads the configuration file and the environment and swaps in
+    /// routes, users, blocklist, limits and pools. Pools whose address
+    /// did not change keep their connections; a changed address drains
+    /// the old ones. An invalid file changes nothing.
+    pub fn reload(&self) -> Result<u64, String> {
+        let old = self.live.load_full();
+        let result = Config::load(std::path::Path::new(&old.config.source))
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                if config.listen != old.config.listen || config.admin != old.config.admin {
+                    return Err("listen and admin addresses change only with a restart".to_string());
+                }
+                Ok(config)
+            });
+        let config = match result {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!("configuration reload refused, running configuration kept: {e}");
+                return Err(e);
+            }
+        };
+        let backends = Backends::reuse(&config, &old.backends);
+        let live = Live {
+            router: Router::new(&config),
+            policy: Policy::new(&config),
+            backends,
+            config,
+            generation: old.generation + 1,
+        };
+        let generation = live.generation;
+        let new_sentinel_pools: Vec<_> = live
+            .config
+            .pools
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.sentinel.is_some())
+            .filter(|(_, p)| {
+                !old.backends
+                    .pools()
+                    .iter()
+                    .any(|o| o.name() == p.name && o.is_sentinel_managed())
+            })
+            .map(|(i, p)| (live.backends.pool_arc(i), p.clone()))
+            .collect();
+        self.live.store(Arc::new(live));
+        for (pool, cfg) in new_sentinel_pools {
+            if let (Some(state), Some(sentinel)) = (self.self_arc(), cfg.sentinel.clone()) {
+                let poll = std::time::Duration::from_millis(
+                    self.live().config.backend.sentinel_poll_ms.max(100),
+                );
+                tokio::spawn(crate::sentinel::follow(
+                    state,
+                    pool,
+                    cfg.endpoint.clone(),
+                    sentinel,
+                    poll,
+                ));
+            }
+        }
+        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+        tracing::info!(generation, "configuration reloaded");
+        Ok(generation)
     }
 
     /// The shared handle, for work that outlives a borrow (a retry task).

@@ -6,6 +6,8 @@ mod conn;
 mod dedicated;
 mod pool;
 
+use std::sync::Arc;
+
 use thiserror::Error;
 
 pub use conn::{request_once, Conn, ReplyRx};
@@ -38,32 +40,68 @@ impl BackendError {
 
 /// All pools of a configuration, indexed by `PoolId`.
 pub struct Backends {
-    pools: Vec<Pool>,
+    pools: Vec<Arc<Pool>>,
+}
+
+fn new_pool(p: &crate::config::Pool, config: &Config) -> Arc<Pool> {
+    let pool = Pool::new(&p.name, p.endpoint.clone(), config.backend.clone());
+    Arc::new(if p.sentinel.is_some() {
+        pool.with_sentinel()
+    } else {
+        pool
+    })
 }
 
 impl Backends {
     pub fn new(config: &Config) -> Backends {
         Backends {
-            pools: config
-                .pools
-                .iter()
-                .map(|p| {
-                    let pool = Pool::new(&p.name, p.endpoint.clone(), config.backend.clone());
-                    if p.sentinel.is_some() {
-                        pool.with_sentinel()
-                    } else {
-                        pool
-                    }
-                })
-                .collect(),
+            pools: config.pools.iter().map(|p| new_pool(p, config)).collect(),
         }
+    }
+
+    /// The pools of a reloaded configuration: a pool with the same name and
+    /// settings is kept as it is (connections and all); one whose fixed
+    /// address moved is kept and moved (its old connections drain);
+    /// anything else is new.
+    pub fn reuse(config: &Config, old: &Backends) -> Backends {
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| {
+                let Some(existing) = old.pools.iter().find(|o| o.name() == p.name) else {
+                    return new_pool(p, config);
+                };
+                let same_kind = existing.is_sentinel_managed() == p.sentinel.is_some();
+                let configured = existing.configured();
+                let same_node = configured.username == p.endpoint.username
+                    && configured.password == p.endpoint.password
+                    && configured.db == p.endpoint.db;
+                if !same_kind || !same_node || existing.settings() != &config.backend {
+                    return new_pool(p, config);
+                }
+                if p.sentinel.is_none() {
+                    existing.set_address(&p.endpoint.host, p.endpoint.port);
+                }
+                existing.clone()
+            })
+            .collect();
+        Backends { pools }
     }
 
     pub fn pool(&self, id: PoolId) -> &Pool {
         &self.pools[id]
     }
 
-    pub fn pools(&self) -> &[Pool] {
+    /// `None` for an id from before a reload that no longer exists.
+    pub fn get(&self, id: PoolId) -> Option<&Arc<Pool>> {
+        self.pools.get(id)
+    }
+
+    pub fn pool_arc(&self, id: PoolId) -> Arc<Pool> {
+        self.pools[id].clone()
+    }
+
+    pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
     }
 }

@@ -20,6 +20,8 @@ type Slot = Arc<Vec<AsyncMutex<Option<Conn>>>>;
 pub struct Pool {
     name: String,
     endpoint: ArcSwap<Endpoint>,
+    /// The endpoint as configured (a Sentinel pool's has no address).
+    configured: Endpoint,
     settings: BackendConfig,
     slots: Mutex<HashMap<(u32, Protocol), Slot>>,
     health: Mutex<Health>,
@@ -59,6 +61,7 @@ impl Pool {
     pub fn new(name: &str, endpoint: Endpoint, settings: BackendConfig) -> Pool {
         Pool {
             name: name.to_string(),
+            configured: endpoint.clone(),
             endpoint: ArcSwap::from_pointee(endpoint),
             leases: Arc::new(Semaphore::new(settings.max_dedicated)),
             idle: Mutex::new(Vec::new()),
@@ -74,6 +77,14 @@ impl Pool {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn configured(&self) -> &Endpoint {
+        &self.configured
+    }
+
+    pub fn settings(&self) -> &BackendConfig {
+        &self.settings
     }
 
     pub fn endpoint(&self) -> Arc<Endpoint> {

@@ -170,6 +170,21 @@ impl Policy {
         (!self.auth_required).then(|| self.anonymous.clone())
     }
 
+    /// The same user under a reloaded configuration: `None` when it was
+    /// removed or disabled (the client must authenticate again).
+    pub fn same_user(&self, user: &User) -> Option<Arc<User>> {
+        if !self.auth_required {
+            return Some(self.anonymous.clone());
+        }
+        if user.password.is_none() {
+            return None;
+        }
+        self.users
+            .get(user.name.as_ref())
+            .filter(|u| u.enabled)
+            .cloned()
+    }
+
     /// AUTH [user] password. Every password is compared in full, in
     /// constant time, and failures count towards the address's lock-out.
     pub fn authenticate(

@@ -45,6 +45,7 @@ fn unknown_command(request: &Request) -> String {
 
 impl Session {
     pub(super) async fn dispatch(&mut self, request: Request) -> Reply {
+        self.follow_reload();
         let state = Arc::clone(&self.state);
         state
             .stats
@@ -78,7 +79,7 @@ impl Session {
                 _ => CacheCount::No,
             },
             route: (request.argc() > 1 && spec.is_some_and(|s| !s.keys.is_empty()))
-                .then(|| state.router.prefix_rule(request.arg(1)))
+                .then(|| state.live().router.prefix_rule(request.arg(1)))
                 .flatten(),
             request: request.bytes().clone(),
             client: self.client.id,
@@ -119,7 +120,7 @@ impl Session {
         if let Some(user) = self.client.user.clone() {
             if !no_auth {
                 let sub = (request.argc() > 1).then(|| request.arg(1));
-                if let Err(denial) = state.policy.check_command(&user, name, spec, sub) {
+                if let Err(denial) = state.live().policy.check_command(&user, name, spec, sub) {
                     return self.deny(denial);
                 }
             }
@@ -138,7 +139,7 @@ impl Session {
             return self.queue_command(name, spec, request);
         }
 
-        if state.policy.has_limits(false) {
+        if state.live().policy.has_limits(false) {
             if let Err(denial) = self.admit(name, spec, None).await {
                 return self.deny(denial);
             }
@@ -164,7 +165,7 @@ impl Session {
         let Some(spec) = spec else {
             // Unknown to keyway: the backend gives Redis's own error, or runs
             // a module command keyway has not learned.
-            let pool = state.router.fallback_pool(name, self.client.db);
+            let pool = state.live().router.fallback_pool(name, self.client.db);
             return self.forward(pool, request.bytes().clone()).await;
         };
         if let Some(what) = refused(name) {
@@ -180,7 +181,7 @@ impl Session {
             Ok((plan, _)) => plan,
             Err(denial) => return self.deny(denial),
         };
-        if state.policy.has_limits(true) {
+        if state.live().policy.has_limits(true) {
             let pools: Vec<PoolId> = match &plan {
                 Plan::One(pool) => vec![*pool],
                 Plan::Split(split) => split.parts.iter().map(|p| p.pool).collect(),
@@ -243,7 +244,11 @@ impl Session {
             command: &command,
             pool,
         };
-        self.state.policy.admit(&subject, pool.is_some()).await
+        self.state
+            .live()
+            .policy
+            .admit(&subject, pool.is_some())
+            .await
     }
 
     /// The route of a request and whether it has keys; a key outside the
@@ -263,10 +268,15 @@ impl Session {
         let allowed = match &self.client.user {
             Some(user) => keys
                 .iter()
-                .try_for_each(|&i| self.state.policy.check_key(user, request.arg(i))),
+                .try_for_each(|&i| self.state.live().policy.check_key(user, request.arg(i))),
             None => Ok(()),
         };
-        let plan = allowed.map(|()| self.state.router.plan(name, request, &keys, self.client.db));
+        let plan = allowed.map(|()| {
+            self.state
+                .live()
+                .router
+                .plan(name, request, &keys, self.client.db)
+        });
         let has_keys = !keys.is_empty();
         self.key_scratch = keys;
         plan.map(|p| (p, has_keys))

@@ -43,7 +43,7 @@ impl Session {
             b"client" => self.client_command(req),
             b"info" => Some(self.info(req).await),
             b"command" | b"time" | b"lastsave" => {
-                let pool = self.state.router.default_pool();
+                let pool = self.state.live().router.default_pool();
                 Some(self.forward(pool, req.bytes().clone()).await)
             }
             b"dbsize" => {
@@ -51,10 +51,11 @@ impl Session {
                 Some(self.fanout(&pools, req.bytes(), Merge::SumIntegers).await)
             }
             b"keys" => {
-                let pools = self
-                    .state
-                    .router
-                    .pools_for_pattern(req.arg(1), name, self.client.db);
+                let pools =
+                    self.state
+                        .live()
+                        .router
+                        .pools_for_pattern(req.arg(1), name, self.client.db);
                 Some(self.fanout(&pools, req.bytes(), Merge::ConcatArrays).await)
             }
             b"randomkey" => {
@@ -107,7 +108,7 @@ impl Session {
         self.client.db = 0;
         self.client.proto = Protocol::Resp2;
         self.client.name.clear();
-        self.client.user = self.state.policy.initial_user();
+        self.client.user = self.state.live().policy.initial_user();
         self.client_changed();
         Reply::Now(resp::simple("RESET"))
     }
@@ -121,7 +122,7 @@ impl Session {
             "numsub" | "shardnumsub" => Merge::SumPairs,
             "numpat" => Merge::SumIntegers,
             _ => {
-                let pool = self.state.router.default_pool();
+                let pool = self.state.live().router.default_pool();
                 return self.forward(pool, req.bytes().clone()).await;
             }
         };
@@ -144,7 +145,7 @@ impl Session {
     }
 
     fn all_pools(&self) -> Vec<PoolId> {
-        (0..self.state.router.pool_count()).collect()
+        (0..self.state.live().router.pool_count()).collect()
     }
 
     fn select(&mut self, arg: &[u8]) -> Option<Reply> {
@@ -154,7 +155,7 @@ impl Session {
         else {
             return err("ERR value is not an integer or out of range");
         };
-        if db < 0 || db >= self.state.config.server.databases as i64 {
+        if db < 0 || db >= self.state.live().config.server.databases as i64 {
             return err("ERR DB index is out of range");
         }
         if self.client.db != db as u32 {
@@ -181,7 +182,7 @@ impl Session {
     /// AUTH and HELLO ... AUTH. Without configured passwords keyway acts
     /// like a Redis whose default user has none.
     fn authenticate(&mut self, user: Option<&[u8]>, password: &[u8]) -> Result<(), Box<Reply>> {
-        let policy = &self.state.policy;
+        let policy = &self.state.live().policy;
         if !policy.auth_required {
             return match user {
                 None => Err(Box::new(Reply::Now(resp::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")))),
@@ -430,6 +431,7 @@ impl Session {
         let pools = match pattern {
             Some(p) => self
                 .state
+                .live()
                 .router
                 .pools_for_pattern(p, b"scan", self.client.db),
             None => self.all_pools(),
@@ -461,7 +463,7 @@ impl Session {
         let wants = |s: &str| everything || asked.iter().any(|a| a == s);
         let local = self.render_info_sections(&wants);
         let wants_keyspace = wants("keyspace");
-        let default_pool = self.state.router.default_pool();
+        let default_pool = self.state.live().router.default_pool();
         let request = InfoRequest {
             proto: self.client.proto,
             local,
@@ -488,7 +490,7 @@ impl Session {
                 "# Server\r\nredis_version:{{redis_version}}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nexecutable:keyway\r\n",
                 std::env::consts::OS,
                 std::process::id(),
-                state.config.listen.port(),
+                state.live().config.listen.port(),
                 uptime / 86400
             ));
         }
@@ -517,7 +519,7 @@ impl Session {
                 "# Keyway\r\nkeyway_version:{}\r\nuptime_in_seconds:{uptime}\r\nconnected_clients:{}\r\npools:{}\r\n",
                 env!("CARGO_PKG_VERSION"),
                 state.clients.len(),
-                state.backends.pools().len()
+                state.live().backends.pools().len()
             );
             let (hits, misses) = state.metrics.cache_totals();
             let ratio = if hits + misses > 0 {
@@ -529,7 +531,7 @@ impl Session {
                 "total_commands_processed:{}\r\ncache_hits:{hits}\r\ncache_misses:{misses}\r\ncache_hit_ratio:{ratio:.4}\r\n",
                 state.stats.commands_processed.load(std::sync::atomic::Ordering::Relaxed)
             ));
-            for pool in state.backends.pools() {
+            for pool in state.live().backends.pools() {
                 let status = match pool.last_error() {
                     None => "up".to_string(),
                     Some(e) => format!("down ({})", e.replace(['\r', '\n', ','], " ")),

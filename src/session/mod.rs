@@ -118,6 +118,8 @@ pub struct Session {
     kill: CancellationToken,
     /// The metrics context of the request being dispatched.
     meta: reply::Meta,
+    /// The configuration generation `conns` and `client.user` belong to.
+    generation: u64,
 }
 
 pub fn parse_limits(config: &Config) -> ParseLimits {
@@ -135,7 +137,7 @@ pub type ClientWriter = Box<dyn AsyncWrite + Send + Sync + Unpin>;
 pub async fn serve(state: Arc<State>, socket: TcpStream, addr: SocketAddr) {
     let local_addr = socket.local_addr().unwrap_or(addr);
     let _ = socket.set_nodelay(true);
-    let keepalive = state.config.server.tcp_keepalive_secs;
+    let keepalive = state.live().config.server.tcp_keepalive_secs;
     if keepalive > 0 {
         let ka = socket2::TcpKeepalive::new().with_time(std::time::Duration::from_secs(keepalive));
         let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&ka);
@@ -168,17 +170,17 @@ async fn serve_stream(
         lib_name: String::new(),
         lib_ver: String::new(),
         connected: Instant::now(),
-        user: state.policy.initial_user(),
+        user: state.live().policy.initial_user(),
     };
     let id = client.id;
     state.metrics.clients_connected.inc();
     state.metrics.clients_total.inc();
     // The channel's bound is the pipeline depth: a client that does not
     // read its replies stops being read.
-    let (tx, rx) = mpsc::channel(state.config.server.max_pipeline);
+    let (tx, rx) = mpsc::channel(state.live().config.server.max_pipeline);
     let writer = tokio::spawn(reply::write_replies(wr, rx, state.clone()));
     let mut session = Session {
-        conns: vec![None; state.router.pool_count()],
+        conns: vec![None; state.live().router.pool_count()],
         state: state.clone(),
         client,
         mode: Mode::Normal,
@@ -189,6 +191,7 @@ async fn serve_stream(
         tx,
         kill: CancellationToken::new(),
         meta: reply::Meta::new(),
+        generation: state.live().generation,
     };
     session.register();
     session.read_requests().await;
@@ -202,7 +205,7 @@ async fn serve_stream(
 
 impl Session {
     async fn read_requests(&mut self) {
-        let mut parser = RequestParser::new(parse_limits(&self.state.config));
+        let mut parser = RequestParser::new(parse_limits(&self.state.live().config));
         loop {
             match parser.next(&mut self.inbuf) {
                 Ok(Some(request)) => {
@@ -233,7 +236,10 @@ impl Session {
             self.inbuf.reserve(READ_CHUNK);
         }
         // Subscribers and transactions wait for the server, not the client.
-        let idle = match (&self.mode, self.state.config.server.idle_timeout_secs) {
+        let idle = match (
+            &self.mode,
+            self.state.live().config.server.idle_timeout_secs,
+        ) {
             (Mode::Normal, secs) if secs > 0 => std::time::Duration::from_secs(secs),
             _ => std::time::Duration::MAX,
         };
@@ -282,10 +288,18 @@ impl Session {
     /// Queues `bytes` on the pool's multiplexed connection for this client.
     /// A connection found closed before anything was sent is replaced once.
     async fn send(&mut self, pool: PoolId, mut bytes: Bytes) -> Result<ReplyRx, BackendError> {
+        if pool >= self.conns.len() || self.state.live().backends.get(pool).is_none() {
+            // A route planned just before a reload that removed the pool.
+            return Err(BackendError::Unavailable {
+                pool: self.state.live().router.pool_name(pool).to_string(),
+                reason: "the configuration was reloaded; retry".to_string(),
+            });
+        }
         for _ in 0..2 {
             if self.conns[pool].as_ref().is_none_or(Conn::is_closed) {
                 let conn = self
                     .state
+                    .live()
                     .backends
                     .pool(pool)
                     .conn(self.client.db, self.client.proto, self.client.id as usize)
@@ -304,7 +318,7 @@ impl Session {
             }
         }
         Err(BackendError::ConnectionLost {
-            pool: self.state.router.pool_name(pool).to_string(),
+            pool: self.state.live().router.pool_name(pool).to_string(),
         })
     }
 
@@ -320,6 +334,22 @@ impl Session {
         let (reason, detail) = denial.labels();
         self.state.metrics.deny(reason, &detail);
         self.refuse_in_multi(denial.to_resp())
+    }
+
+    /// After a reload: pools may have moved or changed in number, and the
+    /// client's user may have changed or gone.
+    pub(super) fn follow_reload(&mut self) {
+        let live = self.state.live_arc();
+        if live.generation == self.generation {
+            return;
+        }
+        self.generation = live.generation;
+        self.conns = vec![None; live.router.pool_count()];
+        self.client.user = match &self.client.user {
+            Some(user) => live.policy.same_user(user),
+            None => live.policy.initial_user(),
+        };
+        self.register();
     }
 
     /// The db or protocol changed: connections for the old ones no longer fit.

@@ -138,7 +138,7 @@ impl Session {
     }
 
     fn pools_for_subscription(&self, kind: Kind, name: &[u8]) -> Vec<PoolId> {
-        let router = &self.state.router;
+        let router = &self.state.live().router;
         match kind {
             Kind::Pattern => router.pools_for_pattern(name, b"psubscribe", self.client.db),
             Kind::Channel => vec![router.pool_for_key(name, b"subscribe", self.client.db)],
@@ -149,7 +149,8 @@ impl Session {
     pub(super) async fn subscribe(&mut self, kind: Kind, request: &Request) -> Reply {
         match &self.mode {
             Mode::Normal => {
-                self.mode = Mode::Subscribed(Subscriptions::new(self.state.router.pool_count()))
+                self.mode =
+                    Mode::Subscribed(Subscriptions::new(self.state.live().router.pool_count()))
             }
             Mode::Subscribed(_) => {}
             Mode::Transaction(_) => {
@@ -192,7 +193,7 @@ impl Session {
                 self.leave_if_empty();
                 return Reply::Now(resp::error(&format!(
                     "ERR backend '{}' connection lost while subscribing",
-                    self.state.router.pool_name(pool)
+                    self.state.live().router.pool_name(pool)
                 )));
             }
         }
@@ -343,7 +344,7 @@ impl Session {
                 return Ok(link.clone());
             }
         }
-        let backend = self.state.backends.pool(pool);
+        let backend = self.state.live().backends.pool_arc(pool);
         let conn = backend
             .lease(self.client.db, self.client.proto)
             .await
@@ -448,7 +449,7 @@ impl LinkSource {
     /// A new connection with every subscription restored (confirmations
     /// consumed here), or `None` after trying for `RESUBSCRIBE_FOR`.
     async fn reconnect(&self, subscribed: &Subscribed) -> Option<Dedicated> {
-        let backend = self.state.backends.pool(self.pool);
+        let backend = self.state.live().backends.pool_arc(self.pool);
         let deadline = tokio::time::Instant::now() + RESUBSCRIBE_FOR;
         let mut pause = std::time::Duration::from_millis(50);
         while tokio::time::Instant::now() < deadline {
@@ -478,8 +479,14 @@ async fn run_link(
     mut cmds: mpsc::Receiver<LinkCmd>,
     client: mpsc::Sender<Reply>,
 ) {
-    let pool = source.state.backends.pool(source.pool).name().to_string();
-    let mut moved = source.state.backends.pool(source.pool).changes();
+    let pool = source
+        .state
+        .live()
+        .backends
+        .pool(source.pool)
+        .name()
+        .to_string();
+    let mut moved = source.state.live().backends.pool(source.pool).changes();
     moved.mark_unchanged();
     let mut subscribed = Subscribed::default();
     let mut waiting: VecDeque<(usize, oneshot::Sender<bool>)> = VecDeque::new();

@@ -124,7 +124,7 @@ impl Meta {
                 None => return,
             },
         };
-        let route = state.router.route_label(self.route);
+        let route = state.live().router.route_label(self.route);
         if hits > 0 {
             m.cache_hits.with_label_values(&[pool, &route]).inc_by(hits);
         }
@@ -213,7 +213,7 @@ impl Reply {
                     return None;
                 }
                 let b = got.unwrap_or_else(|| lost(state, *pool));
-                meta.record(state, state.router.pool_name(*pool), &b);
+                meta.record(state, state.live().router.pool_name(*pool), &b);
                 Some(b)
             }
             Reply::Fanout { .. } => None,
@@ -234,7 +234,7 @@ impl Reply {
         match self {
             Reply::Now(b) | Reply::Close(b) => b.clone(),
             Reply::Backend { pool, rx, meta } => loop {
-                let timeout = state.config.backend.request_timeout_ms;
+                let timeout = state.live().config.backend.request_timeout_ms;
                 let got = if timeout == 0 {
                     (&mut *rx).await.ok()
                 } else {
@@ -248,9 +248,9 @@ impl Reply {
                             state.metrics.errors.with_label_values(&["timeout"]).inc();
                             let b = resp::error(&format!(
                                 "ERR backend '{}' timed out after {timeout}ms",
-                                state.router.pool_name(*pool)
+                                state.live().router.pool_name(*pool)
                             ));
-                            meta.record(state, state.router.pool_name(*pool), &b);
+                            meta.record(state, state.live().router.pool_name(*pool), &b);
                             break b;
                         }
                     }
@@ -260,7 +260,7 @@ impl Reply {
                     continue;
                 }
                 let b = got.unwrap_or_else(|| lost(state, *pool));
-                meta.record(state, state.router.pool_name(*pool), &b);
+                meta.record(state, state.live().router.pool_name(*pool), &b);
                 break b;
             },
             Reply::Fanout { parts, merge, meta } => {
@@ -313,9 +313,9 @@ fn failover_retry(
     if meta.retried || meta.request.is_empty() {
         return None;
     }
-    let backend = state.backends.pool(pool);
+    let backend = state.live().backends.get(pool)?.clone();
     let readonly = got.is_some_and(|b| b.starts_with(b"-READONLY"));
-    let lost_read = got.is_none() && meta.read_only && state.config.backend.retry_reads;
+    let lost_read = got.is_none() && meta.read_only && state.live().config.backend.retry_reads;
     let demoted = readonly && backend.is_sentinel_managed();
     if !(demoted || lost_read) {
         return None;
@@ -335,7 +335,9 @@ fn failover_retry(
     let request = meta.request.clone();
     let (db, proto) = (meta.db, meta.proto);
     tokio::spawn(async move {
-        let backend = state.backends.pool(pool);
+        let Some(backend) = state.live().backends.get(pool).cloned() else {
+            return;
+        };
         if backend.is_sentinel_managed() {
             let mut changes = backend.changes();
             changes.mark_unchanged();
@@ -358,7 +360,7 @@ fn failover_retry(
 
 pub fn connection_lost(state: &State, pool: PoolId) -> BackendError {
     BackendError::ConnectionLost {
-        pool: state.router.pool_name(pool).to_string(),
+        pool: state.live().router.pool_name(pool).to_string(),
     }
 }
 
@@ -381,8 +383,9 @@ pub async fn write_replies(mut wr: ClientWriter, mut rx: mpsc::Receiver<Reply>, 
     // Above the output limit the writer stops taking replies, the pipeline
     // channel fills and the reader stops reading the client; a client kept
     // there too long (it does not read) is disconnected.
-    let limit = state.config.server.client_output_limit_bytes.max(1);
-    let stall = std::time::Duration::from_secs(state.config.server.client_output_stall_secs.max(1));
+    let limit = state.live().config.server.client_output_limit_bytes.max(1);
+    let stall =
+        std::time::Duration::from_secs(state.live().config.server.client_output_stall_secs.max(1));
     let mut stalled_since: Option<tokio::time::Instant> = None;
     loop {
         if out.len() >= limit {

@@ -114,8 +114,8 @@ impl Session {
 
     pub(super) fn cross_pool(&self, first: PoolId, second: PoolId) -> CrossPool {
         CrossPool {
-            first: self.state.router.pool_name(first).to_string(),
-            second: self.state.router.pool_name(second).to_string(),
+            first: self.state.live().router.pool_name(first).to_string(),
+            second: self.state.live().router.pool_name(second).to_string(),
         }
     }
 
@@ -135,9 +135,12 @@ impl Session {
         let (pool, mut conn) = match t.lease {
             Some(lease) => lease,
             None => {
-                let pool = t.pool.unwrap_or_else(|| self.state.router.default_pool());
+                let pool = t
+                    .pool
+                    .unwrap_or_else(|| self.state.live().router.default_pool());
                 match self
                     .state
+                    .live()
                     .backends
                     .pool(pool)
                     .lease(self.client.db, self.client.proto)
@@ -157,7 +160,7 @@ impl Session {
         bytes.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
         let lost = || {
             Reply::backend_error(&BackendError::ConnectionLost {
-                pool: self.state.router.pool_name(pool).to_string(),
+                pool: self.state.live().router.pool_name(pool).to_string(),
             })
         };
         if conn.send(&bytes).await.is_err() {
@@ -170,7 +173,7 @@ impl Session {
                 Err(_) => return lost(),
             }
         }
-        self.state.backends.pool(pool).release(conn);
+        self.state.live().backends.pool(pool).release(conn);
         match last {
             Some(frame) => Reply::Now(frame),
             None => lost(),
@@ -217,6 +220,7 @@ impl Session {
             Some((_, conn)) => conn,
             None => match self
                 .state
+                .live()
                 .backends
                 .pool(pool)
                 .lease(self.client.db, self.client.proto)
@@ -239,7 +243,7 @@ impl Session {
                 Reply::Now(frame)
             }
             Err(_) => Reply::backend_error(&BackendError::ConnectionLost {
-                pool: self.state.router.pool_name(pool).to_string(),
+                pool: self.state.live().router.pool_name(pool).to_string(),
             }),
         }
     }
@@ -251,7 +255,7 @@ impl Session {
                 let clean = conn.send(b"*1\r\n$7\r\nUNWATCH\r\n").await.is_ok()
                     && conn.read_frame().await.is_ok();
                 if clean {
-                    self.state.backends.pool(pool).release(conn);
+                    self.state.live().backends.pool(pool).release(conn);
                 }
             }
             self.mode = Mode::Normal;
