@@ -176,9 +176,8 @@ impl Policy {
         if !self.auth_required {
             return Some(self.anonymous.clone());
         }
-        if user.password.is_none() {
-            return None;
-        }
+        // The anonymous user of an auth-less configuration has no password.
+        user.password.as_ref()?;
         self.users
             .get(user.name.as_ref())
             .filter(|u| u.enabled)
