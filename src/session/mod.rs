@@ -120,6 +120,9 @@ pub struct Session {
     meta: reply::Meta,
     /// The configuration generation `conns` and `client.user` belong to.
     generation: u64,
+    /// Replies queued so far, against `flow.taken`: how many are owed.
+    queued: u64,
+    flow: Arc<reply::Flow>,
 }
 
 pub fn parse_limits(config: &Config) -> ParseLimits {
@@ -178,7 +181,8 @@ async fn serve_stream(
     // The channel's bound is the pipeline depth: a client that does not
     // read its replies stops being read.
     let (tx, rx) = mpsc::channel(state.live().config.server.max_pipeline);
-    let writer = tokio::spawn(reply::write_replies(wr, rx, state.clone()));
+    let flow = Arc::new(reply::Flow::new());
+    let writer = tokio::spawn(reply::write_replies(wr, rx, state.clone(), flow.clone()));
     let mut session = Session {
         conns: vec![None; state.live().router.pool_count()],
         state: state.clone(),
@@ -192,6 +196,8 @@ async fn serve_stream(
         kill: CancellationToken::new(),
         meta: reply::Meta::new(),
         generation: state.live().generation,
+        queued: 0,
+        flow,
     };
     session.register();
     session.read_requests().await;
@@ -209,6 +215,9 @@ impl Session {
         loop {
             match parser.next(&mut self.inbuf) {
                 Ok(Some(request)) => {
+                    if !self.wait_for_room().await {
+                        return;
+                    }
                     let reply = self.dispatch(request).await;
                     if !self.queue(reply).await {
                         return;
@@ -273,7 +282,31 @@ impl Session {
                 Reply::Silent(Box::new(reply))
             }
         };
+        self.queued += 1;
         self.tx.send(reply).await.is_ok() && !closes
+    }
+
+    /// Holds the next request back while the replies owed to this client
+    /// would exceed its output limit (large replies, a client not reading).
+    async fn wait_for_room(&mut self) -> bool {
+        let (max_pipeline, limit) = {
+            let live = self.state.live();
+            (
+                live.config.server.max_pipeline,
+                live.config.server.client_output_limit_bytes,
+            )
+        };
+        loop {
+            let owed = self.queued - self.flow.taken.load(std::sync::atomic::Ordering::Relaxed);
+            if owed < self.flow.allowed(max_pipeline, limit) {
+                return true;
+            }
+            tokio::select! {
+                _ = self.flow.progress.notified() => {}
+                _ = self.tx.closed() => return false,
+                _ = self.kill.cancelled() => return false,
+            }
+        }
     }
 
     /// Waits until every reply queued before now has been resolved, so work

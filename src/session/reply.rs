@@ -376,7 +376,55 @@ fn lost(state: &State, pool: PoolId) -> Bytes {
 /// Writes replies in request order. Writing and waiting for the next reply
 /// run side by side, so a client that sends a long pipeline before reading
 /// anything is served as Redis would serve it, up to the output limit.
-pub async fn write_replies(mut wr: ClientWriter, mut rx: mpsc::Receiver<Reply>, state: Arc<State>) {
+/// How far the writer got, shared with the reader so it can hold back new
+/// requests while the replies already owed would exceed the output limit.
+pub struct Flow {
+    /// Replies taken by the writer so far.
+    pub taken: std::sync::atomic::AtomicU64,
+    /// Recent reply size (moving average), to turn bytes into a count.
+    pub avg_reply: std::sync::atomic::AtomicUsize,
+    pub progress: tokio::sync::Notify,
+}
+
+impl Flow {
+    pub fn new() -> Flow {
+        Flow {
+            taken: std::sync::atomic::AtomicU64::new(0),
+            avg_reply: std::sync::atomic::AtomicUsize::new(64),
+            progress: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn took(&self, len: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let avg = self.avg_reply.load(Relaxed);
+        self.avg_reply.store((avg * 7 + len) / 8 + 1, Relaxed);
+        self.taken.fetch_add(1, Relaxed);
+    }
+
+    /// Replies a client may have owed at once: the pipeline limit, or fewer
+    /// when replies are large, so owed bytes stay near the output limit.
+    pub fn allowed(&self, max_pipeline: usize, output_limit: usize) -> u64 {
+        let avg = self
+            .avg_reply
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1);
+        (output_limit / avg).clamp(1, max_pipeline) as u64
+    }
+}
+
+impl Default for Flow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub async fn write_replies(
+    mut wr: ClientWriter,
+    mut rx: mpsc::Receiver<Reply>,
+    state: Arc<State>,
+    flow: Arc<Flow>,
+) {
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut current: Option<Reply> = None;
     let mut input_done = false;
@@ -388,20 +436,6 @@ pub async fn write_replies(mut wr: ClientWriter, mut rx: mpsc::Receiver<Reply>, 
         std::time::Duration::from_secs(state.live().config.server.client_output_stall_secs.max(1));
     let mut stalled_since: Option<tokio::time::Instant> = None;
     loop {
-        if out.len() >= limit {
-            let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() >= stall {
-                tracing::warn!("disconnecting a client that does not read its replies");
-                state
-                    .metrics
-                    .errors
-                    .with_label_values(&["client_output_stalled"])
-                    .inc();
-                return;
-            }
-        } else {
-            stalled_since = None;
-        }
         // Take everything that is ready without waiting: one write per wake-up.
         while out.len() < limit {
             if current.is_none() && !input_done {
@@ -416,11 +450,29 @@ pub async fn write_replies(mut wr: ClientWriter, mut rx: mpsc::Receiver<Reply>, 
                 break;
             };
             out.extend_from_slice(&bytes);
+            flow.took(bytes.len());
+            flow.progress.notify_one();
             input_done |= reply.closes();
             current = None;
         }
         if out.is_empty() && current.is_none() && input_done {
             break;
+        }
+        // The stall clock starts when the buffer first reaches the limit and
+        // stops only when the client has read everything owed.
+        if out.is_empty() {
+            stalled_since = None;
+        } else if out.len() >= limit {
+            let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= stall {
+                tracing::warn!("disconnecting a client that does not read its replies");
+                state
+                    .metrics
+                    .errors
+                    .with_label_values(&["client_output_stalled"])
+                    .inc();
+                return;
+            }
         }
         let can_take = out.len() < limit;
         let stall_deadline = stalled_since.map(|s| s + stall);
@@ -433,6 +485,8 @@ pub async fn write_replies(mut wr: ClientWriter, mut rx: mpsc::Receiver<Reply>, 
             }
             bytes = wait_current(&mut current, &state), if can_take && current.is_some() => {
                 out.extend_from_slice(&bytes);
+                flow.took(bytes.len());
+                flow.progress.notify_one();
                 if current.as_ref().is_some_and(Reply::closes) {
                     input_done = true;
                 }
