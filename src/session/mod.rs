@@ -297,7 +297,8 @@ impl Session {
             )
         };
         loop {
-            let owed = self.queued - self.flow.taken.load(std::sync::atomic::Ordering::Relaxed);
+            let taken = self.flow.taken.load(std::sync::atomic::Ordering::Relaxed);
+            let owed = self.queued.saturating_sub(taken);
             if owed < self.flow.allowed(max_pipeline, limit) {
                 return true;
             }
@@ -313,6 +314,8 @@ impl Session {
     /// on a leased connection runs after the client's earlier commands.
     async fn barrier(&mut self) {
         let (done, wait) = oneshot::channel();
+        // The writer counts the barrier as a reply taken, so it counts here too.
+        self.queued += 1;
         if self.tx.send(Reply::Barrier(Some(done))).await.is_ok() {
             let _ = wait.await;
         }
