@@ -202,6 +202,13 @@ pub struct ServerConfig {
     pub client_output_limit_bytes: usize,
     /// A client kept above that limit this long is disconnected.
     pub client_output_stall_secs: u64,
+    /// Per-command metrics (counts, latency, hit/miss); off only to measure
+    /// what they cost.
+    pub metrics: bool,
+    /// Event-loop threads. One (the default, like Redis and twemproxy) avoids
+    /// cross-thread wake-ups on every request; more help only with many
+    /// cores and many busy clients.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -222,6 +229,8 @@ impl Default for ServerConfig {
             unix_socket: None,
             client_output_limit_bytes: 64 * 1024 * 1024,
             client_output_stall_secs: 10,
+            metrics: true,
+            worker_threads: 1,
         }
     }
 }

@@ -87,6 +87,9 @@ impl Meta {
     }
 
     fn record(&self, state: &State, pool: &str, reply: &[u8]) {
+        if !state.live().config.server.metrics {
+            return;
+        }
         let m = &state.metrics;
         let outcome = if shapes::is_error(reply) {
             "error"

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# End-to-end benchmark on loopback, in one run: redis-server direct, keyway
+# in front of it, and twemproxy (nutcracker) in front of the same server,
+# measured with redis-benchmark. Prints ops/s, latency, the ratios
+# keyway/direct and keyway/twemproxy, and CPU time per request of each
+# proxy (utime+stime from /proc). Stops every process it started, by PID.
+#
+#   scripts/bench.sh [requests]      (default 200000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-200000}
+
+scripts/install-deps.sh nutcracker
+command -v nutcracker >/dev/null || { echo "bench: nutcracker (twemproxy) is required" >&2; exit 1; }
+cargo build --release --quiet
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+declare -A port
+for name in session cache realtime; do
+  port[$name]=$(free_port)
+  redis-server --port "${port[$name]}" --bind 127.0.0.1 --save "" --appendonly no --daemonize no --dir "$work" >/dev/null &
+  pids+=($!)
+  wait_port "${port[$name]}"
+done
+DIRECT=${port[cache]}
+
+KW=$(free_port); KW_ADMIN=$(free_port)
+start_keyway() { # $1 = true|false for per-command metrics
+  cat > "$work/keyway.toml" <<TOML
+[server]
+metrics = $1
+[pools.session]
+url = "redis://127.0.0.1:${port[session]}"
+[pools.cache]
+url = "redis://127.0.0.1:${port[cache]}"
+[pools.realtime]
+url = "redis://127.0.0.1:${port[realtime]}"
+[routes]
+default = "cache"
+prefixes = [{ prefix = "session:", pool = "session" }, { prefix = "rate:", pool = "realtime" }]
+TOML
+  KEYWAY_LISTEN=127.0.0.1:$KW KEYWAY_ADMIN=127.0.0.1:$KW_ADMIN KEYWAY_LOG=warn \
+    ./target/release/keyway --config "$work/keyway.toml" 2>"$work/keyway.log" &
+  KW_PID=$!
+  pids+=($KW_PID)
+  wait_port "$KW"
+}
+start_keyway true
+
+TW=$(free_port)
+cat > "$work/nutcracker.yml" <<YML
+bench:
+  listen: 127.0.0.1:$TW
+  hash: fnv1a_64
+  distribution: ketama
+  redis: true
+  auto_eject_hosts: false
+  server_connections: 1
+  servers:
+   - 127.0.0.1:$DIRECT:1
+YML
+nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" &
+TW_PID=$!
+pids+=($TW_PID)
+wait_port "$TW"
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
+# run LABEL PORT PID(or -) REQUESTS ARGS... -> "label|test|rps|p50|p99|cpu_us_per_req"
+# REQUESTS is how many requests the whole run sends (for CPU per request).
+run() {
+  local label=$1 p=$2 pid=$3 total=$4; shift 4
+  local before=0 after=0
+  [ "$pid" != - ] && before=$(cpu_ticks "$pid")
+  local csv
+  csv=$(redis-benchmark -h 127.0.0.1 -p "$p" --csv "$@" 2>/dev/null | tail -n +2)
+  [ "$pid" != - ] && after=$(cpu_ticks "$pid")
+  # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+  echo "$csv" | while IFS=, read -r test rps avg min p50 p95 p99 max; do
+    local cpu="-"
+    if [ "$pid" != - ]; then
+      cpu=$(python3 -c "print(round(($after-$before)/$TICK*1e6/$total, 2))")
+    fi
+    printf '%s|%s|%s|%s|%s|%s\n' "$label" "${test//\"/}" "${rps//\"/}" "${p50//\"/}" "${p99//\"/}" "$cpu"
+  done
+}
+
+results="$work/results"
+: > "$results"
+for scenario in "c50:$((2 * N)):-c 50 -n $N -t get,set" "p16:$((2 * N)):-c 50 -n $N -P 16 -t get,set" "c1:$((N / 5)):-c 1 -n $((N / 10)) -t get,set"; do
+  name=${scenario%%:*}; rest=${scenario#*:}; total=${rest%%:*}; args=${rest#*:}
+  # shellcheck disable=SC2086
+  run "direct/$name" "$DIRECT" - "$total" $args >> "$results"
+  # shellcheck disable=SC2086
+  run "keyway/$name" "$KW" "$KW_PID" "$total" $args >> "$results"
+  # shellcheck disable=SC2086
+  run "twemproxy/$name" "$TW" "$TW_PID" "$total" $args >> "$results"
+done
+run "keyway/mget3" "$KW" "$KW_PID" "$N" -c 50 -n "$N" MGET "session:{a}" "user:{b}" "rate:{c}" >> "$results"
+
+# Metrics off, same run: what recording costs.
+kill "$KW_PID"; wait "$KW_PID" 2>/dev/null || true
+start_keyway false
+run "keyway-nometrics/c50" "$KW" "$KW_PID" $((2 * N)) -c 50 -n "$N" -t get,set >> "$results"
+run "keyway-nometrics/p16" "$KW" "$KW_PID" $((2 * N)) -c 50 -n "$N" -P 16 -t get,set >> "$results"
+
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$KW_PID/status")
+python3 - "$results" "$rss" <<'PY'
+import sys, collections
+rows = [l.strip().split("|") for l in open(sys.argv[1]) if l.strip()]
+data = {(r[0], r[1]): r for r in rows}
+print(f"{'target':<24} {'test':<6} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10}")
+for r in rows:
+    print(f"{r[0]:<24} {r[1][:6]:<6} {float(r[2]):>10.0f} {r[3]:>8} {r[4]:>8} {r[5]:>10}")
+print()
+print("ratios (same run):")
+for scen in ("c50", "p16", "c1"):
+    for test in ("SET", "GET"):
+        d = data.get((f"direct/{scen}", test)); k = data.get((f"keyway/{scen}", test)); t = data.get((f"twemproxy/{scen}", test))
+        if not (d and k and t):
+            continue
+        line = f"  {scen:<4} {test}: keyway/direct {float(k[2])/float(d[2]):.2f}  keyway/twemproxy {float(k[2])/float(t[2]):.2f}"
+        if k[5] != "-" and t[5] != "-" and float(t[5]) > 0:
+            line += f"  cpu keyway/twemproxy {float(k[5])/float(t[5]):.2f}"
+        if scen == "c1":
+            line += f"  added p50 {1000*(float(k[3])-float(d[3])):.0f}us p99 {1000*(float(k[4])-float(d[4])):.0f}us"
+        print(line)
+for scen in ("c50", "p16"):
+    for test in ("SET", "GET"):
+        on = data.get((f"keyway/{scen}", test)); off = data.get((f"keyway-nometrics/{scen}", test))
+        if on and off:
+            print(f"  metrics on/off {scen} {test}: {float(on[2])/float(off[2]):.3f}")
+print(f"\nkeyway RSS after the run: {int(sys.argv[2])/1024:.1f} MiB")
+PY
