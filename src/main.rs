@@ -48,6 +48,7 @@ fn main() -> ExitCode {
     }
     init_logging(config.log_filter.as_deref(), cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.worker_threads.max(1))
         .enable_all()
         .build()
     {
