@@ -78,7 +78,7 @@ pub const FALLBACK_REDIS_VERSION: &str = "7.0.0";
 
 impl State {
     pub fn new(config: Config, commands: CommandTable) -> Arc<State> {
-        Arc::new_cyclic(|me| State {
+        let state = Arc::new_cyclic(|me| State {
             me: me.clone(),
             metrics: Metrics::new(),
             slowlog: SlowLog::new(
@@ -99,7 +99,20 @@ impl State {
             stats: Stats::default(),
             drain: tokio_util::sync::CancellationToken::new(),
             next_client_id: AtomicU64::new(1),
-        })
+        });
+        state.attach_metrics();
+        state
+    }
+
+    /// Points each pool's connections at its round-trip histogram.
+    fn attach_metrics(&self) {
+        for pool in self.live().backends.pools() {
+            pool.record_round_trips(
+                self.metrics
+                    .backend_duration
+                    .with_label_values(&[pool.name()]),
+            );
+        }
     }
 
     /// The configuration in force now.
@@ -160,6 +173,7 @@ impl State {
             .map(|(i, p)| (live.backends.pool_arc(i), p.clone()))
             .collect();
         self.live.store(Arc::new(live));
+        self.attach_metrics();
         for (pool, cfg) in new_sentinel_pools {
             if let (Some(state), Some(sentinel)) = (self.self_arc(), cfg.sentinel.clone()) {
                 let poll = std::time::Duration::from_millis(

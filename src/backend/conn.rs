@@ -16,6 +16,12 @@ use crate::resp::{FrameScanner, Protocol, Request};
 /// A reply on its way; a dropped sender means the connection was lost.
 pub type ReplyRx = oneshot::Receiver<Bytes>;
 
+/// A request written and waiting for its reply, with when it left.
+struct InFlight {
+    reply: oneshot::Sender<Bytes>,
+    sent: std::time::Instant,
+}
+
 struct Outbound {
     bytes: Bytes,
     reply: oneshot::Sender<Bytes>,
@@ -44,6 +50,7 @@ impl Conn {
         db: u32,
         proto: Protocol,
         retire: watch::Receiver<u64>,
+        round_trip: Option<prometheus::Histogram>,
     ) -> Result<Conn, String> {
         let mut stream = TcpStream::connect(endpoint.address())
             .await
@@ -55,7 +62,7 @@ impl Conn {
         let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(wr, rx, inflight_tx, retire));
         tokio::spawn(async move {
-            read_loop(rd, inflight_rx).await;
+            read_loop(rd, inflight_rx, round_trip).await;
             // Stop the writer so senders see a closed connection at once.
             writer.abort();
         });
@@ -130,7 +137,7 @@ pub(super) async fn handshake(
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outbound>,
-    inflight: mpsc::UnboundedSender<oneshot::Sender<Bytes>>,
+    inflight: mpsc::UnboundedSender<InFlight>,
     mut retire: watch::Receiver<u64>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -143,7 +150,11 @@ async fn write_loop(
         }
         for out in batch.drain(..) {
             // Registered before the bytes leave, so the reader always finds it.
-            if inflight.send(out.reply).is_err() {
+            let waiting = InFlight {
+                reply: out.reply,
+                sent: std::time::Instant::now(),
+            };
+            if inflight.send(waiting).is_err() {
                 return;
             }
             if out.bytes.len() >= COPY_LIMIT {
@@ -170,11 +181,12 @@ async fn write_loop(
 /// (a retired connection drains, then closes).
 async fn read_loop(
     mut rd: OwnedReadHalf,
-    mut inflight_rx: mpsc::UnboundedReceiver<oneshot::Sender<Bytes>>,
+    mut inflight_rx: mpsc::UnboundedReceiver<InFlight>,
+    round_trip: Option<prometheus::Histogram>,
 ) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = FrameScanner::default();
-    let mut waiting: VecDeque<oneshot::Sender<Bytes>> = VecDeque::new();
+    let mut waiting: VecDeque<InFlight> = VecDeque::new();
     let mut writer_gone = false;
     loop {
         loop {
@@ -190,8 +202,11 @@ async fn read_loop(
                         waiting.push_back(reply);
                     }
                     match waiting.pop_front() {
-                        Some(reply) => {
-                            let _ = reply.send(frame);
+                        Some(w) => {
+                            if let Some(h) = &round_trip {
+                                h.observe(w.sent.elapsed().as_secs_f64());
+                            }
+                            let _ = w.reply.send(frame);
                         }
                         None => {
                             tracing::warn!(

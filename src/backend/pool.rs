@@ -35,6 +35,8 @@ pub struct Pool {
     /// Set for pools whose master Sentinel decides.
     sentinel: bool,
     rediscover: tokio::sync::Notify,
+    /// Where connections record the backend round trip, once metrics exist.
+    round_trip: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 /// What the last health probe of the pool's backend found.
@@ -69,6 +71,7 @@ impl Pool {
             generation: watch::Sender::new(0),
             sentinel: false,
             rediscover: tokio::sync::Notify::new(),
+            round_trip: std::sync::OnceLock::new(),
             slots: Mutex::new(HashMap::new()),
             health: Mutex::new(Health::default()),
             settings,
@@ -113,6 +116,11 @@ impl Pool {
     pub fn with_sentinel(mut self) -> Pool {
         self.sentinel = true;
         self
+    }
+
+    /// Connections opened from now on record their round trips here.
+    pub fn record_round_trips(&self, histogram: prometheus::Histogram) {
+        let _ = self.round_trip.set(histogram);
     }
 
     pub fn is_sentinel_managed(&self) -> bool {
@@ -220,7 +228,7 @@ impl Pool {
         let retire = self.changes();
         let result = tokio::time::timeout(
             self.settings.connect_timeout(),
-            Conn::open(&endpoint, db, proto, retire),
+            Conn::open(&endpoint, db, proto, retire, self.round_trip.get().cloned()),
         )
         .await;
         match result {
