@@ -148,6 +148,17 @@ async fn write_loop(
             // Retired: new requests go elsewhere; dropping `rx` tells senders.
             _ = retire.changed() => return,
         }
+        // Let the other clients' tasks that are ready run first, so their
+        // requests join this write instead of costing a syscall each.
+        if batch.len() < BATCH {
+            tokio::task::yield_now().await;
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(out) => batch.push(out),
+                    Err(_) => break,
+                }
+            }
+        }
         for out in batch.drain(..) {
             // Registered before the bytes leave, so the reader always finds it.
             let waiting = InFlight {

@@ -249,11 +249,18 @@ impl Session {
             &self.mode,
             self.state.live().config.server.idle_timeout_secs,
         ) {
-            (Mode::Normal, secs) if secs > 0 => std::time::Duration::from_secs(secs),
-            _ => std::time::Duration::MAX,
+            (Mode::Normal, secs) if secs > 0 => Some(std::time::Duration::from_secs(secs)),
+            _ => None,
+        };
+        let read = async {
+            match idle {
+                // No timer at all when idle clients are allowed (the default).
+                None => Ok(self.rd.read_buf(&mut self.inbuf).await),
+                Some(idle) => tokio::time::timeout(idle, self.rd.read_buf(&mut self.inbuf)).await,
+            }
         };
         tokio::select! {
-            read = tokio::time::timeout(idle, self.rd.read_buf(&mut self.inbuf)) => match read {
+            read = read => match read {
                 Ok(read) => matches!(read, Ok(n) if n > 0),
                 Err(_) => {
                     tracing::debug!(client = self.client.id, "closing an idle client");
