@@ -16,3 +16,4 @@ pub mod server;
 pub mod session;
 pub mod slowlog;
 pub mod state;
+pub mod tls;

@@ -27,10 +27,14 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 pub struct Server {
-    listener: TcpListener,
+    /// `None` when TLS serves alone (`tls.disable_plain`).
+    listener: Option<TcpListener>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     admin: TcpListener,
     state: Arc<State>,
 }
@@ -41,13 +45,26 @@ impl Server {
     /// Binds the client listener and asks the default pool for its command
     /// table and version (best effort: keyway starts without them).
     pub async fn bind(mut config: Config) -> Result<Server, ServerError> {
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
+        let plain = !config.tls.as_ref().is_some_and(|t| t.disable_plain);
+        let listener = match plain {
+            true => Some(TcpListener::bind(config.listen).await.map_err(|source| {
+                ServerError::Bind {
                     addr: config.listen,
                     source,
-                })?;
+                }
+            })?),
+            false => None,
+        };
+        let tls = match (&config.tls, config.tls_listen) {
+            (Some(tls), Some(addr)) => {
+                let acceptor = crate::tls::acceptor(tls).map_err(ServerError::Tls)?;
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                Some((l, acceptor))
+            }
+            _ => None,
+        };
         let admin = TcpListener::bind(config.admin)
             .await
             .map_err(|source| ServerError::Bind {
@@ -78,13 +95,18 @@ impl Server {
         }
         Ok(Server {
             listener,
+            tls,
             admin,
             state,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match (&self.listener, &self.tls) {
+            (Some(l), _) => l.local_addr(),
+            (None, Some((l, _))) => l.local_addr(),
+            (None, None) => Err(std::io::ErrorKind::NotConnected.into()),
+        }
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -141,6 +163,7 @@ impl Server {
                     // by the kernel rather than left waiting in a backlog.
                     drop(unix);
                     drop(self.listener);
+                    drop(self.tls);
                     drain(&self.state).await;
                     return;
                 }
@@ -154,7 +177,29 @@ impl Server {
                         tokio::spawn(session::serve_unix(state, socket));
                     }
                 }
-                accepted = self.listener.accept() => {
+                accepted = accept_tls(&self.tls) => {
+                    let Ok((socket, addr)) = accepted else { continue };
+                    let state = self.state.clone();
+                    state.stats.connections_received.fetch_add(1, Ordering::Relaxed);
+                    if state.clients.len() >= state.live().config.server.max_clients {
+                        state.metrics.clients_rejected.inc();
+                        continue;
+                    }
+                    let Some((_, acceptor)) = &self.tls else { continue };
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        // A client that never finishes its handshake holds nothing for long.
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                            Ok(Ok(stream)) => session::serve_tls(state, stream, addr).await,
+                            Ok(Err(e)) => {
+                                state.metrics.errors.with_label_values(&["tls_handshake"]).inc();
+                                tracing::debug!(%addr, "TLS handshake failed: {e}");
+                            }
+                            Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                        }
+                    });
+                }
+                accepted = accept_tcp(&self.listener) => {
                     let (mut socket, addr) = match accepted {
                         Ok(a) => a,
                         Err(e) => {
@@ -205,6 +250,26 @@ async fn drain(state: &State) {
         let _ = std::fs::remove_file(path);
     }
     tracing::info!("drained; exiting");
+}
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn accept_tcp(
+    listener: &Option<TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_tls(
+    tls: &Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match tls {
+        Some((l, _)) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn accept_unix(

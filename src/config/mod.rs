@@ -50,6 +50,22 @@ pub struct FileConfig {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub limits: Vec<LimitConfig>,
+    pub tls: Option<TlsConfig>,
+}
+
+/// A TLS listener for clients (`redis-cli --tls`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Where TLS clients connect (`KEYWAY_TLS_LISTEN`).
+    pub listen: String,
+    pub cert_file: String,
+    pub key_file: String,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca_file: Option<String>,
+    /// Serve TLS only: no plain listener.
+    #[serde(default)]
+    pub disable_plain: bool,
 }
 
 /// Client authentication. With no password and no users, clients need no
@@ -338,6 +354,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub limits: Vec<LimitConfig>,
     pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
+    /// The TLS listener's address, when TLS is configured.
+    pub tls_listen: Option<SocketAddr>,
     /// Resolved passwords: `default` (requirepass) and named users.
     pub passwords: BTreeMap<String, Secret>,
 }
@@ -585,9 +604,34 @@ impl Config {
         }
 
         let passwords = resolve_passwords(&file.auth, &env)?;
+        if let Some(tls) = file.tls.as_mut() {
+            if let Some(l) = env("KEYWAY_TLS_LISTEN") {
+                tls.listen = l;
+            }
+        }
+        let tls_listen = match &file.tls {
+            Some(tls) => {
+                let addr = parse_socket_addr("tls.listen", &tls.listen)?;
+                for (field, path) in [
+                    ("tls.cert_file", Some(&tls.cert_file)),
+                    ("tls.key_file", Some(&tls.key_file)),
+                    ("tls.client_ca_file", tls.client_ca_file.as_ref()),
+                ] {
+                    if let Some(path) = path {
+                        if !std::path::Path::new(path).is_file() {
+                            return Err(invalid(field, format!("'{path}' is not a readable file")));
+                        }
+                    }
+                }
+                Some(addr)
+            }
+            None => None,
+        };
         validate_policy(&file)?;
 
         Ok(Config {
+            tls: file.tls,
+            tls_listen,
             policy: file.policy,
             limits: file.limits,
             auth: file.auth,

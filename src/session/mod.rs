@@ -149,6 +149,18 @@ pub async fn serve(state: Arc<State>, socket: TcpStream, addr: SocketAddr) {
     serve_stream(state, Box::new(rd), Box::new(wr), addr, local_addr).await
 }
 
+/// Serves one TLS client after its handshake.
+pub async fn serve_tls(
+    state: Arc<State>,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    addr: SocketAddr,
+) {
+    let local_addr = stream.get_ref().0.local_addr().unwrap_or(addr);
+    let _ = stream.get_ref().0.set_nodelay(true);
+    let (rd, wr) = tokio::io::split(stream);
+    serve_stream(state, Box::new(rd), Box::new(wr), addr, local_addr).await
+}
+
 /// Serves one Unix-socket client (shown with address 0.0.0.0:0).
 pub async fn serve_unix(state: Arc<State>, socket: UnixStream) {
     let addr = SocketAddr::from(([0, 0, 0, 0], 0));

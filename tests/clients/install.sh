@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
 # Installs the real client libraries the client checks drive through keyway:
-# redis-py (PyPI) into tests/clients/.venv and ioredis (npm) into
-# tests/clients/node_modules. Idempotent; needs no input.
+# redis-py 5 (PyPI, plus PyYAML for tests/deploy) into tests/clients/.venv and
+# ioredis 5 (npm, from package.json) into tests/clients/node_modules.
+# Idempotent, needs no input: each part is skipped when already installed.
 set -euo pipefail
 cd "$(dirname "$0")"
+exec </dev/null
+export DEBIAN_FRONTEND=noninteractive
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import redis, yaml' 2>/dev/null; then
-  if ! python3 -m venv .venv 2>/dev/null; then
-    echo "clients: python3-venv missing; installing it"
+if .venv/bin/python -c 'import redis, yaml; assert redis.__version__.startswith("5.")' 2>/dev/null; then
+  echo "clients: redis-py $(.venv/bin/python -c 'import redis; print(redis.__version__)') already in tests/clients/.venv"
+else
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    echo "clients: python3 venv module missing; apt-get install python3-venv"
     sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv .venv
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq python3-venv >/dev/null
   fi
-  echo "clients: pip install redis (redis-py 5) and pyyaml"
+  echo "clients: creating tests/clients/.venv"
+  rm -rf .venv
+  python3 -m venv .venv
+  echo "clients: pip install 'redis>=5,<6' 'pyyaml>=6'"
   .venv/bin/pip install --quiet --disable-pip-version-check 'redis>=5,<6' 'pyyaml>=6'
+  echo "clients: installed redis-py $(.venv/bin/python -c 'import redis; print(redis.__version__)')"
 fi
 
-if [ ! -d node_modules/ioredis ]; then
-  echo "clients: npm install ioredis 5"
-  npm install --silent --no-audit --no-fund >/dev/null
+ioredis_version() { node -p 'require("./node_modules/ioredis/package.json").version' 2>/dev/null; }
+if [[ "$(ioredis_version)" == 5.* && -f package-lock.json ]]; then
+  echo "clients: ioredis $(ioredis_version) already in tests/clients/node_modules"
+else
+  echo "clients: npm install (ioredis 5, writes package-lock.json)"
+  npm install --no-audit --no-fund --loglevel=error
+  echo "clients: installed ioredis $(ioredis_version)"
 fi

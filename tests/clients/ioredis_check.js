@@ -1,54 +1,124 @@
-// ioredis through keyway: its INFO ready-check and SELECT on connect, a
-// pipeline over three pools, MGET across pools, and keys landing on the
-// right backend. Usage: node ioredis_check.js KEYWAY SESSION CACHE REALTIME
+// Proves unmodified ioredis 5 works through keyway: its INFO ready-check and
+// SELECT (db: 3) on connect, SET/GET, a 1000-command pipeline, MGET and DEL
+// across three pools, and (given backend ports) each key on its pool and db.
+// Usage: node ioredis_check.js PORT [SESSION_PORT CACHE_PORT REALTIME_PORT]
+const crypto = require("crypto");
 const Redis = require("ioredis");
 
-const [kw, session, cache, realtime] = process.argv.slice(2, 6).map(Number);
-const token = Math.random().toString(16).slice(2, 10);
+const ports = process.argv.slice(2).map(Number);
+if (ports.length !== 1 && ports.length !== 4) {
+  console.error("Usage: node ioredis_check.js PORT [SESSION_PORT CACHE_PORT REALTIME_PORT]");
+  process.exit(2);
+}
+const [KEYWAY, ...BACKENDS] = ports;
+const PREFIXES = ["session:", "user:", "rate:"]; // session, cache, realtime pools
+const TOKEN = crypto.randomBytes(6).toString("hex");
+const opts = { host: "127.0.0.1", retryStrategy: () => null, maxRetriesPerRequest: 0 };
+const clients = [];
 let checks = 0;
+let step = "connect";
+
+function connect(port, db) {
+  const c = new Redis({ ...opts, port, db });
+  c.on("error", (e) => { c.lastError = e; }); // failures surface as rejected commands
+  clients.push(c);
+  return c;
+}
 
 function check(cond, what) {
-  if (!cond) {
-    console.error(`ioredis check failed: ${what}`);
-    process.exit(1);
-  }
+  if (!cond) throw new Error(what);
   checks += 1;
 }
 
-async function main() {
-  const r = new Redis({ port: kw, enableReadyCheck: true, lazyConnect: false });
-  const inDb3 = new Redis({ port: kw, db: 3 });
-  check((await r.ping()) === "PONG", "PING");
-  const keys = { [`session:${token}`]: session, [`user:${token}`]: cache, [`rate:${token}`]: realtime };
-  for (const key of Object.keys(keys)) check((await r.set(key, key)) === "OK", `SET ${key}`);
-  for (const [key, port] of Object.entries(keys)) {
-    const direct = new Redis({ port });
-    check((await direct.exists(key)) === 1, `${key} on port ${port}`);
-    direct.disconnect();
+async function run(db) {
+  const tag = `db ${db}`;
+  const r = connect(KEYWAY, db);
+  step = `${tag} INFO ready-check`;
+  await new Promise((ok, fail) => { r.once("ready", ok); r.once("end", () => fail(new Error(`connection closed (${r.lastError})`))); });
+  check(r.status === "ready", `${step}: status ${r.status}`);
+  check(/^redis_version:/m.test(await r.info()), `${step}: no redis_version in INFO`);
+  step = `${tag} PING`;
+  check((await r.ping()) === "PONG", step);
+  const keys = PREFIXES.map((p) => `${p}kwcheck:${TOKEN}:${db}`);
+  const counters = keys.map((k) => `${k}:n`);
+
+  step = `${tag} SET/GET`;
+  for (const k of keys) {
+    check((await r.set(k, k)) === "OK", `SET ${k}`);
+    check((await r.get(k)) === k, `GET ${k}`);
   }
-  const names = Object.keys(keys);
+
+  step = `${tag} pipeline`;
   const pipe = r.pipeline();
-  for (let i = 0; i < 1000; i++) pipe.incr(`${names[i % 3]}:n`);
+  const expected = [];
+  const sums = [0, 0, 0];
+  for (let i = 0; i < 1000; i++) {
+    const pool = i % 3;
+    if (Math.floor(i / 3) % 2) {
+      pipe.get(keys[pool]);
+      expected.push(keys[pool]);
+    } else {
+      pipe.incrby(counters[pool], i);
+      sums[pool] += i;
+      expected.push(sums[pool]);
+    }
+  }
   const out = await pipe.exec();
-  check(out.every(([err, v], i) => err === null && v === Math.floor(i / 3) + 1), "pipeline replies in order");
-  const got = await r.mget(...names, `missing:${token}`);
-  check(JSON.stringify(got) === JSON.stringify([...names, null]), `MGET across pools: ${got}`);
-  const tx = await r.multi().set(`session:${token}:tx`, "1").incr(`session:${token}:tx`).exec();
-  check(tx[1][1] === 2, "MULTI/EXEC");
-  // SELECT 3 from the db option; keys without a prefix follow the db rule.
-  check((await inDb3.set(`plain:${token}`, "db3")) === "OK", "SET in db 3");
-  const direct = new Redis({ port: session, db: 3 });
-  check((await direct.get(`plain:${token}`)) === "db3", "db 3 routes to the session pool");
-  direct.disconnect();
-  const deleted = await r.del(...names, ...names.map((n) => `${n}:n`), `session:${token}:tx`);
-  check(deleted === 7, `DEL across pools: ${deleted}`);
-  await inDb3.del(`plain:${token}`);
-  r.disconnect();
-  inDb3.disconnect();
+  check(out.length === 1000, `pipeline gave ${out.length} replies`);
+  out.forEach(([err, got], i) =>
+    check(err === null && got === expected[i], `pipeline reply ${i}: got ${err || got}, expected ${expected[i]}`));
+
+  step = `${tag} MGET`;
+  const missing = `user:kwcheck:${TOKEN}:missing`;
+  const got = await r.mget(keys[0], keys[1], missing, keys[2]);
+  check(JSON.stringify(got) === JSON.stringify([keys[0], keys[1], null, keys[2]]), `MGET across pools: ${JSON.stringify(got)}`);
+
+  if (BACKENDS.length) {
+    step = `${tag} routing`;
+    const direct = BACKENDS.map((p) => connect(p, db));
+    for (const [i, k] of [...keys, ...counters].entries()) {
+      for (let b = 0; b < 3; b++) {
+        const want = b === i % 3 ? 1 : 0;
+        check((await direct[b].exists(k)) === want, `${k} in db ${db} on port ${BACKENDS[b]}: exists != ${want}`);
+      }
+    }
+    for (let pool = 0; pool < 3; pool++) {
+      check((await direct[pool].get(counters[pool])) === String(sums[pool]), `${counters[pool]} total`);
+    }
+  }
+
+  step = `${tag} DEL`;
+  const n = await r.del(...keys, ...counters, missing);
+  check(n === 6, `DEL across pools returned ${n}, expected 6`);
+  check((await r.exists(...keys, ...counters)) === 0, "keys still exist after DEL");
+}
+
+async function cleanup() {
+  for (const port of BACKENDS) {
+    for (const db of [0, 3]) {
+      const c = connect(port, db);
+      const left = await c.keys(`*kwcheck:${TOKEN}:*`);
+      if (left.length) await c.del(...left);
+    }
+  }
+}
+
+async function main() {
+  let failure = null;
+  try {
+    await run(0); // default options: INFO ready-check on connect
+    await run(3); // db: 3 adds SELECT 3 on connect
+  } catch (e) {
+    failure = `ioredis check failed at ${step}: ${e.message}`;
+  }
+  await cleanup().catch(() => {});
+  clients.forEach((c) => c.disconnect());
+  if (failure) {
+    console.error(failure);
+    process.exit(1);
+  }
   console.log(`ioredis ${require("ioredis/package.json").version}: ${checks} checks passed`);
 }
 
-main().catch((e) => {
-  console.error(`ioredis check failed: ${e}`);
-  process.exit(1);
-});
+setTimeout(() => { console.error(`ioredis check failed at ${step}: timed out`); process.exit(1); }, 30000).unref();
+main();
