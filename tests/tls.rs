@@ -200,3 +200,104 @@ fn wait_tls(port: u16) {
     }
     panic!("TLS listener did not open");
 }
+
+/// A redis-server speaking only TLS, stopped by PID when dropped.
+struct TlsRedis {
+    port: u16,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl TlsRedis {
+    fn start(pki: &Pki) -> TlsRedis {
+        let dir = TempDir::new("tls-redis");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--tls-port",
+                &port.to_string(),
+            ])
+            .arg("--tls-cert-file")
+            .arg(pki.path("server.pem"))
+            .arg("--tls-key-file")
+            .arg(pki.path("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(pki.path("ca.pem"))
+            .args(["--tls-auth-clients", "no", "--dir"])
+            .arg(&dir.0)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server with TLS");
+        wait_tls(port);
+        TlsRedis {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn rediss_backends_are_verified_against_the_configured_ca() {
+    let pki = Pki::new();
+    let backend = TlsRedis::start(&pki);
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    let ca = pki.path("ca.pem").display().to_string();
+    let config = reference_config(
+        &format!("rediss://127.0.0.1:{}", backend.port),
+        &cache.url(),
+        &realtime.url(),
+    )
+    .replace(
+        "[pools.cache]",
+        &format!("tls_ca_file = \"{ca}\"\n[pools.cache]"),
+    );
+    let kw = Keyway::start(&config);
+    let mut c = kw.client();
+    let _: () = redis::cmd("SET")
+        .arg("session:over-tls")
+        .arg("yes")
+        .query(&mut c)
+        .unwrap();
+    let (ok, out) = tls_cli(backend.port, &pki, false, &["GET", "session:over-tls"]);
+    assert!(ok && out == "yes", "the value is on the TLS backend: {out}");
+
+    // Without the CA the server's certificate is not trusted: a clear error.
+    let other = Pki::new();
+    let config = reference_config(
+        &format!("rediss://127.0.0.1:{}", backend.port),
+        &cache.url(),
+        &realtime.url(),
+    )
+    .replace(
+        "[pools.cache]",
+        &format!(
+            "tls_ca_file = \"{}\"\n[pools.cache]",
+            other.path("ca.pem").display()
+        ),
+    );
+    let kw = Keyway::start(&config);
+    let err = redis::cmd("GET")
+        .arg("session:over-tls")
+        .query::<String>(&mut kw.client())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("backend 'session' unavailable: TLS handshake"),
+        "{err}"
+    );
+}

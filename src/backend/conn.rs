@@ -6,8 +6,9 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{ReadHalf, WriteHalf};
+
+use super::stream::BackendStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Endpoint;
@@ -52,12 +53,9 @@ impl Conn {
         retire: watch::Receiver<u64>,
         round_trip: Option<prometheus::Histogram>,
     ) -> Result<Conn, String> {
-        let mut stream = TcpStream::connect(endpoint.address())
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut stream = super::stream::connect(endpoint).await?;
         handshake(&mut stream, endpoint, db, proto).await?;
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::channel(QUEUE);
         let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(wr, rx, inflight_tx, retire));
@@ -85,7 +83,7 @@ impl Conn {
 }
 
 pub(super) async fn handshake(
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     endpoint: &Endpoint,
     db: u32,
     proto: Protocol,
@@ -135,7 +133,7 @@ pub(super) async fn handshake(
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf<BackendStream>,
     mut rx: mpsc::Receiver<Outbound>,
     inflight: mpsc::UnboundedSender<InFlight>,
     mut retire: watch::Receiver<u64>,
@@ -191,7 +189,7 @@ async fn write_loop(
 /// backend closes, or once the writer is gone and nothing is in flight
 /// (a retired connection drains, then closes).
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf<BackendStream>,
     mut inflight_rx: mpsc::UnboundedReceiver<InFlight>,
     round_trip: Option<prometheus::Histogram>,
 ) {
@@ -267,9 +265,7 @@ pub async fn request_once(
     timeout: std::time::Duration,
 ) -> Result<Bytes, String> {
     let work = async {
-        let mut stream = TcpStream::connect(endpoint.address())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut stream = super::stream::connect(endpoint).await?;
         handshake(&mut stream, endpoint, 0, Protocol::Resp2).await?;
         stream
             .write_all(Request::from_args(args).bytes())

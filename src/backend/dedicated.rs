@@ -3,15 +3,15 @@
 //! bounded per pool; a clean connection goes back to the idle list, any
 //! other is closed (dropping it closes the socket, which ends its state).
 
+use super::stream::BackendStream;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::resp::{FrameScanner, Protocol};
 
 pub struct Dedicated {
-    stream: TcpStream,
+    stream: BackendStream,
     buf: BytesMut,
     scanner: FrameScanner,
     pub(super) address: String,
@@ -23,7 +23,7 @@ pub struct Dedicated {
 
 impl Dedicated {
     pub(super) fn new(
-        stream: TcpStream,
+        stream: BackendStream,
         address: String,
         db: u32,
         proto: Protocol,
@@ -47,10 +47,7 @@ impl Dedicated {
         timeout: std::time::Duration,
     ) -> Result<Dedicated, String> {
         let open = async {
-            let mut stream = TcpStream::connect(endpoint.address())
-                .await
-                .map_err(|e| e.to_string())?;
-            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            let mut stream = super::stream::connect(endpoint).await?;
             super::conn::handshake(&mut stream, endpoint, 0, Protocol::Resp2).await?;
             Ok::<_, String>(stream)
         };

@@ -5,6 +5,7 @@
 mod conn;
 mod dedicated;
 mod pool;
+mod stream;
 
 use std::sync::Arc;
 
@@ -75,7 +76,8 @@ impl Backends {
                 let configured = existing.configured();
                 let same_node = configured.username == p.endpoint.username
                     && configured.password == p.endpoint.password
-                    && configured.db == p.endpoint.db;
+                    && configured.db == p.endpoint.db
+                    && configured.tls == p.endpoint.tls;
                 if !same_kind || !same_node || existing.settings() != &config.backend {
                     return new_pool(p, config);
                 }

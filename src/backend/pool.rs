@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Mutex as AsyncMutex, Semaphore};
 
 use super::conn::handshake;
@@ -272,10 +271,7 @@ impl Pool {
             return Err(e);
         }
         let open = async {
-            let mut stream = TcpStream::connect(endpoint.address())
-                .await
-                .map_err(|e| e.to_string())?;
-            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            let mut stream = super::stream::connect(&endpoint).await?;
             handshake(&mut stream, &endpoint, db, proto).await?;
             Ok::<_, String>(stream)
         };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-pub use url::{parse_backend_url, parse_url, BackendUrl, Endpoint, SentinelSpec};
+pub use url::{parse_backend_url, parse_url, BackendTls, BackendUrl, Endpoint, SentinelSpec};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -302,6 +302,10 @@ pub struct PoolConfig {
     pub sentinel_username: Option<String>,
     pub sentinel_password_env: Option<String>,
     pub sentinel_password_file: Option<String>,
+    /// For `rediss://`: the CA to verify the server with (public roots when unset).
+    pub tls_ca_file: Option<String>,
+    /// For `rediss://`: the name to verify and send as SNI.
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -389,6 +393,7 @@ impl SentinelConfig {
             username: self.username.clone(),
             password: self.password.clone(),
             db: 0,
+            tls: None,
         }
     }
 }
@@ -492,7 +497,19 @@ impl Config {
                 Some(url) => (url, env_name),
                 None => (pool.url.clone(), format!("pools.{name}.url")),
             };
-            let parsed = parse_backend_url(&url).map_err(|m| invalid(&origin, m))?;
+            let mut parsed = parse_backend_url(&url).map_err(|m| invalid(&origin, m))?;
+            if let Some(tls) = parsed.endpoint.tls.as_mut() {
+                if let Some(ca) = &pool.tls_ca_file {
+                    if !Path::new(ca).is_file() {
+                        return Err(invalid(
+                            format!("pools.{name}.tls_ca_file"),
+                            format!("'{ca}' is not a readable file"),
+                        ));
+                    }
+                    tls.ca_file = Some(ca.clone());
+                }
+                tls.server_name = pool.tls_server_name.clone();
+            }
             let sentinel = match parsed.sentinel {
                 None => None,
                 Some(spec) => {

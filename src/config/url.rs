@@ -13,6 +13,17 @@ pub struct Endpoint {
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: u32,
+    /// Set for `rediss://`: TLS with server verification.
+    pub tls: Option<BackendTls>,
+}
+
+/// How a `rediss://` backend is verified.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendTls {
+    /// PEM CA certificates to trust; the public web roots when unset.
+    pub ca_file: Option<String>,
+    /// The name to verify (and send as SNI); the URL's host when unset.
+    pub server_name: Option<String>,
 }
 
 impl Endpoint {
@@ -28,7 +39,15 @@ impl Endpoint {
 /// Shown in `--check`, logs and INFO: never the password.
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "redis://")?;
+        write!(
+            f,
+            "{}",
+            if self.tls.is_some() {
+                "rediss://"
+            } else {
+                "redis://"
+            }
+        )?;
         match (&self.username, &self.password) {
             (Some(u), Some(_)) => write!(f, "{u}:***@")?,
             (None, Some(_)) => write!(f, ":***@")?,
@@ -106,10 +125,10 @@ pub fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
 }
 
 pub fn parse_url(url: &str) -> Result<Endpoint, String> {
-    let rest = if let Some(rest) = url.strip_prefix("redis://") {
-        rest
-    } else if url.starts_with("rediss://") {
-        return Err("rediss:// (TLS to the backend) is not supported yet".into());
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("redis://") {
+        (rest, None)
+    } else if let Some(rest) = url.strip_prefix("rediss://") {
+        (rest, Some(BackendTls::default()))
     } else {
         return Err(format!(
             "'{url}' is not a redis://[user:pass@]host:port[/db] URL"
@@ -146,6 +165,7 @@ pub fn parse_url(url: &str) -> Result<Endpoint, String> {
         username,
         password,
         db,
+        tls,
     })
 }
 
@@ -250,6 +270,6 @@ mod tests {
         assert!(parse_url("redis://host:99999").is_err());
         assert!(parse_url("redis://:6379").is_err());
         assert!(parse_url("redis://h:1/x").is_err());
-        assert!(parse_url("rediss://h:1").unwrap_err().contains("TLS"));
+        assert!(parse_url("rediss://h:1").unwrap().tls.is_some());
     }
 }

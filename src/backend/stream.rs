@@ -1,0 +1,104 @@
+//! A connection to a backend, plain TCP or TLS (`rediss://`), verified
+//! against the pool's CA file (or the public web roots) and server name.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+use crate::config::{BackendTls, Endpoint};
+
+pub enum BackendStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Opens a connection to `endpoint`, with TLS when its URL was `rediss://`.
+pub async fn connect(endpoint: &Endpoint) -> Result<BackendStream, String> {
+    let tcp = TcpStream::connect(endpoint.address())
+        .await
+        .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let Some(tls) = &endpoint.tls else {
+        return Ok(BackendStream::Plain(tcp));
+    };
+    let connector = TlsConnector::from(client_config(tls)?);
+    let name = tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| endpoint.host.clone());
+    let server_name = ServerName::try_from(name.clone())
+        .map_err(|_| format!("'{name}' is not a valid TLS server name"))?;
+    let stream = connector
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {}: {e}", endpoint.address()))?;
+    Ok(BackendStream::Tls(Box::new(stream)))
+}
+
+fn client_config(tls: &BackendTls) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            let file =
+                std::fs::File::open(path).map_err(|e| format!("cannot read CA '{path}': {e}"))?;
+            for cert in rustls_pemfile::certs(&mut io::BufReader::new(file)) {
+                let cert = cert.map_err(|e| format!("CA '{path}': {e}"))?;
+                roots.add(cert).map_err(|e| format!("CA '{path}': {e}"))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(Arc::new(
+        ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
