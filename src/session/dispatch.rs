@@ -128,7 +128,7 @@ impl Session {
 
         match name {
             b"multi" => return self.multi(),
-            b"exec" => return self.exec().await,
+            b"exec" => return Box::pin(self.exec()).await,
             b"discard" => return self.discard(),
             b"quit" => return Reply::Close(resp::simple("OK")),
             b"reset" => return self.reset(),
@@ -148,17 +148,18 @@ impl Session {
         match name {
             b"watch" => {
                 let pool = self.single_pool(name, spec, &request);
-                return self.watch(&request, pool).await;
+                return Box::pin(self.watch(&request, pool)).await;
             }
-            b"unwatch" => return self.unwatch().await,
-            b"subscribe" => return self.subscribe(Kind::Channel, &request).await,
-            b"psubscribe" => return self.subscribe(Kind::Pattern, &request).await,
-            b"ssubscribe" => return self.subscribe(Kind::Shard, &request).await,
-            b"unsubscribe" => return self.unsubscribe(Kind::Channel, &request).await,
-            b"punsubscribe" => return self.unsubscribe(Kind::Pattern, &request).await,
-            b"sunsubscribe" => return self.unsubscribe(Kind::Shard, &request).await,
+            b"unwatch" => return Box::pin(self.unwatch()).await,
+            b"subscribe" => return Box::pin(self.subscribe(Kind::Channel, &request)).await,
+            b"psubscribe" => return Box::pin(self.subscribe(Kind::Pattern, &request)).await,
+            b"ssubscribe" => return Box::pin(self.subscribe(Kind::Shard, &request)).await,
+            b"unsubscribe" => return Box::pin(self.unsubscribe(Kind::Channel, &request)).await,
+            b"punsubscribe" => return Box::pin(self.unsubscribe(Kind::Pattern, &request)).await,
+            b"sunsubscribe" => return Box::pin(self.unsubscribe(Kind::Shard, &request)).await,
             _ => {}
         }
+        // Rare, large paths are boxed so an idle client's task stays small.
         if let Some(reply) = self.local(name, &request).await {
             return reply;
         }
@@ -195,7 +196,7 @@ impl Session {
         }
         match plan {
             Plan::One(pool) if blocks(name, spec.flags, &request) => {
-                self.blocking(pool, &request).await
+                Box::pin(self.blocking(pool, &request)).await
             }
             Plan::One(pool) => self.forward(pool, request.bytes().clone()).await,
             Plan::CrossPool(c) => {

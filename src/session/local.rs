@@ -41,7 +41,7 @@ impl Session {
             b"hello" => self.hello(req),
             b"auth" => self.auth(req),
             b"client" => self.client_command(req),
-            b"info" => Some(self.info(req).await),
+            b"info" => Some(Box::pin(self.info(req)).await),
             b"command" | b"time" | b"lastsave" => {
                 let pool = self.state.live().router.default_pool();
                 Some(self.forward(pool, req.bytes().clone()).await)
@@ -64,10 +64,10 @@ impl Session {
                 pools.rotate_left(self.client.id as usize % n.max(1));
                 Some(self.fanout(&pools, req.bytes(), Merge::FirstNonNil).await)
             }
-            b"scan" => Some(self.scan(req).await),
+            b"scan" => Some(Box::pin(self.scan(req)).await),
             b"slowlog" => self.slowlog(req),
-            b"pubsub" => Some(self.pubsub_command(req).await),
-            b"script" | b"function" => self.scripting(name, req).await,
+            b"pubsub" => Some(Box::pin(self.pubsub_command(req)).await),
+            b"script" | b"function" => Box::pin(self.scripting(name, req)).await,
             b"swapdb" => {
                 let pools = self.all_pools();
                 Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)

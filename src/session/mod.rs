@@ -33,7 +33,10 @@ pub use reply::Reply;
 use pubsub::Subscriptions;
 use transaction::Transaction;
 
+/// Read buffers start small (most clients are idle most of the time) and
+/// grow to this while a client keeps them full.
 const READ_CHUNK: usize = 16 * 1024;
+const FIRST_READ: usize = 512;
 /// Bytes a client may send ahead while keyway waits on a blocking command.
 const MAX_READ_AHEAD: usize = 1024 * 1024;
 
@@ -203,7 +206,7 @@ async fn serve_stream(
         reply_mode: ReplyMode::On,
         key_scratch: Vec::new(),
         rd,
-        inbuf: BytesMut::with_capacity(READ_CHUNK),
+        inbuf: BytesMut::new(),
         tx,
         kill: CancellationToken::new(),
         meta: reply::Meta::new(),
@@ -253,8 +256,11 @@ impl Session {
 
     /// Reads more client bytes; false on EOF, error or CLIENT KILL.
     async fn read_more(&mut self) -> bool {
-        if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 4 {
-            self.inbuf.reserve(READ_CHUNK);
+        let spare = self.inbuf.capacity() - self.inbuf.len();
+        if spare < FIRST_READ {
+            // Double what the client filled last time, up to READ_CHUNK.
+            let want = (self.inbuf.capacity() * 2).clamp(FIRST_READ, READ_CHUNK);
+            self.inbuf.reserve(want);
         }
         // Subscribers and transactions wait for the server, not the client.
         let idle = match (

@@ -428,7 +428,8 @@ pub async fn write_replies(
     state: Arc<State>,
     flow: Arc<Flow>,
 ) {
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    // Grows with the replies; idle clients keep none.
+    let mut out = BytesMut::new();
     let mut current: Option<Reply> = None;
     let mut input_done = false;
     // Above the output limit the writer stops taking replies, the pipeline
