@@ -225,11 +225,16 @@ impl Pool {
             return Err(e);
         }
         let retire = self.changes();
-        let result = tokio::time::timeout(
-            self.settings.connect_timeout(),
-            Conn::open(&endpoint, db, proto, retire, self.round_trip.get().cloned()),
-        )
-        .await;
+        // Boxed: connecting is rare, and inlined its future would make every
+        // client's task as large as a TCP connect plus handshake.
+        let open = Box::pin(Conn::open(
+            &endpoint,
+            db,
+            proto,
+            retire,
+            self.round_trip.get().cloned(),
+        ));
+        let result = tokio::time::timeout(self.settings.connect_timeout(), open).await;
         match result {
             Ok(Ok(conn)) => {
                 self.mark_up();

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::merge::Merge;
 use super::pubsub::Kind;
-use super::reply::{CacheCount, Meta, Part, Reply};
+use super::reply::{CacheCount, Fanout, Meta, Part, Reply};
 use super::Session;
 use crate::command::{Flags, Spec};
 use crate::policy::{Denial, Subject};
@@ -217,11 +217,11 @@ impl Session {
                     let rx = self.send(part.pool, part.request.bytes().clone()).await;
                     parts.push(Part::new(part.pool, rx));
                 }
-                Reply::Fanout {
+                Reply::Fanout(Box::new(Fanout {
                     parts,
                     merge,
                     meta: self.meta.clone(),
-                }
+                }))
             }
         }
     }
@@ -352,7 +352,7 @@ impl Session {
             Ok(rx) => Reply::Backend {
                 pool,
                 rx,
-                meta: self.meta.clone(),
+                meta: Box::new(self.meta.clone()),
             },
             Err(e) => Reply::backend_error(&e),
         }
@@ -365,11 +365,11 @@ impl Session {
             let rx = self.send(pool, bytes.clone()).await;
             parts.push(Part::new(pool, rx));
         }
-        Reply::Fanout {
+        Reply::Fanout(Box::new(Fanout {
             parts,
             merge,
             meta: self.meta.clone(),
-        }
+        }))
     }
 }
 

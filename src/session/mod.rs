@@ -36,7 +36,7 @@ use transaction::Transaction;
 /// Read buffers start small (most clients are idle most of the time) and
 /// grow to this while a client keeps them full.
 const READ_CHUNK: usize = 16 * 1024;
-const FIRST_READ: usize = 512;
+const FIRST_READ: usize = 128;
 /// Bytes a client may send ahead while keyway waits on a blocking command.
 const MAX_READ_AHEAD: usize = 1024 * 1024;
 
@@ -358,13 +358,15 @@ impl Session {
         }
         for _ in 0..2 {
             if self.conns[pool].as_ref().is_none_or(Conn::is_closed) {
-                let conn = self
-                    .state
-                    .live()
-                    .backends
-                    .pool(pool)
-                    .conn(self.client.db, self.client.proto, self.client.id as usize)
-                    .await?;
+                // Boxed: taken once per pool and db, it would otherwise
+                // enlarge every client's task by a whole connect.
+                let backend = self.state.live().backends.pool_arc(pool);
+                let conn = Box::pin(backend.conn(
+                    self.client.db,
+                    self.client.proto,
+                    self.client.id as usize,
+                ))
+                .await?;
                 self.conns[pool] = Some(conn);
             }
             let Some(conn) = self.conns[pool].as_ref() else {

@@ -25,14 +25,10 @@ pub enum Reply {
     Backend {
         pool: PoolId,
         rx: ReplyRx,
-        meta: Meta,
+        meta: Box<Meta>,
     },
     /// Sent to several pools; the parts are merged once all arrived.
-    Fanout {
-        parts: Vec<Part>,
-        merge: Merge,
-        meta: Meta,
-    },
+    Fanout(Box<Fanout>),
     /// Written, then the connection is closed (QUIT, protocol errors).
     Close(Bytes),
     /// Resolved but not written (CLIENT REPLY OFF / SKIP).
@@ -171,6 +167,14 @@ impl Default for Meta {
     }
 }
 
+/// Kept behind a box: a client's reply queue holds many replies, and most
+/// are small.
+pub struct Fanout {
+    pub parts: Vec<Part>,
+    pub merge: Merge,
+    pub meta: Meta,
+}
+
 pub struct Part {
     pub pool: PoolId,
     pub rx: Result<ReplyRx, BackendError>,
@@ -219,7 +223,7 @@ impl Reply {
                 meta.record(state, state.live().router.pool_name(*pool), &b);
                 Some(b)
             }
-            Reply::Fanout { .. } => None,
+            Reply::Fanout(_) => None,
             Reply::Silent(inner) => inner.try_ready(state).map(|_| Bytes::new()),
             Reply::Barrier(done) => {
                 if let Some(done) = done.take() {
@@ -266,7 +270,8 @@ impl Reply {
                 meta.record(state, state.live().router.pool_name(*pool), &b);
                 break b;
             },
-            Reply::Fanout { parts, merge, meta } => {
+            Reply::Fanout(fanout) => {
+                let Fanout { parts, merge, meta } = fanout.as_mut();
                 for part in parts.iter_mut() {
                     if part.got.is_none() {
                         let got = match &mut part.rx {
