@@ -99,6 +99,18 @@ impl Backends {
         self.pools.get(id)
     }
 
+    /// The pool for an id planned by a session, which may predate a reload
+    /// that removed it: then an error to retry, never a wrong pool or a panic.
+    pub fn checked(&self, id: PoolId) -> Result<Arc<Pool>, BackendError> {
+        self.pools
+            .get(id)
+            .cloned()
+            .ok_or_else(|| BackendError::Unavailable {
+                pool: format!("#{id}"),
+                reason: "the configuration was reloaded; retry".to_string(),
+            })
+    }
+
     pub fn pool_arc(&self, id: PoolId) -> Arc<Pool> {
         self.pools[id].clone()
     }

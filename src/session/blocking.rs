@@ -15,7 +15,10 @@ use crate::route::PoolId;
 impl Session {
     pub(super) async fn blocking(&mut self, pool: PoolId, request: &Request) -> Reply {
         self.barrier().await;
-        let backend = self.state.live().backends.pool_arc(pool);
+        let backend = match self.state.live().backends.checked(pool) {
+            Ok(b) => b,
+            Err(e) => return Reply::backend_error(&e),
+        };
         let mut conn = match backend.lease(self.client.db, self.client.proto).await {
             Ok(conn) => conn,
             Err(e) => return Reply::backend_error(&e),

@@ -360,7 +360,7 @@ impl Session {
             if self.conns[pool].as_ref().is_none_or(Conn::is_closed) {
                 // Boxed: taken once per pool and db, it would otherwise
                 // enlarge every client's task by a whole connect.
-                let backend = self.state.live().backends.pool_arc(pool);
+                let backend = self.state.live().backends.checked(pool)?;
                 let conn = Box::pin(backend.conn(
                     self.client.db,
                     self.client.proto,

@@ -344,7 +344,12 @@ impl Session {
                 return Ok(link.clone());
             }
         }
-        let backend = self.state.live().backends.pool_arc(pool);
+        let backend = self
+            .state
+            .live()
+            .backends
+            .checked(pool)
+            .map_err(|e| Reply::backend_error(&e))?;
         let conn = backend
             .lease(self.client.db, self.client.proto)
             .await
@@ -449,7 +454,9 @@ impl LinkSource {
     /// A new connection with every subscription restored (confirmations
     /// consumed here), or `None` after trying for `RESUBSCRIBE_FOR`.
     async fn reconnect(&self, subscribed: &Subscribed) -> Option<Dedicated> {
-        let backend = self.state.live().backends.pool_arc(self.pool);
+        let Ok(backend) = self.state.live().backends.checked(self.pool) else {
+            return None;
+        };
         let deadline = tokio::time::Instant::now() + RESUBSCRIBE_FOR;
         let mut pause = std::time::Duration::from_millis(50);
         while tokio::time::Instant::now() < deadline {
@@ -479,14 +486,11 @@ async fn run_link(
     mut cmds: mpsc::Receiver<LinkCmd>,
     client: mpsc::Sender<Reply>,
 ) {
-    let pool = source
-        .state
-        .live()
-        .backends
-        .pool(source.pool)
-        .name()
-        .to_string();
-    let mut moved = source.state.live().backends.pool(source.pool).changes();
+    let Ok(origin) = source.state.live().backends.checked(source.pool) else {
+        return;
+    };
+    let pool = origin.name().to_string();
+    let mut moved = origin.changes();
     moved.mark_unchanged();
     let mut subscribed = Subscribed::default();
     let mut waiting: VecDeque<(usize, oneshot::Sender<bool>)> = VecDeque::new();

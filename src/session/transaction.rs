@@ -112,6 +112,13 @@ impl Session {
         Reply::Now(resp::simple("QUEUED"))
     }
 
+    /// A leased connection to `pool`, taken without holding the
+    /// configuration snapshot across the wait.
+    async fn lease(&self, pool: PoolId) -> Result<Dedicated, BackendError> {
+        let backend = self.state.live().backends.checked(pool)?;
+        backend.lease(self.client.db, self.client.proto).await
+    }
+
     pub(super) fn cross_pool(&self, first: PoolId, second: PoolId) -> CrossPool {
         CrossPool {
             first: self.state.live().router.pool_name(first).to_string(),
@@ -138,14 +145,7 @@ impl Session {
                 let pool = t
                     .pool
                     .unwrap_or_else(|| self.state.live().router.default_pool());
-                match self
-                    .state
-                    .live()
-                    .backends
-                    .pool(pool)
-                    .lease(self.client.db, self.client.proto)
-                    .await
-                {
+                match self.lease(pool).await {
                     Ok(conn) => (pool, conn),
                     Err(e) => return Reply::backend_error(&e),
                 }
@@ -173,7 +173,9 @@ impl Session {
                 Err(_) => return lost(),
             }
         }
-        self.state.live().backends.pool(pool).release(conn);
+        if let Ok(backend) = self.state.live().backends.checked(pool) {
+            backend.release(conn);
+        }
         match last {
             Some(frame) => Reply::Now(frame),
             None => lost(),
@@ -218,14 +220,7 @@ impl Session {
         };
         let mut conn = match t.lease.take() {
             Some((_, conn)) => conn,
-            None => match self
-                .state
-                .live()
-                .backends
-                .pool(pool)
-                .lease(self.client.db, self.client.proto)
-                .await
-            {
+            None => match self.lease(pool).await {
                 Ok(conn) => conn,
                 Err(e) => return Reply::backend_error(&e),
             },
@@ -255,7 +250,9 @@ impl Session {
                 let clean = conn.send(b"*1\r\n$7\r\nUNWATCH\r\n").await.is_ok()
                     && conn.read_frame().await.is_ok();
                 if clean {
-                    self.state.live().backends.pool(pool).release(conn);
+                    if let Ok(backend) = self.state.live().backends.checked(pool) {
+                        backend.release(conn);
+                    }
                 }
             }
             self.mode = Mode::Normal;
