@@ -82,6 +82,10 @@ fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
 fn readyz(state: &State) -> Response<Full<Bytes>> {
     let mut failing = serde_json::Map::new();
     for pool in state.live().backends.pools() {
+        if pool.is_replica_pool() {
+            // Reads fall back to the master without a replica.
+            continue;
+        }
         let probe = pool.probe();
         let reason = match probe.ok {
             Some(true) if probe.role == "master" || probe.role.is_empty() => continue,

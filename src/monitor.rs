@@ -36,7 +36,14 @@ pub async fn run(state: Arc<State>, interval: Duration) {
 pub async fn probe_all(state: &Arc<State>, timeout: Duration) {
     let timeout = timeout.max(Duration::from_millis(500));
     // One snapshot: a reload meanwhile is probed on the next tick.
-    let pools: Vec<_> = state.live().backends.pools().to_vec();
+    let pools: Vec<_> = state
+        .live()
+        .backends
+        .pools()
+        .iter()
+        .filter(|p| !(p.is_replica_pool() && p.endpoint().host.is_empty()))
+        .cloned()
+        .collect();
     let handles: Vec<_> = pools
         .iter()
         .map(|pool| {

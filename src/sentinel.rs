@@ -99,13 +99,92 @@ pub async fn discover(cfg: &SentinelConfig, node: &Endpoint) -> Result<(String, 
     ))
 }
 
-/// Keeps one pool on its current master for as long as keyway runs.
+/// A replica fit to read from: up as Sentinel sees it, its link to the
+/// master up, and heard from the master within `max_lag_secs`.
+pub async fn healthy_replica(
+    cfg: &SentinelConfig,
+    node: &Endpoint,
+    max_lag_secs: u64,
+) -> Option<(String, u16)> {
+    let mut listed = None;
+    for (host, port) in &cfg.spec.sentinels {
+        let endpoint = cfg.sentinel_endpoint(host, *port);
+        if let Ok(reply) = request_once(
+            &endpoint,
+            &["SENTINEL", "REPLICAS", &cfg.spec.master],
+            QUERY_TIMEOUT,
+        )
+        .await
+        {
+            listed = Some(reply);
+            break;
+        }
+    }
+    let listed = listed?;
+    let mut candidates = Vec::new();
+    for replica in shapes::elements(&listed)? {
+        let Some(fields) = shapes::elements(replica) else {
+            continue;
+        };
+        let text = |name: &str| -> Option<String> {
+            fields
+                .chunks(2)
+                .find(|kv| shapes::bulk(kv[0]) == Some(name.as_bytes()))
+                .and_then(|kv| kv.get(1).and_then(|v| shapes::bulk(v)))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let flags = text("flags").unwrap_or_default();
+        let down = ["s_down", "o_down", "disconnected"]
+            .iter()
+            .any(|f| flags.contains(f));
+        if down || text("master-link-status").as_deref() != Some("ok") {
+            continue;
+        }
+        if let (Some(ip), Some(port)) =
+            (text("ip"), text("port").and_then(|p| p.parse::<u16>().ok()))
+        {
+            candidates.push((ip, port));
+        }
+    }
+    candidates.sort();
+    for (host, port) in candidates {
+        let mut endpoint = node.clone();
+        endpoint.host = host.clone();
+        endpoint.port = port;
+        endpoint.db = 0;
+        let Ok(info) = request_once(&endpoint, &["INFO", "replication"], QUERY_TIMEOUT).await
+        else {
+            continue;
+        };
+        let Some(text) = shapes::bulk(&info).map(|t| String::from_utf8_lossy(t).into_owned())
+        else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        let link_up = field("master_link_status:") == Some("up");
+        let fresh = field("master_last_io_seconds_ago:")
+            .and_then(|s| s.parse::<i64>().ok())
+            .is_some_and(|s| (0..=max_lag_secs as i64).contains(&s));
+        if link_up && fresh {
+            return Some((host, port));
+        }
+    }
+    None
+}
+
+/// Keeps one pool on its current master (and, with replica reads, its
+/// replica pool on a healthy replica) for as long as keyway runs.
 pub async fn follow(
     state: Arc<State>,
     pool: Arc<Pool>,
     node: Endpoint,
     cfg: SentinelConfig,
     poll: Duration,
+    replica: Option<(Arc<Pool>, u64)>,
 ) {
     let (events_tx, mut events) = mpsc::channel::<Instant>(16);
     let mut watchers = Vec::new();
@@ -144,6 +223,21 @@ pub async fn follow(
                 }
             }
             Err(e) => tracing::debug!(pool = %pool.name(), "discovery failed: {e}"),
+        }
+        if let Some((replica_pool, max_lag)) = &replica {
+            match healthy_replica(&cfg, &node, *max_lag).await {
+                Some((host, port)) => {
+                    if replica_pool.set_address(&host, port) {
+                        tracing::info!(pool = %pool.name(), replica = %format!("{host}:{port}"), "reading from replica");
+                    }
+                }
+                None => {
+                    if !replica_pool.endpoint().host.is_empty() {
+                        tracing::warn!(pool = %pool.name(), "no healthy replica; reads go to the master");
+                    }
+                    replica_pool.clear_address();
+                }
+            }
         }
     }
 }

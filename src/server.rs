@@ -134,6 +134,7 @@ impl Server {
                     pool.endpoint.clone(),
                     sentinel.clone(),
                     poll,
+                    live.backends.replica_pool(id).zip(pool.replica_reads),
                 )));
             }
         }

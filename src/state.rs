@@ -170,11 +170,17 @@ impl State {
                     .iter()
                     .any(|o| o.name() == p.name && o.is_sentinel_managed())
             })
-            .map(|(i, p)| (live.backends.pool_arc(i), p.clone()))
+            .map(|(i, p)| {
+                (
+                    live.backends.pool_arc(i),
+                    live.backends.replica_pool(i),
+                    p.clone(),
+                )
+            })
             .collect();
         self.live.store(Arc::new(live));
         self.attach_metrics();
-        for (pool, cfg) in new_sentinel_pools {
+        for (pool, replica, cfg) in new_sentinel_pools {
             if let (Some(state), Some(sentinel)) = (self.self_arc(), cfg.sentinel.clone()) {
                 let poll = std::time::Duration::from_millis(
                     self.live().config.backend.sentinel_poll_ms.max(100),
@@ -185,6 +191,7 @@ impl State {
                     cfg.endpoint.clone(),
                     sentinel,
                     poll,
+                    replica.zip(cfg.replica_reads),
                 ));
             }
         }

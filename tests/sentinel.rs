@@ -255,3 +255,143 @@ fn a_restarted_sentinel_is_resubscribed() {
     let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut s).unwrap();
     assert!(clients.lines().any(|l| l.contains(" sub=4 ")), "{clients}");
 }
+
+#[test]
+fn replica_reads_go_to_a_healthy_replica() {
+    let setup = SentinelSetup::start("session");
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    let url = setup.url();
+    let config = reference_config(&url, &cache.url(), &realtime.url())
+        .replace(
+            &format!("url = \"{url}\"\n"),
+            &format!("url = \"{url}\"\nreplica_reads = true\n"),
+        )
+        .replace("[backend]\n", "[backend]\nsentinel_poll_ms = 300\n");
+    let kw = Keyway::start(&config);
+    assert!(
+        kw.wait_until(Duration::from_secs(10), || kw
+            .log()
+            .contains("reading from replica")),
+        "{}",
+        kw.log()
+    );
+    let master = setup.master_port();
+    let replica = setup
+        .nodes
+        .iter()
+        .map(|n| n.port)
+        .find(|&p| p != master)
+        .unwrap();
+    let mut c = kw.client();
+    let _: () = c.set("session:r", "v").unwrap();
+    assert!(wait_for(Duration::from_secs(5), || connect(replica)
+        .get::<_, Option<String>>("session:r")
+        .ok()
+        .flatten()
+        .is_some())
+    .is_some());
+    let v: String = c.get("session:r").unwrap();
+    assert_eq!(v, "v");
+    // The GET ran on the replica, the SET on the master.
+    let on_replica: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut connect(replica))
+        .unwrap();
+    assert!(
+        on_replica
+            .lines()
+            .any(|l| l.contains("name=keyway") && l.contains("cmd=get")),
+        "{on_replica}"
+    );
+    let on_master: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut connect(master))
+        .unwrap();
+    assert!(
+        !on_master
+            .lines()
+            .any(|l| l.contains("name=keyway") && l.contains("cmd=get")),
+        "{on_master}"
+    );
+    assert!(
+        on_master
+            .lines()
+            .any(|l| l.contains("name=keyway") && l.contains("cmd=set")),
+        "{on_master}"
+    );
+    assert!(
+        kw.metric(r#"keyway_commands_total{command="get",outcome="ok",pool="session-replica"}"#)
+            >= 1.0
+    );
+}
+
+#[test]
+fn a_write_to_a_demoted_master_is_retried_on_the_new_one() {
+    let setup = SentinelSetup::start("session");
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    // keyway knows one sentinel only, so it can be kept from hearing the switch.
+    let only = format!(
+        "redis+sentinel://127.0.0.1:{}/session",
+        setup.sentinels[0].port
+    );
+    let config = reference_config(&only, &cache.url(), &realtime.url())
+        .replace("[backend]\n", "[backend]\nsentinel_poll_ms = 300\n");
+    let kw = Keyway::start(&config);
+    let mut c = kw.client();
+    let _: () = c.set("session:a", 1).unwrap();
+    let old = setup.master_port();
+
+    setup.sentinels[0].signal("STOP");
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg("session")
+        .query(&mut setup.sentinels[1].client())
+        .unwrap();
+    let demoted = wait_for(Duration::from_secs(20), || {
+        SentinelSetup::role(old).as_deref() == Some("slave")
+    });
+    assert!(demoted.is_some(), "the old master was demoted");
+    let new_master = setup
+        .nodes
+        .iter()
+        .map(|n| n.port)
+        .find(|&p| p != old)
+        .unwrap();
+    // keyway still points at the old master; let its sentinel wake up shortly.
+    let waker = {
+        let port = setup.sentinels[0].port;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            port
+        })
+    };
+    let started = Instant::now();
+    let write = std::thread::spawn({
+        let port = kw.port;
+        move || {
+            redis::cmd("SET")
+                .arg("session:a")
+                .arg(2)
+                .query::<()>(&mut connect(port))
+        }
+    });
+    waker.join().unwrap();
+    setup.sentinels[0].signal("CONT");
+    let result = write.join().unwrap();
+    assert!(
+        result.is_ok(),
+        "the write was retried on the new master, not failed: {result:?}"
+    );
+    let v: i64 = connect(new_master).get("session:a").unwrap();
+    assert_eq!(v, 2);
+    assert_eq!(
+        kw.metric(r#"keyway_errors_total{kind="readonly_retried"}"#),
+        1.0
+    );
+    eprintln!(
+        "READONLY write retried transparently after {:?}",
+        started.elapsed()
+    );
+}

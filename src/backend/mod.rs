@@ -39,9 +39,39 @@ impl BackendError {
     }
 }
 
-/// All pools of a configuration, indexed by `PoolId`.
+/// All pools of a configuration, indexed by `PoolId`; the replica pools of
+/// pools with replica reads follow the configured ones.
 pub struct Backends {
     pools: Vec<Arc<Pool>>,
+    /// For each configured pool, the id of its replica pool.
+    replicas: Vec<Option<PoolId>>,
+}
+
+fn replica_pool(p: &crate::config::Pool, config: &Config) -> Arc<Pool> {
+    let mut endpoint = p.endpoint.clone();
+    endpoint.host.clear();
+    endpoint.port = 0;
+    Arc::new(
+        Pool::new(
+            &format!("{}-replica", p.name),
+            endpoint,
+            config.backend.clone(),
+        )
+        .as_replica_pool(),
+    )
+}
+
+fn with_replicas(mut pools: Vec<Arc<Pool>>, config: &Config, old: Option<&Backends>) -> Backends {
+    let mut replicas = vec![None; pools.len()];
+    for (i, p) in config.pools.iter().enumerate() {
+        if p.replica_reads.is_some() {
+            let name = format!("{}-replica", p.name);
+            let reused = old.and_then(|o| o.pools.iter().find(|x| x.name() == name).cloned());
+            replicas[i] = Some(pools.len());
+            pools.push(reused.unwrap_or_else(|| replica_pool(p, config)));
+        }
+    }
+    Backends { pools, replicas }
 }
 
 fn new_pool(p: &crate::config::Pool, config: &Config) -> Arc<Pool> {
@@ -55,9 +85,11 @@ fn new_pool(p: &crate::config::Pool, config: &Config) -> Arc<Pool> {
 
 impl Backends {
     pub fn new(config: &Config) -> Backends {
-        Backends {
-            pools: config.pools.iter().map(|p| new_pool(p, config)).collect(),
-        }
+        with_replicas(
+            config.pools.iter().map(|p| new_pool(p, config)).collect(),
+            config,
+            None,
+        )
     }
 
     /// The pools of a reloaded configuration: a pool with the same name and
@@ -87,7 +119,22 @@ impl Backends {
                 existing.clone()
             })
             .collect();
-        Backends { pools }
+        with_replicas(pools, config, Some(old))
+    }
+
+    /// The replica pool of `pool`, when it has one with a replica chosen.
+    pub fn replica_of(&self, pool: PoolId) -> Option<PoolId> {
+        let id = (*self.replicas.get(pool)?)?;
+        (!self.pools[id].endpoint().host.is_empty()).then_some(id)
+    }
+
+    /// The replica pool of `pool` whether or not a replica is chosen yet.
+    pub fn replica_pool(&self, pool: PoolId) -> Option<Arc<Pool>> {
+        self.replicas
+            .get(pool)
+            .copied()
+            .flatten()
+            .map(|id| self.pools[id].clone())
     }
 
     pub fn pool(&self, id: PoolId) -> &Pool {

@@ -34,6 +34,8 @@ pub struct Pool {
     /// Set for pools whose master Sentinel decides.
     sentinel: bool,
     rediscover: tokio::sync::Notify,
+    /// A pool of replica reads: not part of readiness, may be unresolved.
+    replica: bool,
     /// Where connections record the backend round trip, once metrics exist.
     round_trip: std::sync::OnceLock<prometheus::Histogram>,
 }
@@ -70,6 +72,7 @@ impl Pool {
             generation: watch::Sender::new(0),
             sentinel: false,
             rediscover: tokio::sync::Notify::new(),
+            replica: false,
             round_trip: std::sync::OnceLock::new(),
             slots: Mutex::new(HashMap::new()),
             health: Mutex::new(Health::default()),
@@ -122,6 +125,15 @@ impl Pool {
         let _ = self.round_trip.set(histogram);
     }
 
+    pub fn as_replica_pool(mut self) -> Pool {
+        self.replica = true;
+        self
+    }
+
+    pub fn is_replica_pool(&self) -> bool {
+        self.replica
+    }
+
     pub fn is_sentinel_managed(&self) -> bool {
         self.sentinel
     }
@@ -134,6 +146,13 @@ impl Pool {
 
     pub async fn rediscovery_requested(&self) {
         self.rediscover.notified().await
+    }
+
+    /// Stops using any address (no healthy replica): the pool is unresolved.
+    pub fn clear_address(&self) {
+        if !self.endpoint.load().host.is_empty() {
+            self.set_address("", 0);
+        }
     }
 
     /// Changes whenever the pool moves to another address.

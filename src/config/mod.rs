@@ -306,6 +306,17 @@ pub struct PoolConfig {
     pub tls_ca_file: Option<String>,
     /// For `rediss://`: the name to verify and send as SNI.
     pub tls_server_name: Option<String>,
+    /// Sentinel pools: send read-only commands to a healthy replica.
+    #[serde(default)]
+    pub replica_reads: bool,
+    /// A replica whose link to the master is down or silent longer than
+    /// this is not read from.
+    #[serde(default = "default_replica_lag")]
+    pub max_replica_lag_secs: u64,
+}
+
+fn default_replica_lag() -> u64 {
+    5
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -414,6 +425,8 @@ pub struct Pool {
     /// For a Sentinel pool: credentials and db, host empty until discovered.
     pub endpoint: Endpoint,
     pub sentinel: Option<SentinelConfig>,
+    /// Some(max lag in seconds) when reads may go to a replica.
+    pub replica_reads: Option<u64>,
     /// Where the endpoint came from: the file field or the env variable.
     pub origin: String,
 }
@@ -542,10 +555,17 @@ impl Config {
                     })
                 }
             };
+            if pool.replica_reads && sentinel.is_none() {
+                return Err(invalid(
+                    format!("pools.{name}.replica_reads"),
+                    "replica reads need a redis+sentinel:// pool (replicas are found through Sentinel)",
+                ));
+            }
             pools.push(Pool {
                 name: name.clone(),
                 endpoint: parsed.endpoint,
                 sentinel,
+                replica_reads: pool.replica_reads.then_some(pool.max_replica_lag_secs),
                 origin,
             });
         }

@@ -198,7 +198,15 @@ impl Session {
             Plan::One(pool) if blocks(name, spec.flags, &request) => {
                 Box::pin(self.blocking(pool, &request)).await
             }
-            Plan::One(pool) => self.forward(pool, request.bytes().clone()).await,
+            Plan::One(pool) => {
+                // Replica reads: read-only commands go to the pool's healthy
+                // replica when one is chosen (never inside a transaction).
+                let target = match spec.flags.contains(Flags::READONLY) {
+                    true => state.live().backends.replica_of(pool).unwrap_or(pool),
+                    false => pool,
+                };
+                self.forward(target, request.bytes().clone()).await
+            }
             Plan::CrossPool(c) => {
                 state.metrics.deny("crosspool", spec.name);
                 error(&c.to_string())

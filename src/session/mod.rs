@@ -199,7 +199,7 @@ async fn serve_stream(
     let flow = Arc::new(reply::Flow::new());
     let writer = tokio::spawn(reply::write_replies(wr, rx, state.clone(), flow.clone()));
     let mut session = Session {
-        conns: vec![None; state.live().router.pool_count()],
+        conns: vec![None; state.live().backends.pools().len()],
         state: state.clone(),
         client,
         mode: Mode::Normal,
@@ -407,7 +407,7 @@ impl Session {
             return;
         }
         self.generation = live.generation;
-        self.conns = vec![None; live.router.pool_count()];
+        self.conns = vec![None; live.backends.pools().len()];
         self.client.user = match &self.client.user {
             Some(user) => live.policy.same_user(user),
             None => live.policy.initial_user(),

@@ -220,7 +220,7 @@ impl Reply {
                     return None;
                 }
                 let b = got.unwrap_or_else(|| lost(state, *pool));
-                meta.record(state, state.live().router.pool_name(*pool), &b);
+                meta.record(state, &pool_label(state, *pool), &b);
                 Some(b)
             }
             Reply::Fanout(_) => None,
@@ -255,9 +255,9 @@ impl Reply {
                             state.metrics.errors.with_label_values(&["timeout"]).inc();
                             let b = resp::error(&format!(
                                 "ERR backend '{}' timed out after {timeout}ms",
-                                state.live().router.pool_name(*pool)
+                                &pool_label(state, *pool)
                             ));
-                            meta.record(state, state.live().router.pool_name(*pool), &b);
+                            meta.record(state, &pool_label(state, *pool), &b);
                             break b;
                         }
                     }
@@ -267,7 +267,7 @@ impl Reply {
                     continue;
                 }
                 let b = got.unwrap_or_else(|| lost(state, *pool));
-                meta.record(state, state.live().router.pool_name(*pool), &b);
+                meta.record(state, &pool_label(state, *pool), &b);
                 break b;
             },
             Reply::Fanout(fanout) => {
@@ -366,9 +366,18 @@ fn failover_retry(
     Some(rx)
 }
 
+/// A pool's name for errors and metric labels, replica pools included.
+fn pool_label(state: &State, pool: PoolId) -> String {
+    let live = state.live();
+    match live.backends.get(pool) {
+        Some(p) => p.name().to_string(),
+        None => live.router.pool_name(pool).to_string(),
+    }
+}
+
 pub fn connection_lost(state: &State, pool: PoolId) -> BackendError {
     BackendError::ConnectionLost {
-        pool: state.live().router.pool_name(pool).to_string(),
+        pool: pool_label(state, pool),
     }
 }
 

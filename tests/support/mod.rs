@@ -487,10 +487,22 @@ impl Sentinel {
     pub fn client(&self) -> redis::Connection {
         connect(self.port)
     }
+
+    /// Sends a signal (STOP, CONT) to this sentinel's process, by PID.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{signal} sentinel");
+    }
 }
 
 impl Drop for Sentinel {
     fn drop(&mut self) {
+        // A stopped (SIGSTOP) process still dies from SIGKILL.
         self.stop();
     }
 }
