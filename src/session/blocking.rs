@@ -37,7 +37,7 @@ impl Session {
                     return match frame {
                         Ok(frame) => {
                             backend.release(conn);
-                            Reply::Now(frame)
+                            Reply::now(frame)
                         }
                         Err(_) => lost(),
                     };
@@ -46,12 +46,12 @@ impl Session {
                 // command, only to notice when it disconnects.
                 read = self.rd.read_buf(&mut self.inbuf), if self.inbuf.len() < MAX_READ_AHEAD => {
                     if !matches!(read, Ok(n) if n > 0) {
-                        return Reply::Close(Bytes::new());
+                        return Reply::close(Bytes::new());
                     }
                 }
-                _ = self.kill.cancelled() => return Reply::Close(Bytes::new()),
-                _ = self.state.drain.cancelled() => return Reply::Close(Bytes::new()),
-                _ = self.tx.closed() => return Reply::Close(Bytes::new()),
+                _ = self.kill.cancelled() => return Reply::close(Bytes::new()),
+                _ = self.state.drain.cancelled() => return Reply::close(Bytes::new()),
+                _ = self.tx.closed() => return Reply::close(Bytes::new()),
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::route::{Plan, PoolId, SplitKind};
 const MAX_NAME: usize = 64;
 
 fn error(msg: &str) -> Reply {
-    Reply::Now(resp::error(msg))
+    Reply::now(resp::error(msg))
 }
 
 fn upper(name: &[u8]) -> String {
@@ -130,7 +130,7 @@ impl Session {
             b"multi" => return self.multi(),
             b"exec" => return Box::pin(self.exec()).await,
             b"discard" => return self.discard(),
-            b"quit" => return Reply::Close(resp::simple("OK")),
+            b"quit" => return Reply::close(resp::simple("OK")),
             b"reset" => return self.reset(),
             _ => {}
         }
@@ -352,13 +352,13 @@ impl Session {
         if self.in_multi() {
             return self.queue_in_multi(Request::from_args(&["PING"]), Err(error));
         }
-        Reply::Now(error)
+        Reply::now(error)
     }
 
     pub(super) async fn forward(&mut self, pool: PoolId, bytes: Bytes) -> Reply {
         match self.send(pool, bytes).await {
             Ok(rx) => Reply::Backend {
-                pool,
+                pool: pool as u32,
                 rx,
                 meta: Box::new(self.meta.clone()),
             },

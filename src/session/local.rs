@@ -9,7 +9,7 @@ use crate::resp::{self, Protocol, ReplyBuf, Request};
 use crate::route::PoolId;
 
 fn err(msg: &str) -> Option<Reply> {
-    Some(Reply::Now(resp::error(msg)))
+    Some(Reply::now(resp::error(msg)))
 }
 
 fn wrong_args(name: &str) -> Option<Reply> {
@@ -19,7 +19,7 @@ fn wrong_args(name: &str) -> Option<Reply> {
 }
 
 fn ok() -> Option<Reply> {
-    Some(Reply::Now(resp::simple("OK")))
+    Some(Reply::now(resp::simple("OK")))
 }
 
 fn text(arg: &[u8]) -> String {
@@ -32,11 +32,11 @@ impl Session {
         let argc = req.argc();
         match name {
             b"ping" => match argc {
-                1 => Some(Reply::Now(resp::simple("PONG"))),
-                2 => Some(Reply::Now(resp::bulk(req.arg(1)))),
+                1 => Some(Reply::now(resp::simple("PONG"))),
+                2 => Some(Reply::now(resp::bulk(req.arg(1)))),
                 _ => wrong_args("ping"),
             },
-            b"echo" => Some(Reply::Now(resp::bulk(req.arg(1)))),
+            b"echo" => Some(Reply::now(resp::bulk(req.arg(1)))),
             b"select" => self.select(req.arg(1)),
             b"hello" => self.hello(req),
             b"auth" => self.auth(req),
@@ -89,9 +89,9 @@ impl Session {
                         Err(_) => return err("ERR value is not an integer or out of range"),
                     },
                 };
-                Some(Reply::Now(log.render(count, self.client.proto)))
+                Some(Reply::now(log.render(count, self.client.proto)))
             }
-            "len" => Some(Reply::Now(resp::int(log.len() as i64))),
+            "len" => Some(Reply::now(resp::int(log.len() as i64))),
             "reset" => {
                 log.reset();
                 ok()
@@ -110,7 +110,7 @@ impl Session {
         self.client.name.clear();
         self.client.user = self.state.live().policy.initial_user();
         self.client_changed();
-        Reply::Now(resp::simple("RESET"))
+        Reply::now(resp::simple("RESET"))
     }
 
     /// PUBSUB introspection summed over pools.
@@ -174,7 +174,7 @@ impl Session {
             _ => return err("ERR syntax error"),
         };
         Some(match self.authenticate(user, password) {
-            Ok(()) => Reply::Now(resp::simple("OK")),
+            Ok(()) => Reply::now(resp::simple("OK")),
             Err(reply) => *reply,
         })
     }
@@ -185,7 +185,7 @@ impl Session {
         let policy = &self.state.live().policy;
         if !policy.auth_required {
             return match user {
-                None => Err(Box::new(Reply::Now(resp::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")))),
+                None => Err(Box::new(Reply::now(resp::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")))),
                 Some(b"default") => Ok(()),
                 Some(_) => Err(Box::new(self.deny(crate::policy::Denial::WrongPass))),
             };
@@ -263,15 +263,15 @@ impl Session {
         r.bulk(b"mode").bulk(b"standalone");
         r.bulk(b"role").bulk(b"master");
         r.bulk(b"modules").array(0);
-        Some(Reply::Now(r.freeze()))
+        Some(Reply::now(r.freeze()))
     }
 
     fn client_command(&mut self, req: &Request) -> Option<Reply> {
         let sub = text(req.arg(1)).to_ascii_lowercase();
         let argc = req.argc();
         match (sub.as_str(), argc) {
-            ("id", 2) => Some(Reply::Now(resp::int(self.client.id as i64))),
-            ("getname", 2) => Some(Reply::Now(if self.client.name.is_empty() {
+            ("id", 2) => Some(Reply::now(resp::int(self.client.id as i64))),
+            ("getname", 2) => Some(Reply::now(if self.client.name.is_empty() {
                 let mut r = ReplyBuf::new(self.client.proto);
                 r.null();
                 r.freeze()
@@ -307,7 +307,7 @@ impl Session {
             ("info", 2) => {
                 let mut r = ReplyBuf::new(self.client.proto);
                 r.verbatim(self.client.info(&self.kill, &self.mode).line().as_bytes());
-                Some(Reply::Now(r.freeze()))
+                Some(Reply::now(r.freeze()))
             }
             ("list", _) => {
                 let mut lines: Vec<(u64, String)> = self
@@ -320,7 +320,7 @@ impl Session {
                 let all: String = lines.into_iter().map(|(_, l)| l).collect();
                 let mut r = ReplyBuf::new(self.client.proto);
                 r.verbatim(all.as_bytes());
-                Some(Reply::Now(r.freeze()))
+                Some(Reply::now(r.freeze()))
             }
             ("no-evict", 3) => ok(),
             ("reply", 3) => match text(req.arg(2)).to_ascii_lowercase().as_str() {
@@ -367,7 +367,7 @@ impl Session {
             filters.push(("addr".into(), args[0].clone()));
         } else {
             if args.is_empty() || !args.len().is_multiple_of(2) {
-                return Reply::Now(resp::error("ERR syntax error"));
+                return Reply::now(resp::error("ERR syntax error"));
             }
             for pair in args.chunks(2) {
                 filters.push((pair[0].to_ascii_lowercase(), pair[1].clone()));
@@ -377,11 +377,11 @@ impl Session {
         for (k, v) in &filters {
             match k.as_str() {
                 "id" if v.parse::<u64>().is_err() => {
-                    return Reply::Now(resp::error("ERR client-id should be greater than 0"))
+                    return Reply::now(resp::error("ERR client-id should be greater than 0"))
                 }
                 "skipme" => skip_me = !v.eq_ignore_ascii_case("no"),
                 "id" | "addr" | "laddr" | "user" | "type" | "maxage" => {}
-                _ => return Reply::Now(resp::error("ERR syntax error")),
+                _ => return Reply::now(resp::error("ERR syntax error")),
             }
         }
         let mut killed = 0;
@@ -411,11 +411,11 @@ impl Session {
         }
         if old_form {
             if killed == 0 {
-                return Reply::Now(resp::error("ERR No such client"));
+                return Reply::now(resp::error("ERR No such client"));
             }
-            return Reply::Now(resp::simple("OK"));
+            return Reply::now(resp::simple("OK"));
         }
-        Reply::Now(resp::int(killed))
+        Reply::now(resp::int(killed))
     }
 
     async fn scan(&mut self, req: &Request) -> Reply {
@@ -423,7 +423,7 @@ impl Session {
             .ok()
             .and_then(|c| c.parse::<u64>().ok())
         else {
-            return Reply::Now(resp::error("ERR invalid cursor"));
+            return Reply::now(resp::error("ERR invalid cursor"));
         };
         let pattern = (2..req.argc().saturating_sub(1))
             .find(|&i| req.arg(i).eq_ignore_ascii_case(b"MATCH"))

@@ -247,7 +247,7 @@ impl Session {
                 Err(e) => {
                     tracing::debug!(client = self.client.id, "protocol error: {e}");
                     let reply = crate::resp::error(&format!("ERR Protocol error: {e}"));
-                    let _ = self.tx.send(Reply::Close(reply)).await;
+                    let _ = self.tx.send(Reply::close(reply)).await;
                     return;
                 }
             }

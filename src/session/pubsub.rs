@@ -154,7 +154,7 @@ impl Session {
             }
             Mode::Subscribed(_) => {}
             Mode::Transaction(_) => {
-                return Reply::Now(resp::error(
+                return Reply::now(resp::error(
                     "ERR keyway does not support subscribing during a transaction",
                 ))
             }
@@ -191,7 +191,7 @@ impl Session {
         for (pool, wait) in waits {
             if !matches!(wait.await, Ok(true)) {
                 self.leave_if_empty();
-                return Reply::Now(resp::error(&format!(
+                return Reply::now(resp::error(&format!(
                     "ERR backend '{}' connection lost while subscribing",
                     self.state.live().router.pool_name(pool)
                 )));
@@ -199,7 +199,7 @@ impl Session {
         }
         let proto = self.client.proto;
         let Mode::Subscribed(subs) = &mut self.mode else {
-            return Reply::Now(resp::error("ERR subscription state lost"));
+            return Reply::now(resp::error("ERR subscription state lost"));
         };
         let mut out = Vec::new();
         for (name, pools) in names.into_iter().zip(pools_by_name) {
@@ -223,7 +223,7 @@ impl Session {
         }
         subs.held = per_pool.keys().copied().collect();
         self.register();
-        Reply::Now(Bytes::from(out))
+        Reply::now(Bytes::from(out))
     }
 
     pub(super) async fn unsubscribe(&mut self, kind: Kind, request: &Request) -> Reply {
@@ -237,7 +237,7 @@ impl Session {
             for name in request.args().skip(1) {
                 out.extend_from_slice(&confirmation(proto, kind.unsubscribe(), Some(name), 0));
             }
-            return Reply::Now(Bytes::from(out));
+            return Reply::now(Bytes::from(out));
         };
         let names: Vec<Bytes> = if request.argc() == 1 {
             subs.names(kind)
@@ -245,7 +245,7 @@ impl Session {
             request.args().skip(1).map(Bytes::copy_from_slice).collect()
         };
         if names.is_empty() {
-            return Reply::Now(confirmation(
+            return Reply::now(confirmation(
                 proto,
                 kind.unsubscribe(),
                 None,
@@ -276,7 +276,7 @@ impl Session {
             let _ = wait.await;
         }
         let Mode::Subscribed(subs) = &mut self.mode else {
-            return Reply::Now(resp::error("ERR subscription state lost"));
+            return Reply::now(resp::error("ERR subscription state lost"));
         };
         let mut out = Vec::new();
         for name in names {
@@ -300,7 +300,7 @@ impl Session {
         }
         self.leave_if_empty();
         self.register();
-        Reply::Now(Bytes::from(out))
+        Reply::now(Bytes::from(out))
     }
 
     /// With no subscription left the connection is an ordinary one again;
@@ -332,12 +332,12 @@ impl Session {
         } else {
             b""
         });
-        Reply::Now(r.freeze())
+        Reply::now(r.freeze())
     }
 
     async fn link(&mut self, pool: PoolId) -> Result<mpsc::Sender<LinkCmd>, Reply> {
         let Mode::Subscribed(subs) = &mut self.mode else {
-            return Err(Reply::Now(resp::error("ERR subscription state lost")));
+            return Err(Reply::now(resp::error("ERR subscription state lost")));
         };
         if let Some(link) = &subs.links[pool] {
             if !link.is_closed() {
@@ -363,7 +363,7 @@ impl Session {
         };
         tokio::spawn(run_link(source, conn, cmds_rx, self.tx.clone()));
         let Mode::Subscribed(subs) = &mut self.mode else {
-            return Err(Reply::Now(resp::error("ERR subscription state lost")));
+            return Err(Reply::now(resp::error("ERR subscription state lost")));
         };
         subs.links[pool] = Some(cmds_tx.clone());
         Ok(cmds_tx)
@@ -514,7 +514,7 @@ async fn run_link(
                 Some(LinkCmd::Release) => {
                     holding = false;
                     for m in held.drain(..) {
-                        if client.send(Reply::Now(m)).await.is_err() {
+                        if client.send(Reply::now(m)).await.is_err() {
                             return;
                         }
                     }
@@ -527,7 +527,7 @@ async fn run_link(
                     match frame_kind(&frame) {
                         FrameKind::Message if holding && held.len() < MAX_HELD => held.push(frame),
                         FrameKind::Message => {
-                            if client.send(Reply::Now(frame)).await.is_err() {
+                            if client.send(Reply::now(frame)).await.is_err() {
                                 return;
                             }
                         }
@@ -565,7 +565,7 @@ async fn run_link(
             None => {
                 tracing::warn!(%pool, "subscription connection lost; disconnecting the subscriber");
                 let _ = client
-                    .send(Reply::Close(resp::error(&format!(
+                    .send(Reply::close(resp::error(&format!(
                         "ERR backend '{pool}' connection lost: subscriptions ended"
                     ))))
                     .await;

@@ -19,18 +19,20 @@ use crate::state::State;
 
 /// The reply to one request, in whatever state it is in.
 pub enum Reply {
-    /// Answered by keyway (or refused).
-    Now(Bytes),
+    /// Answered by keyway (or refused). Boxed, like every variant but the
+    /// hot `Backend`, so a reply queue slot stays 24 bytes.
+    Now(Box<Bytes>),
     /// Forwarded to one pool; its reply is passed through unchanged.
     Backend {
-        pool: PoolId,
+        /// A `PoolId`, kept narrow for the same reason.
+        pool: u32,
         rx: ReplyRx,
         meta: Box<Meta>,
     },
     /// Sent to several pools; the parts are merged once all arrived.
     Fanout(Box<Fanout>),
     /// Written, then the connection is closed (QUIT, protocol errors).
-    Close(Bytes),
+    Close(Box<Bytes>),
     /// Resolved but not written (CLIENT REPLY OFF / SKIP).
     Silent(Box<Reply>),
     /// Writes nothing; fires once every earlier reply is resolved.
@@ -193,6 +195,14 @@ impl Part {
 }
 
 impl Reply {
+    pub fn now(bytes: Bytes) -> Reply {
+        Reply::Now(Box::new(bytes))
+    }
+
+    pub fn close(bytes: Bytes) -> Reply {
+        Reply::Close(Box::new(bytes))
+    }
+
     pub fn closes(&self) -> bool {
         match self {
             Reply::Close(_) => true,
@@ -202,14 +212,15 @@ impl Reply {
     }
 
     pub fn backend_error(e: &BackendError) -> Reply {
-        Reply::Now(e.to_resp())
+        Reply::now(e.to_resp())
     }
 
     /// The bytes if they are there already, without waiting.
     fn try_ready(&mut self, state: &State) -> Option<Bytes> {
         match self {
-            Reply::Now(b) | Reply::Close(b) => Some(b.clone()),
+            Reply::Now(b) | Reply::Close(b) => Some(b.as_ref().clone()),
             Reply::Backend { pool, rx, meta } => {
+                let pool = &(*pool as PoolId);
                 let got = match rx.try_recv() {
                     Ok(b) => Some(b),
                     Err(TryRecvError::Empty) => return None,
@@ -239,8 +250,9 @@ impl Reply {
     /// writer may drop this future to write bytes and call it again later.
     async fn ready(&mut self, state: &State) -> Bytes {
         match self {
-            Reply::Now(b) | Reply::Close(b) => b.clone(),
+            Reply::Now(b) | Reply::Close(b) => b.as_ref().clone(),
             Reply::Backend { pool, rx, meta } => loop {
+                let pool = &(*pool as PoolId);
                 let timeout = state.live().config.backend.request_timeout_ms;
                 let got = if timeout == 0 {
                     (&mut *rx).await.ok()

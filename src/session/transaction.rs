@@ -59,20 +59,20 @@ impl Session {
     pub(super) fn multi(&mut self) -> Reply {
         match &mut self.mode {
             Mode::Transaction(t) if t.multi => {
-                Reply::Now(resp::error("ERR MULTI calls can not be nested"))
+                Reply::now(resp::error("ERR MULTI calls can not be nested"))
             }
             Mode::Transaction(t) => {
                 t.multi = true;
-                Reply::Now(resp::simple("OK"))
+                Reply::now(resp::simple("OK"))
             }
             Mode::Normal => {
                 let mut t = Transaction::new();
                 t.multi = true;
                 self.mode = Mode::Transaction(t);
                 self.register();
-                Reply::Now(resp::simple("OK"))
+                Reply::now(resp::simple("OK"))
             }
-            Mode::Subscribed(_) => Reply::Now(resp::error(
+            Mode::Subscribed(_) => Reply::now(resp::error(
                 "ERR keyway does not support MULTI on a connection with subscriptions",
             )),
         }
@@ -87,13 +87,13 @@ impl Session {
         pool: Result<Option<PoolId>, Bytes>,
     ) -> Reply {
         let Some(t) = self.transaction() else {
-            return Reply::Now(resp::error("ERR EXEC without MULTI"));
+            return Reply::now(resp::error("ERR EXEC without MULTI"));
         };
         let pool = match pool {
             Ok(p) => p,
             Err(error) => {
                 t.aborted = true;
-                return Reply::Now(error);
+                return Reply::now(error);
             }
         };
         if let Some(pool) = pool {
@@ -102,14 +102,14 @@ impl Session {
                     t.aborted = true;
                     let names = (existing, pool);
                     let err = self.cross_pool(names.0, names.1);
-                    return Reply::Now(resp::error(&err.to_string()));
+                    return Reply::now(resp::error(&err.to_string()));
                 }
                 _ => t.pool = Some(pool),
             }
         }
         t.queued.push(request);
         self.register();
-        Reply::Now(resp::simple("QUEUED"))
+        Reply::now(resp::simple("QUEUED"))
     }
 
     /// A leased connection to `pool`, taken without holding the
@@ -128,15 +128,15 @@ impl Session {
 
     pub(super) async fn exec(&mut self) -> Reply {
         if !self.in_multi() {
-            return Reply::Now(resp::error("ERR EXEC without MULTI"));
+            return Reply::now(resp::error("ERR EXEC without MULTI"));
         }
         let Mode::Transaction(t) = std::mem::replace(&mut self.mode, Mode::Normal) else {
-            return Reply::Now(resp::error("ERR EXEC without MULTI"));
+            return Reply::now(resp::error("ERR EXEC without MULTI"));
         };
         self.register();
         if t.aborted {
             // Dropping the lease closes it, which also forgets its WATCHes.
-            return Reply::Now(resp::error(EXECABORT));
+            return Reply::now(resp::error(EXECABORT));
         }
         self.barrier().await;
         let (pool, mut conn) = match t.lease {
@@ -177,39 +177,39 @@ impl Session {
             backend.release(conn);
         }
         match last {
-            Some(frame) => Reply::Now(frame),
+            Some(frame) => Reply::now(frame),
             None => lost(),
         }
     }
 
     pub(super) fn discard(&mut self) -> Reply {
         if !self.in_multi() {
-            return Reply::Now(resp::error("ERR DISCARD without MULTI"));
+            return Reply::now(resp::error("ERR DISCARD without MULTI"));
         }
         // The lease, if any, closes: DISCARD also forgets WATCHes.
         self.mode = Mode::Normal;
         self.register();
-        Reply::Now(resp::simple("OK"))
+        Reply::now(resp::simple("OK"))
     }
 
     /// WATCH outside MULTI: leases a connection to the keys' pool at once.
     pub(super) async fn watch(&mut self, request: &Request, pool: Result<PoolId, Bytes>) -> Reply {
         if self.in_multi() {
-            return Reply::Now(resp::error("ERR WATCH inside MULTI is not allowed"));
+            return Reply::now(resp::error("ERR WATCH inside MULTI is not allowed"));
         }
         if matches!(self.mode, Mode::Subscribed(_)) {
-            return Reply::Now(resp::error(
+            return Reply::now(resp::error(
                 "ERR keyway does not support WATCH on a connection with subscriptions",
             ));
         }
         let pool = match pool {
             Ok(p) => p,
-            Err(error) => return Reply::Now(error),
+            Err(error) => return Reply::now(error),
         };
         if let Mode::Transaction(t) = &self.mode {
             if let Some((leased, _)) = &t.lease {
                 if *leased != pool {
-                    return Reply::Now(resp::error(&self.cross_pool(*leased, pool).to_string()));
+                    return Reply::now(resp::error(&self.cross_pool(*leased, pool).to_string()));
                 }
             }
         }
@@ -235,7 +235,7 @@ impl Session {
                 t.lease = Some((pool, conn));
                 self.mode = Mode::Transaction(t);
                 self.register();
-                Reply::Now(frame)
+                Reply::now(frame)
             }
             Err(_) => Reply::backend_error(&BackendError::ConnectionLost {
                 pool: self.state.live().router.pool_name(pool).to_string(),
@@ -258,6 +258,6 @@ impl Session {
             self.mode = Mode::Normal;
             self.register();
         }
-        Reply::Now(resp::simple("OK"))
+        Reply::now(resp::simple("OK"))
     }
 }
