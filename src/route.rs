@@ -263,13 +263,14 @@ impl Router {
         for (position, &i) in key_indexes.iter().enumerate() {
             let key = request.arg(i);
             let pool = self.pool_for_key(key, lower_name, db);
-            let group = match groups.iter().position(|g| g.0 == pool) {
-                Some(g) => &mut groups[g],
+            let index = match groups.iter().position(|g| g.0 == pool) {
+                Some(g) => g,
                 None => {
                     groups.push((pool, vec![request.arg(0)], Vec::new()));
-                    groups.last_mut().expect("just pushed")
+                    groups.len() - 1
                 }
             };
+            let group = &mut groups[index];
             group.1.push(key);
             if with_value && i + 1 < request.argc() {
                 group.1.push(request.arg(i + 1));

@@ -437,6 +437,9 @@ impl Session {
             None => self.all_pools(),
         };
         let count = pools.len();
+        if count == 0 {
+            return Reply::now(resp::error("ERR no pool can hold keys matching this pattern"));
+        }
         let (backend_cursor, index) = decode_scan_cursor(cursor, count);
         let mut args: Vec<&[u8]> = req.args().collect();
         let backend_cursor = backend_cursor.to_string();
