@@ -231,7 +231,7 @@ impl Reply {
                     return None;
                 }
                 let b = got.unwrap_or_else(|| lost(state, *pool));
-                meta.record(state, &pool_label(state, *pool), &b);
+                record(state, meta, *pool, &b);
                 Some(b)
             }
             Reply::Fanout(_) => None,
@@ -269,7 +269,7 @@ impl Reply {
                                 "ERR backend '{}' timed out after {timeout}ms",
                                 &pool_label(state, *pool)
                             ));
-                            meta.record(state, &pool_label(state, *pool), &b);
+                            record(state, meta, *pool, &b);
                             break b;
                         }
                     }
@@ -279,7 +279,7 @@ impl Reply {
                     continue;
                 }
                 let b = got.unwrap_or_else(|| lost(state, *pool));
-                meta.record(state, &pool_label(state, *pool), &b);
+                record(state, meta, *pool, &b);
                 break b;
             },
             Reply::Fanout(fanout) => {
@@ -376,6 +376,16 @@ fn failover_retry(
         }
     });
     Some(rx)
+}
+
+/// Records a forwarded reply under its pool's name, without copying it.
+fn record(state: &State, meta: &Meta, pool: PoolId, reply: &[u8]) {
+    let live = state.live();
+    let name = match live.backends.get(pool) {
+        Some(p) => p.name(),
+        None => live.router.pool_name(pool),
+    };
+    meta.record(state, name, reply);
 }
 
 /// A pool's name for errors and metric labels, replica pools included.
