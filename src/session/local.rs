@@ -438,7 +438,9 @@ impl Session {
         };
         let count = pools.len();
         if count == 0 {
-            return Reply::now(resp::error("ERR no pool can hold keys matching this pattern"));
+            return Reply::now(resp::error(
+                "ERR no pool can hold keys matching this pattern",
+            ));
         }
         let (backend_cursor, index) = decode_scan_cursor(cursor, count);
         let mut args: Vec<&[u8]> = req.args().collect();
