@@ -7,6 +7,20 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// The series of one command on one pool.
+struct CommandSeries {
+    ok: IntCounter,
+    error: IntCounter,
+    duration: prometheus::Histogram,
+}
+
+/// Command (by its static name's address and length) → pool → series.
+type SeriesCache = std::collections::HashMap<(usize, usize), Vec<(Box<str>, CommandSeries)>>;
+
+thread_local! {
+    static COMMAND_SERIES: std::cell::RefCell<SeriesCache> = std::cell::RefCell::new(SeriesCache::new());
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub commands: IntCounterVec,
@@ -207,6 +221,39 @@ impl Metrics {
             sum("keyway_cache_hits_total"),
             sum("keyway_cache_misses_total"),
         )
+    }
+
+    /// Counts one answered command and observes its duration. The series
+    /// handles are looked up once per command and pool on each thread and
+    /// kept there, so the hot path does not hash label strings each time.
+    pub fn record_command(&self, command: &'static str, pool: &str, error: bool, seconds: f64) {
+        COMMAND_SERIES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let per_pool = cache
+                .entry((command.as_ptr() as usize, command.len()))
+                .or_default();
+            let index = match per_pool.iter().position(|(name, _)| name.as_ref() == pool) {
+                Some(i) => i,
+                None => {
+                    per_pool.push((
+                        pool.into(),
+                        CommandSeries {
+                            ok: self.commands.with_label_values(&[command, pool, "ok"]),
+                            error: self.commands.with_label_values(&[command, pool, "error"]),
+                            duration: self.command_duration.with_label_values(&[command, pool]),
+                        },
+                    ));
+                    per_pool.len() - 1
+                }
+            };
+            let series = &per_pool[index].1;
+            if error {
+                series.error.inc();
+            } else {
+                series.ok.inc();
+            }
+            series.duration.observe(seconds);
+        });
     }
 
     pub fn deny(&self, reason: &str, detail: &str) {

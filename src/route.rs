@@ -151,10 +151,10 @@ impl Router {
 
     /// A route label: the prefix of a rule, or `default` for keys that no
     /// prefix decided.
-    pub fn route_label(&self, rule: Option<usize>) -> String {
+    pub fn route_label(&self, rule: Option<usize>) -> std::borrow::Cow<'_, str> {
         rule.and_then(|i| self.prefixes.get(i))
-            .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_else(|| "default".to_string())
+            .map(|(p, _)| String::from_utf8_lossy(p))
+            .unwrap_or(std::borrow::Cow::Borrowed("default"))
     }
 
     /// The pool of the longest prefix `key` starts with, if any.

@@ -94,13 +94,13 @@ impl Meta {
         } else {
             "ok"
         };
-        m.commands
-            .with_label_values(&[self.command, pool, outcome])
-            .inc();
         let elapsed = self.started.elapsed();
-        m.command_duration
-            .with_label_values(&[self.command, pool])
-            .observe(elapsed.as_secs_f64());
+        m.record_command(
+            self.command,
+            pool,
+            outcome == "error",
+            elapsed.as_secs_f64(),
+        );
         if elapsed >= state.slowlog.threshold {
             self.record_slow(state, pool, elapsed);
         }
@@ -125,7 +125,8 @@ impl Meta {
                 None => return,
             },
         };
-        let route = state.live().router.route_label(self.route);
+        let live = state.live();
+        let route = live.router.route_label(self.route);
         if hits > 0 {
             m.cache_hits.with_label_values(&[pool, &route]).inc_by(hits);
         }
