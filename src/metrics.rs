@@ -14,11 +14,22 @@ struct CommandSeries {
     duration: prometheus::Histogram,
 }
 
+/// Hits and misses of one pool and route.
+struct CacheSeries {
+    hits: IntCounter,
+    misses: IntCounter,
+}
+
+/// (configuration generation, route rule) → pool → series.
+type CacheSeriesCache =
+    std::collections::HashMap<(u64, Option<usize>), Vec<(Box<str>, CacheSeries)>>;
+
 /// Command (by its static name's address and length) → pool → series.
 type SeriesCache = std::collections::HashMap<(usize, usize), Vec<(Box<str>, CommandSeries)>>;
 
 thread_local! {
     static COMMAND_SERIES: std::cell::RefCell<SeriesCache> = std::cell::RefCell::new(SeriesCache::new());
+    static CACHE_SERIES: std::cell::RefCell<CacheSeriesCache> = std::cell::RefCell::new(CacheSeriesCache::new());
 }
 
 pub struct Metrics {
@@ -253,6 +264,43 @@ impl Metrics {
                 series.ok.inc();
             }
             series.duration.observe(seconds);
+        });
+    }
+
+    /// Counts cache hits and misses of a pool and route rule; `route_label`
+    /// names the rule the first time a thread sees it in a generation.
+    pub fn record_cache(
+        &self,
+        pool: &str,
+        route: (u64, Option<usize>),
+        route_label: impl FnOnce() -> String,
+        hits: u64,
+        misses: u64,
+    ) {
+        CACHE_SERIES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let per_pool = cache.entry(route).or_default();
+            let index = match per_pool.iter().position(|(name, _)| name.as_ref() == pool) {
+                Some(i) => i,
+                None => {
+                    let label = route_label();
+                    per_pool.push((
+                        pool.into(),
+                        CacheSeries {
+                            hits: self.cache_hits.with_label_values(&[pool, &label]),
+                            misses: self.cache_misses.with_label_values(&[pool, &label]),
+                        },
+                    ));
+                    per_pool.len() - 1
+                }
+            };
+            let series = &per_pool[index].1;
+            if hits > 0 {
+                series.hits.inc_by(hits);
+            }
+            if misses > 0 {
+                series.misses.inc_by(misses);
+            }
         });
     }
 

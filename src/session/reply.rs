@@ -126,15 +126,13 @@ impl Meta {
             },
         };
         let live = state.live();
-        let route = live.router.route_label(self.route);
-        if hits > 0 {
-            m.cache_hits.with_label_values(&[pool, &route]).inc_by(hits);
-        }
-        if misses > 0 {
-            m.cache_misses
-                .with_label_values(&[pool, &route])
-                .inc_by(misses);
-        }
+        m.record_cache(
+            pool,
+            (live.generation, self.route),
+            || live.router.route_label(self.route).into_owned(),
+            hits,
+            misses,
+        );
     }
 }
 
