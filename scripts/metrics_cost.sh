@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# What per-command metrics cost: two keyway processes in front of one Redis,
+# one with metrics and one without (`server.metrics = false`), driven in
+# alternation by the same redis-benchmark runs; prints each run's CPU time
+# per request (utime+stime from /proc) and throughput, and the medians.
+#   scripts/metrics_cost.sh [requests] [rounds]     (default 200000, 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-200000}
+ROUNDS=${2:-5}
+scripts/install-deps.sh
+cargo build --release --quiet
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; exit 1; }
+
+RP=$(free_port)
+redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
+pids+=($!)
+wait_port "$RP"
+
+declare -A port pid
+for mode in on off; do
+  metrics=true; [ "$mode" = off ] && metrics=false
+  printf '[server]\nmetrics = %s\n[pools.cache]\nurl = "redis://127.0.0.1:%s"\n[routes]\ndefault = "cache"\n' "$metrics" "$RP" > "$work/$mode.toml"
+  port[$mode]=$(free_port)
+  KEYWAY_LISTEN=127.0.0.1:${port[$mode]} KEYWAY_ADMIN=127.0.0.1:$(free_port) KEYWAY_LOG=warn \
+    ./target/release/keyway --config "$work/$mode.toml" 2>/dev/null &
+  pid[$mode]=$!
+  pids+=(${pid[$mode]})
+  wait_port "${port[$mode]}"
+done
+
+TICK=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+: > "$work/results"
+for round in $(seq "$ROUNDS"); do
+  for mode in on off; do
+    before=$(ticks "${pid[$mode]}")
+    rps=$(redis-benchmark -h 127.0.0.1 -p "${port[$mode]}" -c 50 -n "$N" -t get,set --csv 2>/dev/null | tail -n +2 | awk -F, '{gsub(/"/,"",$2); s+=$2} END {print s/NR}')
+    after=$(ticks "${pid[$mode]}")
+    cpu=$(python3 -c "print(($after-$before)/$TICK*1e6/(2*$N))")
+    echo "$mode $cpu $rps" >> "$work/results"
+    printf 'round %s metrics %-3s cpu %.2f us/req  %.0f ops/s\n' "$round" "$mode" "$cpu" "$rps"
+  done
+done
+python3 - "$work/results" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+med = {m: statistics.median(float(r[1]) for r in rows if r[0] == m) for m in ("on", "off")}
+ops = {m: statistics.median(float(r[2]) for r in rows if r[0] == m) for m in ("on", "off")}
+print(f"median CPU per request: metrics on {med['on']:.2f} us, off {med['off']:.2f} us -> +{100*(med['on']/med['off']-1):.1f}%")
+print(f"median throughput: on {ops['on']:.0f} ops/s, off {ops['off']:.0f} ops/s -> {100*(ops['on']/ops['off']-1):+.1f}%")
+PY
