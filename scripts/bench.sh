@@ -14,24 +14,13 @@ scripts/install-deps.sh nutcracker
 command -v nutcracker >/dev/null || { echo "bench: nutcracker (twemproxy) is required" >&2; exit 1; }
 cargo build --release --quiet
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 declare -A port
 for name in session cache realtime; do
   port[$name]=$(free_port)
-  redis-server --port "${port[$name]}" --bind 127.0.0.1 --save "" --appendonly no --daemonize no --dir "$work" >/dev/null &
-  pids+=($!)
-  wait_port "${port[$name]}"
+  start_redis "${port[$name]}"
 done
 DIRECT=${port[cache]}
 

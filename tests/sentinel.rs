@@ -12,6 +12,40 @@ use std::time::{Duration, Instant};
 use redis::Commands;
 use support::*;
 
+/// The `session` pool behind Sentinel, and plain cache and realtime pools.
+struct Deployment {
+    setup: SentinelSetup,
+    cache: RedisServer,
+    realtime: RedisServer,
+}
+
+impl Deployment {
+    fn start() -> Deployment {
+        Deployment {
+            setup: SentinelSetup::start("session"),
+            cache: RedisServer::start(),
+            realtime: RedisServer::start(),
+        }
+    }
+}
+
+/// The load's stop flag, last acknowledged value, and its thread, which
+/// returns that value and the errors the client saw.
+type Load = (
+    Arc<AtomicBool>,
+    Arc<AtomicU64>,
+    std::thread::JoinHandle<(u64, Vec<String>)>,
+);
+
+/// Continuous INCR load through keyway, with its stop flag and the last
+/// acknowledged value.
+fn start_load(port: u16) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let worker = load(port, stop.clone(), acked.clone());
+    (stop, acked, worker)
+}
+
 fn keyway_for(setup: &SentinelSetup, cache: &RedisServer, realtime: &RedisServer) -> Keyway {
     let config = reference_config(&setup.url(), &cache.url(), &realtime.url()).replace(
         "[backend]\n",
@@ -63,9 +97,11 @@ fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Durati
 
 #[test]
 fn discovery_with_one_sentinel_down() {
-    let mut setup = SentinelSetup::start("session");
-    let cache = RedisServer::start();
-    let realtime = RedisServer::start();
+    let Deployment {
+        mut setup,
+        cache,
+        realtime,
+    } = Deployment::start();
     setup.sentinels[0].stop();
     let master = setup.master_port();
     let kw = keyway_for(&setup, &cache, &realtime);
@@ -94,14 +130,14 @@ fn discovery_with_one_sentinel_down() {
 
 #[test]
 fn planned_failover_under_load() {
-    let setup = SentinelSetup::start("session");
-    let cache = RedisServer::start();
-    let realtime = RedisServer::start();
+    let Deployment {
+        setup,
+        cache,
+        realtime,
+    } = Deployment::start();
     let kw = keyway_for(&setup, &cache, &realtime);
     let old = setup.master_port();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicU64::new(0));
-    let worker = load(kw.port, stop.clone(), acked.clone());
+    let (stop, acked, worker) = start_load(kw.port);
     std::thread::sleep(Duration::from_millis(500));
 
     let started = Instant::now();
@@ -161,14 +197,14 @@ fn planned_failover_under_load() {
 
 #[test]
 fn master_killed_under_load() {
-    let mut setup = SentinelSetup::start("session");
-    let cache = RedisServer::start();
-    let realtime = RedisServer::start();
+    let Deployment {
+        mut setup,
+        cache,
+        realtime,
+    } = Deployment::start();
     let kw = keyway_for(&setup, &cache, &realtime);
     let old = setup.master_port();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicU64::new(0));
-    let worker = load(kw.port, stop.clone(), acked.clone());
+    let (stop, acked, worker) = start_load(kw.port);
     std::thread::sleep(Duration::from_millis(500));
 
     let killed_at = Instant::now();
@@ -206,9 +242,11 @@ fn master_killed_under_load() {
 
 #[test]
 fn subscriptions_survive_a_failover() {
-    let setup = SentinelSetup::start("session");
-    let cache = RedisServer::start();
-    let realtime = RedisServer::start();
+    let Deployment {
+        setup,
+        cache,
+        realtime,
+    } = Deployment::start();
     let kw = keyway_for(&setup, &cache, &realtime);
     let mut raw = kw.raw();
     raw.send(b"SUBSCRIBE session:events\r\n");
@@ -237,9 +275,11 @@ fn subscriptions_survive_a_failover() {
 
 #[test]
 fn a_restarted_sentinel_is_resubscribed() {
-    let mut setup = SentinelSetup::start("session");
-    let cache = RedisServer::start();
-    let realtime = RedisServer::start();
+    let Deployment {
+        mut setup,
+        cache,
+        realtime,
+    } = Deployment::start();
     let kw = keyway_for(&setup, &cache, &realtime);
     std::thread::sleep(Duration::from_millis(300));
     setup.sentinels[2].restart();
@@ -258,9 +298,11 @@ fn a_restarted_sentinel_is_resubscribed() {
 
 #[test]
 fn replica_reads_go_to_a_healthy_replica() {
-    let setup = SentinelSetup::start("session");
-    let cache = RedisServer::start();
-    let realtime = RedisServer::start();
+    let Deployment {
+        setup,
+        cache,
+        realtime,
+    } = Deployment::start();
     let url = setup.url();
     let config = reference_config(&url, &cache.url(), &realtime.url())
         .replace(
@@ -328,9 +370,11 @@ fn replica_reads_go_to_a_healthy_replica() {
 
 #[test]
 fn a_write_to_a_demoted_master_is_retried_on_the_new_one() {
-    let setup = SentinelSetup::start("session");
-    let cache = RedisServer::start();
-    let realtime = RedisServer::start();
+    let Deployment {
+        setup,
+        cache,
+        realtime,
+    } = Deployment::start();
     // keyway knows one sentinel only, so it can be kept from hearing the switch.
     let only = format!(
         "redis+sentinel://127.0.0.1:{}/session",
