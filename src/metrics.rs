@@ -21,15 +21,22 @@ struct CacheSeries {
 }
 
 /// (configuration generation, route rule) → pool → series.
-type CacheSeriesCache =
-    std::collections::HashMap<(u64, Option<usize>), Vec<(Box<str>, CacheSeries)>>;
+type CacheSeriesCache = std::collections::HashMap<
+    (u64, Option<usize>),
+    Vec<(Box<str>, CacheSeries)>,
+    foldhash::fast::RandomState,
+>;
 
 /// Command (by its static name's address and length) → pool → series.
-type SeriesCache = std::collections::HashMap<(usize, usize), Vec<(Box<str>, CommandSeries)>>;
+type SeriesCache = std::collections::HashMap<
+    (usize, usize),
+    Vec<(Box<str>, CommandSeries)>,
+    foldhash::fast::RandomState,
+>;
 
 thread_local! {
-    static COMMAND_SERIES: std::cell::RefCell<SeriesCache> = std::cell::RefCell::new(SeriesCache::new());
-    static CACHE_SERIES: std::cell::RefCell<CacheSeriesCache> = std::cell::RefCell::new(CacheSeriesCache::new());
+    static COMMAND_SERIES: std::cell::RefCell<SeriesCache> = std::cell::RefCell::new(SeriesCache::default());
+    static CACHE_SERIES: std::cell::RefCell<CacheSeriesCache> = std::cell::RefCell::new(CacheSeriesCache::default());
 }
 
 pub struct Metrics {

@@ -353,7 +353,7 @@ mod tests {
         assert_eq!(plan.parts.len(), 2);
         assert_eq!(plan.parts[0].positions, [0, 2]);
         assert_eq!(
-            plan.parts[0].request.arg_vec(),
+            plan.parts[0].request.arg_vec().to_vec(),
             [&b"MGET"[..], b"session:a", b"session:c"]
         );
         let req = Request::from_args(&["MSET", "session:a", "1", "user:b", "2"]);
@@ -361,7 +361,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            plan.parts[1].request.arg_vec(),
+            plan.parts[1].request.arg_vec().to_vec(),
             [&b"MSET"[..], b"user:b", b"2"]
         );
         let req = Request::from_args(&["RENAME", "session:a", "user:b"]);

@@ -18,7 +18,9 @@ const MAX_NAME: usize = 64;
 
 #[derive(Clone)]
 pub struct CommandTable {
-    by_name: HashMap<Box<[u8]>, Spec>,
+    /// Looked up for every request: a fast hash, not SipHash (the names
+    /// are the command table's own, so flooding is not a concern).
+    by_name: HashMap<Box<[u8]>, Spec, foldhash::fast::RandomState>,
 }
 
 impl Default for CommandTable {

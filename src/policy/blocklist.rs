@@ -2,12 +2,25 @@
 //! subcommands (`CONFIG SET`), matched case-insensitively and through
 //! every alias, so `SLAVEOF` is refused when `REPLICAOF` is blocked.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+/// Every request is checked, so a command that is not blocked is found
+/// not to be without allocating: names are lowercased on the stack.
+const NAME_BUF: usize = 64;
 
 #[derive(Debug, Clone, Default)]
 pub struct Blocklist {
-    /// Lowercase `command` or `command|subcommand`, canonical names.
-    entries: HashSet<String>,
+    /// Lowercase canonical command name → what of it is blocked.
+    rules: HashMap<String, Rule, foldhash::fast::RandomState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rule {
+    Whole,
+    /// Only these lowercase subcommands.
+    Only(HashSet<String>),
+    /// The whole command but these subcommands (a user's `allow`).
+    Except(HashSet<String>),
 }
 
 /// Commands that are one command under two names.
@@ -18,74 +31,117 @@ fn canonical(name: &str) -> &str {
     }
 }
 
-fn key(entry: &str) -> String {
+/// `"CONFIG set"` → `("config", Some("set"))`.
+fn parse(entry: &str) -> (String, Option<String>) {
     let mut words = entry.split_whitespace().map(|w| w.to_ascii_lowercase());
     let command = words.next().unwrap_or_default();
-    let command = canonical(&command).to_string();
-    match words.next() {
-        Some(sub) => format!("{command}|{sub}"),
-        None => command,
+    (canonical(&command).to_string(), words.next())
+}
+
+/// `bytes` lowercased into `buf`, as text; `None` when it cannot name a
+/// command (too long, not UTF-8).
+fn lowercase<'a>(bytes: &[u8], buf: &'a mut [u8; NAME_BUF]) -> Option<&'a str> {
+    let out = buf.get_mut(..bytes.len())?;
+    for (d, s) in out.iter_mut().zip(bytes) {
+        *d = s.to_ascii_lowercase();
     }
+    std::str::from_utf8(out).ok()
 }
 
 impl Blocklist {
     pub fn new<S: AsRef<str>>(entries: &[S]) -> Blocklist {
-        Blocklist {
-            entries: entries.iter().map(|e| key(e.as_ref())).collect(),
+        let mut list = Blocklist::default();
+        for e in entries {
+            list.block(e.as_ref());
+        }
+        list
+    }
+
+    fn block(&mut self, entry: &str) {
+        let (command, sub) = parse(entry);
+        let Some(sub) = sub else {
+            self.rules.insert(command, Rule::Whole);
+            return;
+        };
+        match self
+            .rules
+            .entry(command)
+            .or_insert_with(|| Rule::Only(HashSet::new()))
+        {
+            Rule::Whole => {}
+            Rule::Only(subs) => {
+                subs.insert(sub);
+            }
+            Rule::Except(allowed) => {
+                allowed.remove(&sub);
+            }
+        }
+    }
+
+    fn allow(&mut self, entry: &str) {
+        let (command, sub) = parse(entry);
+        let Some(sub) = sub else {
+            self.rules.remove(&command);
+            return;
+        };
+        let Some(rule) = self.rules.get_mut(&command) else {
+            return;
+        };
+        match rule {
+            // Allowing `CONFIG GET` under a blocked `CONFIG` keeps the rest blocked.
+            Rule::Whole => *rule = Rule::Except(HashSet::from([sub])),
+            Rule::Except(allowed) => {
+                allowed.insert(sub);
+            }
+            Rule::Only(subs) => {
+                subs.remove(&sub);
+                if subs.is_empty() {
+                    self.rules.remove(&command);
+                }
+            }
         }
     }
 
     /// This list with `allow` lifted and `block` added (per-user overrides).
     pub fn with_overrides<S: AsRef<str>>(&self, allow: &[S], block: &[S]) -> Blocklist {
-        let mut entries = self.entries.clone();
+        let mut list = self.clone();
         for a in allow {
-            let a = key(a.as_ref());
-            entries.remove(&a);
-            // Allowing `CONFIG GET` under a blocked `CONFIG` keeps the rest blocked.
-            if let Some((command, _)) = a.split_once('|') {
-                if entries.remove(command) {
-                    entries.insert(format!("{command}|*except|{a}"));
-                }
-            }
+            list.allow(a.as_ref());
         }
-        entries.extend(block.iter().map(|b| key(b.as_ref())));
-        Blocklist { entries }
+        for b in block {
+            list.block(b.as_ref());
+        }
+        list
     }
 
     /// The blocked entry that matches, as the client should see it named.
     pub fn blocked(&self, command: &[u8], sub: Option<&[u8]>) -> Option<String> {
-        if self.entries.is_empty() {
+        if self.rules.is_empty() {
             return None;
         }
-        let command = String::from_utf8_lossy(command).to_ascii_lowercase();
-        let command = canonical(&command);
-        let sub = sub.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
-        if self.entries.contains(command) {
-            return Some(command.to_ascii_uppercase());
+        let mut buf = [0u8; NAME_BUF];
+        let command = canonical(lowercase(command, &mut buf)?);
+        let rule = self.rules.get(command)?;
+        let sub_named = || {
+            let sub = String::from_utf8_lossy(sub.unwrap_or_default()).to_ascii_lowercase();
+            let blocked = match rule {
+                Rule::Whole => true,
+                Rule::Only(subs) => subs.contains(&sub),
+                Rule::Except(allowed) => !allowed.contains(&sub),
+            };
+            blocked.then(|| {
+                format!(
+                    "{} {}",
+                    command.to_ascii_uppercase(),
+                    sub.to_ascii_uppercase()
+                )
+            })
+        };
+        match (rule, sub) {
+            (Rule::Whole, _) => Some(command.to_ascii_uppercase()),
+            (_, None) => None,
+            (_, Some(_)) => sub_named(),
         }
-        let sub = sub?;
-        let pair = format!("{command}|{sub}");
-        if self.entries.contains(&pair) {
-            return Some(format!(
-                "{} {}",
-                command.to_ascii_uppercase(),
-                sub.to_ascii_uppercase()
-            ));
-        }
-        let prefix = format!("{command}|*except|");
-        let excepted: Vec<&String> = self
-            .entries
-            .iter()
-            .filter(|e| e.starts_with(&prefix))
-            .collect();
-        if !excepted.is_empty() && !excepted.iter().any(|e| e[prefix.len()..] == pair) {
-            return Some(format!(
-                "{} {}",
-                command.to_ascii_uppercase(),
-                sub.to_ascii_uppercase()
-            ));
-        }
-        None
     }
 }
 
@@ -121,5 +177,24 @@ mod tests {
         assert_eq!(admin.blocked(b"keys", Some(b"*")).as_deref(), Some("KEYS"));
         let lifted = b.with_overrides(&["FLUSHALL"], &[] as &[&str]);
         assert_eq!(lifted.blocked(b"flushall", None), None);
+    }
+
+    #[test]
+    fn subcommand_rules_and_odd_names() {
+        let b = Blocklist::new(&["config set", "CONFIG RESETSTAT"]);
+        let lifted = b.with_overrides(&["config set", "config resetstat"], &[] as &[&str]);
+        assert_eq!(lifted.blocked(b"config", Some(b"set")), None);
+        assert_eq!(
+            b.blocked(b"Config", Some(b"ResetStat")).as_deref(),
+            Some("CONFIG RESETSTAT")
+        );
+        // Longer than any command name, or not text: never blocked, no panic.
+        assert_eq!(b.blocked(&[b'c'; 200], Some(b"set")), None);
+        assert_eq!(b.blocked(&[0xff, 0xfe], None), None);
+        let admin = Blocklist::new(&["CONFIG"]).with_overrides(&["config get"], &["config get"]);
+        assert_eq!(
+            admin.blocked(b"config", Some(b"get")).as_deref(),
+            Some("CONFIG GET")
+        );
     }
 }

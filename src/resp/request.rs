@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
 use thiserror::Error;
 
 /// Redis's own protocol errors; the client gets `-ERR Protocol error: ...`
@@ -52,8 +53,15 @@ impl Default for ParseLimits {
 #[derive(Clone, Debug)]
 pub struct Request {
     bytes: Bytes,
-    args: Vec<Range<usize>>,
+    args: ArgRanges,
 }
+
+/// Where each argument sits in `bytes`; most commands have a handful of
+/// arguments, which stay inline instead of costing an allocation each.
+type ArgRanges = SmallVec<[Range<usize>; 4]>;
+
+/// The arguments of a request as slices, on the stack for common commands.
+pub type ArgSlices<'a> = SmallVec<[&'a [u8]; 8]>;
 
 impl Request {
     pub fn bytes(&self) -> &Bytes {
@@ -72,7 +80,7 @@ impl Request {
         self.args.iter().map(|r| &self.bytes[r.clone()])
     }
 
-    pub fn arg_vec(&self) -> Vec<&[u8]> {
+    pub fn arg_vec(&self) -> ArgSlices<'_> {
         self.args().collect()
     }
 
@@ -80,7 +88,7 @@ impl Request {
     pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
         let mut buf = BytesMut::new();
         buf.put_slice(format!("*{}\r\n", args.len()).as_bytes());
-        let mut ranges = Vec::with_capacity(args.len());
+        let mut ranges = ArgRanges::with_capacity(args.len());
         for a in args {
             let a = a.as_ref();
             buf.put_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -104,7 +112,7 @@ enum State {
     Multibulk {
         expected: usize,
         pos: usize,
-        args: Vec<Range<usize>>,
+        args: ArgRanges,
     },
 }
 
@@ -150,7 +158,7 @@ impl RequestParser {
                 self.state = State::Multibulk {
                     expected: count as usize,
                     pos: header_len,
-                    args: Vec::with_capacity(count.min(1024) as usize),
+                    args: ArgRanges::with_capacity(count.min(1024) as usize),
                 };
             }
             return self.multibulk(buf);
@@ -258,11 +266,28 @@ fn line_int(
     if search[cr + 1] != b'\n' {
         return Err(bad());
     }
-    let value = std::str::from_utf8(&search[..cr])
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .ok_or_else(bad)?;
+    let value = decimal(&search[..cr]).ok_or_else(bad)?;
     Ok(Some((value, skip + cr + 2)))
+}
+
+/// An optionally negative decimal integer, as Redis's `string2ll` reads a
+/// length: digits only, no sign but `-`, no spaces.
+fn decimal(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    Some(if negative { -value } else { value })
 }
 
 /// Splits an inline command line the way Redis's `sdssplitargs` does:

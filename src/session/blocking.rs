@@ -49,8 +49,8 @@ impl Session {
                         return Reply::close(Bytes::new());
                     }
                 }
+                // CLIENT KILL or shutdown.
                 _ = self.kill.cancelled() => return Reply::close(Bytes::new()),
-                _ = self.state.drain.cancelled() => return Reply::close(Bytes::new()),
                 _ = self.tx.closed() => return Reply::close(Bytes::new()),
             }
         }

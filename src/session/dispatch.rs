@@ -45,7 +45,7 @@ fn unknown_command(request: &Request) -> String {
 
 impl Session {
     pub(super) async fn dispatch(&mut self, request: Request) -> Reply {
-        self.follow_reload();
+        let live = self.follow_reload();
         let state = Arc::clone(&self.state);
         state
             .stats
@@ -79,7 +79,7 @@ impl Session {
                 _ => CacheCount::No,
             },
             route: (request.argc() > 1 && spec.is_some_and(|s| !s.keys.is_empty()))
-                .then(|| state.live().router.prefix_rule(request.arg(1)))
+                .then(|| live.router.prefix_rule(request.arg(1)))
                 .flatten(),
             request: request.bytes().clone(),
             client: self.client.id,
@@ -120,7 +120,7 @@ impl Session {
         if let Some(user) = self.client.user.clone() {
             if !no_auth {
                 let sub = (request.argc() > 1).then(|| request.arg(1));
-                if let Err(denial) = state.live().policy.check_command(&user, name, spec, sub) {
+                if let Err(denial) = live.policy.check_command(&user, name, spec, sub) {
                     return self.deny(denial);
                 }
             }
@@ -139,7 +139,7 @@ impl Session {
             return self.queue_command(name, spec, request);
         }
 
-        if state.live().policy.has_limits(false) {
+        if live.policy.has_limits(false) {
             if let Err(denial) = self.admit(name, spec, None).await {
                 return self.deny(denial);
             }
@@ -166,7 +166,7 @@ impl Session {
         let Some(spec) = spec else {
             // Unknown to keyway: the backend gives Redis's own error, or runs
             // a module command keyway has not learned.
-            let pool = state.live().router.fallback_pool(name, self.client.db);
+            let pool = live.router.fallback_pool(name, self.client.db);
             return self.forward(pool, request.bytes().clone()).await;
         };
         if let Some(what) = refused(name) {
@@ -182,7 +182,7 @@ impl Session {
             Ok((plan, _)) => plan,
             Err(denial) => return self.deny(denial),
         };
-        if state.live().policy.has_limits(true) {
+        if live.policy.has_limits(true) {
             let pools: Vec<PoolId> = match &plan {
                 Plan::One(pool) => vec![*pool],
                 Plan::Split(split) => split.parts.iter().map(|p| p.pool).collect(),
@@ -202,7 +202,7 @@ impl Session {
                 // Replica reads: read-only commands go to the pool's healthy
                 // replica when one is chosen (never inside a transaction).
                 let target = match spec.flags.contains(Flags::READONLY) {
-                    true => state.live().backends.replica_of(pool).unwrap_or(pool),
+                    true => live.backends.replica_of(pool).unwrap_or(pool),
                     false => pool,
                 };
                 self.forward(target, request.bytes().clone()).await
@@ -274,18 +274,14 @@ impl Session {
             let args = request.arg_vec();
             self.state.commands.key_indexes(spec, &args, &mut keys);
         }
+        let live = self.state.live();
         let allowed = match &self.client.user {
             Some(user) => keys
                 .iter()
-                .try_for_each(|&i| self.state.live().policy.check_key(user, request.arg(i))),
+                .try_for_each(|&i| live.policy.check_key(user, request.arg(i))),
             None => Ok(()),
         };
-        let plan = allowed.map(|()| {
-            self.state
-                .live()
-                .router
-                .plan(name, request, &keys, self.client.db)
-        });
+        let plan = allowed.map(|()| live.router.plan(name, request, &keys, self.client.db));
         let has_keys = !keys.is_empty();
         self.key_scratch = keys;
         plan.map(|p| (p, has_keys))

@@ -208,7 +208,9 @@ async fn serve_stream(
         rd,
         inbuf: BytesMut::new(),
         tx,
-        kill: CancellationToken::new(),
+        // A child of the drain token: shutting down stops every session's
+        // reading as CLIENT KILL stops one, and each read waits on one token.
+        kill: state.drain.child_token(),
         meta: reply::Meta::new(),
         generation: state.live().generation,
         queued: 0,
@@ -278,6 +280,7 @@ impl Session {
             }
         };
         tokio::select! {
+            biased;
             read = read => match read {
                 Ok(read) => matches!(read, Ok(n) if n > 0),
                 Err(_) => {
@@ -285,9 +288,9 @@ impl Session {
                     false
                 }
             },
+            // CLIENT KILL, or shutdown: what was read is answered; nothing
+            // more is read.
             _ = self.kill.cancelled() => false,
-            // Shutdown: what was read is answered; nothing more is read.
-            _ = self.state.drain.cancelled() => false,
         }
     }
 
@@ -401,10 +404,12 @@ impl Session {
 
     /// After a reload: pools may have moved or changed in number, and the
     /// client's user may have changed or gone.
-    pub(super) fn follow_reload(&mut self) {
+    /// Returns the configuration this request runs under, loaded once so the
+    /// request sees one configuration throughout.
+    pub(super) fn follow_reload(&mut self) -> Arc<crate::state::Live> {
         let live = self.state.live_arc();
         if live.generation == self.generation {
-            return;
+            return live;
         }
         self.generation = live.generation;
         self.conns = vec![None; live.backends.pools().len()];
@@ -413,6 +418,7 @@ impl Session {
             None => live.policy.initial_user(),
         };
         self.register();
+        live
     }
 
     /// The db or protocol changed: connections for the old ones no longer fit.

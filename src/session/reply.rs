@@ -15,7 +15,7 @@ use super::merge::Merge;
 use crate::backend::{BackendError, ReplyRx};
 use crate::resp::{self, shapes};
 use crate::route::PoolId;
-use crate::state::State;
+use crate::state::{Live, State};
 
 /// The reply to one request, in whatever state it is in.
 pub enum Reply {
@@ -84,8 +84,8 @@ impl Meta {
         }
     }
 
-    fn record(&self, state: &State, pool: &str, reply: &[u8]) {
-        if !state.live().config.server.metrics {
+    fn record(&self, state: &State, live: &Live, pool: &str, reply: &[u8]) {
+        if !live.config.server.metrics {
             return;
         }
         let m = &state.metrics;
@@ -125,7 +125,6 @@ impl Meta {
                 None => return,
             },
         };
-        let live = state.live();
         m.record_cache(
             pool,
             (live.generation, self.route),
@@ -304,7 +303,7 @@ impl Reply {
                     })
                     .collect();
                 let merged = std::mem::replace(merge, Merge::AllOk).merge(state, frames);
-                meta.record(state, "multi", &merged);
+                meta.record(state, &state.live(), "multi", &merged);
                 merged
             }
             Reply::Silent(inner) => {
@@ -329,11 +328,12 @@ fn failover_retry(
     meta: &mut Meta,
     got: Option<&Bytes>,
 ) -> Option<ReplyRx> {
-    if meta.retried || meta.request.is_empty() {
+    let readonly = got.is_some_and(|b| b.starts_with(b"-READONLY"));
+    // Every reply passes here: an ordinary one leaves at once.
+    if meta.retried || meta.request.is_empty() || (got.is_some() && !readonly) {
         return None;
     }
     let backend = state.live().backends.get(pool)?.clone();
-    let readonly = got.is_some_and(|b| b.starts_with(b"-READONLY"));
     let lost_read = got.is_none() && meta.read_only && state.live().config.backend.retry_reads;
     let demoted = readonly && backend.is_sentinel_managed();
     if !(demoted || lost_read) {
@@ -384,7 +384,7 @@ fn record(state: &State, meta: &Meta, pool: PoolId, reply: &[u8]) {
         Some(p) => p.name(),
         None => live.router.pool_name(pool),
     };
-    meta.record(state, name, reply);
+    meta.record(state, &live, name, reply);
 }
 
 /// A pool's name for errors and metric labels, replica pools included.
@@ -515,8 +515,18 @@ pub async fn write_replies(
         }
         let can_take = out.len() < limit;
         let stall_deadline = stalled_since.map(|s| s + stall);
+        // A timer only while stalled: select! builds every branch's future.
+        let stall_timer = async {
+            match stall_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep_until(stall_deadline.unwrap_or_else(tokio::time::Instant::now)), if stall_deadline.is_some() => {}
+            // Fixed order, no random draw per wake-up: writing owed bytes
+            // first keeps the buffer small.
+            biased;
+            _ = stall_timer, if stall_deadline.is_some() => {}
             written = wr.write_buf(&mut out), if !out.is_empty() => {
                 if !matches!(written, Ok(n) if n > 0) {
                     return;
