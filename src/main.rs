@@ -47,11 +47,19 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_filter.as_deref(), cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.server.worker_threads.max(1))
-        .enable_all()
-        .build()
-    {
+    // One event-loop thread (the default) runs on tokio's current-thread
+    // scheduler: no work-stealing bookkeeping, and a woken task waits its
+    // turn instead of jumping the queue, so the requests of every client
+    // that is ready reach a backend connection before it writes.
+    let mut builder = match config.server.worker_threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("keyway: cannot start the runtime: {e}");

@@ -140,15 +140,19 @@ async fn write_loop(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
     loop {
         tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
             // Retired: new requests go elsewhere; dropping `rx` tells senders.
             _ = retire.changed() => return,
         }
-        // Let the other clients' tasks that are ready run first, so their
-        // requests join this write instead of costing a syscall each.
-        if batch.len() < BATCH {
+        // On the multi-threaded scheduler the writer, just woken, runs
+        // before the other ready clients: let them go first, so their
+        // requests join this write instead of costing a syscall each. The
+        // current-thread scheduler queues it behind them already.
+        if batch.len() < BATCH && multi_thread {
             tokio::task::yield_now().await;
             while batch.len() < BATCH {
                 match rx.try_recv() {
