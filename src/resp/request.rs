@@ -26,6 +26,8 @@ pub enum ProtocolError {
     UnbalancedQuotes,
     #[error("invalid reply frame")]
     Reply,
+    #[error("request larger than 4 GiB")]
+    RequestTooBig,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -56,9 +58,18 @@ pub struct Request {
     args: ArgRanges,
 }
 
-/// Where each argument sits in `bytes`; most commands have a handful of
-/// arguments, which stay inline instead of costing an allocation each.
-type ArgRanges = SmallVec<[Range<usize>; 4]>;
+/// Where each argument sits in `bytes`. GET and SET fit inline, so parsing
+/// them allocates nothing; offsets are 32-bit (a request is refused above
+/// 4 GiB) so a `Request`, held in every client's task, stays small.
+type ArgRanges = SmallVec<[Range<u32>; 3]>;
+
+/// Requests are limited to what 32-bit offsets can address.
+const MAX_REQUEST: usize = u32::MAX as usize;
+
+fn offset(n: usize) -> u32 {
+    // Callers stay below MAX_REQUEST; saturating keeps this total anyway.
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
 
 /// The arguments of a request as slices, on the stack for common commands.
 pub type ArgSlices<'a> = SmallVec<[&'a [u8]; 8]>;
@@ -73,11 +84,14 @@ impl Request {
     }
 
     pub fn arg(&self, i: usize) -> &[u8] {
-        &self.bytes[self.args[i].clone()]
+        let r = &self.args[i];
+        &self.bytes[r.start as usize..r.end as usize]
     }
 
     pub fn args(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        self.args.iter().map(|r| &self.bytes[r.clone()])
+        self.args
+            .iter()
+            .map(|r| &self.bytes[r.start as usize..r.end as usize])
     }
 
     pub fn arg_vec(&self) -> ArgSlices<'_> {
@@ -94,7 +108,7 @@ impl Request {
             buf.put_slice(format!("${}\r\n", a.len()).as_bytes());
             let start = buf.len();
             buf.put_slice(a);
-            ranges.push(start..buf.len());
+            ranges.push(offset(start)..offset(buf.len()));
             buf.put_slice(b"\r\n");
         }
         Request {
@@ -189,6 +203,9 @@ impl RequestParser {
             }
             let start = *pos + header_len;
             let end = start + len as usize;
+            if end + 2 > MAX_REQUEST {
+                return Err(ProtocolError::RequestTooBig);
+            }
             if buf.len() < end + 2 {
                 // Reserve for a large argument once rather than growing in steps.
                 buf.reserve(end + 2 - buf.len());
@@ -197,7 +214,7 @@ impl RequestParser {
             if &buf[end..end + 2] != b"\r\n" {
                 return Err(ProtocolError::BulkLength);
             }
-            args.push(start..end);
+            args.push(offset(start)..offset(end));
             *pos = end + 2;
         }
         let len = *pos;
