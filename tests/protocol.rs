@@ -112,6 +112,10 @@ fn protocol_errors_get_redis_errors_and_close() {
         b"-ERR Protocol error: invalid multibulk length\r\n"
     );
     assert!(raw.is_closed());
+    assert_eq!(
+        r.keyway.metric(r#"keyway_errors_total{kind="protocol"}"#),
+        2.0
+    );
     // Other clients never noticed.
     let mut c = r.client();
     let pong: String = redis::cmd("PING").query(&mut c).unwrap();

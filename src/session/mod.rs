@@ -248,6 +248,11 @@ impl Session {
                 }
                 Err(e) => {
                     tracing::debug!(client = self.client.id, "protocol error: {e}");
+                    self.state
+                        .metrics
+                        .errors
+                        .with_label_values(&["protocol"])
+                        .inc();
                     let reply = crate::resp::error(&format!("ERR Protocol error: {e}"));
                     let _ = self.tx.send(Reply::close(reply)).await;
                     return;
