@@ -9,23 +9,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::io::{ReadHalf, WriteHalf};
 
 use super::stream::BackendStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
+use super::inbox::ReplyTo;
 use crate::config::Endpoint;
 use crate::resp::{FrameScanner, Protocol, Request};
 
-/// A reply on its way; a dropped sender means the connection was lost.
-pub type ReplyRx = oneshot::Receiver<Bytes>;
-
 /// A request written and waiting for its reply, with when it left.
 struct InFlight {
-    reply: oneshot::Sender<Bytes>,
+    reply: ReplyTo,
     sent: std::time::Instant,
 }
 
 struct Outbound {
     bytes: Bytes,
-    reply: oneshot::Sender<Bytes>,
+    reply: ReplyTo,
 }
 
 /// Requests queued to one backend connection before senders wait.
@@ -71,14 +69,20 @@ impl Conn {
         self.tx.is_closed()
     }
 
-    /// Queues a request; `Err` gives the bytes back when the connection is
-    /// already closed, so the caller may use another one (nothing was sent).
-    pub async fn send(&self, bytes: Bytes) -> Result<ReplyRx, Bytes> {
-        let (reply, rx) = oneshot::channel();
+    /// Queues a request whose reply goes to `reply`; `Err` gives both back
+    /// when the connection is already closed, so the caller may use another
+    /// one (nothing was sent).
+    pub async fn send(&self, bytes: Bytes, reply: ReplyTo) -> Result<(), (Bytes, ReplyTo)> {
         match self.tx.send(Outbound { bytes, reply }).await {
-            Ok(()) => Ok(rx),
-            Err(e) => Err(e.0.bytes),
+            Ok(()) => Ok(()),
+            Err(e) => Err((e.0.bytes, e.0.reply)),
         }
+    }
+
+    /// Queues a one-off request and returns where its reply arrives.
+    pub async fn request(&self, bytes: Bytes) -> Option<super::ReplyRx> {
+        let (reply, rx) = ReplyTo::once();
+        self.send(bytes, reply).await.ok().map(|()| rx)
     }
 }
 
@@ -219,7 +223,7 @@ async fn read_loop(
                             if let Some(h) = &round_trip {
                                 h.observe(w.sent.elapsed().as_secs_f64());
                             }
-                            let _ = w.reply.send(frame);
+                            w.reply.send(frame);
                         }
                         None => {
                             tracing::warn!(
@@ -242,7 +246,10 @@ async fn read_loop(
             return;
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+            // Asking for a quarter reuses the whole buffer in place once the
+            // replies split off it are written; while some are still held,
+            // a new buffer of the original size replaces it.
+            buf.reserve(READ_CHUNK / 4);
         }
         tokio::select! {
             read = rd.read_buf(&mut buf) => match read {

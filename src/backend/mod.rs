@@ -4,6 +4,7 @@
 
 mod conn;
 mod dedicated;
+mod inbox;
 mod pool;
 mod stream;
 
@@ -11,8 +12,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-pub use conn::{request_once, Conn, ReplyRx};
+pub use conn::{request_once, Conn};
 pub use dedicated::Dedicated;
+pub use inbox::{Arrival, Inbox, ReplyRx, ReplyTo};
 pub use pool::{Pool, Probe};
 
 use crate::config::Config;

@@ -14,7 +14,9 @@ use crate::route::PoolId;
 
 impl Session {
     pub(super) async fn blocking(&mut self, pool: PoolId, request: &Request) -> Reply {
-        self.barrier().await;
+        if !self.flush().await {
+            return Reply::close(Bytes::new());
+        }
         let backend = match self.state.live().backends.checked(pool) {
             Ok(b) => b,
             Err(e) => return Reply::backend_error(&e),
@@ -51,7 +53,6 @@ impl Session {
                 }
                 // CLIENT KILL or shutdown.
                 _ = self.kill.cancelled() => return Reply::close(Bytes::new()),
-                _ = self.tx.closed() => return Reply::close(Bytes::new()),
             }
         }
     }

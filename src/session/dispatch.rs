@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::merge::Merge;
 use super::pubsub::Kind;
-use super::reply::{CacheCount, Fanout, Meta, Part, Reply};
+use super::reply::{CacheCount, Fanout, Forwarded, Meta, Part, Reply, Wait};
 use super::Session;
 use crate::command::{Flags, Spec};
 use crate::policy::{Denial, Subject};
@@ -178,7 +178,7 @@ impl Session {
         if name == b"mset" && request.argc().is_multiple_of(2) {
             return error("ERR wrong number of arguments for 'mset' command");
         }
-        let plan = match self.plan(name, spec, &request) {
+        let plan = match self.plan(&live, name, spec, &request) {
             Ok((plan, _)) => plan,
             Err(denial) => return self.deny(denial),
         };
@@ -222,7 +222,9 @@ impl Session {
                 };
                 let mut parts = Vec::with_capacity(plan.parts.len());
                 for part in plan.parts {
-                    let rx = self.send(part.pool, part.request.bytes().clone()).await;
+                    let rx = self
+                        .send_once(part.pool, part.request.bytes().clone())
+                        .await;
                     parts.push(Part::new(part.pool, rx));
                 }
                 Reply::Fanout(Box::new(Fanout {
@@ -264,6 +266,7 @@ impl Session {
     /// user's prefixes refuses the whole request.
     fn plan(
         &mut self,
+        live: &crate::state::Live,
         name: &[u8],
         spec: &Spec,
         request: &Request,
@@ -274,7 +277,6 @@ impl Session {
             let args = request.arg_vec();
             self.state.commands.key_indexes(spec, &args, &mut keys);
         }
-        let live = self.state.live();
         let allowed = match &self.client.user {
             Some(user) => keys
                 .iter()
@@ -297,7 +299,8 @@ impl Session {
         let Some(spec) = spec else {
             return Err(resp::error(&unknown_command(request)));
         };
-        match self.plan(name, spec, request) {
+        let live = self.state.live_arc();
+        match self.plan(&live, name, spec, request) {
             Ok((Plan::One(pool), _)) => Ok(pool),
             Ok((Plan::CrossPool(c), _)) => Err(resp::error(&c.to_string())),
             Ok((Plan::Split(plan), _)) => {
@@ -351,22 +354,36 @@ impl Session {
         Reply::now(error)
     }
 
+    /// Sends a request whose reply is passed through as it is; the reply
+    /// arrives in the client's inbox under its position.
     pub(super) async fn forward(&mut self, pool: PoolId, bytes: Bytes) -> Reply {
-        match self.send(pool, bytes).await {
-            Ok(rx) => Reply::Backend {
-                pool: pool as u32,
-                rx,
-                meta: Box::new(self.meta.clone()),
-            },
+        let (reply_to, seq) = self.output.reply_to_next();
+        match self.send(pool, bytes, reply_to).await {
+            Ok(()) => Reply::Backend(Forwarded {
+                pool,
+                seq,
+                wait: Wait::Inbox,
+                meta: self.meta.clone(),
+            }),
             Err(e) => Reply::backend_error(&e),
         }
+    }
+
+    /// Sends one part of a fanned-out request.
+    async fn send_once(
+        &mut self,
+        pool: PoolId,
+        bytes: Bytes,
+    ) -> Result<crate::backend::ReplyRx, crate::backend::BackendError> {
+        let (reply_to, rx) = crate::backend::ReplyTo::once();
+        self.send(pool, bytes, reply_to).await.map(|()| rx)
     }
 
     /// Sends the same request to several pools and merges their replies.
     pub(super) async fn fanout(&mut self, pools: &[PoolId], bytes: &Bytes, merge: Merge) -> Reply {
         let mut parts = Vec::with_capacity(pools.len());
         for &pool in pools {
-            let rx = self.send(pool, bytes.clone()).await;
+            let rx = self.send_once(pool, bytes.clone()).await;
             parts.push(Part::new(pool, rx));
         }
         Reply::Fanout(Box::new(Fanout {

@@ -1,27 +1,32 @@
-//! One client connection: reads bytes, splits complete requests (pipelines
-//! included), keeps the client's state (db, protocol, name, transaction,
-//! subscriptions) and hands each request's pending reply, in order, to the
-//! writer task.
+//! One client connection, served by one task: reads bytes, splits complete
+//! requests (pipelines included), keeps the client's state (db, protocol,
+//! name, transaction, subscriptions), queues each request's reply in order
+//! and writes the replies as they resolve.
 
 mod blocking;
 mod dispatch;
 mod local;
 mod merge;
+mod output;
 mod pubsub;
 mod reply;
 mod transaction;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
+use tokio_util::io::poll_read_buf;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::backend::{BackendError, Conn, ReplyRx};
+use crate::backend::{BackendError, Conn, ReplyTo};
 use crate::config::Config;
 use crate::policy::{Denial, User};
 use crate::resp::{ParseLimits, Protocol, RequestParser};
@@ -30,6 +35,7 @@ use crate::state::{ClientInfo, State};
 
 pub use reply::Reply;
 
+use output::Output;
 use pubsub::Subscriptions;
 use transaction::Transaction;
 
@@ -116,16 +122,26 @@ pub struct Session {
     key_scratch: Vec<usize>,
     rd: ClientReader,
     inbuf: BytesMut,
-    tx: mpsc::Sender<Reply>,
+    /// The size of the last read buffer reserved.
+    read_chunk: usize,
+    /// `server.idle_timeout_secs` of the configuration in force.
+    idle_timeout_secs: u64,
+    /// No more requests are read: EOF, CLIENT KILL or shutdown.
+    input_closed: bool,
+    output: Output,
+    /// Messages the subscription links push, opened with the first link.
+    pushes: Option<(mpsc::Sender<Reply>, mpsc::Receiver<Reply>)>,
     /// Cancelled by CLIENT KILL.
     kill: CancellationToken,
+    /// `kill` as a future that stays registered across polls.
+    killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    kill_registered: bool,
+    /// With `idle_timeout_secs`: restarted whenever the session waits.
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The metrics context of the request being dispatched.
     meta: reply::Meta,
     /// The configuration generation `conns` and `client.user` belong to.
     generation: u64,
-    /// Replies queued so far, against `flow.taken`: how many are owed.
-    queued: u64,
-    flow: Arc<reply::Flow>,
 }
 
 pub fn parse_limits(config: &Config) -> ParseLimits {
@@ -193,11 +209,9 @@ async fn serve_stream(
     let id = client.id;
     state.metrics.clients_connected.inc();
     state.metrics.clients_total.inc();
-    // The channel's bound is the pipeline depth: a client that does not
-    // read its replies stops being read.
-    let (tx, rx) = mpsc::channel(state.live().config.server.max_pipeline);
-    let flow = Arc::new(reply::Flow::new());
-    let writer = tokio::spawn(reply::write_replies(wr, rx, state.clone(), flow.clone()));
+    // A child of the drain token: shutting down stops every session's
+    // reading as CLIENT KILL stops one, and each read waits on one token.
+    let kill = state.drain.child_token();
     let mut session = Session {
         conns: vec![None; state.live().backends.pools().len()],
         state: state.clone(),
@@ -207,45 +221,63 @@ async fn serve_stream(
         key_scratch: Vec::new(),
         rd,
         inbuf: BytesMut::new(),
-        tx,
-        // A child of the drain token: shutting down stops every session's
-        // reading as CLIENT KILL stops one, and each read waits on one token.
-        kill: state.drain.child_token(),
+        read_chunk: FIRST_READ / 2,
+        idle_timeout_secs: state.live().config.server.idle_timeout_secs,
+        input_closed: false,
+        output: Output::new(wr, &state.live().config),
+        pushes: None,
+        kill: kill.clone(),
+        killed: Box::pin(kill.cancelled_owned()),
+        kill_registered: false,
+        idle_timer: None,
         meta: reply::Meta::new(),
         generation: state.live().generation,
-        queued: 0,
-        flow,
     };
     session.register();
-    session.read_requests().await;
+    session.run().await;
     // Leased connections close with the session: nothing half-done survives.
     session.mode = Mode::Normal;
     drop(session);
-    let _ = writer.await;
     state.clients.remove(&id);
     state.metrics.clients_connected.dec();
 }
 
 impl Session {
-    async fn read_requests(&mut self) {
+    /// Serves the client until it quits, breaks the protocol, disconnects
+    /// or is killed; every request read is answered before the end.
+    async fn run(&mut self) {
         let mut parser = RequestParser::new(parse_limits(&self.state.live().config));
         loop {
+            let needs_bytes = self.dispatch_buffered(&mut parser).await;
+            self.output.collect(&self.state);
+            if self.output.gone().is_some() {
+                return;
+            }
+            let reading = needs_bytes && !self.input_closed && !self.output.closing();
+            if !reading && self.output.is_empty() && (self.input_closed || self.output.closing()) {
+                break;
+            }
+            if !self.wait().await {
+                return;
+            }
+        }
+        self.output.shutdown().await;
+    }
+
+    /// Dispatches every complete request already read while the replies
+    /// owed leave room; true when more bytes are needed to go on.
+    async fn dispatch_buffered(&mut self, parser: &mut RequestParser) -> bool {
+        while self.output.has_room() {
             match parser.next(&mut self.inbuf) {
                 Ok(Some(request)) => {
-                    if !self.wait_for_room().await {
-                        return;
-                    }
                     let reply = self.dispatch(request).await;
-                    if !self.queue(reply).await {
-                        return;
-                    }
+                    // The replies keep their own copy; this one would keep
+                    // the read buffer from being reused.
+                    self.meta.request = Bytes::new();
+                    self.queue(reply);
                     self.release_held_messages().await;
                 }
-                Ok(None) => {
-                    if !self.read_more().await {
-                        return;
-                    }
-                }
+                Ok(None) => return true,
                 Err(e) => {
                     tracing::debug!(client = self.client.id, "protocol error: {e}");
                     self.state
@@ -254,55 +286,110 @@ impl Session {
                         .with_label_values(&["protocol"])
                         .inc();
                     let reply = crate::resp::error(&format!("ERR Protocol error: {e}"));
-                    let _ = self.tx.send(Reply::close(reply)).await;
-                    return;
+                    self.output.push(Reply::close(reply));
+                    return false;
                 }
             }
         }
+        false
     }
 
-    /// Reads more client bytes; false on EOF, error or CLIENT KILL.
-    async fn read_more(&mut self) -> bool {
+    /// Waits for the next thing to do: client bytes (when more are
+    /// wanted), a reply resolved or written, a pushed message, CLIENT KILL.
+    /// False once the client can no longer be written to.
+    async fn wait(&mut self) -> bool {
+        let reading = !self.input_closed && !self.output.closing() && self.output.has_room();
         let spare = self.inbuf.capacity() - self.inbuf.len();
-        if spare < FIRST_READ {
-            // Double what the client filled last time, up to READ_CHUNK.
-            let want = (self.inbuf.capacity() * 2).clamp(FIRST_READ, READ_CHUNK);
-            self.inbuf.reserve(want);
+        // While requests split off the buffer are in flight it cannot be
+        // reused; unless it is full, refill it once they are answered.
+        if reading && spare < FIRST_READ && (spare == 0 || self.output.is_empty()) {
+            if self.read_chunk < READ_CHUNK {
+                // A client that keeps filling its buffer gets one twice as
+                // large, up to READ_CHUNK.
+                self.read_chunk = (self.read_chunk * 2).clamp(FIRST_READ, READ_CHUNK);
+                self.inbuf.reserve(self.read_chunk);
+            } else if !self.inbuf.try_reclaim(READ_CHUNK / 2) {
+                self.inbuf.reserve(READ_CHUNK);
+            }
         }
         // Subscribers and transactions wait for the server, not the client.
-        let idle = match (
-            &self.mode,
-            self.state.live().config.server.idle_timeout_secs,
-        ) {
-            (Mode::Normal, secs) if secs > 0 => Some(std::time::Duration::from_secs(secs)),
-            _ => None,
+        let idle = match (&self.mode, self.output.is_empty()) {
+            (Mode::Normal, true) => self.idle_timeout_secs,
+            _ => 0,
         };
-        let read = async {
-            match idle {
-                // No timer at all when idle clients are allowed (the default).
-                None => Ok(self.rd.read_buf(&mut self.inbuf).await),
-                Some(idle) => tokio::time::timeout(idle, self.rd.read_buf(&mut self.inbuf)).await,
+        let idle_timing = reading && idle > 0;
+        if idle_timing {
+            let at = tokio::time::Instant::now() + std::time::Duration::from_secs(idle);
+            match self.idle_timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(at),
+                None => self.idle_timer = Some(Box::pin(tokio::time::sleep_until(at))),
             }
-        };
-        tokio::select! {
-            biased;
-            read = read => match read {
-                Ok(read) => matches!(read, Ok(n) if n > 0),
-                Err(_) => {
-                    tracing::debug!(client = self.client.id, "closing an idle client");
-                    false
-                }
-            },
-            // CLIENT KILL, or shutdown: what was read is answered; nothing
-            // more is read.
-            _ = self.kill.cancelled() => false,
         }
+        std::future::poll_fn(|cx| {
+            let woke = self.poll_wait(cx, reading);
+            if woke.is_pending() && idle_timing {
+                if let Some(timer) = self.idle_timer.as_mut() {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        tracing::debug!(client = self.client.id, "closing an idle client");
+                        self.input_closed = true;
+                        return Poll::Ready(true);
+                    }
+                }
+            }
+            woke
+        })
+        .await
     }
 
-    /// Hands a reply to the writer, honouring CLIENT REPLY; false when the
-    /// connection is done.
-    async fn queue(&mut self, reply: Reply) -> bool {
-        let closes = reply.closes();
+    /// One poll of everything a session waits on, in a fixed order:
+    /// owed replies first, then the client, pushed messages, CLIENT KILL.
+    /// Polled by hand, not through `select!`: it runs several times per
+    /// request and keeps no future of its own.
+    fn poll_wait(&mut self, cx: &mut Context<'_>, reading: bool) -> Poll<bool> {
+        if !self.output.is_empty() {
+            if let Poll::Ready(progress) = self.output.poll_progress(cx, &self.state) {
+                return Poll::Ready(progress.is_ok());
+            }
+        }
+        if reading {
+            match poll_read_buf(Pin::new(&mut self.rd), cx, &mut self.inbuf) {
+                Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(true),
+                Poll::Ready(_) => {
+                    self.input_closed = true;
+                    return Poll::Ready(true);
+                }
+                Poll::Pending => {}
+            }
+        }
+        if self.output.has_room() {
+            if let Some((_, pushes)) = self.pushes.as_mut() {
+                if let Poll::Ready(Some(message)) = pushes.poll_recv(cx) {
+                    self.output.push(message);
+                    return Poll::Ready(true);
+                }
+            }
+        }
+        // CLIENT KILL, or shutdown: what was read is answered; nothing more
+        // is read. Watched only while reading, the one wait with no end.
+        // Once polled, the future stays registered with this task's waker,
+        // so later waits only check the flag.
+        if reading {
+            let killed = if self.kill_registered {
+                self.kill.is_cancelled()
+            } else {
+                self.kill_registered = true;
+                self.killed.as_mut().poll(cx).is_ready()
+            };
+            if killed {
+                self.input_closed = true;
+                return Poll::Ready(true);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Queues a reply, honouring CLIENT REPLY.
+    fn queue(&mut self, reply: Reply) {
         let reply = match self.reply_mode {
             ReplyMode::On => reply,
             ReplyMode::Off => Reply::Silent(Box::new(reply)),
@@ -315,49 +402,28 @@ impl Session {
                 Reply::Silent(Box::new(reply))
             }
         };
-        self.queued += 1;
-        self.tx.send(reply).await.is_ok() && !closes
+        self.output.push(reply);
     }
 
-    /// Holds the next request back while the replies owed to this client
-    /// would exceed its output limit (large replies, a client not reading).
-    async fn wait_for_room(&mut self) -> bool {
-        let (max_pipeline, limit) = {
-            let live = self.state.live();
-            (
-                live.config.server.max_pipeline,
-                live.config.server.client_output_limit_bytes,
-            )
-        };
-        loop {
-            let taken = self.flow.taken.load(std::sync::atomic::Ordering::Relaxed);
-            let owed = self.queued.saturating_sub(taken);
-            if owed < self.flow.allowed(max_pipeline, limit) {
-                return true;
-            }
-            tokio::select! {
-                _ = self.flow.progress.notified() => {}
-                _ = self.tx.closed() => return false,
-                _ = self.kill.cancelled() => return false,
-            }
-        }
+    /// Resolves and writes every reply queued before now, so work on a
+    /// leased connection runs after the client's earlier commands; false
+    /// when the client can no longer be written to.
+    async fn flush(&mut self) -> bool {
+        self.output.flush(&self.state).await.is_ok()
     }
 
-    /// Waits until every reply queued before now has been resolved, so work
-    /// on a leased connection runs after the client's earlier commands.
-    async fn barrier(&mut self) {
-        let (done, wait) = oneshot::channel();
-        // The writer counts the barrier as a reply taken, so it counts here too.
-        self.queued += 1;
-        if self.tx.send(Reply::Barrier(Some(done))).await.is_ok() {
-            let _ = wait.await;
-        }
-    }
-
-    /// Queues `bytes` on the pool's multiplexed connection for this client.
-    /// A connection found closed before anything was sent is replaced once.
-    async fn send(&mut self, pool: PoolId, mut bytes: Bytes) -> Result<ReplyRx, BackendError> {
-        if pool >= self.conns.len() || self.state.live().backends.get(pool).is_none() {
+    /// Queues `bytes` on the pool's multiplexed connection for this client,
+    /// its reply due at `reply`. A connection found closed before anything
+    /// was sent is replaced once.
+    async fn send(
+        &mut self,
+        pool: PoolId,
+        mut bytes: Bytes,
+        mut reply: ReplyTo,
+    ) -> Result<(), BackendError> {
+        // `conns` has one slot per pool of the configuration the request
+        // runs under; connecting checks the pool against the current one.
+        if pool >= self.conns.len() {
             // A route planned just before a reload that removed the pool.
             return Err(BackendError::Unavailable {
                 pool: self.state.live().router.pool_name(pool).to_string(),
@@ -380,10 +446,10 @@ impl Session {
             let Some(conn) = self.conns[pool].as_ref() else {
                 continue;
             };
-            match conn.send(bytes).await {
-                Ok(rx) => return Ok(rx),
+            match conn.send(bytes, reply).await {
+                Ok(()) => return Ok(()),
                 Err(back) => {
-                    bytes = back;
+                    (bytes, reply) = back;
                     self.conns[pool] = None;
                 }
             }
@@ -418,6 +484,8 @@ impl Session {
         }
         self.generation = live.generation;
         self.conns = vec![None; live.backends.pools().len()];
+        self.output.configure(&live.config);
+        self.idle_timeout_secs = live.config.server.idle_timeout_secs;
         self.client.user = match &self.client.user {
             Some(user) => live.policy.same_user(user),
             None => live.policy.initial_user(),

@@ -185,11 +185,11 @@ impl Session {
                 done,
             };
             // A closed link drops `done`, which the wait below reports.
-            let _ = link.send(cmd).await;
+            let _ = self.alongside_pushes(link.send(cmd)).await;
             waits.push((*pool, wait));
         }
         for (pool, wait) in waits {
-            if !matches!(wait.await, Ok(true)) {
+            if !matches!(self.alongside_pushes(wait).await, Ok(true)) {
                 self.leave_if_empty();
                 return Reply::now(resp::error(&format!(
                     "ERR backend '{}' connection lost while subscribing",
@@ -258,22 +258,26 @@ impl Session {
                 per_pool.entry(p).or_default().push(name.clone());
             }
         }
+        let links: Vec<_> = per_pool
+            .into_iter()
+            .filter_map(|(pool, names)| Some((subs.links[pool].clone()?, names)))
+            .collect();
         let mut waits = Vec::new();
-        for (pool, pool_names) in per_pool {
-            if let Some(link) = subs.links[pool].clone() {
+        for (link, pool_names) in links {
+            {
                 let (done, wait) = oneshot::channel();
                 let cmd = LinkCmd::Send {
                     bytes: command(kind.unsubscribe(), &pool_names),
                     confirmations: pool_names.len(),
                     done,
                 };
-                if link.send(cmd).await.is_ok() {
+                if self.alongside_pushes(link.send(cmd)).await.is_ok() {
                     waits.push(wait);
                 }
             }
         }
         for wait in waits {
-            let _ = wait.await;
+            let _ = self.alongside_pushes(wait).await;
         }
         let Mode::Subscribed(subs) = &mut self.mode else {
             return Reply::now(resp::error("ERR subscription state lost"));
@@ -317,11 +321,38 @@ impl Session {
         let Mode::Subscribed(subs) = &mut self.mode else {
             return;
         };
-        for pool in std::mem::take(&mut subs.held) {
-            if let Some(link) = &subs.links[pool] {
-                let _ = link.send(LinkCmd::Release).await;
+        let links: Vec<_> = std::mem::take(&mut subs.held)
+            .into_iter()
+            .filter_map(|pool| subs.links[pool].clone())
+            .collect();
+        for link in links {
+            let _ = self.alongside_pushes(link.send(LinkCmd::Release)).await;
+        }
+    }
+
+    /// Waits for a link while taking the messages links push meanwhile: a
+    /// link blocked on a full push queue could otherwise never answer.
+    async fn alongside_pushes<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+        let Some((_, pushes)) = self.pushes.as_mut() else {
+            return work.await;
+        };
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return done,
+                Some(message) = pushes.recv() => self.output.push(message),
             }
         }
+    }
+
+    /// Where links push messages for this client, opened with the first.
+    fn push_sender(&mut self) -> mpsc::Sender<Reply> {
+        let max_pipeline = self.state.live().config.server.max_pipeline;
+        self.pushes
+            .get_or_insert_with(|| mpsc::channel(max_pipeline.max(1)))
+            .0
+            .clone()
     }
 
     /// PING in RESP2 subscriber mode answers `["pong", msg]`.
@@ -361,7 +392,8 @@ impl Session {
             db: self.client.db,
             proto: self.client.proto,
         };
-        tokio::spawn(run_link(source, conn, cmds_rx, self.tx.clone()));
+        let pushes = self.push_sender();
+        tokio::spawn(run_link(source, conn, cmds_rx, pushes));
         let Mode::Subscribed(subs) = &mut self.mode else {
             return Err(Reply::now(resp::error("ERR subscription state lost")));
         };

@@ -1,15 +1,14 @@
-//! Replies on their way back: each request's reply is a `Reply` queued in
-//! request order; the writer resolves them in that order and coalesces
-//! whatever is ready into one write.
+//! Replies on their way back: the reply to each request as a `Reply`, in
+//! whatever state it is in, and how it resolves into the bytes the client
+//! gets (metrics recorded, a failover retried, a late backend timed out).
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use super::ClientWriter;
-use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use bytes::Bytes;
 use tokio::sync::oneshot::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot};
 
 use super::merge::Merge;
 use crate::backend::{BackendError, ReplyRx};
@@ -19,24 +18,37 @@ use crate::state::{Live, State};
 
 /// The reply to one request, in whatever state it is in.
 pub enum Reply {
-    /// Answered by keyway (or refused). Boxed, like every variant but the
-    /// hot `Backend`, so a reply queue slot stays 24 bytes.
-    Now(Box<Bytes>),
+    /// Answered by keyway (or refused).
+    Now(Bytes),
     /// Forwarded to one pool; its reply is passed through unchanged.
-    Backend {
-        /// A `PoolId`, kept narrow for the same reason.
-        pool: u32,
-        rx: ReplyRx,
-        meta: Box<Meta>,
-    },
+    Backend(Forwarded),
     /// Sent to several pools; the parts are merged once all arrived.
     Fanout(Box<Fanout>),
     /// Written, then the connection is closed (QUIT, protocol errors).
-    Close(Box<Bytes>),
+    Close(Bytes),
     /// Resolved but not written (CLIENT REPLY OFF / SKIP).
     Silent(Box<Reply>),
-    /// Writes nothing; fires once every earlier reply is resolved.
-    Barrier(Option<oneshot::Sender<()>>),
+}
+
+/// A request forwarded to one pool, and where its reply is.
+pub struct Forwarded {
+    pub pool: PoolId,
+    /// The reply's position among all of the client's replies: the tag it
+    /// arrives under in the client's inbox.
+    pub seq: u64,
+    pub wait: Wait,
+    pub meta: Meta,
+}
+
+pub enum Wait {
+    /// Due in the client's inbox.
+    Inbox,
+    /// Sent again after a failover; due on this receiver.
+    Retry(ReplyRx),
+    /// Arrived; `None` when the connection was lost with it in flight.
+    Arrived(Option<Bytes>),
+    /// Answered by keyway instead (timed out), already counted.
+    Answered(Bytes),
 }
 
 /// What the metrics need to know of a forwarded request.
@@ -167,8 +179,8 @@ impl Default for Meta {
     }
 }
 
-/// Kept behind a box: a client's reply queue holds many replies, and most
-/// are small.
+/// Kept behind a box: most replies in a client's queue are forwarded ones,
+/// and a fan-out is rarer and larger.
 pub struct Fanout {
     pub parts: Vec<Part>,
     pub merge: Merge,
@@ -194,11 +206,11 @@ impl Part {
 
 impl Reply {
     pub fn now(bytes: Bytes) -> Reply {
-        Reply::Now(Box::new(bytes))
+        Reply::Now(bytes)
     }
 
     pub fn close(bytes: Bytes) -> Reply {
-        Reply::Close(Box::new(bytes))
+        Reply::Close(bytes)
     }
 
     pub fn closes(&self) -> bool {
@@ -213,83 +225,66 @@ impl Reply {
         Reply::now(e.to_resp())
     }
 
-    /// The bytes if they are there already, without waiting.
-    fn try_ready(&mut self, state: &State) -> Option<Bytes> {
+    /// The forwarded request inside, CLIENT REPLY OFF or not.
+    pub fn forwarded_mut(&mut self) -> Option<&mut Forwarded> {
         match self {
-            Reply::Now(b) | Reply::Close(b) => Some(b.as_ref().clone()),
-            Reply::Backend { pool, rx, meta } => {
-                let pool = &(*pool as PoolId);
-                let got = match rx.try_recv() {
-                    Ok(b) => Some(b),
-                    Err(TryRecvError::Empty) => return None,
-                    Err(TryRecvError::Closed) => None,
-                };
-                if let Some(retry) = failover_retry(state, *pool, meta, got.as_ref()) {
-                    *rx = retry;
-                    return None;
-                }
-                let b = got.unwrap_or_else(|| lost(state, *pool));
-                record(state, meta, *pool, &b);
-                Some(b)
-            }
-            Reply::Fanout(_) => None,
-            Reply::Silent(inner) => inner.try_ready(state).map(|_| Bytes::new()),
-            Reply::Barrier(done) => {
-                if let Some(done) = done.take() {
-                    let _ = done.send(());
-                }
-                Some(Bytes::new())
-            }
+            Reply::Backend(f) => Some(f),
+            Reply::Silent(inner) => inner.forwarded_mut(),
+            _ => None,
         }
     }
 
-    /// Waits for the reply. Cancel-safe: every wait is on a receiver held
-    /// by reference and each result is stored as soon as it arrives, so the
-    /// writer may drop this future to write bytes and call it again later.
-    async fn ready(&mut self, state: &State) -> Bytes {
+    /// Whether the reply waits on something other than the client's inbox
+    /// (fan-out parts, a retry), which `poll_ready` polls.
+    pub fn waits_elsewhere(&self) -> bool {
         match self {
-            Reply::Now(b) | Reply::Close(b) => b.as_ref().clone(),
-            Reply::Backend { pool, rx, meta } => loop {
-                let pool = &(*pool as PoolId);
-                let timeout = state.live().config.backend.request_timeout_ms;
-                let got = if timeout == 0 {
-                    (&mut *rx).await.ok()
-                } else {
-                    let deadline = tokio::time::Instant::from_std(meta.started)
-                        + std::time::Duration::from_millis(timeout);
-                    match tokio::time::timeout_at(deadline, &mut *rx).await {
-                        Ok(got) => got.ok(),
-                        Err(_) => {
-                            // The late reply is dropped when it arrives; the
-                            // connection's FIFO order is unaffected.
-                            state.metrics.errors.with_label_values(&["timeout"]).inc();
-                            let b = resp::error(&format!(
-                                "ERR backend '{}' timed out after {timeout}ms",
-                                &pool_label(state, *pool)
-                            ));
-                            record(state, meta, *pool, &b);
-                            break b;
-                        }
-                    }
-                };
-                if let Some(retry) = failover_retry(state, *pool, meta, got.as_ref()) {
-                    *rx = retry;
-                    continue;
+            Reply::Backend(f) => matches!(f.wait, Wait::Retry(_)),
+            Reply::Fanout(_) => true,
+            Reply::Silent(inner) => inner.waits_elsewhere(),
+            Reply::Now(_) | Reply::Close(_) => false,
+        }
+    }
+
+    /// The bytes if they are there already, without waiting; counted in
+    /// the metrics as they are taken.
+    pub fn try_ready(&mut self, state: &State) -> Option<Bytes> {
+        match self {
+            Reply::Now(b) | Reply::Close(b) => Some(std::mem::take(b)),
+            Reply::Backend(f) => f.try_ready(state),
+            Reply::Fanout(_) => None,
+            Reply::Silent(inner) => inner.try_ready(state).map(|_| Bytes::new()),
+        }
+    }
+
+    /// Polls a reply that `waits_elsewhere`. Each result is stored as soon
+    /// as it arrives, so polling may stop and resume at any point.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>, state: &State) -> Poll<Bytes> {
+        match self {
+            Reply::Now(b) | Reply::Close(b) => Poll::Ready(std::mem::take(b)),
+            Reply::Backend(f) => loop {
+                if let Some(b) = f.try_ready(state) {
+                    return Poll::Ready(b);
                 }
-                let b = got.unwrap_or_else(|| lost(state, *pool));
-                record(state, meta, *pool, &b);
-                break b;
+                match &mut f.wait {
+                    Wait::Retry(rx) => match Pin::new(rx).poll(cx) {
+                        Poll::Ready(got) => f.wait = Wait::Arrived(got.ok()),
+                        Poll::Pending => return Poll::Pending,
+                    },
+                    // The session's inbox, not this poll, brings it.
+                    _ => return Poll::Pending,
+                }
             },
             Reply::Fanout(fanout) => {
                 let Fanout { parts, merge, meta } = fanout.as_mut();
-                for part in parts.iter_mut() {
-                    if part.got.is_none() {
-                        let got = match &mut part.rx {
-                            Ok(rx) => rx.await.map_err(|_| connection_lost(state, part.pool)),
-                            Err(e) => Err(e.clone()),
-                        };
-                        part.got = Some(got);
-                    }
+                for part in parts.iter_mut().filter(|p| p.got.is_none()) {
+                    let got = match &mut part.rx {
+                        Ok(rx) => match Pin::new(rx).poll(cx) {
+                            Poll::Ready(got) => got.map_err(|_| connection_lost(state, part.pool)),
+                            Poll::Pending => return Poll::Pending,
+                        },
+                        Err(e) => Err(e.clone()),
+                    };
+                    part.got = Some(got);
                 }
                 let frames = parts
                     .iter_mut()
@@ -304,14 +299,51 @@ impl Reply {
                     .collect();
                 let merged = std::mem::replace(merge, Merge::AllOk).merge(state, frames);
                 meta.record(state, &state.live(), "multi", &merged);
-                merged
+                Poll::Ready(merged)
             }
-            Reply::Silent(inner) => {
-                Box::pin(inner.ready(state)).await;
-                Bytes::new()
-            }
-            Reply::Barrier(_) => self.try_ready(state).unwrap_or_default(),
+            Reply::Silent(inner) => inner.poll_ready(cx, state).map(|_| Bytes::new()),
         }
+    }
+}
+
+impl Forwarded {
+    fn try_ready(&mut self, state: &State) -> Option<Bytes> {
+        let got = match &mut self.wait {
+            Wait::Inbox => return None,
+            Wait::Answered(b) => return Some(std::mem::take(b)),
+            Wait::Arrived(got) => got.take(),
+            Wait::Retry(rx) => match rx.try_recv() {
+                Ok(b) => Some(b),
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Closed) => None,
+            },
+        };
+        if let Some(retry) = failover_retry(state, self.pool, &mut self.meta, got.as_ref()) {
+            self.wait = Wait::Retry(retry);
+            return None;
+        }
+        let b = got.unwrap_or_else(|| lost(state, self.pool));
+        record(state, &self.meta, self.pool, &b);
+        Some(b)
+    }
+
+    /// Whether the reply is still awaited from a backend.
+    pub fn awaited(&self) -> bool {
+        matches!(self.wait, Wait::Inbox | Wait::Retry(_))
+    }
+
+    /// Gives up on a backend that did not answer within `timeout`. The late
+    /// reply is dropped when it arrives; the connection's FIFO order is
+    /// unaffected.
+    pub fn time_out(&mut self, state: &State, timeout: std::time::Duration) {
+        state.metrics.errors.with_label_values(&["timeout"]).inc();
+        let b = resp::error(&format!(
+            "ERR backend '{}' timed out after {}ms",
+            &pool_label(state, self.pool),
+            timeout.as_millis()
+        ));
+        record(state, &self.meta, self.pool, &b);
+        self.wait = Wait::Answered(b);
     }
 }
 
@@ -364,9 +396,9 @@ fn failover_retry(
             let _ = tokio::time::timeout(FAILOVER_WAIT, changes.changed()).await;
         }
         let reply = match backend.conn(db, proto, 0).await {
-            Ok(conn) => match conn.send(request).await {
-                Ok(reply) => reply.await.ok(),
-                Err(_) => None,
+            Ok(conn) => match conn.request(request).await {
+                Some(reply) => reply.await.ok(),
+                None => None,
             },
             Err(e) => Some(e.to_resp()),
         };
@@ -409,150 +441,4 @@ fn lost(state: &State, pool: PoolId) -> Bytes {
         .with_label_values(&["connection_lost"])
         .inc();
     connection_lost(state, pool).to_resp()
-}
-
-/// Writes replies in request order. Writing and waiting for the next reply
-/// run side by side, so a client that sends a long pipeline before reading
-/// anything is served as Redis would serve it, up to the output limit.
-/// How far the writer got, shared with the reader so it can hold back new
-/// requests while the replies already owed would exceed the output limit.
-pub struct Flow {
-    /// Replies taken by the writer so far.
-    pub taken: std::sync::atomic::AtomicU64,
-    /// Recent reply size (moving average), to turn bytes into a count.
-    pub avg_reply: std::sync::atomic::AtomicUsize,
-    pub progress: tokio::sync::Notify,
-}
-
-impl Flow {
-    pub fn new() -> Flow {
-        Flow {
-            taken: std::sync::atomic::AtomicU64::new(0),
-            avg_reply: std::sync::atomic::AtomicUsize::new(64),
-            progress: tokio::sync::Notify::new(),
-        }
-    }
-
-    fn took(&self, len: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let avg = self.avg_reply.load(Relaxed);
-        self.avg_reply.store((avg * 7 + len) / 8 + 1, Relaxed);
-        self.taken.fetch_add(1, Relaxed);
-    }
-
-    /// Replies a client may have owed at once: the pipeline limit, or fewer
-    /// when replies are large, so owed bytes stay near the output limit.
-    pub fn allowed(&self, max_pipeline: usize, output_limit: usize) -> u64 {
-        let avg = self
-            .avg_reply
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .max(1);
-        (output_limit / avg).clamp(1, max_pipeline) as u64
-    }
-}
-
-impl Default for Flow {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-pub async fn write_replies(
-    mut wr: ClientWriter,
-    mut rx: mpsc::Receiver<Reply>,
-    state: Arc<State>,
-    flow: Arc<Flow>,
-) {
-    // Grows with the replies; idle clients keep none.
-    let mut out = BytesMut::new();
-    let mut current: Option<Reply> = None;
-    let mut input_done = false;
-    // Above the output limit the writer stops taking replies, the pipeline
-    // channel fills and the reader stops reading the client; a client kept
-    // there too long (it does not read) is disconnected.
-    let limit = state.live().config.server.client_output_limit_bytes.max(1);
-    let stall =
-        std::time::Duration::from_secs(state.live().config.server.client_output_stall_secs.max(1));
-    let mut stalled_since: Option<tokio::time::Instant> = None;
-    loop {
-        // Take everything that is ready without waiting: one write per wake-up.
-        while out.len() < limit {
-            if current.is_none() && !input_done {
-                match rx.try_recv() {
-                    Ok(r) => current = Some(r),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => input_done = true,
-                }
-            }
-            let Some(reply) = current.as_mut() else { break };
-            let Some(bytes) = reply.try_ready(&state) else {
-                break;
-            };
-            out.extend_from_slice(&bytes);
-            flow.took(bytes.len());
-            flow.progress.notify_one();
-            input_done |= reply.closes();
-            current = None;
-        }
-        if out.is_empty() && current.is_none() && input_done {
-            break;
-        }
-        // The stall clock starts when the buffer first reaches the limit and
-        // stops only when the client has read everything owed.
-        if out.is_empty() {
-            stalled_since = None;
-        } else if out.len() >= limit {
-            let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() >= stall {
-                tracing::warn!("disconnecting a client that does not read its replies");
-                state
-                    .metrics
-                    .errors
-                    .with_label_values(&["client_output_stalled"])
-                    .inc();
-                return;
-            }
-        }
-        let can_take = out.len() < limit;
-        let stall_deadline = stalled_since.map(|s| s + stall);
-        // A timer only while stalled: select! builds every branch's future.
-        let stall_timer = async {
-            match stall_deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            // Fixed order, no random draw per wake-up: writing owed bytes
-            // first keeps the buffer small.
-            biased;
-            _ = stall_timer, if stall_deadline.is_some() => {}
-            written = wr.write_buf(&mut out), if !out.is_empty() => {
-                if !matches!(written, Ok(n) if n > 0) {
-                    return;
-                }
-            }
-            bytes = wait_current(&mut current, &state), if can_take && current.is_some() => {
-                out.extend_from_slice(&bytes);
-                flow.took(bytes.len());
-                flow.progress.notify_one();
-                if current.as_ref().is_some_and(Reply::closes) {
-                    input_done = true;
-                }
-                current = None;
-            }
-            next = rx.recv(), if can_take && current.is_none() && !input_done => match next {
-                Some(r) => current = Some(r),
-                None => input_done = true,
-            },
-        }
-    }
-    let _ = wr.shutdown().await;
-}
-
-async fn wait_current(current: &mut Option<Reply>, state: &State) -> Bytes {
-    match current {
-        Some(reply) => reply.ready(state).await,
-        None => std::future::pending().await,
-    }
 }

@@ -138,7 +138,7 @@ impl Session {
             // Dropping the lease closes it, which also forgets its WATCHes.
             return Reply::now(resp::error(EXECABORT));
         }
-        self.barrier().await;
+        self.flush().await;
         let (pool, mut conn) = match t.lease {
             Some(lease) => lease,
             None => {
@@ -213,7 +213,7 @@ impl Session {
                 }
             }
         }
-        self.barrier().await;
+        self.flush().await;
         let mut t = match std::mem::replace(&mut self.mode, Mode::Normal) {
             Mode::Transaction(t) => t,
             _ => Transaction::new(),

@@ -1,0 +1,122 @@
+//! Where the reply to a forwarded request goes. A client's ordinary
+//! requests all answer into one inbox of its own, tagged with the request's
+//! position, so forwarding allocates nothing per request; one-off requests
+//! (fan-out parts, retries) get a oneshot channel.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+/// A one-off reply on its way; a dropped sender means the connection was lost.
+pub type ReplyRx = oneshot::Receiver<Bytes>;
+
+/// A reply that reached an inbox: `None` when the connection was lost
+/// with the request in flight.
+pub struct Arrival {
+    pub seq: u64,
+    pub reply: Option<Bytes>,
+}
+
+/// One client's forwarded replies, in the order the backends answered.
+/// Read only by the client's session; written by backend readers.
+#[derive(Default)]
+pub struct Inbox {
+    arrived: Mutex<VecDeque<Arrival>>,
+    waker: AtomicWaker,
+}
+
+impl Inbox {
+    pub fn new() -> Arc<Inbox> {
+        Arc::new(Inbox::default())
+    }
+
+    fn arrived(&self) -> MutexGuard<'_, VecDeque<Arrival>> {
+        // A panic while holding it cannot leave the queue half-written.
+        self.arrived.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn deliver(&self, seq: u64, reply: Option<Bytes>) {
+        self.arrived().push_back(Arrival { seq, reply });
+        self.waker.wake();
+    }
+
+    /// Ready once something arrived; arrivals are taken with `take_into`.
+    pub fn poll_arrived(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.arrived().is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+
+    /// Moves every arrival into `into` (empty), swapping buffers so neither
+    /// side allocates once both have grown to the client's pipeline depth.
+    pub fn take_into(&self, into: &mut VecDeque<Arrival>) {
+        std::mem::swap(&mut *self.arrived(), into);
+    }
+}
+
+/// The destination of one reply. Dropped without a reply (the connection
+/// closed, the request never left), it reports the loss, as a dropped
+/// oneshot sender does.
+pub struct ReplyTo(Option<Destination>);
+
+enum Destination {
+    Once(oneshot::Sender<Bytes>),
+    Inbox(Arc<Inbox>, u64),
+}
+
+impl ReplyTo {
+    /// A one-off destination and the receiver its reply arrives on.
+    pub fn once() -> (ReplyTo, ReplyRx) {
+        let (tx, rx) = oneshot::channel();
+        (ReplyTo(Some(Destination::Once(tx))), rx)
+    }
+
+    /// The `seq`-th reply owed to the client that owns `inbox`.
+    pub fn inbox(inbox: &Arc<Inbox>, seq: u64) -> ReplyTo {
+        ReplyTo(Some(Destination::Inbox(Arc::clone(inbox), seq)))
+    }
+
+    pub fn send(mut self, reply: Bytes) {
+        match self.0.take() {
+            Some(Destination::Once(tx)) => {
+                let _ = tx.send(reply);
+            }
+            Some(Destination::Inbox(inbox, seq)) => inbox.deliver(seq, Some(reply)),
+            None => {}
+        }
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if let Some(Destination::Inbox(inbox, seq)) = self.0.take() {
+            inbox.deliver(seq, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_destination_reports_the_loss() {
+        let inbox = Inbox::new();
+        ReplyTo::inbox(&inbox, 7).send(Bytes::from_static(b"+OK\r\n"));
+        drop(ReplyTo::inbox(&inbox, 8));
+        let mut got = VecDeque::new();
+        inbox.take_into(&mut got);
+        let got: Vec<_> = got.into_iter().map(|a| (a.seq, a.reply)).collect();
+        assert_eq!(
+            got,
+            vec![(7, Some(Bytes::from_static(b"+OK\r\n"))), (8, None)]
+        );
+    }
+}

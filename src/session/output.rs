@@ -1,0 +1,306 @@
+//! The way back to the client: replies queued in request order, resolved as
+//! their backends answer (into the client's inbox), and whatever is ready
+//! written in one write. Bounded: the session takes no new request while
+//! the replies owed would exceed the client's output limit.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, Sleep};
+use tokio_util::io::poll_write_buf;
+
+use super::reply::Reply;
+use super::ClientWriter;
+use crate::backend::{Arrival, Inbox, ReplyTo};
+use crate::config::Config;
+use crate::state::State;
+
+/// Why the client can no longer be written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// A write failed: the client went away.
+    WriteFailed,
+    /// The client left `client_output_stall_secs` of replies unread.
+    Stalled,
+}
+
+pub(super) struct Output {
+    wr: ClientWriter,
+    /// Bytes ready to write; grows with the replies, idle clients keep none.
+    out: BytesMut,
+    pending: VecDeque<Reply>,
+    /// Replies moved to `out` so far: the position of `pending[0]`.
+    taken: u64,
+    inbox: Arc<Inbox>,
+    arrivals: VecDeque<Arrival>,
+    /// Recent reply size (moving average), to turn the byte limit into a
+    /// number of replies.
+    avg_reply: usize,
+    /// Replies that may be owed at once: the pipeline limit, or fewer when
+    /// replies are large.
+    allowed: usize,
+    limit: usize,
+    max_pipeline: usize,
+    stall: Duration,
+    /// Runs from when `out` first reached the limit until the client has
+    /// read it all.
+    stall_timer: Option<Pin<Box<Sleep>>>,
+    request_timeout: Option<Duration>,
+    /// Fires at the front reply's deadline. Allocated on first use and
+    /// re-armed only when it fires, so a reply costs no timer.
+    deadline: Option<Pin<Box<Sleep>>>,
+    deadline_armed: bool,
+    /// A reply that closes the connection is queued: nothing more will be.
+    closing: bool,
+    gone: Option<Gone>,
+}
+
+impl Output {
+    pub fn new(wr: ClientWriter, config: &Config) -> Output {
+        let mut output = Output {
+            wr,
+            out: BytesMut::new(),
+            pending: VecDeque::new(),
+            taken: 0,
+            inbox: Inbox::new(),
+            arrivals: VecDeque::new(),
+            avg_reply: 64,
+            allowed: 1,
+            limit: 1,
+            max_pipeline: 1,
+            stall: Duration::from_secs(1),
+            stall_timer: None,
+            request_timeout: None,
+            deadline: None,
+            deadline_armed: false,
+            closing: false,
+            gone: None,
+        };
+        output.configure(config);
+        output
+    }
+
+    /// Takes the limits of a (re)loaded configuration.
+    pub fn configure(&mut self, config: &Config) {
+        self.limit = config.server.client_output_limit_bytes.max(1);
+        self.max_pipeline = config.server.max_pipeline.max(1);
+        self.stall = Duration::from_secs(config.server.client_output_stall_secs.max(1));
+        self.request_timeout = match config.backend.request_timeout_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
+        self.update_allowed();
+    }
+
+    /// Where the next queued reply's backend answer is to be delivered.
+    pub fn reply_to_next(&self) -> (ReplyTo, u64) {
+        let seq = self.taken + self.pending.len() as u64;
+        (ReplyTo::inbox(&self.inbox, seq), seq)
+    }
+
+    pub fn push(&mut self, reply: Reply) {
+        self.closing |= reply.closes();
+        self.pending.push_back(reply);
+    }
+
+    /// Whether another request may be taken: the replies owed stay within
+    /// the pipeline limit, and fewer when replies are large, so the bytes
+    /// owed stay near the output limit.
+    pub fn has_room(&self) -> bool {
+        self.pending.len() < self.allowed && !self.closing
+    }
+
+    pub fn closing(&self) -> bool {
+        self.closing
+    }
+
+    pub fn gone(&self) -> Option<Gone> {
+        self.gone
+    }
+
+    /// Nothing owed and nothing left to write.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.out.is_empty()
+    }
+
+    /// Moves every reply that is ready, in order, into the write buffer.
+    pub fn collect(&mut self, state: &State) {
+        while self.out.len() < self.limit {
+            let Some(front) = self.pending.front_mut() else {
+                break;
+            };
+            let Some(bytes) = front.try_ready(state) else {
+                break;
+            };
+            self.pending.pop_front();
+            self.took(&bytes);
+        }
+        // The stall clock starts when the buffer first reaches the limit and
+        // stops only when the client has read everything owed.
+        if self.out.is_empty() {
+            self.stall_timer = None;
+        } else if self.out.len() >= self.limit && self.stall_timer.is_none() {
+            self.stall_timer = Some(Box::pin(tokio::time::sleep(self.stall)));
+        }
+    }
+
+    fn took(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+        self.taken += 1;
+        let avg = (self.avg_reply * 7 + bytes.len()) / 8 + 1;
+        if avg != self.avg_reply {
+            self.avg_reply = avg;
+            self.update_allowed();
+        }
+    }
+
+    fn update_allowed(&mut self) {
+        self.allowed = (self.limit / self.avg_reply.max(1)).clamp(1, self.max_pipeline);
+    }
+
+    /// Polls for the next thing that moves: bytes written, a reply arrived,
+    /// resolved or timed out. Ready once `collect` may have work, or with
+    /// an error once the client cannot be written to. Polled by hand, not
+    /// through `select!`, because it runs several times per request.
+    pub fn poll_progress(&mut self, cx: &mut Context<'_>, state: &State) -> Poll<Result<(), Gone>> {
+        if let Some(gone) = self.gone {
+            return Poll::Ready(Err(gone));
+        }
+        if let Some(timer) = self.stall_timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                tracing::warn!("disconnecting a client that does not read its replies");
+                state
+                    .metrics
+                    .errors
+                    .with_label_values(&["client_output_stalled"])
+                    .inc();
+                return Poll::Ready(Err(self.set_gone(Gone::Stalled)));
+            }
+        }
+        // Writing owed bytes first keeps the buffer small.
+        if !self.out.is_empty() {
+            match poll_write_buf(Pin::new(&mut self.wr), cx, &mut self.out) {
+                Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Ok(())),
+                Poll::Ready(_) => return Poll::Ready(Err(self.set_gone(Gone::WriteFailed))),
+                Poll::Pending => {}
+            }
+        }
+        if self.inbox.poll_arrived(cx).is_ready() {
+            self.take_arrivals();
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(front) = self.pending.front_mut() {
+            if front.waits_elsewhere() {
+                if let Poll::Ready(bytes) = front.poll_ready(cx, state) {
+                    self.pending.pop_front();
+                    self.took(&bytes);
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+        self.arm_deadline();
+        if self.deadline_armed {
+            if let Some(timer) = self.deadline.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.deadline_armed = false;
+                    self.expire_front(state);
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    fn set_gone(&mut self, gone: Gone) -> Gone {
+        self.gone = Some(gone);
+        gone
+    }
+
+    /// Files each backend answer under the reply it belongs to. An answer
+    /// whose reply was already given up on (timed out) is dropped.
+    fn take_arrivals(&mut self) {
+        self.inbox.take_into(&mut self.arrivals);
+        let taken = self.taken;
+        for arrival in self.arrivals.drain(..) {
+            let Some(index) = arrival.seq.checked_sub(taken) else {
+                continue;
+            };
+            let at_position = self
+                .pending
+                .get_mut(index as usize)
+                .and_then(Reply::forwarded_mut)
+                .filter(|f| f.seq == arrival.seq);
+            let forwarded = match at_position {
+                Some(f) => Some(f),
+                // Positions are assigned in the order replies are queued; a
+                // search keeps a reply found should that ever not hold.
+                None => self
+                    .pending
+                    .iter_mut()
+                    .filter_map(Reply::forwarded_mut)
+                    .find(|f| f.seq == arrival.seq),
+            };
+            if let Some(f) = forwarded {
+                if matches!(f.wait, super::reply::Wait::Inbox) {
+                    f.wait = super::reply::Wait::Arrived(arrival.reply);
+                }
+            }
+        }
+    }
+
+    fn arm_deadline(&mut self) {
+        let Some(timeout) = self.request_timeout else {
+            return;
+        };
+        if self.deadline_armed {
+            return;
+        }
+        let Some(front) = self.pending.front_mut().and_then(Reply::forwarded_mut) else {
+            return;
+        };
+        if !front.awaited() {
+            return;
+        }
+        let at = Instant::from_std(front.meta.started) + timeout;
+        match self.deadline.as_mut() {
+            Some(timer) => timer.as_mut().reset(at),
+            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        self.deadline_armed = true;
+    }
+
+    /// Times out the front reply if its deadline passed; only the front
+    /// one, since every later reply waits behind it anyway.
+    fn expire_front(&mut self, state: &State) {
+        let Some(timeout) = self.request_timeout else {
+            return;
+        };
+        let Some(front) = self.pending.front_mut().and_then(Reply::forwarded_mut) else {
+            return;
+        };
+        if front.awaited() && front.meta.started.elapsed() >= timeout {
+            front.time_out(state, timeout);
+        }
+    }
+
+    /// Writes what is owed until nothing is, or the client is gone.
+    pub async fn flush(&mut self, state: &State) -> Result<(), Gone> {
+        loop {
+            self.collect(state);
+            if self.is_empty() {
+                return Ok(());
+            }
+            std::future::poll_fn(|cx| self.poll_progress(cx, state)).await?;
+        }
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.wr.shutdown().await;
+    }
+}
