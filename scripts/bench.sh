@@ -3,12 +3,15 @@
 # in front of it, and twemproxy (nutcracker) in front of the same server,
 # measured with redis-benchmark. Prints ops/s, latency, the ratios
 # keyway/direct and keyway/twemproxy, and CPU time per request of each
-# proxy (utime+stime from /proc). Stops every process it started, by PID.
+# proxy (utime+stime from /proc). Each scenario runs ROUNDS times, the three
+# targets one after the other in each round; the table shows the medians.
+# Stops every process it started, by PID.
 #
-#   scripts/bench.sh [requests]      (default 200000)
+#   scripts/bench.sh [requests] [rounds]      (defaults 200000, 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200000}
+ROUNDS=${2:-3}
 
 scripts/install-deps.sh nutcracker
 command -v nutcracker >/dev/null || { echo "bench: nutcracker (twemproxy) is required" >&2; exit 1; }
@@ -88,16 +91,19 @@ run() {
 
 results="$work/results"
 : > "$results"
-for scenario in "c50:$((2 * N)):-c 50 -n $N -t get,set" "p16:$((2 * N)):-c 50 -n $N -P 16 -t get,set" "c1:$((N / 5)):-c 1 -n $((N / 10)) -t get,set"; do
-  name=${scenario%%:*}; rest=${scenario#*:}; total=${rest%%:*}; args=${rest#*:}
-  # shellcheck disable=SC2086
-  run "direct/$name" "$DIRECT" - "$total" $args >> "$results"
-  # shellcheck disable=SC2086
-  run "keyway/$name" "$KW" "$KW_PID" "$total" $args >> "$results"
-  # shellcheck disable=SC2086
-  run "twemproxy/$name" "$TW" "$TW_PID" "$total" $args >> "$results"
+for round in $(seq "$ROUNDS"); do
+  echo "bench: round $round of $ROUNDS" >&2
+  for scenario in "c50:$((2 * N)):-c 50 -n $N -t get,set" "p16:$((2 * N)):-c 50 -n $N -P 16 -t get,set" "c1:$((N / 5)):-c 1 -n $((N / 10)) -t get,set"; do
+    name=${scenario%%:*}; rest=${scenario#*:}; total=${rest%%:*}; args=${rest#*:}
+    # shellcheck disable=SC2086
+    run "direct/$name" "$DIRECT" - "$total" $args >> "$results"
+    # shellcheck disable=SC2086
+    run "keyway/$name" "$KW" "$KW_PID" "$total" $args >> "$results"
+    # shellcheck disable=SC2086
+    run "twemproxy/$name" "$TW" "$TW_PID" "$total" $args >> "$results"
+  done
+  run "keyway/mget3" "$KW" "$KW_PID" "$N" -c 50 -n "$N" MGET "session:{a}" "user:{b}" "rate:{c}" >> "$results"
 done
-run "keyway/mget3" "$KW" "$KW_PID" "$N" -c 50 -n "$N" MGET "session:{a}" "user:{b}" "rate:{c}" >> "$results"
 
 # Metrics off, same run: what recording costs.
 kill "$KW_PID"; wait "$KW_PID" 2>/dev/null || true
@@ -106,15 +112,28 @@ run "keyway-nometrics/c50" "$KW" "$KW_PID" $((2 * N)) -c 50 -n "$N" -t get,set >
 run "keyway-nometrics/p16" "$KW" "$KW_PID" $((2 * N)) -c 50 -n "$N" -P 16 -t get,set >> "$results"
 
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$KW_PID/status")
-python3 - "$results" "$rss" <<'PY'
-import sys, collections
-rows = [l.strip().split("|") for l in open(sys.argv[1]) if l.strip()]
+python3 - "$results" "$rss" "$ROUNDS" <<'PY'
+import sys, statistics
+runs = {}
+for line in open(sys.argv[1]):
+    if line.strip():
+        r = line.strip().split("|")
+        runs.setdefault((r[0], r[1]), []).append(r)
+
+def median(values):
+    if "-" in values:
+        return "-"
+    return f"{statistics.median(float(v) for v in values):g}"
+
+# The median of each column over the rounds (a row per target and test).
+rows = [[k[0], k[1]] + [median([r[i] for r in rs]) for i in range(2, 6)] for k, rs in runs.items()]
 data = {(r[0], r[1]): r for r in rows}
+print(f"medians of {sys.argv[3]} rounds")
 print(f"{'target':<24} {'test':<6} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10}")
 for r in rows:
     print(f"{r[0]:<24} {r[1][:6]:<6} {float(r[2]):>10.0f} {r[3]:>8} {r[4]:>8} {r[5]:>10}")
 print()
-print("ratios (same run):")
+print("ratios (same run, medians):")
 for scen in ("c50", "p16", "c1"):
     for test in ("SET", "GET"):
         d = data.get((f"direct/{scen}", test)); k = data.get((f"keyway/{scen}", test)); t = data.get((f"twemproxy/{scen}", test))

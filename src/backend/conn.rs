@@ -146,11 +146,24 @@ async fn write_loop(
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;
+    // One future for the whole connection: it stays registered instead of
+    // being built and dropped for every batch.
+    let retired = retire.changed();
+    tokio::pin!(retired);
+    let mut retiring = false;
     loop {
         tokio::select! {
+            // Fixed order, no random draw per batch; retirement first so a
+            // busy connection still notices it.
+            biased;
+            // Retired: senders see the channel closed and go elsewhere;
+            // what they queued already is still written, so none is lost.
+            _ = &mut retired, if !retiring => {
+                retiring = true;
+                rx.close();
+                continue;
+            }
             n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
-            // Retired: new requests go elsewhere; dropping `rx` tells senders.
-            _ = retire.changed() => return,
         }
         // On the multi-threaded scheduler the writer, just woken, runs
         // before the other ready clients: let them go first, so their
@@ -252,6 +265,9 @@ async fn read_loop(
             buf.reserve(READ_CHUNK / 4);
         }
         tokio::select! {
+            // Fixed order, no random draw per read: replies matched to
+            // requests not yet received are matched after a `try_recv`.
+            biased;
             read = rd.read_buf(&mut buf) => match read {
                 Ok(0) => return,
                 Ok(_) => {}

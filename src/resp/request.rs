@@ -257,14 +257,46 @@ enum Inline {
 }
 
 /// Parses `<marker><integer>\r\n` at the start of `buf`; returns the value
-/// and the header length, or `None` if the line is not complete yet.
+/// and the header length, or `None` if the line is not complete yet. One
+/// pass: it runs several times for every request.
 fn line_int(
     buf: &[u8],
     skip: usize,
     max_line: usize,
 ) -> Result<Option<(i64, usize)>, ProtocolError> {
     let search = &buf[skip.min(buf.len())..];
-    let Some(cr) = search.iter().take(max_line + 1).position(|&b| b == b'\r') else {
+    let bad = || {
+        if buf.first() == Some(&b'*') {
+            ProtocolError::MultibulkLength
+        } else {
+            ProtocolError::BulkLength
+        }
+    };
+    let negative = search.first() == Some(&b'-');
+    let mut value: Option<i64> = Some(0);
+    let mut digits = 0;
+    let limit = search.len().min(max_line + 1);
+    let mut cr = None;
+    for (i, &b) in search[..limit]
+        .iter()
+        .enumerate()
+        .skip(usize::from(negative))
+    {
+        match b {
+            b'0'..=b'9' => {
+                digits += 1;
+                value = value
+                    .and_then(|v| v.checked_mul(10))
+                    .and_then(|v| v.checked_add(i64::from(b - b'0')));
+            }
+            b'\r' => {
+                cr = Some(i);
+                break;
+            }
+            _ => value = None,
+        }
+    }
+    let Some(cr) = cr else {
         if search.len() > max_line {
             return Err(ProtocolError::CountTooBig);
         }
@@ -273,23 +305,16 @@ fn line_int(
     if search.len() < cr + 2 {
         return Ok(None);
     }
-    let bad = || {
-        if buf.first() == Some(&b'*') {
-            ProtocolError::MultibulkLength
-        } else {
-            ProtocolError::BulkLength
-        }
-    };
-    if search[cr + 1] != b'\n' {
+    if search[cr + 1] != b'\n' || digits == 0 {
         return Err(bad());
     }
-    let value = decimal(&search[..cr]).ok_or_else(bad)?;
-    Ok(Some((value, skip + cr + 2)))
+    let value = value.ok_or_else(bad)?;
+    Ok(Some((if negative { -value } else { value }, skip + cr + 2)))
 }
 
 /// An optionally negative decimal integer, as Redis's `string2ll` reads a
 /// length: digits only, no sign but `-`, no spaces.
-fn decimal(text: &[u8]) -> Option<i64> {
+pub(crate) fn decimal(text: &[u8]) -> Option<i64> {
     let (negative, digits) = match text.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, text),
@@ -400,6 +425,35 @@ fn hex(c: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn lengths_parse_as_redis_reads_them() {
+        let parse = |line: &[u8]| line_int(line, 1, 32);
+        assert_eq!(parse(b"$12\r\n").unwrap(), Some((12, 5)));
+        assert_eq!(parse(b"$-1\r\n").unwrap(), Some((-1, 5)));
+        assert_eq!(parse(b"*0\r\n").unwrap(), Some((0, 4)));
+        assert_eq!(parse(b"$12").unwrap(), None);
+        assert_eq!(parse(b"$12\r").unwrap(), None);
+        for bad in [
+            &b"$\r\n"[..],
+            b"$-\r\n",
+            b"$1a\r\n",
+            b"$+1\r\n",
+            b"$ 1\r\n",
+            b"$12\rx",
+            b"$99999999999999999999\r\n",
+        ] {
+            assert!(
+                parse(bad).is_err(),
+                "{:?} parsed",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            line_int(b"*123456789", 1, 4),
+            Err(ProtocolError::CountTooBig)
+        ));
+    }
     use super::*;
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {

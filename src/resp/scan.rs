@@ -86,10 +86,7 @@ fn memchr_cr(buf: &[u8]) -> Option<usize> {
 }
 
 fn parse_len(line: &[u8]) -> Result<i64, ProtocolError> {
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(ProtocolError::Reply)
+    super::request::decimal(line).ok_or(ProtocolError::Reply)
 }
 
 #[cfg(test)]

@@ -58,10 +58,9 @@ impl Session {
             *d = s.to_ascii_lowercase();
         }
         let name = &name_buf[..name_len];
-        let spec = {
-            let args = request.arg_vec();
-            state.commands.lookup(&args)
-        };
+        // Found once: the command lookup and the key positions both read them.
+        let args = request.arg_vec();
+        let spec = state.commands.lookup(&args);
         self.meta = Meta {
             command: spec.map(|s| s.name).unwrap_or("other"),
             started: Instant::now(),
@@ -136,6 +135,7 @@ impl Session {
         }
 
         if self.in_multi() {
+            drop(args);
             return self.queue_command(name, spec, request);
         }
 
@@ -178,7 +178,7 @@ impl Session {
         if name == b"mset" && request.argc().is_multiple_of(2) {
             return error("ERR wrong number of arguments for 'mset' command");
         }
-        let plan = match self.plan(&live, name, spec, &request) {
+        let plan = match self.plan(&live, name, spec, &request, &args) {
             Ok((plan, _)) => plan,
             Err(denial) => return self.deny(denial),
         };
@@ -270,13 +270,11 @@ impl Session {
         name: &[u8],
         spec: &Spec,
         request: &Request,
+        args: &[&[u8]],
     ) -> Result<(Plan, bool), Denial> {
         let mut keys = std::mem::take(&mut self.key_scratch);
         keys.clear();
-        {
-            let args = request.arg_vec();
-            self.state.commands.key_indexes(spec, &args, &mut keys);
-        }
+        self.state.commands.key_indexes(spec, args, &mut keys);
         let allowed = match &self.client.user {
             Some(user) => keys
                 .iter()
@@ -300,7 +298,8 @@ impl Session {
             return Err(resp::error(&unknown_command(request)));
         };
         let live = self.state.live_arc();
-        match self.plan(&live, name, spec, request) {
+        let args = request.arg_vec();
+        match self.plan(&live, name, spec, request, &args) {
             Ok((Plan::One(pool), _)) => Ok(pool),
             Ok((Plan::CrossPool(c), _)) => Err(resp::error(&c.to_string())),
             Ok((Plan::Split(plan), _)) => {
