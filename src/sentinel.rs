@@ -72,20 +72,8 @@ pub async fn discover(cfg: &SentinelConfig, node: &Endpoint) -> Result<(String, 
         ));
     }
     for ((host, port), _) in &candidates {
-        let mut endpoint = node.clone();
-        endpoint.host = host.clone();
-        endpoint.port = *port;
-        endpoint.db = 0;
-        if let Ok(role) = request_once(&endpoint, &["ROLE"], QUERY_TIMEOUT).await {
-            let is_master = shapes::elements(&role)
-                .and_then(|e| {
-                    e.first()
-                        .and_then(|f| shapes::bulk(f).map(|b| b == b"master"))
-                })
-                .unwrap_or(false);
-            if is_master {
-                return Ok((host.clone(), *port));
-            }
+        if confirms_master(node, host, *port).await {
+            return Ok((host.clone(), *port));
         }
     }
     Err(format!(
@@ -97,6 +85,44 @@ pub async fn discover(cfg: &SentinelConfig, node: &Endpoint) -> Result<(String, 
             .join(", "),
         cfg.spec.master
     ))
+}
+
+/// Whether the server at `host:port` answers ROLE with `master`.
+async fn confirms_master(node: &Endpoint, host: &str, port: u16) -> bool {
+    let mut endpoint = node.clone();
+    endpoint.host = host.to_string();
+    endpoint.port = port;
+    endpoint.db = 0;
+    let Ok(role) = request_once(&endpoint, &["ROLE"], QUERY_TIMEOUT).await else {
+        return false;
+    };
+    shapes::elements(&role)
+        .and_then(|e| {
+            e.first()
+                .and_then(|f| shapes::bulk(f).map(|b| b == b"master"))
+        })
+        .unwrap_or(false)
+}
+
+/// A `+switch-master` a sentinel announced: when, and the new master
+/// (`<name> <old-ip> <old-port> <new-ip> <new-port>`).
+struct Switch {
+    at: Instant,
+    to: Option<(String, u16)>,
+}
+
+impl Switch {
+    fn parse(payload: &str) -> Switch {
+        let words: Vec<&str> = payload.split(' ').collect();
+        let to = match words.as_slice() {
+            [_, _, _, host, port] => port.parse().ok().map(|p| (host.to_string(), p)),
+            _ => None,
+        };
+        Switch {
+            at: Instant::now(),
+            to,
+        }
+    }
 }
 
 /// A replica fit to read from: up as Sentinel sees it, its link to the
@@ -186,7 +212,7 @@ pub async fn follow(
     poll: Duration,
     replica: Option<(Arc<Pool>, u64)>,
 ) {
-    let (events_tx, mut events) = mpsc::channel::<Instant>(16);
+    let (events_tx, mut events) = mpsc::channel::<Switch>(16);
     let mut watchers = Vec::new();
     for (host, port) in &cfg.spec.sentinels {
         watchers.push(tokio::spawn(watch_sentinel(
@@ -197,12 +223,23 @@ pub async fn follow(
     }
     let _watchers = AbortOnDrop(watchers);
     loop {
-        let switch_seen = tokio::select! {
-            at = events.recv() => at,
+        let switch = tokio::select! {
+            switch = events.recv() => switch,
             _ = tokio::time::sleep(poll) => None,
-            _ = pool.rediscovery_requested() => Some(Instant::now()),
+            _ = pool.rediscovery_requested() => Some(Switch { at: Instant::now(), to: None }),
         };
-        match discover(&cfg, &node).await {
+        let switch_seen = switch.as_ref().map(|s| s.at);
+        // The announcing sentinel names the new master; the others may
+        // still vote for the old one for a while, so ROLE alone decides.
+        let announced = match switch.and_then(|s| s.to) {
+            Some((host, port)) if confirms_master(&node, &host, port).await => Some((host, port)),
+            _ => None,
+        };
+        let found = match announced {
+            Some(addr) => Ok(addr),
+            None => discover(&cfg, &node).await,
+        };
+        match found {
             Ok((host, port)) => {
                 let old = pool.endpoint().address();
                 if pool.set_address(&host, port) {
@@ -243,7 +280,7 @@ pub async fn follow(
 }
 
 /// Subscribes to one sentinel's events, reconnecting while it is away.
-async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender<Instant>) {
+async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender<Switch>) {
     let mut backoff = Duration::from_millis(100);
     let mut was_connected = false;
     loop {
@@ -284,7 +321,7 @@ async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender
                         match channel {
                             b"+switch-master" => {
                                 tracing::info!(sentinel = %endpoint.address(), event = %payload, "sentinel reports +switch-master");
-                                let _ = events.try_send(Instant::now());
+                                let _ = events.try_send(Switch::parse(&payload));
                             }
                             other => tracing::info!(
                                 sentinel = %endpoint.address(),
