@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::io::{ReadHalf, WriteHalf};
 
 use super::stream::BackendStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::inbox::ReplyTo;
 use crate::config::Endpoint;
@@ -56,9 +56,15 @@ impl Conn {
         let (rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::channel(QUEUE);
         let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_loop(wr, rx, inflight_tx, retire));
+        // Dropped with the writer: tells the reader without a wake-up per
+        // request, as waiting on `inflight_rx` would cost.
+        let (writer_alive, writer_gone) = oneshot::channel::<()>();
+        let writer = tokio::spawn(async move {
+            write_loop(wr, rx, inflight_tx, retire).await;
+            drop(writer_alive);
+        });
         tokio::spawn(async move {
-            read_loop(rd, inflight_rx, round_trip).await;
+            read_loop(rd, inflight_rx, writer_gone, round_trip).await;
             // Stop the writer so senders see a closed connection at once.
             writer.abort();
         });
@@ -212,6 +218,7 @@ async fn write_loop(
 async fn read_loop(
     mut rd: ReadHalf<BackendStream>,
     mut inflight_rx: mpsc::UnboundedReceiver<InFlight>,
+    mut writer_done: oneshot::Receiver<()>,
     round_trip: Option<prometheus::Histogram>,
 ) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -276,10 +283,14 @@ async fn read_loop(
                     return;
                 }
             },
-            next = inflight_rx.recv(), if !writer_gone => match next {
-                Some(reply) => waiting.push_back(reply),
-                None => writer_gone = true,
-            },
+            // Requests in flight are taken as their replies arrive; only
+            // the writer's end matters here.
+            _ = &mut writer_done, if !writer_gone => {
+                writer_gone = true;
+                while let Ok(reply) = inflight_rx.try_recv() {
+                    waiting.push_back(reply);
+                }
+            }
         }
     }
 }
