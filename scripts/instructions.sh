@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# User-space instructions per request of keyway and of twemproxy, each under
+# callgrind in front of the same redis-server, for the bench.sh shapes
+# (c50: 50 clients unpipelined, p16: pipeline 16, c1: one client). Timings
+# on a shared 2-core machine swing by 10-15%; this count repeats to within
+# about 1%, so it is the figure to compare a change with. It leaves out the
+# kernel (about three quarters of a proxy's CPU time here): bench.sh
+# measures that. Stops every process it started, by PID.
+#
+#   scripts/instructions.sh [requests]      (default 20000 per test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-20000}
+
+scripts/install-deps.sh nutcracker
+for tool in valgrind nutcracker; do
+  command -v "$tool" >/dev/null || { echo "instructions: $tool is required (apt-get install $tool)" >&2; exit 1; }
+done
+cargo build --release --quiet
+
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+RP=$(free_port)
+start_redis "$RP"
+
+KW=$(free_port)
+printf '[pools.cache]\nurl = "redis://127.0.0.1:%s"\n[routes]\ndefault = "cache"\n' "$RP" > "$work/keyway.toml"
+KEYWAY_LISTEN=127.0.0.1:$KW KEYWAY_ADMIN=127.0.0.1:$(free_port) KEYWAY_LOG=warn \
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.keyway" \
+  ./target/release/keyway --config "$work/keyway.toml" 2>/dev/null &
+KW_PID=$!
+pids+=($KW_PID)
+
+TW=$(free_port)
+printf 'bench:\n  listen: 127.0.0.1:%s\n  hash: fnv1a_64\n  redis: true\n  server_connections: 1\n  servers:\n   - 127.0.0.1:%s:1\n' "$TW" "$RP" > "$work/nutcracker.yml"
+valgrind --tool=callgrind --callgrind-out-file="$work/cg.twemproxy" \
+  nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" 2>/dev/null &
+TW_PID=$!
+pids+=($TW_PID)
+
+for p in "$KW" "$TW"; do
+  for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null && break; sleep 0.1; done
+done
+
+# measure NAME PORT PID REQUESTS ARGS... -> instructions per request
+measure() {
+  local name=$1 p=$2 pid=$3 requests=$4; shift 4
+  redis-benchmark -h 127.0.0.1 -p "$p" -c 50 -n 2000 -t get,set -q >/dev/null 2>&1
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  redis-benchmark -h 127.0.0.1 -p "$p" "$@" -q >/dev/null 2>&1
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  sleep 1
+  # Each dump is a new numbered part file; the newest is this test's.
+  local dump
+  dump=$(ls -t "$work/cg.$name".* | head -1)
+  local total
+  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+  echo $((total / requests))
+}
+
+printf '%-6s %12s %12s %8s\n' test keyway twemproxy ratio
+for scenario in "c50:-c 50 -n $N -t get,set" "p16:-c 50 -n $((5 * N)) -P 16 -t get,set" "c1:-c 1 -n $((N / 4)) -t get,set"; do
+  name=${scenario%%:*}; args=${scenario#*:}
+  n=$(echo "$args" | sed -E 's/.*-n ([0-9]+).*/\1/')
+  # shellcheck disable=SC2086
+  k=$(measure keyway "$KW" "$KW_PID" $((2 * n)) $args)
+  # shellcheck disable=SC2086
+  t=$(measure twemproxy "$TW" "$TW_PID" $((2 * n)) $args)
+  printf '%-6s %12s %12s %8s\n' "$name" "$k" "$t" "$(python3 -c "print(f'{$k/$t:.2f}')")"
+done
