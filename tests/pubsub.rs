@@ -166,3 +166,81 @@ fn pubsub_introspection_sums_over_pools() {
     let numpat: i64 = redis::cmd("PUBSUB").arg("NUMPAT").query(&mut c).unwrap();
     assert_eq!(numpat, 1, "rate:* goes to the realtime pool only");
 }
+
+#[test]
+fn a_flooded_subscriber_can_still_subscribe() {
+    // While a SUBSCRIBE waits for the backend's confirmation, the link
+    // forwarding a flood of messages may fill the client's push queue; the
+    // session keeps taking messages meanwhile, or neither would move.
+    const FLOOD: usize = 30_000;
+    let r = Reference::start();
+    let mut sub = RawClient::connect(r.keyway.port);
+    sub.send(b"SUBSCRIBE chat:flood\r\n");
+    assert!(String::from_utf8_lossy(&sub.read_frame()).contains("chat:flood"));
+
+    let cache_port = r.cache.port;
+    let publisher = std::thread::spawn(move || {
+        let mut publish = Vec::new();
+        for i in 0..FLOOD {
+            let payload = format!("{i:0>8}{}", "x".repeat(92));
+            publish.extend_from_slice(
+                format!("*3\r\n$7\r\nPUBLISH\r\n$10\r\nchat:flood\r\n$100\r\n{payload}\r\n")
+                    .as_bytes(),
+            );
+        }
+        let mut direct = RawClient::connect(cache_port);
+        direct.send(&publish);
+        for _ in 0..FLOOD {
+            direct.read_frame();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    sub.send(b"SUBSCRIBE chat:second\r\n");
+
+    let mut next = 0;
+    let mut confirmed = false;
+    while next < FLOOD || !confirmed {
+        let frame = sub.read_frame();
+        let text = String::from_utf8_lossy(&frame);
+        if text.contains("\r\nsubscribe\r\n") {
+            assert!(text.contains("chat:second"), "{text}");
+            confirmed = true;
+            continue;
+        }
+        let payload = text
+            .rsplit("\r\n$100\r\n")
+            .next()
+            .unwrap_or_default()
+            .get(..8)
+            .unwrap_or_default();
+        assert_eq!(payload, format!("{next:0>8}"), "messages in order");
+        next += 1;
+    }
+    publisher.join().unwrap();
+
+    let mut c = r.client();
+    let n: i64 = c.publish("chat:second", "after").unwrap();
+    assert_eq!(n, 1);
+    let frame = String::from_utf8_lossy(&sub.read_frame()).into_owned();
+    assert!(frame.contains("after"), "{frame}");
+}
+
+#[test]
+fn messages_keep_flowing_after_an_unsubscribe() {
+    let r = Reference::start();
+    let mut sub = RawClient::connect(r.keyway.port);
+    sub.send(b"SUBSCRIBE chat:a chat:b\r\n");
+    sub.read_frame();
+    sub.read_frame();
+    sub.send(b"UNSUBSCRIBE chat:a\r\n");
+    let frame = String::from_utf8_lossy(&sub.read_frame()).into_owned();
+    assert!(
+        frame.contains("unsubscribe") && frame.contains("chat:a"),
+        "{frame}"
+    );
+    let mut c = r.client();
+    let n: i64 = c.publish("chat:b", "still here").unwrap();
+    assert_eq!(n, 1);
+    let frame = String::from_utf8_lossy(&sub.read_frame()).into_owned();
+    assert!(frame.contains("still here"), "{frame}");
+}

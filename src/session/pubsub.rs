@@ -41,10 +41,13 @@ impl Kind {
 
 enum LinkCmd {
     /// Send a (un)subscribe command; `done` fires when the backend has
-    /// confirmed `confirmations` names (false if the link failed).
+    /// confirmed `confirmations` names (false if the link failed). With
+    /// `hold`, messages after the confirmation wait for `Release`: they may
+    /// be on a channel whose confirmation the client has not been sent yet.
     Send {
         bytes: Bytes,
         confirmations: usize,
+        hold: bool,
         done: oneshot::Sender<bool>,
     },
     /// The client's confirmations are queued: forward held messages now.
@@ -182,10 +185,16 @@ impl Session {
             let cmd = LinkCmd::Send {
                 bytes: command(kind.subscribe(), pool_names),
                 confirmations: pool_names.len(),
+                hold: true,
                 done,
             };
             // A closed link drops `done`, which the wait below reports.
             let _ = self.alongside_pushes(link.send(cmd)).await;
+            // Released after this request's reply is queued, whatever the
+            // outcome: a link left holding would never forward again.
+            if let Mode::Subscribed(subs) = &mut self.mode {
+                subs.held.push(*pool);
+            }
             waits.push((*pool, wait));
         }
         for (pool, wait) in waits {
@@ -221,7 +230,6 @@ impl Session {
                 subs.count_for(kind),
             ));
         }
-        subs.held = per_pool.keys().copied().collect();
         self.register();
         Reply::now(Bytes::from(out))
     }
@@ -269,6 +277,7 @@ impl Session {
                 let cmd = LinkCmd::Send {
                     bytes: command(kind.unsubscribe(), &pool_names),
                     confirmations: pool_names.len(),
+                    hold: false,
                     done,
                 };
                 if self.alongside_pushes(link.send(cmd)).await.is_ok() {
@@ -402,7 +411,8 @@ impl Session {
     }
 }
 
-/// Messages held while confirmations are pending, at most.
+/// Messages held between a subscribe's confirmation and its release, at
+/// most; with that many the link stops reading until released.
 const MAX_HELD: usize = 10_000;
 
 enum FrameKind {
@@ -525,21 +535,21 @@ async fn run_link(
     let mut moved = origin.changes();
     moved.mark_unchanged();
     let mut subscribed = Subscribed::default();
-    let mut waiting: VecDeque<(usize, oneshot::Sender<bool>)> = VecDeque::new();
+    // Per command sent: confirmations still due, whether to hold after, done.
+    let mut waiting: VecDeque<(usize, bool, oneshot::Sender<bool>)> = VecDeque::new();
     let mut held: Vec<Bytes> = Vec::new();
     let mut holding = false;
     loop {
         let broken = tokio::select! {
             cmd = cmds.recv() => match cmd {
                 None => return,
-                Some(LinkCmd::Send { bytes, confirmations, done }) => {
-                    holding = true;
+                Some(LinkCmd::Send { bytes, confirmations, hold, done }) => {
                     subscribed.apply(&bytes);
                     if conn.send(&bytes).await.is_err() {
                         let _ = done.send(false);
                         true
                     } else {
-                        waiting.push_back((confirmations, done));
+                        waiting.push_back((confirmations, hold, done));
                         false
                     }
                 }
@@ -553,11 +563,14 @@ async fn run_link(
                     false
                 }
             },
-            frame = conn.read_frame() => match frame {
+            // A full hold stops reading: the backend buffers, and order holds.
+            frame = conn.read_frame(), if !(holding && held.len() >= MAX_HELD) => match frame {
                 Err(_) => true,
                 Ok(frame) => {
                     match frame_kind(&frame) {
-                        FrameKind::Message if holding && held.len() < MAX_HELD => held.push(frame),
+                        // Messages before a confirmation are on channels the
+                        // client was already told of: they go at once.
+                        FrameKind::Message if holding => held.push(frame),
                         FrameKind::Message => {
                             if client.send(Reply::now(frame)).await.is_err() {
                                 return;
@@ -567,7 +580,8 @@ async fn run_link(
                             if let Some(front) = waiting.front_mut() {
                                 front.0 = front.0.saturating_sub(1);
                                 if front.0 == 0 {
-                                    if let Some((_, done)) = waiting.pop_front() {
+                                    if let Some((_, hold, done)) = waiting.pop_front() {
+                                        holding |= hold;
                                         let _ = done.send(true);
                                     }
                                 }
@@ -586,7 +600,8 @@ async fn run_link(
         }
         // Subscriptions survive a failover: the client keeps its
         // subscriptions and never sees the switch.
-        for (_, done) in waiting.drain(..) {
+        for (_, hold, done) in waiting.drain(..) {
+            holding |= hold;
             let _ = done.send(true);
         }
         match source.reconnect(&subscribed).await {
