@@ -138,3 +138,17 @@ fn exhausted_leases_are_a_clear_error() {
     // Ordinary commands are unaffected.
     let _: () = c.set("session:ok", 1).unwrap();
 }
+
+#[test]
+fn replies_before_a_blocking_command_arrive_while_it_blocks() {
+    let r = Reference::start();
+    let mut raw = RawClient::connect(r.keyway.port);
+    let started = Instant::now();
+    raw.send(b"SET user:before 1\r\nGET user:before\r\nBLPOP user:never 2\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"$1\r\n1\r\n");
+    // Both replies came while BLPOP was still blocked, not with its reply.
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(raw.read_frame(), b"*-1\r\n");
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+}
