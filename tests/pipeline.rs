@@ -95,3 +95,58 @@ fn redis_crate_pipeline_mixing_pools_and_local_commands() {
         assert_eq!(got, vec![Some(i as i64), None], "MGET {i}");
     }
 }
+
+#[test]
+fn pipelining_clients_on_the_multi_threaded_scheduler_get_their_own_replies() {
+    // With worker_threads > 1 a backend reader and the session it answers
+    // may run on different threads: replies still reach the right client
+    // in order.
+    let (session, cache, realtime) = (
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    );
+    let kw = Keyway::start(&format!(
+        "[server]\nworker_threads = 2\n{}",
+        reference_config(&session.url(), &cache.url(), &realtime.url())
+    ));
+    const CLIENTS: usize = 4;
+    const N: usize = 20_000;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let port = kw.port;
+            std::thread::spawn(move || {
+                let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap();
+                let mut buf = Vec::new();
+                for i in 0..N {
+                    let k = i % 100;
+                    let key = format!("{}mt:{c}:{k}", PREFIXES[k % 3]);
+                    buf.extend_from_slice(
+                        format!("*2\r\n$4\r\nINCR\r\n${}\r\n{key}\r\n", key.len()).as_bytes(),
+                    );
+                }
+                let mut writer = stream.try_clone().unwrap();
+                let sender = std::thread::spawn(move || writer.write_all(&buf).unwrap());
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                for i in 0..N {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    // Key i % 100 has been incremented (i / 100 + 1) times.
+                    assert_eq!(
+                        line,
+                        format!(":{}\r\n", i / 100 + 1),
+                        "client {c} reply {i}"
+                    );
+                }
+                sender.join().unwrap();
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+}
