@@ -61,23 +61,25 @@ impl Session {
         // Found once: the command lookup and the key positions both read them.
         let args = request.arg_vec();
         let spec = state.commands.lookup(&args);
+        let cache = match spec.map(|s| s.name) {
+            Some("mget" | "hmget") => CacheCount::PerElement,
+            Some(_)
+                if spec.is_some_and(|s| {
+                    s.flags.contains(Flags::READONLY)
+                        && !s.keys.is_empty()
+                        && !s.in_acl_category("keyspace")
+                }) =>
+            {
+                CacheCount::Single
+            }
+            _ => CacheCount::No,
+        };
         self.meta = Meta {
             command: spec.map(|s| s.name).unwrap_or("other"),
             started: Instant::now(),
-            cache: match spec.map(|s| s.name) {
-                Some("mget" | "hmget") => CacheCount::PerElement,
-                Some(_)
-                    if spec.is_some_and(|s| {
-                        s.flags.contains(Flags::READONLY)
-                            && !s.keys.is_empty()
-                            && !s.in_acl_category("keyspace")
-                    }) =>
-                {
-                    CacheCount::Single
-                }
-                _ => CacheCount::No,
-            },
-            route: (request.argc() > 1 && spec.is_some_and(|s| !s.keys.is_empty()))
+            cache,
+            // The route label only counts cache hits and misses.
+            route: (cache != CacheCount::No && request.argc() > 1)
                 .then(|| live.router.prefix_rule(request.arg(1)))
                 .flatten(),
             request: request.bytes().clone(),

@@ -193,6 +193,19 @@ impl Output {
         }
         if self.inbox.poll_arrived(cx).is_ready() {
             self.take_arrivals();
+            // Most arrivals complete the front reply: write it in this same
+            // wake-up rather than on the next turn of the session's loop.
+            self.collect(state);
+            if !self.out.is_empty() {
+                if let Poll::Ready(written) =
+                    poll_write_buf(Pin::new(&mut self.wr), cx, &mut self.out)
+                {
+                    if !matches!(written, Ok(n) if n > 0) {
+                        return Poll::Ready(Err(self.set_gone(Gone::WriteFailed)));
+                    }
+                    self.collect(state);
+                }
+            }
             return Poll::Ready(Ok(()));
         }
         if let Some(front) = self.pending.front_mut() {
