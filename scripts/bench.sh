@@ -89,6 +89,18 @@ run() {
   done
 }
 
+# Peak resident memory of keyway while the benchmark runs, sampled every
+# 200 ms by a background loop stopped (by PID) at the end.
+peak="$work/peak_rss"
+echo 0 > "$peak"
+( max=0
+  while rss_now=$(awk '/VmRSS/ {print $2}' "/proc/$KW_PID/status" 2>/dev/null) && [ -n "$rss_now" ]; do
+    [ "$rss_now" -gt "$max" ] && max=$rss_now && echo "$max" > "$peak"
+    sleep 0.2
+  done ) &
+SAMPLER=$!
+pids+=($SAMPLER)
+
 results="$work/results"
 : > "$results"
 for round in $(seq "$ROUNDS"); do
@@ -105,6 +117,9 @@ for round in $(seq "$ROUNDS"); do
   run "keyway/mget3" "$KW" "$KW_PID" "$N" -c 50 -n "$N" MGET "session:{a}" "user:{b}" "rate:{c}" >> "$results"
 done
 
+kill "$SAMPLER" 2>/dev/null || true
+peak_rss=$(cat "$peak")
+
 # Metrics off, same run: what recording costs.
 kill "$KW_PID"; wait "$KW_PID" 2>/dev/null || true
 start_keyway false
@@ -112,7 +127,7 @@ run "keyway-nometrics/c50" "$KW" "$KW_PID" $((2 * N)) -c 50 -n "$N" -t get,set >
 run "keyway-nometrics/p16" "$KW" "$KW_PID" $((2 * N)) -c 50 -n "$N" -P 16 -t get,set >> "$results"
 
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$KW_PID/status")
-python3 - "$results" "$rss" "$ROUNDS" <<'PY'
+python3 - "$results" "$rss" "$ROUNDS" "$peak_rss" <<'PY'
 import sys, statistics
 runs = {}
 for line in open(sys.argv[1]):
@@ -150,5 +165,5 @@ for scen in ("c50", "p16"):
         on = data.get((f"keyway/{scen}", test)); off = data.get((f"keyway-nometrics/{scen}", test))
         if on and off:
             print(f"  metrics on/off {scen} {test}: {float(on[2])/float(off[2]):.3f}")
-print(f"\nkeyway RSS after the run: {int(sys.argv[2])/1024:.1f} MiB")
+print(f"\nkeyway RSS: peak under the load above {int(sys.argv[4])/1024:.1f} MiB, after the run {int(sys.argv[2])/1024:.1f} MiB")
 PY
