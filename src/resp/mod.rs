@@ -8,5 +8,5 @@ mod scan;
 pub mod shapes;
 
 pub use encode::{bulk, error, int, simple, Protocol, ReplyBuf};
-pub use request::{split_inline_args, ParseLimits, ProtocolError, Request, RequestParser};
+pub use request::{decimal, split_inline_args, ParseLimits, ProtocolError, Request, RequestParser};
 pub use scan::{is_nil, FrameScanner};

@@ -28,7 +28,16 @@ pub enum ProtocolError {
     Reply,
     #[error("request larger than 4 GiB")]
     RequestTooBig,
+    #[error("unauthenticated multibulk length")]
+    UnauthenticatedMultibulk,
+    #[error("unauthenticated bulk length")]
+    UnauthenticatedBulk,
 }
+
+/// What Redis 7 lets a client send before it authenticates: a few small
+/// arguments, so a stranger cannot make the proxy buffer megabytes.
+const UNAUTHENTICATED_MAX_ARGS: i64 = 10;
+const UNAUTHENTICATED_MAX_BULK: i64 = 16 * 1024;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ParseLimits {
@@ -134,6 +143,9 @@ enum State {
 pub struct RequestParser {
     limits: ParseLimits,
     state: State,
+    /// The client has not authenticated yet (and must): Redis's smaller
+    /// limits apply to what it sends.
+    unauthenticated: bool,
 }
 
 impl RequestParser {
@@ -141,7 +153,14 @@ impl RequestParser {
         RequestParser {
             limits,
             state: State::Start,
+            unauthenticated: false,
         }
+    }
+
+    /// Whether the client still has to authenticate; checked as each
+    /// length arrives, as Redis does.
+    pub fn set_unauthenticated(&mut self, unauthenticated: bool) {
+        self.unauthenticated = unauthenticated;
     }
 
     /// Splits the next complete request off `buf`, `Ok(None)` when more bytes
@@ -164,6 +183,9 @@ impl RequestParser {
                 };
                 if count > self.limits.max_args as i64 {
                     return Err(ProtocolError::MultibulkLength);
+                }
+                if count > UNAUTHENTICATED_MAX_ARGS && self.unauthenticated {
+                    return Err(ProtocolError::UnauthenticatedMultibulk);
                 }
                 if count <= 0 {
                     let _ = buf.split_to(header_len);
@@ -200,6 +222,9 @@ impl RequestParser {
             };
             if len < 0 || len as usize > self.limits.max_bulk_len {
                 return Err(ProtocolError::BulkLength);
+            }
+            if len > UNAUTHENTICATED_MAX_BULK && self.unauthenticated {
+                return Err(ProtocolError::UnauthenticatedBulk);
             }
             let start = *pos + header_len;
             let end = start + len as usize;
@@ -305,21 +330,33 @@ fn line_int(
     if search.len() < cr + 2 {
         return Ok(None);
     }
-    if search[cr + 1] != b'\n' || digits == 0 {
+    if search[cr + 1] != b'\n' || digits == 0 || !canonical(&search[..cr]) {
         return Err(bad());
     }
     let value = value.ok_or_else(bad)?;
     Ok(Some((if negative { -value } else { value }, skip + cr + 2)))
 }
 
+/// Whether `text` is written as Redis's `string2ll` demands of a number:
+/// `0`, or an optional `-` and a first digit 1-9, under 21 characters.
+/// `$01`, `-0` or `+1` are refused: Redis closes a connection that sends
+/// them, so one client's frame must never reach a shared connection.
+fn canonical(text: &[u8]) -> bool {
+    if text == b"0" {
+        return true;
+    }
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    text.len() < 21 && matches!(digits.first(), Some(b'1'..=b'9'))
+}
+
 /// An optionally negative decimal integer, as Redis's `string2ll` reads a
-/// length: digits only, no sign but `-`, no spaces.
-pub(crate) fn decimal(text: &[u8]) -> Option<i64> {
+/// length: digits only, no sign but `-`, no spaces, no leading zero.
+pub fn decimal(text: &[u8]) -> Option<i64> {
     let (negative, digits) = match text.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, text),
     };
-    if digits.is_empty() {
+    if digits.is_empty() || !canonical(text) {
         return None;
     }
     let mut value: i64 = 0;
@@ -525,5 +562,54 @@ mod tests {
         });
         let mut buf = BytesMut::from(&b"*1\r\n$11\r\n"[..]);
         assert_eq!(p.next(&mut buf).err(), Some(ProtocolError::BulkLength));
+    }
+
+    #[test]
+    fn lengths_redis_would_refuse_are_refused() {
+        for bad in [
+            &b"*2\r\n$3\r\nGET\r\n$01\r\na\r\n"[..],
+            b"*2\r\n$3\r\nGET\r\n$-0\r\n",
+            b"*2\r\n$3\r\nGET\r\n$+1\r\na\r\n",
+            b"*02\r\n$3\r\nGET\r\n$1\r\na\r\n",
+            b"*-0\r\n",
+            b"*2\r\n$3\r\nGET\r\n$000000000000000000001\r\na\r\n",
+        ] {
+            assert!(
+                parse_all(bad).is_err(),
+                "{:?} parsed",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            parse_all(b"*1\r\n$0\r\n\r\n").unwrap(),
+            vec![vec![Vec::<u8>::new()]]
+        );
+        assert_eq!(decimal(b"01"), None);
+        assert_eq!(decimal(b"-0"), None);
+        assert_eq!(decimal(b"+1"), None);
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"-12"), Some(-12));
+    }
+
+    #[test]
+    fn unauthenticated_clients_send_little() {
+        let mut p = RequestParser::default();
+        p.set_unauthenticated(true);
+        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$16385\r\n"[..]);
+        assert_eq!(
+            p.next(&mut buf).err(),
+            Some(ProtocolError::UnauthenticatedBulk)
+        );
+        let mut p = RequestParser::default();
+        p.set_unauthenticated(true);
+        let mut buf = BytesMut::from(&b"*11\r\n"[..]);
+        assert_eq!(
+            p.next(&mut buf).err(),
+            Some(ProtocolError::UnauthenticatedMultibulk)
+        );
+        let mut p = RequestParser::default();
+        p.set_unauthenticated(true);
+        let mut buf = BytesMut::from(&b"*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$6\r\nsecret\r\n"[..]);
+        assert!(p.next(&mut buf).unwrap().is_some());
     }
 }

@@ -83,10 +83,10 @@ impl Session {
             "get" => {
                 let count = match req.argc() {
                     2 => None,
-                    _ => match text(req.arg(2)).parse::<i64>() {
-                        Ok(n) if n < 0 => Some(usize::MAX),
-                        Ok(n) => Some(n as usize),
-                        Err(_) => return err("ERR value is not an integer or out of range"),
+                    _ => match resp::decimal(req.arg(2)) {
+                        Some(n) if n < 0 => Some(usize::MAX),
+                        Some(n) => Some(n as usize),
+                        None => return err("ERR value is not an integer or out of range"),
                     },
                 };
                 Some(Reply::now(log.render(count, self.client.proto)))
@@ -149,10 +149,8 @@ impl Session {
     }
 
     fn select(&mut self, arg: &[u8]) -> Option<Reply> {
-        let Some(db) = std::str::from_utf8(arg)
-            .ok()
-            .and_then(|s| s.parse::<i64>().ok())
-        else {
+        // Read as Redis reads an integer: `01`, `-0` and `+1` are refused.
+        let Some(db) = resp::decimal(arg) else {
             return err("ERR value is not an integer or out of range");
         };
         if db < 0 || db >= self.state.live().config.server.databases as i64 {
@@ -213,11 +211,7 @@ impl Session {
             proto = match req.arg(1) {
                 b"2" => Protocol::Resp2,
                 b"3" => Protocol::Resp3,
-                v if std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|s| s.parse::<i64>().ok())
-                    .is_none() =>
-                {
+                v if resp::decimal(v).is_none() => {
                     return err("ERR Protocol version is not an integer or out of range")
                 }
                 _ => return err("NOPROTO unsupported protocol version"),

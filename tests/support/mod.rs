@@ -257,6 +257,16 @@ impl Keyway {
     }
 }
 
+/// A figure from `/proc/PID/status` in KiB, e.g. `VmHWM` (peak RSS).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A minimal HTTP/1.1 request to a loopback port.
 pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("admin connect");
@@ -410,6 +420,20 @@ impl RawClient {
             b'|' => (0..n * 2 + 1).for_each(|_| self.read_into(out)),
             _ => {}
         }
+    }
+
+    /// Half-closes the connection (`shutdown(SHUT_WR)`, as `nc` does at the
+    /// end of its input); replies can still be read.
+    pub fn shutdown_write(&mut self) {
+        self.stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+    }
+
+    /// Sends what it can of `bytes`; the server may close the connection
+    /// part way (a refused request), which is not an error here.
+    pub fn send_lossy(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
     }
 
     /// True once the server has closed the connection.
