@@ -17,6 +17,10 @@ pub struct Dedicated {
     pub(super) address: String,
     pub(super) db: u32,
     pub(super) proto: Protocol,
+    /// The connection's own `CLIENT ID` on the server, once asked: what
+    /// `CLIENT UNBLOCK` names to end a blocking command without losing
+    /// its reply.
+    pub backend_id: Option<i64>,
     /// `None` for connections outside any pool (sentinel watchers).
     pub(super) _permit: Option<OwnedSemaphorePermit>,
 }
@@ -36,6 +40,7 @@ impl Dedicated {
             scanner: FrameScanner::default(),
             db,
             proto,
+            backend_id: None,
             _permit: Some(permit),
         }
     }
@@ -61,6 +66,7 @@ impl Dedicated {
             address: endpoint.address(),
             db: 0,
             proto: Protocol::Resp2,
+            backend_id: None,
             _permit: None,
         })
     }

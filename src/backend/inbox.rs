@@ -4,6 +4,7 @@
 //! (fan-out parts, retries) get a oneshot channel.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -27,6 +28,8 @@ pub struct Arrival {
 pub struct Inbox {
     arrived: Mutex<VecDeque<Arrival>>,
     waker: AtomicWaker,
+    /// The client is gone: replies still in flight are dropped on arrival.
+    closed: AtomicBool,
 }
 
 impl Inbox {
@@ -40,8 +43,18 @@ impl Inbox {
     }
 
     fn deliver(&self, seq: u64, reply: Option<Bytes>) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
         self.arrived().push_back(Arrival { seq, reply });
         self.waker.wake();
+    }
+
+    /// Called when the client goes: frees what arrived and drops what
+    /// arrives later.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.arrived().clear();
     }
 
     /// Ready once something arrived; arrivals are taken with `take_into`.

@@ -1,16 +1,26 @@
 //! Blocking commands (BLPOP, BRPOP, BLMOVE, BZPOPMIN, XREAD BLOCK, WAIT ...)
 //! run on a connection leased from the pool's bounded set, so one blocked
-//! client never delays another's GET. A client that leaves while blocked
-//! takes the connection down with it: Redis then pops nothing for nobody.
+//! client never delays another's GET.
+//!
+//! A client that stops sending (EOF: it left, or only half-closed as `nc`
+//! and scripts do) or is killed while blocked is unblocked with
+//! `CLIENT UNBLOCK` rather than by dropping the connection: a command the
+//! server already served (an element popped) still delivers its reply, and
+//! one still blocked ends with the timeout reply, as Redis's own unblock.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
 use super::reply::Reply;
 use super::{Session, MAX_READ_AHEAD};
-use crate::backend::BackendError;
-use crate::resp::Request;
+use crate::backend::{BackendError, Dedicated, Pool};
+use crate::resp::{self, Request};
 use crate::route::PoolId;
+
+/// How long an unblocked command's reply may take to arrive.
+const UNBLOCK_WAIT: Duration = Duration::from_secs(2);
 
 impl Session {
     pub(super) async fn blocking(&mut self, pool: PoolId, request: &Request) -> Reply {
@@ -30,7 +40,7 @@ impl Session {
                 pool: backend.name().to_string(),
             })
         };
-        if conn.send(request.bytes()).await.is_err() {
+        if learn_backend_id(&mut conn).await.is_err() || conn.send(request.bytes()).await.is_err() {
             return lost();
         }
         loop {
@@ -45,15 +55,74 @@ impl Session {
                     };
                 }
                 // Keep reading what the client pipelines behind the blocked
-                // command, only to notice when it disconnects.
-                read = self.rd.read_buf(&mut self.inbuf), if self.inbuf.len() < MAX_READ_AHEAD => {
-                    if !matches!(read, Ok(n) if n > 0) {
-                        return Reply::close(Bytes::new());
+                // command, to notice when it stops sending.
+                read = self.rd.read_buf(&mut self.inbuf),
+                    if !self.input_closed && self.inbuf.len() < MAX_READ_AHEAD => {
+                    match read {
+                        Ok(n) if n > 0 => continue,
+                        // EOF: no more requests, but the client may still read.
+                        Ok(_) => self.input_closed = true,
+                        // Reset: nobody is left to read a reply.
+                        Err(_) => return Reply::close(Bytes::new()),
                     }
                 }
                 // CLIENT KILL or shutdown.
-                _ = self.kill.cancelled() => return Reply::close(Bytes::new()),
+                _ = self.kill.cancelled() => {
+                    let reply = self.unblock(pool, &backend, conn).await;
+                    return Reply::close(reply.unwrap_or_default());
+                }
             }
+            // Input closed (now, or before this command was dispatched).
+            return match self.unblock(pool, &backend, conn).await {
+                Some(frame) => Reply::now(frame),
+                None => Reply::close(Bytes::new()),
+            };
         }
     }
+
+    /// Ends the blocking command on `conn` the way Redis's CLIENT UNBLOCK
+    /// does and returns its reply, or `None` when it cannot be had (the
+    /// connection is then dropped, which ends the command on the server).
+    async fn unblock(
+        &mut self,
+        pool: PoolId,
+        backend: &Pool,
+        mut conn: Dedicated,
+    ) -> Option<Bytes> {
+        let id = conn.backend_id?;
+        let unblock =
+            Request::from_args(&[b"CLIENT".as_ref(), b"UNBLOCK", id.to_string().as_bytes()]);
+        let answer = self.send_once(pool, unblock.bytes().clone()).await.ok()?;
+        let answer = tokio::time::timeout(UNBLOCK_WAIT, answer)
+            .await
+            .ok()?
+            .ok()?;
+        // `:1` unblocked it, `:0` it was not blocked (served, or not yet
+        // read by the server): either way its reply is due now.
+        if !answer.starts_with(b":") {
+            return None;
+        }
+        let frame = tokio::time::timeout(UNBLOCK_WAIT, conn.read_frame())
+            .await
+            .ok()?
+            .ok()?;
+        backend.release(conn);
+        Some(frame)
+    }
+}
+
+/// Asks a leased connection its server-side id once, so a blocked command
+/// on it can be ended with `CLIENT UNBLOCK`. A server that refuses
+/// `CLIENT ID` leaves it unknown: the connection is then dropped instead.
+async fn learn_backend_id(conn: &mut Dedicated) -> std::io::Result<()> {
+    if conn.backend_id.is_some() {
+        return Ok(());
+    }
+    conn.send(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n").await?;
+    let frame = conn.read_frame().await?;
+    conn.backend_id = frame
+        .strip_prefix(b":")
+        .and_then(|rest| rest.strip_suffix(b"\r\n"))
+        .and_then(resp::decimal);
+    Ok(())
 }

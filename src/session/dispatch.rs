@@ -371,7 +371,7 @@ impl Session {
     }
 
     /// Sends one part of a fanned-out request.
-    async fn send_once(
+    pub(super) async fn send_once(
         &mut self,
         pool: PoolId,
         bytes: Bytes,

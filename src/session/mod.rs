@@ -268,6 +268,7 @@ impl Session {
     /// owed leave room; true when more bytes are needed to go on.
     async fn dispatch_buffered(&mut self, parser: &mut RequestParser) -> bool {
         while self.output.has_room() {
+            parser.set_unauthenticated(self.client.user.is_none());
             match parser.next(&mut self.inbuf) {
                 Ok(Some(request)) => {
                     let reply = self.dispatch(request).await;

@@ -2,6 +2,12 @@
 //! their backends answer (into the client's inbox), and whatever is ready
 //! written in one write. Bounded: the session takes no new request while
 //! the replies owed would exceed the client's output limit.
+//!
+//! A reply's size is unknown until it arrives, so the number of requests in
+//! flight starts small and grows as replies come back (as TCP's slow start
+//! does), and shrinks to what half the limit holds of the largest recent
+//! reply. Replies that arrive beyond twice the limit, unread, disconnect
+//! the client at once: what one client owes never grows past that.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -28,7 +34,14 @@ pub enum Gone {
     WriteFailed,
     /// The client left `client_output_stall_secs` of replies unread.
     Stalled,
+    /// The replies owed and unread reached twice the output limit.
+    OverLimit,
 }
+
+/// Replies owed at once before any reply size is known.
+const FIRST_WINDOW: usize = 32;
+/// An empty write buffer larger than this is given back after a peak.
+const KEEP_OUT: usize = 64 * 1024;
 
 pub(super) struct Output {
     wr: ClientWriter,
@@ -39,11 +52,17 @@ pub(super) struct Output {
     taken: u64,
     inbox: Arc<Inbox>,
     arrivals: VecDeque<Arrival>,
-    /// Recent reply size (moving average), to turn the byte limit into a
+    /// Bytes of replies that arrived but are not in `out` yet (waiting
+    /// behind an earlier reply).
+    arrived_bytes: usize,
+    /// The largest recent reply (decaying), to turn the byte limit into a
     /// number of replies.
-    avg_reply: usize,
-    /// Replies that may be owed at once: the pipeline limit, or fewer when
-    /// replies are large.
+    large_reply: usize,
+    /// Slow start: replies that may be owed before their sizes are known;
+    /// grows by one with every reply taken.
+    window: usize,
+    /// Replies that may be owed at once: the window, or fewer when replies
+    /// are large.
     allowed: usize,
     limit: usize,
     max_pipeline: usize,
@@ -70,7 +89,9 @@ impl Output {
             taken: 0,
             inbox: Inbox::new(),
             arrivals: VecDeque::new(),
-            avg_reply: 64,
+            arrived_bytes: 0,
+            large_reply: 64,
+            window: FIRST_WINDOW,
             allowed: 1,
             limit: 1,
             max_pipeline: 1,
@@ -113,7 +134,19 @@ impl Output {
     /// the pipeline limit, and fewer when replies are large, so the bytes
     /// owed stay near the output limit.
     pub fn has_room(&self) -> bool {
-        self.pending.len() < self.allowed && !self.closing
+        self.pending.len() < self.allowed && self.bytes_room() && !self.closing
+    }
+
+    /// Whether the bytes received for the client and the replies still
+    /// expected (at the size of the largest recent one) fit its limit.
+    fn bytes_room(&self) -> bool {
+        let expected = self.pending.len().saturating_mul(self.large_reply);
+        self.owed_bytes().saturating_add(expected) < self.limit
+    }
+
+    /// Reply bytes held for the client: arrived, or ready to write.
+    fn owed_bytes(&self) -> usize {
+        self.out.len() + self.arrived_bytes
     }
 
     pub fn closing(&self) -> bool {
@@ -135,17 +168,26 @@ impl Output {
             let Some(front) = self.pending.front_mut() else {
                 break;
             };
-            let Some(bytes) = front.try_ready(state) else {
+            let held = front.arrived_len();
+            let ready = front.try_ready(state);
+            self.arrived_bytes = self
+                .arrived_bytes
+                .saturating_sub(held - front.arrived_len());
+            let Some(bytes) = ready else {
                 break;
             };
             self.pending.pop_front();
             self.took(&bytes);
         }
-        // The stall clock starts when the buffer first reaches the limit and
-        // stops only when the client has read everything owed.
+        // The stall clock starts when unread replies keep the client from
+        // sending more and stops only when it has read everything owed.
         if self.out.is_empty() {
             self.stall_timer = None;
-        } else if self.out.len() >= self.limit && self.stall_timer.is_none() {
+            if self.out.capacity() > KEEP_OUT {
+                // Give a peak's memory back rather than keep it per client.
+                self.out = BytesMut::new();
+            }
+        } else if !self.bytes_room() && self.stall_timer.is_none() {
             self.stall_timer = Some(Box::pin(tokio::time::sleep(self.stall)));
         }
     }
@@ -153,15 +195,22 @@ impl Output {
     fn took(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);
         self.taken += 1;
-        let avg = (self.avg_reply * 7 + bytes.len()) / 8 + 1;
-        if avg != self.avg_reply {
-            self.avg_reply = avg;
+        // Decays by 1/64 per reply: a burst of large replies keeps the
+        // window small for a few hundred replies after it.
+        let large = bytes
+            .len()
+            .max(self.large_reply - self.large_reply / 64)
+            .max(64);
+        if large != self.large_reply || self.window < self.max_pipeline {
+            self.large_reply = large;
+            self.window = (self.window + 1).min(self.max_pipeline);
             self.update_allowed();
         }
     }
 
     fn update_allowed(&mut self) {
-        self.allowed = (self.limit / self.avg_reply.max(1)).clamp(1, self.max_pipeline);
+        let fits = self.limit / 2 / self.large_reply.max(1);
+        self.allowed = fits.min(self.window).clamp(1, self.max_pipeline);
     }
 
     /// Polls for the next thing that moves: bytes written, a reply arrived,
@@ -182,6 +231,17 @@ impl Output {
                     .inc();
                 return Poll::Ready(Err(self.set_gone(Gone::Stalled)));
             }
+        }
+        if self.owed_bytes() > self.limit.saturating_mul(2) {
+            tracing::warn!(
+                "disconnecting a client whose unread replies passed twice its output limit"
+            );
+            state
+                .metrics
+                .errors
+                .with_label_values(&["client_output_limit"])
+                .inc();
+            return Poll::Ready(Err(self.set_gone(Gone::OverLimit)));
         }
         // Writing owed bytes first keeps the buffer small.
         if !self.out.is_empty() {
@@ -261,6 +321,7 @@ impl Output {
             };
             if let Some(f) = forwarded {
                 if matches!(f.wait, super::reply::Wait::Inbox) {
+                    self.arrived_bytes += arrival.reply.as_ref().map_or(0, |b| b.len());
                     f.wait = super::reply::Wait::Arrived(arrival.reply);
                 }
             }
@@ -315,5 +376,13 @@ impl Output {
 
     pub async fn shutdown(&mut self) {
         let _ = self.wr.shutdown().await;
+    }
+}
+
+impl Drop for Output {
+    /// Replies still in flight for a client that is gone are dropped as
+    /// they arrive instead of piling up in its inbox.
+    fn drop(&mut self) {
+        self.inbox.close();
     }
 }

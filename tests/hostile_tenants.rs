@@ -1,0 +1,276 @@
+//! One tenant against the others: frames Redis would refuse, memory taken
+//! before authenticating, replies never read, a half-closed connection.
+//! Each test shows that one client's bytes reach nothing other clients
+//! share and that nothing acknowledged to a client is lost.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use support::*;
+
+/// Frames whose lengths Redis refuses (leading zeros, `-0`, `+1`), each
+/// with the reply Redis gives before it closes the connection.
+const POISON: &[(&[u8], &[u8])] = &[
+    (
+        b"*2\r\n$3\r\nGET\r\n$01\r\na\r\n",
+        b"-ERR Protocol error: invalid bulk length\r\n",
+    ),
+    (
+        b"*2\r\n$3\r\nGET\r\n$-0\r\n\r\n",
+        b"-ERR Protocol error: invalid bulk length\r\n",
+    ),
+    (
+        b"*2\r\n$3\r\nGET\r\n$+1\r\na\r\n",
+        b"-ERR Protocol error: invalid bulk length\r\n",
+    ),
+    (
+        b"*02\r\n$3\r\nGET\r\n$1\r\na\r\n",
+        b"-ERR Protocol error: invalid multibulk length\r\n",
+    ),
+    (
+        b"*-0\r\n",
+        b"-ERR Protocol error: invalid multibulk length\r\n",
+    ),
+];
+
+#[test]
+fn frames_redis_refuses_never_reach_a_shared_connection() {
+    let r = Reference::start();
+    // Redis itself answers each of them this way and closes.
+    for (frame, reply) in POISON {
+        let mut direct = RawClient::connect(r.cache.port);
+        direct.send(frame);
+        assert_eq!(direct.read_frame(), *reply, "redis-server's own reply");
+        assert!(direct.is_closed());
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let ops = Arc::new(AtomicUsize::new(0));
+    let others: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, errors, ops) = (stop.clone(), errors.clone(), ops.clone());
+            let mut client = r.client();
+            std::thread::spawn(move || {
+                let key = format!("user:other:{i}");
+                while !stop.load(Ordering::Relaxed) {
+                    let set: redis::RedisResult<()> = client.set(&key, "v");
+                    let get: redis::RedisResult<String> = client.get(&key);
+                    match (set, get) {
+                        (Ok(()), Ok(v)) if v == "v" => ops.fetch_add(1, Ordering::Relaxed),
+                        _ => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+
+    // One client sends poison every 10 ms for 2 s, each on a new connection
+    // (keyway closes the connection after a protocol error, as Redis does).
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let (frame, reply) = POISON[sent % POISON.len()];
+        let mut attacker = r.keyway.raw();
+        attacker.send(frame);
+        assert_eq!(attacker.read_frame(), reply);
+        assert!(attacker.is_closed());
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in others {
+        t.join().unwrap();
+    }
+    let (errors, ops) = (errors.load(Ordering::Relaxed), ops.load(Ordering::Relaxed));
+    println!("{sent} poison frames; other clients: {ops} round trips, {errors} errors");
+    assert_eq!(errors, 0, "other clients saw errors");
+    assert!(ops > 100, "other clients made progress: {ops}");
+    assert!(r.keyway.metric(r#"keyway_errors_total{kind="protocol"}"#) >= sent as f64);
+
+    // SELECT reads its index as Redis does.
+    let mut raw = r.keyway.raw();
+    for index in ["01", "-0", "+1"] {
+        raw.send(format!("SELECT {index}\r\n").as_bytes());
+        assert_eq!(
+            raw.read_frame(),
+            b"-ERR value is not an integer or out of range\r\n"
+        );
+    }
+}
+
+#[test]
+fn an_unauthenticated_client_cannot_make_keyway_buffer() {
+    // Redis with a password, to compare with; keyway's pools need none.
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let (session, cache, realtime) = (
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    );
+    let keyway = Keyway::start_with_env(
+        &reference_config(&session.url(), &cache.url(), &realtime.url()),
+        &[("KEYWAY_REQUIREPASS", "s3cret")],
+    );
+    // Through keyway and directly, byte for byte the same refusal.
+    let cases: &[(&[u8], &[u8])] = &[
+        (
+            b"*2\r\n$3\r\nGET\r\n$209715200\r\n",
+            b"-ERR Protocol error: unauthenticated bulk length\r\n",
+        ),
+        (
+            b"*11\r\n",
+            b"-ERR Protocol error: unauthenticated multibulk length\r\n",
+        ),
+    ];
+    for (frame, reply) in cases {
+        for port in [redis.port, keyway.port] {
+            let mut raw = RawClient::connect(port);
+            raw.send(frame);
+            assert_eq!(raw.read_frame(), *reply, "port {port}");
+            assert!(raw.is_closed());
+        }
+    }
+
+    // Three strangers each try to push 200 MiB: keyway's peak memory stays
+    // far below one of them.
+    let before = proc_status_kib(keyway.pid(), "VmHWM");
+    let strangers: Vec<_> = (0..3)
+        .map(|_| {
+            let port = keyway.port;
+            std::thread::spawn(move || {
+                let mut raw = RawClient::connect(port);
+                raw.send_lossy(b"*2\r\n$3\r\nGET\r\n$209715200\r\n");
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..200 {
+                    raw.send_lossy(&chunk);
+                }
+            })
+        })
+        .collect();
+    for t in strangers {
+        t.join().unwrap();
+    }
+    let peak = proc_status_kib(keyway.pid(), "VmHWM");
+    println!("keyway peak RSS {before} KiB before, {peak} KiB after 3 x 200 MiB unauthenticated");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+
+    // Authenticated, large values are fine.
+    let mut raw = keyway.raw();
+    raw.send(b"AUTH s3cret\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    let value = vec![b'v'; 100_000];
+    let mut set = b"*3\r\n$3\r\nSET\r\n$9\r\nuser:big1\r\n$100000\r\n".to_vec();
+    set.extend_from_slice(&value);
+    set.extend_from_slice(b"\r\n");
+    raw.send(&set);
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+}
+
+#[test]
+fn a_client_that_never_reads_holds_no_more_than_its_output_limit() {
+    let session = RedisServer::start();
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    let config = format!(
+        "{}\n[server]\nclient_output_limit_bytes = 8388608\nclient_output_stall_secs = 1\n",
+        reference_config(&session.url(), &cache.url(), &realtime.url())
+    );
+    let keyway = Keyway::start(&config);
+    let mut direct = cache.direct();
+    let big = vec![b'b'; 1 << 20];
+    let _: () = direct.set("user:big", &big[..]).unwrap();
+
+    // Three clients each ask for 800 MiB in one write and never read.
+    let get = b"*2\r\n$3\r\nGET\r\n$8\r\nuser:big\r\n".repeat(800);
+    let mut hogs: Vec<_> = (0..3)
+        .map(|_| {
+            let mut raw = keyway.raw();
+            raw.send(&get);
+            raw
+        })
+        .collect();
+    // Meanwhile another client is served at once.
+    let mut other = keyway.client();
+    for _ in 0..50 {
+        let v: Option<String> = other.get("user:small").unwrap();
+        assert_eq!(v, None);
+    }
+    // Each hog is cut within its stall time and what it held is freed.
+    let cut = keyway.wait_until(Duration::from_secs(10), || {
+        keyway.metric(r#"keyway_errors_total{kind="client_output_stalled"}"#)
+            + keyway.metric(r#"keyway_errors_total{kind="client_output_limit"}"#)
+            >= 3.0
+    });
+    let peak = proc_status_kib(keyway.pid(), "VmHWM");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = proc_status_kib(keyway.pid(), "VmRSS");
+    println!(
+        "3 non-reading clients, 8 MiB limit: peak RSS {peak} KiB, {after} KiB after they were cut"
+    );
+    assert!(cut, "the non-reading clients were disconnected");
+    for hog in hogs.iter_mut() {
+        assert!(hog_closed(hog), "a non-reading client is disconnected");
+    }
+    assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
+    let v: Option<String> = other.get("user:small").unwrap();
+    assert_eq!(v, None);
+}
+
+/// Reads what a cut client was sent until the connection ends.
+fn hog_closed(raw: &mut RawClient) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if raw.is_closed() {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_half_closed_client_gets_the_element_it_popped() {
+    let r = Reference::start();
+    let mut direct = r.session.direct();
+    for i in 0..20 {
+        let _: () = direct.rpush("session:q", format!("v{i}")).unwrap();
+        let mut raw = r.keyway.raw();
+        raw.send(b"BLPOP session:q 0\r\n");
+        raw.shutdown_write();
+        let expected = format!("*2\r\n$9\r\nsession:q\r\n${}\r\nv{i}\r\n", 2 + i / 10);
+        assert_eq!(
+            String::from_utf8_lossy(&raw.read_frame()),
+            expected,
+            "try {i}"
+        );
+        let _: () = direct.zadd("session:z", format!("m{i}"), i).unwrap();
+        let mut raw = r.keyway.raw();
+        raw.send(b"BZPOPMIN session:z 0\r\n");
+        raw.shutdown_write();
+        let got = raw.read_frame();
+        assert!(
+            String::from_utf8_lossy(&got).contains(&format!("m{i}")),
+            "try {i}: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let left: usize = direct.llen("session:q").unwrap();
+    assert_eq!(left, 0);
+
+    // Blocked on an empty list, then half-closed: the command ends as a
+    // timeout and nothing pushed later is taken by it.
+    let mut raw = r.keyway.raw();
+    raw.send(b"BLPOP session:empty 0\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    raw.shutdown_write();
+    assert_eq!(raw.read_frame(), b"*-1\r\n");
+    assert!(raw.is_closed());
+    let _: () = direct.rpush("session:empty", "kept").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let left: usize = direct.llen("session:empty").unwrap();
+    assert_eq!(left, 1, "a later push stays in the list");
+}
