@@ -129,6 +129,12 @@ name = "admin"
 password_env = "ADMIN_PASSWORD"
 allow = ["CONFIG GET"]
 block = ["EVAL", "SCRIPT"]
+admin = true
+[[auth.users]]
+name = "scripter"
+password_env = "APP_PASSWORD"
+prefixes = ["session:"]
+allow_scripts = true
 "#;
 
 fn start_with_users() -> Setup {
@@ -200,8 +206,12 @@ fn prefixes_and_read_only_users_get_noperm_and_nothing_runs() {
         "nothing of the MSET ran"
     );
     assert!(!s.cache.direct().exists::<_, bool>("user:m2").unwrap());
-    let err = try_cmd(&mut app, &["EVAL", "return 1", "2", "session:a", "rate:b"]).unwrap_err();
-    assert!(err.contains("'rate:b' key"), "{err}");
+    // Scripts reach past their declared keys: refused to a prefix-limited user.
+    let err = try_cmd(&mut app, &["EVAL", "return 1", "1", "session:a"]).unwrap_err();
+    assert!(
+        err.contains("NOPERM") && err.contains("'eval' command"),
+        "{err}"
+    );
     // Inside MULTI: refused at queue time, EXEC aborts.
     let mut raw = s.keyway.raw();
     raw.send(b"AUTH app app-pass\r\nMULTI\r\nSET session:t 1\r\nGET rate:t\r\nEXEC\r\n");
@@ -315,7 +325,9 @@ fn aliases_are_blocked_together() {
     );
     let err = try_cmd(&mut c, &["keys", "*"]).unwrap_err();
     assert!(err.contains("'KEYS' is blocked"), "{err}");
-    // FLUSHALL is allowed by this list (the default is replaced).
+    // The server-wide commands stay refused whatever the list holds.
+    let err = try_cmd(&mut c, &["FLUSHALL"]).unwrap_err();
+    assert!(err.contains("'FLUSHALL' is blocked"), "{err}");
     assert!(try_cmd(&mut c, &["PING"]).is_ok());
 }
 
@@ -381,4 +393,376 @@ fn a_command_limit_only_counts_its_command_and_delay_waits() {
         "{:?}",
         started.elapsed()
     );
+}
+
+fn blocked(c: &mut redis::Connection, args: &[&str]) {
+    let err = try_cmd(c, args).unwrap_err();
+    assert!(
+        err.contains("is blocked by keyway policy"),
+        "{args:?}: {err}"
+    );
+}
+
+#[test]
+fn server_wide_commands_are_refused_unless_allowed() {
+    let s = start("", &[]);
+    let empty = RedisServer::start();
+    let port = empty.port.to_string();
+    let mut c = s.keyway.client();
+    let _: () = c.set("session:keep", 1).unwrap();
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut c).unwrap();
+    for attempt in [
+        vec!["REPLICAOF", "127.0.0.1", &port],
+        vec!["slaveof", "127.0.0.1", &port],
+        vec!["SWAPDB", "0", "9"],
+        vec!["MIGRATE", "127.0.0.1", &port, "session:keep", "0", "1000"],
+        vec!["ACL", "SETUSER", "intruder", "on", ">x", "+@all"],
+        vec!["MODULE", "LOAD", "/nonexistent.so"],
+        vec!["SAVE"],
+        vec!["BGSAVE"],
+        vec!["BGREWRITEAOF"],
+        vec!["FAILOVER"],
+        vec!["SCRIPT", "FLUSH"],
+        vec!["FUNCTION", "FLUSH"],
+        vec!["FUNCTION", "DELETE", "lib"],
+        vec!["FUNCTION", "RESTORE", "payload"],
+        vec!["DEBUG", "SLEEP", "0"],
+        vec!["CONFIG", "SET", "maxmemory", "1"],
+        vec!["CONFIG", "GET", "requirepass"],
+        vec!["SHUTDOWN"],
+        vec!["FLUSHALL"],
+        vec!["FLUSHDB"],
+    ] {
+        blocked(&mut c, &attempt);
+    }
+    let mut direct = s.session.direct();
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut direct).unwrap();
+    assert_eq!(role[0], redis::Value::BulkString(b"master".to_vec()));
+    assert!(direct.exists::<_, bool>("session:keep").unwrap());
+    assert!(
+        s.keyway
+            .metric(r#"keyway_denials_total{detail="REPLICAOF",reason="blocklist"}"#)
+            >= 2.0
+    );
+
+    // Lifted explicitly, and only what is named.
+    let s = start("[policy]\nallow = [\"CONFIG GET\", \"FLUSHDB\"]\n", &[]);
+    let mut c = s.keyway.client();
+    let got: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(got[0], "maxmemory");
+    let _: () = redis::cmd("FLUSHDB").query(&mut c).unwrap();
+    blocked(&mut c, &["CONFIG", "SET", "maxmemory", "1"]);
+    blocked(&mut c, &["FLUSHALL"]);
+}
+
+#[test]
+fn a_read_only_user_cannot_write_through_scripts_or_functions() {
+    let s = start_with_users();
+    let _: () = s.session.direct().set("session:a", "orig").unwrap();
+    let lib = "#!lua name=ro\nredis.register_function('put', function(keys) return redis.call('SET', keys[1], 'x') end)";
+    let _: () = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(lib)
+        .query(&mut s.session.direct())
+        .unwrap();
+    let mut reader = login(&s, "reader", "read-only-pass");
+    for attempt in [
+        vec![
+            "EVAL",
+            "return redis.call('SET',KEYS[1],'x')",
+            "1",
+            "session:a",
+        ],
+        vec![
+            "EVALSHA",
+            "0123456789012345678901234567890123456789",
+            "1",
+            "session:a",
+        ],
+        vec!["FCALL", "put", "1", "session:a"],
+        vec!["DEL", "session:a"],
+        vec![
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=x\nredis.register_function('y', function() return 1 end)",
+        ],
+    ] {
+        let err = try_cmd(&mut reader, &attempt).unwrap_err();
+        assert!(err.contains("NOPERM"), "{attempt:?}: {err}");
+    }
+    let got: String = redis::cmd("EVAL_RO")
+        .arg("return redis.call('GET',KEYS[1])")
+        .arg(1)
+        .arg("session:a")
+        .query(&mut reader)
+        .unwrap();
+    assert_eq!(got, "orig");
+    // Redis itself refuses a write from a read-only script.
+    let err = try_cmd(
+        &mut reader,
+        &[
+            "EVAL_RO",
+            "return redis.call('SET',KEYS[1],'x')",
+            "1",
+            "session:a",
+        ],
+    )
+    .unwrap_err();
+    assert!(err.to_lowercase().contains("write"), "{err}");
+    let v: String = s.session.direct().get("session:a").unwrap();
+    assert_eq!(v, "orig");
+}
+
+#[test]
+fn a_prefix_limited_user_reaches_nothing_outside_its_prefixes() {
+    let s = start_with_users();
+    let _: () = s.cache.direct().set("refresh:secret", "s").unwrap();
+    let mut app = login(&s, "app", "app-pass");
+    let _: () = app.rpush("session:list", "1").unwrap();
+    let denied = |c: &mut redis::Connection, args: &[&str], what: &str| {
+        let err = try_cmd(c, args).unwrap_err();
+        assert!(
+            err.contains("NOPERM") && err.contains(what),
+            "{args:?}: {err}"
+        );
+    };
+    // SORT's patterns read other keys.
+    denied(
+        &mut app,
+        &["SORT", "session:list", "BY", "nosort", "GET", "refresh:*"],
+        "refresh:*",
+    );
+    denied(
+        &mut app,
+        &["SORT_RO", "session:list", "BY", "refresh:*"],
+        "refresh:*",
+    );
+    let own: Vec<Option<String>> = redis::cmd("SORT")
+        .arg(&[
+            "session:list",
+            "BY",
+            "nosort",
+            "GET",
+            "#",
+            "GET",
+            "session:w_*",
+        ])
+        .query(&mut app)
+        .unwrap();
+    assert_eq!(own, [Some("1".to_string()), None]);
+    // Scripts reach any key, whatever they declare.
+    for script in [
+        vec![
+            "EVAL",
+            "return redis.call('GET',ARGV[1])",
+            "1",
+            "session:a",
+            "refresh:secret",
+        ],
+        vec![
+            "EVAL_RO",
+            "return redis.call('GET',ARGV[1])",
+            "1",
+            "session:a",
+            "refresh:secret",
+        ],
+        vec!["FCALL_RO", "f", "1", "session:a"],
+    ] {
+        denied(&mut app, &script, "command");
+    }
+    // Channels and patterns.
+    denied(
+        &mut app,
+        &["PUBLISH", "refresh:events", "x"],
+        "'refresh:events' channel",
+    );
+    denied(
+        &mut app,
+        &["SUBSCRIBE", "session:ok", "refresh:events"],
+        "channel",
+    );
+    denied(&mut app, &["PSUBSCRIBE", "*"], "'*' channel");
+    denied(&mut app, &["PUBSUB", "CHANNELS"], "channel");
+    // Whole-keyspace reads.
+    denied(&mut app, &["KEYS", "*"], "'*' key");
+    denied(&mut app, &["SCAN", "0"], "key");
+    denied(&mut app, &["SCAN", "0", "MATCH", "refresh:*"], "refresh:*");
+    denied(&mut app, &["RANDOMKEY"], "command");
+    let keys: Vec<String> = app.keys("session:*").unwrap();
+    assert_eq!(keys, ["session:list"]);
+    let (_, found): (String, Vec<String>) = redis::cmd("SCAN")
+        .arg(&["0", "MATCH", "session:*", "COUNT", "100"])
+        .query(&mut app)
+        .unwrap();
+    assert_eq!(found, ["session:list"]);
+    let mut sub = login(&s, "app", "app-pass");
+    let _: redis::Value = redis::cmd("SUBSCRIBE")
+        .arg("session:ok")
+        .query(&mut sub)
+        .unwrap();
+
+    // allow_scripts lifts the script refusal for a user who asks for it.
+    let mut scripter = login(&s, "scripter", "app-pass");
+    let one: i64 = redis::cmd("EVAL")
+        .arg(&["return 1", "1", "session:x"])
+        .query(&mut scripter)
+        .unwrap();
+    assert_eq!(one, 1);
+}
+
+#[test]
+fn client_list_and_kill_stay_within_the_users_own_clients() {
+    let s = start_with_users();
+    let mut app = login(&s, "app", "app-pass");
+    let mut reader = login(&s, "reader", "read-only-pass");
+    let mut admin = login(&s, "admin", "admin-pass");
+    let app_id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut app).unwrap();
+
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut reader).unwrap();
+    assert!(list.lines().all(|l| l.contains(" user=reader ")), "{list}");
+    let app_id_text = app_id.to_string();
+    for kill in [
+        vec!["CLIENT", "KILL", "TYPE", "normal"],
+        vec!["CLIENT", "KILL", "ID", &app_id_text],
+        vec!["CLIENT", "KILL", "USER", "app"],
+        vec!["CLIENT", "KILL", "USER", "default"],
+    ] {
+        let killed: i64 = redis::cmd(kill[0])
+            .arg(&kill[1..])
+            .query(&mut reader)
+            .unwrap();
+        assert_eq!(killed, 0, "{kill:?}");
+    }
+    let pong: String = redis::cmd("PING").query(&mut app).unwrap();
+    assert_eq!(pong, "PONG");
+
+    // An admin user sees every tenant and acts on the user named.
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
+    for user in ["app", "reader", "admin"] {
+        assert!(list.contains(&format!(" user={user} ")), "{list}");
+    }
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "USER", "app"])
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(killed, 1);
+    assert!(
+        try_cmd(&mut app, &["PING"]).is_err(),
+        "the app client was cut"
+    );
+    let pong: String = redis::cmd("PING").query(&mut reader).unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+#[test]
+fn queued_commands_count_against_rate_limits() {
+    let s = start(
+        "[[limits]]\nname = \"per-ip\"\nscope = \"ip\"\nrate = 100\nburst = 20\n",
+        &[],
+    );
+    let mut raw = s.keyway.raw();
+    let mut pipeline = b"MULTI\r\n".to_vec();
+    for _ in 0..300 {
+        pipeline.extend_from_slice(b"INCR session:n\r\n");
+    }
+    pipeline.extend_from_slice(b"EXEC\r\n");
+    raw.send(&pipeline);
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    let (mut queued, mut limited) = (0, 0);
+    for _ in 0..300 {
+        let frame = raw.read_frame();
+        if frame == b"+QUEUED\r\n" {
+            queued += 1;
+        } else if frame.starts_with(b"-ERR rate limit exceeded (limit 'per-ip')") {
+            limited += 1;
+        } else {
+            panic!("{}", String::from_utf8_lossy(&frame));
+        }
+    }
+    let exec = raw.read_frame();
+    println!("MULTI with 300 INCR at 100/s burst 20: {queued} queued, {limited} limited");
+    assert!(limited > 200, "{limited} limited");
+    assert!(
+        exec.starts_with(b"-EXECABORT"),
+        "{}",
+        String::from_utf8_lossy(&exec)
+    );
+    let n: Option<i64> = s.session.direct().get("session:n").unwrap();
+    assert_eq!(n, None, "nothing of the aborted transaction ran");
+}
+
+/// A client connection from a chosen loopback source address.
+fn raw_from(source: [u8; 4], port: u16) -> RawClient {
+    RawClient::connect_from(source, port)
+}
+
+#[test]
+fn failed_auth_locks_out_one_user_from_one_address_only() {
+    let s = {
+        let dir = TempDir::new("pass");
+        std::fs::write(dir.0.join("reader.pass"), "read-only-pass\n").unwrap();
+        let (session, cache, realtime) = (
+            RedisServer::start(),
+            RedisServer::start(),
+            RedisServer::start(),
+        );
+        let config = format!(
+            "{}\n{}",
+            reference_config(&session.url(), &cache.url(), &realtime.url()),
+            USERS
+                .replace("$DIR", &dir.0.display().to_string())
+                .replace("[auth]\n", "[auth]\nmax_failures_per_minute = 3\n")
+        );
+        let keyway = Keyway::start_with_env(
+            &config,
+            &[
+                ("APP_PASSWORD", "app-pass"),
+                ("ADMIN_PASSWORD", "admin-pass"),
+            ],
+        );
+        Setup {
+            session,
+            cache,
+            _realtime: realtime,
+            keyway,
+            _dir: dir,
+        }
+    };
+    let port = s.keyway.port;
+    let auth = |raw: &mut RawClient, user: &str, pass: &str| {
+        raw.send(format!("AUTH {user} {pass}\r\n").as_bytes());
+        String::from_utf8_lossy(&raw.read_frame()).into_owned()
+    };
+    // Wrong passwords for `reader` from 127.0.0.1 lock out only `reader` there.
+    let mut attacker = raw_from([127, 0, 0, 1], port);
+    for _ in 0..5 {
+        auth(&mut attacker, "reader", "guess");
+    }
+    assert!(auth(&mut attacker, "reader", "read-only-pass").starts_with("-ERR too many failed"));
+    let mut app = raw_from([127, 0, 0, 1], port);
+    assert_eq!(auth(&mut app, "app", "app-pass"), "+OK\r\n");
+    let mut elsewhere = raw_from([127, 0, 0, 2], port);
+    assert_eq!(auth(&mut elsewhere, "reader", "read-only-pass"), "+OK\r\n");
+
+    // Guesses for `app` from rotating addresses, each under the per-address
+    // allowance: the user's own limit holds new addresses, not 127.0.0.1,
+    // where `app` already authenticated.
+    for last in 10..60 {
+        let mut guesser = raw_from([127, 0, 0, last], port);
+        for _ in 0..2 {
+            auth(&mut guesser, "app", "guess");
+        }
+    }
+    let mut fresh = raw_from([127, 0, 0, 100], port);
+    assert!(
+        auth(&mut fresh, "app", "app-pass").starts_with("-ERR too many failed"),
+        "a new address is held while `app` is guessed at"
+    );
+    let mut app = raw_from([127, 0, 0, 1], port);
+    assert_eq!(auth(&mut app, "app", "app-pass"), "+OK\r\n");
+    assert!(s.keyway.metric("keyway_auth_lockouts_total") >= 2.0);
 }

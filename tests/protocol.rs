@@ -169,3 +169,45 @@ fn keyway_answers_connection_commands_like_redis() {
     let echo: String = redis::cmd("ECHO").arg("hi").query(&mut c).unwrap();
     assert_eq!(echo, "hi");
 }
+
+/// The same bytes to Redis and through keyway: the same reply bytes.
+fn same_as_redis(r: &Reference, input: &[u8], frames: usize) {
+    let mut direct = RawClient::connect(r.session.port);
+    let mut proxied = r.keyway.raw();
+    direct.send(input);
+    proxied.send(input);
+    for i in 0..frames {
+        let want = direct.read_frame();
+        let got = proxied.read_frame();
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want),
+            "reply {i} to {:?}",
+            String::from_utf8_lossy(input)
+        );
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn edge_replies_match_redis_byte_for_byte() {
+    let r = Reference::start();
+    // EXEC refused inside MULTI discards the transaction.
+    same_as_redis(&r, b"MULTI\r\nEXEC x\r\nPING\r\nEXEC\r\n", 4);
+    // Inline splitting: \v and \f only between words, quotes anywhere.
+    same_as_redis(
+        &r,
+        b"SET session:a\x0bb c\x0cd\r\nGET session:a\x0bb\r\n\x0b\x0cECHO a'b'\r\nECHO \"q\"\x0b\r\n",
+        4,
+    );
+    // Integers as Redis reads them.
+    same_as_redis(
+        &r,
+        b"SELECT 01\r\nSELECT -0\r\nSELECT +1\r\nSELECT 0\r\n",
+        4,
+    );
+    // A client's non-UTF-8 bytes come back as they were sent.
+    same_as_redis(&r, b"MULTI\r\nNOSUCH \xff\xfe 'x\xe9'\r\nEXEC\r\n", 3);
+    // Unbalanced quotes inside a word: a protocol error, as Redis.
+    same_as_redis(&r, b"ECHO a\"b\"c\r\n", 1);
+}

@@ -7,7 +7,8 @@ use support::*;
 
 #[test]
 fn script_load_fans_out_so_evalsha_works_in_every_pool() {
-    let r = Reference::start();
+    // SCRIPT FLUSH empties every tenant's script cache: lifted explicitly.
+    let r = Reference::start_with("[policy]\nallow = [\"SCRIPT FLUSH\"]\n");
     let mut c = r.client();
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
@@ -49,7 +50,8 @@ fn script_load_fans_out_so_evalsha_works_in_every_pool() {
 
 #[test]
 fn functions_load_everywhere_and_fcall_routes_by_key() {
-    let r = Reference::start();
+    // FUNCTION DELETE removes a library every tenant may call: lifted explicitly.
+    let r = Reference::start_with("[policy]\nallow = [\"FUNCTION DELETE\"]\n");
     let mut c = r.client();
     let lib = "#!lua name=kw\nredis.register_function('bump', function(keys, args) return redis.call('INCRBY', keys[1], args[1]) end)";
     let name: String = redis::cmd("FUNCTION")

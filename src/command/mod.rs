@@ -2,6 +2,7 @@
 //! request can be checked and routed without asking a backend. Builtin
 //! entries come from Redis 7; a backend's `COMMAND` reply adds module commands.
 
+mod effect;
 mod keys;
 mod spec;
 mod table;
@@ -10,6 +11,13 @@ use std::collections::HashMap;
 
 use redis_protocol::resp2::types::OwnedFrame;
 
+pub use effect::{is_server_wide, server_wide_entries};
+
+/// Whether `name` (lowercase, `config|set` for a subcommand) is in the
+/// builtin table: names a client made up must not become metric labels.
+pub fn is_builtin_name(name: &str) -> bool {
+    table::BUILTIN.iter().any(|s| s.name == name)
+}
 pub use keys::{key_indexes, sort_store_index};
 pub use spec::{Begin, Find, Flags, KeySpec, Spec};
 

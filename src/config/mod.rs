@@ -77,8 +77,11 @@ pub struct AuthConfig {
     /// A file holding the `requirepass`-style password of user `default`
     /// (`KEYWAY_REQUIREPASS` in the environment takes precedence).
     pub requirepass_file: Option<String>,
-    /// Failed AUTH attempts allowed per client IP per minute before the
-    /// address is locked out for the rest of that minute.
+    /// Failed AUTH attempts allowed per user name and client IP per minute
+    /// before that user is locked out from that address (each lock in a row
+    /// twice as long, up to 5 minutes). Ten times as many failures for one
+    /// user across all addresses lock out the addresses it has not yet
+    /// authenticated from.
     pub max_failures_per_minute: u32,
     pub users: Vec<UserConfig>,
 }
@@ -114,6 +117,15 @@ pub struct UserConfig {
     /// Extra blocklist entries for this user (`"EVAL"`, `"SCRIPT"`).
     #[serde(default)]
     pub block: Vec<String>,
+    /// Lets a user limited to key prefixes run scripts and functions
+    /// (EVAL, EVALSHA, FCALL and their _RO forms). A script can reach any
+    /// key the backend holds, whatever keys it declares.
+    #[serde(default)]
+    pub allow_scripts: bool,
+    /// Sees and acts on every tenant's clients (CLIENT LIST/KILL); other
+    /// users see only the clients of their own user.
+    #[serde(default)]
+    pub admin: bool,
     #[serde(default = "enabled")]
     pub enabled: bool,
 }
@@ -126,22 +138,16 @@ fn enabled() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
-    /// Commands (`"FLUSHALL"`) or subcommands (`"CONFIG SET"`) never
-    /// forwarded, for every client; aliases (SLAVEOF/REPLICAOF) included.
+    /// Commands (`"KEYS"`) or subcommands (`"CONFIG SET"`) never forwarded,
+    /// for every client, on top of the server-wide commands (`@admin`) that
+    /// are always refused; aliases (SLAVEOF/REPLICAOF) included.
     pub blocklist: Vec<String>,
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        PolicyConfig {
-            blocklist: ["FLUSHALL", "FLUSHDB", "CONFIG", "SHUTDOWN", "DEBUG"]
-                .map(String::from)
-                .to_vec(),
-        }
-    }
+    /// Entries lifted for every client: server-wide commands
+    /// (`"FLUSHALL"`, `"CONFIG GET"`, or `"@admin"` for all of them).
+    pub allow: Vec<String>,
 }
 
 /// One rate limit (GCRA): `rate` per second with `burst`, counted per key
@@ -765,6 +771,9 @@ fn check_command_entry(field: &str, entry: &str) -> Result<(), ConfigError> {
 fn validate_policy(file: &FileConfig) -> Result<(), ConfigError> {
     for (i, e) in file.policy.blocklist.iter().enumerate() {
         check_command_entry(&format!("policy.blocklist[{i}]"), e)?;
+    }
+    for (i, e) in file.policy.allow.iter().enumerate() {
+        check_command_entry(&format!("policy.allow[{i}]"), e)?;
     }
     for (i, u) in file.auth.users.iter().enumerate() {
         for (j, e) in u.allow.iter().enumerate() {

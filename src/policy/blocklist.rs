@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::command::server_wide_entries;
+
 /// Every request is checked, so a command that is not blocked is found
 /// not to be without allocating: names are lowercased on the stack.
 const NAME_BUF: usize = 64;
@@ -29,6 +31,12 @@ fn canonical(name: &str) -> &str {
         "slaveof" => "replicaof",
         other => other,
     }
+}
+
+/// `@admin`: every command that changes the server for all tenants, as
+/// the command table flags them.
+fn is_admin_class(entry: &str) -> bool {
+    entry.trim().eq_ignore_ascii_case("@admin")
 }
 
 /// `"CONFIG set"` → `("config", Some("set"))`.
@@ -58,6 +66,10 @@ impl Blocklist {
     }
 
     fn block(&mut self, entry: &str) {
+        if is_admin_class(entry) {
+            server_wide_entries().iter().for_each(|e| self.block(e));
+            return;
+        }
         let (command, sub) = parse(entry);
         let Some(sub) = sub else {
             self.rules.insert(command, Rule::Whole);
@@ -79,6 +91,10 @@ impl Blocklist {
     }
 
     fn allow(&mut self, entry: &str) {
+        if is_admin_class(entry) {
+            server_wide_entries().iter().for_each(|e| self.allow(e));
+            return;
+        }
         let (command, sub) = parse(entry);
         let Some(sub) = sub else {
             self.rules.remove(&command);
@@ -163,6 +179,28 @@ mod tests {
             Some("REPLICAOF")
         );
         assert_eq!(b.blocked(b"GET", Some(b"k")), None);
+    }
+
+    #[test]
+    fn the_admin_class_and_lifting_it() {
+        let b = Blocklist::new(&["@admin"]);
+        for (command, sub) in [
+            (&b"replicaof"[..], Some(&b"127.0.0.1"[..])),
+            (b"swapdb", Some(b"0")),
+            (b"config", Some(b"set")),
+            (b"script", Some(b"flush")),
+            (b"acl", Some(b"setuser")),
+        ] {
+            assert!(b.blocked(command, sub).is_some());
+        }
+        assert_eq!(b.blocked(b"script", Some(b"load")), None);
+        assert_eq!(b.blocked(b"get", Some(b"k")), None);
+        let lifted = b.with_overrides(&["CONFIG GET", "SWAPDB"], &[] as &[&str]);
+        assert_eq!(lifted.blocked(b"config", Some(b"get")), None);
+        assert_eq!(lifted.blocked(b"swapdb", Some(b"0")), None);
+        assert!(lifted.blocked(b"config", Some(b"set")).is_some());
+        let all = b.with_overrides(&["@admin"], &[] as &[&str]);
+        assert_eq!(all.blocked(b"flushall", None), None);
     }
 
     #[test]

@@ -5,21 +5,20 @@
 
 mod blocklist;
 mod limits;
+mod lockout;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use dashmap::DashMap;
-use governor::clock::Clock;
-use governor::{DefaultKeyedRateLimiter, Quota};
 use subtle::ConstantTimeEq;
 
 pub use blocklist::Blocklist;
 pub use limits::{Limit, LimitKey, Subject};
+use lockout::Lockout;
 
 use crate::command::{Flags, Spec};
 use crate::config::{Config, LimitAction};
@@ -37,6 +36,11 @@ pub struct User {
     categories: Vec<String>,
     blocklist: Blocklist,
     enabled: bool,
+    /// Scripts and functions, which reach past declared keys, are allowed
+    /// to a prefix-restricted user.
+    allow_scripts: bool,
+    /// Sees and acts on other users' clients.
+    pub admin: bool,
 }
 
 /// Why keyway refused a request; each is one RESP error line and a metric.
@@ -49,6 +53,7 @@ pub enum Denial {
     Blocked(String),
     NoPermCommand(String),
     NoPermKey(Vec<u8>),
+    NoPermChannel(Vec<u8>),
     RateLimited {
         limit: String,
         retry_after: Duration,
@@ -57,7 +62,16 @@ pub enum Denial {
 
 impl Denial {
     pub fn to_resp(&self) -> Bytes {
-        resp::error(&match self {
+        // A key or channel is the client's own bytes, echoed as they came.
+        let named = |what: &str, name: &[u8]| {
+            let mut msg = b"NOPERM this user has no permissions to access the '".to_vec();
+            msg.extend_from_slice(&name[..name.len().min(256)]);
+            msg.extend_from_slice(format!("' {what}").as_bytes());
+            resp::error_bytes(&msg)
+        };
+        let text = match self {
+            Denial::NoPermKey(k) => return named("key", k),
+            Denial::NoPermChannel(c) => return named("channel", c),
             Denial::NoAuth => "NOAUTH Authentication required.".to_string(),
             Denial::HelloNoAuth => "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".to_string(),
             Denial::WrongPass => "WRONGPASS invalid username-password pair or user is disabled.".to_string(),
@@ -67,15 +81,12 @@ impl Denial {
             ),
             Denial::Blocked(c) => format!("ERR command '{c}' is blocked by keyway policy"),
             Denial::NoPermCommand(c) => format!("NOPERM this user has no permissions to run the '{c}' command"),
-            Denial::NoPermKey(k) => format!(
-                "NOPERM this user has no permissions to access the '{}' key",
-                String::from_utf8_lossy(&k[..k.len().min(256)])
-            ),
             Denial::RateLimited { limit, retry_after } => format!(
                 "ERR rate limit exceeded (limit '{limit}'), retry after {}ms",
                 retry_after.as_millis().max(1)
             ),
-        })
+        };
+        resp::error(&text)
     }
 
     /// The `reason` and `detail` labels of `keyway_denials_total`.
@@ -85,8 +96,10 @@ impl Denial {
             Denial::WrongPass => ("auth", "wrongpass".into()),
             Denial::LockedOut(_) => ("auth", "lockout".into()),
             Denial::Blocked(c) => ("blocklist", c.clone()),
-            Denial::NoPermCommand(c) => ("noperm", c.clone()),
+            Denial::NoPermCommand(c) if crate::command::is_builtin_name(c) => ("noperm", c.clone()),
+            Denial::NoPermCommand(_) => ("noperm", "other".into()),
             Denial::NoPermKey(_) => ("noperm", "key".into()),
+            Denial::NoPermChannel(_) => ("noperm", "channel".into()),
             Denial::RateLimited { limit, .. } => ("ratelimit", limit.clone()),
         }
     }
@@ -98,13 +111,15 @@ pub struct Policy {
     users: HashMap<String, Arc<User>>,
     anonymous: Arc<User>,
     limits: Vec<Limit>,
-    failures: DefaultKeyedRateLimiter<IpAddr>,
-    locked: DashMap<IpAddr, Instant>,
+    lockout: Lockout,
 }
 
 impl Policy {
     pub fn new(config: &Config) -> Policy {
-        let global = Blocklist::new(&config.policy.blocklist);
+        // Server-wide commands are refused unless explicitly allowed.
+        let mut entries = vec!["@admin".to_string()];
+        entries.extend(config.policy.blocklist.iter().cloned());
+        let global = Blocklist::new(&entries).with_overrides(&config.policy.allow, &[]);
         let mut users = HashMap::new();
         if let Some(pass) = config.passwords.get("default") {
             users.insert(
@@ -117,6 +132,8 @@ impl Policy {
                     categories: Vec::new(),
                     blocklist: global.clone(),
                     enabled: true,
+                    allow_scripts: true,
+                    admin: true,
                 }),
             );
         }
@@ -137,6 +154,8 @@ impl Policy {
                         .collect(),
                     blocklist: global.with_overrides(&u.allow, &u.block),
                     enabled: u.enabled,
+                    allow_scripts: u.allow_scripts,
+                    admin: u.admin,
                 }),
             );
         }
@@ -152,6 +171,8 @@ impl Policy {
                 categories: Vec::new(),
                 blocklist: global,
                 enabled: true,
+                allow_scripts: true,
+                admin: true,
             }),
             users,
             limits: config
@@ -159,8 +180,7 @@ impl Policy {
                 .iter()
                 .map(|l| Limit::new(l, |name| config.pool_index(name)))
                 .collect(),
-            failures: DefaultKeyedRateLimiter::dashmap(Quota::per_minute(per_minute)),
-            locked: DashMap::new(),
+            lockout: Lockout::new(per_minute),
         }
     }
 
@@ -185,34 +205,31 @@ impl Policy {
     }
 
     /// AUTH [user] password. Every password is compared in full, in
-    /// constant time, and failures count towards the address's lock-out.
+    /// constant time; failures count towards the lock-out of that user
+    /// name from that address (see `lockout`).
     pub fn authenticate(
         &self,
         ip: IpAddr,
         user: Option<&[u8]>,
         password: &[u8],
     ) -> Result<Arc<User>, Denial> {
-        if let Some(until) = self.locked.get(&ip).map(|e| *e.value()) {
-            let now = Instant::now();
-            if until > now {
-                return Err(Denial::LockedOut(until - now));
-            }
-            self.locked.remove(&ip);
-        }
         let name = user
             .map(|u| String::from_utf8_lossy(u).into_owned())
             .unwrap_or_else(|| "default".into());
         let found = self.users.get(&name).filter(|u| u.enabled);
+        // Unknown names share one key, so made-up names cannot grow the table.
+        let key_name = found.map_or(lockout::UNKNOWN_USER, |u| &*u.name);
+        self.lockout.check(ip, key_name)?;
         let expected = found.and_then(|u| u.password.as_deref()).unwrap_or(b"");
         let matches: bool = expected.ct_eq(password).into();
         match found {
-            Some(u) if matches && u.password.is_some() => Ok(u.clone()),
+            Some(u) if matches && u.password.is_some() => {
+                self.lockout.succeeded(ip, key_name);
+                Ok(u.clone())
+            }
             _ => {
-                if let Err(not_until) = self.failures.check_key(&ip) {
-                    let wait = not_until.wait_time_from(self.failures.clock().now());
-                    self.locked
-                        .insert(ip, Instant::now() + wait.max(Duration::from_secs(1)));
-                    tracing::warn!(%ip, user = %name, "too many failed AUTH attempts; address locked out");
+                if let Err(wait) = self.lockout.failed(ip, key_name) {
+                    tracing::warn!(%ip, user = %name, "too many failed AUTH attempts; user locked out from this address");
                     return Err(Denial::LockedOut(wait));
                 }
                 Err(Denial::WrongPass)
@@ -242,7 +259,16 @@ impl Policy {
             }
             return Ok(());
         };
-        if user.read_only && spec.flags.contains(Flags::WRITE) {
+        // Read-only: no write, no admin command, and of scripts only the
+        // _RO forms, whose read-only-ness Redis enforces.
+        if user.read_only
+            && (spec.flags.contains(Flags::WRITE)
+                || crate::command::is_server_wide(spec.name, spec.flags, spec.acl)
+                || (runs_code(spec) && !spec.flags.contains(Flags::READONLY)))
+        {
+            return Err(Denial::NoPermCommand(command()));
+        }
+        if user.prefixes.is_some() && runs_code(spec) && !user.allow_scripts {
             return Err(Denial::NoPermCommand(command()));
         }
         if !user.categories.is_empty()
@@ -254,6 +280,66 @@ impl Policy {
             return Err(Denial::NoPermCommand(command()));
         }
         Ok(())
+    }
+
+    /// What a prefix-restricted user's command reaches besides its key
+    /// positions: SORT's BY/GET patterns, KEYS and SCAN patterns, random
+    /// keys, and pub/sub channels, each held to the user's prefixes.
+    pub fn check_reach(&self, user: &User, spec: &Spec, args: &[&[u8]]) -> Result<(), Denial> {
+        let Some(prefixes) = &user.prefixes else {
+            return Ok(());
+        };
+        let within = |pattern: &[u8]| within_prefixes(prefixes, pattern);
+        let pattern_denied = |pattern: &[u8]| Err(Denial::NoPermKey(pattern.to_vec()));
+        let after = |keyword: &[u8]| {
+            args.iter()
+                .position(|a| a.eq_ignore_ascii_case(keyword))
+                .and_then(|i| args.get(i + 1).copied())
+        };
+        match spec.name {
+            "sort" | "sort_ro" => {
+                for pair in args.windows(2).skip(2) {
+                    let pattern = pair[1];
+                    let reaches = (pair[0].eq_ignore_ascii_case(b"BY") && pattern.contains(&b'*'))
+                        || (pair[0].eq_ignore_ascii_case(b"GET") && pattern != b"#");
+                    if reaches && !within(pattern) {
+                        return pattern_denied(pattern);
+                    }
+                }
+                Ok(())
+            }
+            "keys" => match args.get(1) {
+                Some(p) if !within(p) => pattern_denied(p),
+                _ => Ok(()),
+            },
+            "scan" => match after(b"MATCH") {
+                Some(p) if within(p) => Ok(()),
+                Some(p) => pattern_denied(p),
+                None => pattern_denied(b"*"),
+            },
+            "randomkey" => Err(Denial::NoPermCommand(spec.name.to_string())),
+            "subscribe" | "ssubscribe" | "psubscribe" | "pubsub|numsub" | "pubsub|shardnumsub" => {
+                match args
+                    .iter()
+                    .skip(if spec.name.contains('|') { 2 } else { 1 })
+                    .find(|c| !within(c))
+                {
+                    Some(c) => Err(Denial::NoPermChannel(c.to_vec())),
+                    None => Ok(()),
+                }
+            }
+            "publish" | "spublish" => match args.get(1) {
+                Some(c) if !within(c) => Err(Denial::NoPermChannel(c.to_vec())),
+                _ => Ok(()),
+            },
+            "pubsub|channels" | "pubsub|shardchannels" => match args.get(2) {
+                Some(p) if within(p) => Ok(()),
+                other => Err(Denial::NoPermChannel(
+                    other.map_or(b"*".to_vec(), |p| p.to_vec()),
+                )),
+            },
+            _ => Ok(()),
+        }
     }
 
     pub fn check_key(&self, user: &User, key: &[u8]) -> Result<(), Denial> {
@@ -295,12 +381,24 @@ impl Policy {
         for l in &self.limits {
             l.purge_idle();
         }
-        self.failures.retain_recent();
-        let now = Instant::now();
-        self.locked.retain(|_, until| *until > now);
+        self.lockout.purge_idle();
     }
 
     pub fn limits(&self) -> &[Limit] {
         &self.limits
     }
+}
+
+/// EVAL, EVALSHA, FCALL and their _RO forms: code that may touch keys it
+/// does not declare.
+fn runs_code(spec: &Spec) -> bool {
+    spec.in_acl_category("scripting") && spec.flags.contains(Flags::MOVABLE_KEYS)
+}
+
+/// Whether a key, channel or glob pattern stays inside one of `prefixes`:
+/// it starts with the prefix, and the prefix itself is literal text.
+fn within_prefixes(prefixes: &[Vec<u8>], text: &[u8]) -> bool {
+    prefixes
+        .iter()
+        .any(|p| text.starts_with(p) && !p.iter().any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')))
 }

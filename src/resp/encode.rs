@@ -43,11 +43,18 @@ impl ReplyBuf {
     /// `msg` must already carry its code (`ERR ...`, `NOAUTH ...`); CR/LF
     /// are replaced so an error stays one line.
     pub fn error(&mut self, msg: &str) -> &mut Self {
-        let clean: String = msg
-            .chars()
-            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        self.error_bytes(msg.as_bytes())
+    }
+
+    /// An error line with the bytes as given (a client's own bytes are
+    /// echoed as Redis echoes them, not re-encoded); CR and LF become
+    /// spaces so the line stays one line.
+    pub fn error_bytes(&mut self, msg: &[u8]) -> &mut Self {
+        let clean: Vec<u8> = msg
+            .iter()
+            .map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c })
             .collect();
-        self.line(b'-', clean.as_bytes())
+        self.line(b'-', &clean)
     }
 
     pub fn int(&mut self, n: i64) -> &mut Self {
@@ -110,8 +117,12 @@ impl ReplyBuf {
 
 /// One-frame shorthands for the common cases.
 pub fn error(msg: &str) -> Bytes {
+    error_bytes(msg.as_bytes())
+}
+
+pub fn error_bytes(msg: &[u8]) -> Bytes {
     let mut r = ReplyBuf::new(Protocol::Resp2);
-    r.error(msg);
+    r.error_bytes(msg);
     r.freeze()
 }
 

@@ -7,6 +7,6 @@ mod request;
 mod scan;
 pub mod shapes;
 
-pub use encode::{bulk, error, int, simple, Protocol, ReplyBuf};
+pub use encode::{bulk, error, error_bytes, int, simple, Protocol, ReplyBuf};
 pub use request::{decimal, split_inline_args, ParseLimits, ProtocolError, Request, RequestParser};
 pub use scan::{is_nil, FrameScanner};

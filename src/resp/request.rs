@@ -252,7 +252,10 @@ impl RequestParser {
     }
 
     fn inline(&mut self, buf: &mut BytesMut) -> Result<Inline, ProtocolError> {
-        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        // Redis finds the line's end with strchr: a NUL byte hides every
+        // newline after it, and the line stays incomplete until too big.
+        let end = buf.iter().position(|&b| b == b'\n' || b == 0);
+        let Some(nl) = end.filter(|&i| buf[i] == b'\n') else {
             if buf.len() > self.limits.max_inline {
                 return Err(ProtocolError::InlineTooBig);
             }
@@ -369,15 +372,21 @@ pub fn decimal(text: &[u8]) -> Option<i64> {
     Some(if negative { -value } else { value })
 }
 
+/// C's `isspace`, which Redis uses between arguments and after a quote.
+fn c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
 /// Splits an inline command line the way Redis's `sdssplitargs` does:
-/// whitespace separated, with "double quotes" (and \n, \xHH escapes) and
-/// 'single quotes'.
+/// arguments separated by `isspace`, a word ended by space, tab, CR or LF,
+/// "double quotes" (with \n, \xHH escapes) and 'single quotes' opening
+/// anywhere in a word, and a closing quote followed by a space or the end.
 pub fn split_inline_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
     let mut args = Vec::new();
     let mut i = 0;
     let n = line.len();
     loop {
-        while i < n && line[i].is_ascii_whitespace() {
+        while i < n && c_space(line[i]) {
             i += 1;
         }
         if i >= n {
@@ -412,8 +421,7 @@ pub fn split_inline_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                     continue;
                 }
                 if c == b'"' {
-                    // A closing quote must be followed by a space or the end.
-                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                    if i + 1 < n && !c_space(line[i + 1]) {
                         return Err(ProtocolError::UnbalancedQuotes);
                     }
                     i += 1;
@@ -432,7 +440,7 @@ pub fn split_inline_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                     continue;
                 }
                 if c == b'\'' {
-                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                    if i + 1 < n && !c_space(line[i + 1]) {
                         return Err(ProtocolError::UnbalancedQuotes);
                     }
                     i += 1;
@@ -441,12 +449,13 @@ pub fn split_inline_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                 arg.push(c);
                 i += 1;
             } else {
-                if i >= n || line[i].is_ascii_whitespace() {
+                if i >= n {
                     break;
                 }
                 match line[i] {
-                    b'"' if arg.is_empty() => in_double = true,
-                    b'\'' if arg.is_empty() => in_single = true,
+                    b' ' | b'\t' | b'\n' | b'\r' => break,
+                    b'"' => in_double = true,
+                    b'\'' => in_single = true,
                     c => arg.push(c),
                 }
                 i += 1;
@@ -528,6 +537,31 @@ mod tests {
         assert_eq!(r.arg(1), b"k\r\n\0");
         assert_eq!(r.bytes().as_ref(), input);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn inline_commands_split_as_redis_splits_them() {
+        let split = |line: &[u8]| split_inline_args(line);
+        // \v and \f separate arguments only before a word, not inside one.
+        assert_eq!(
+            split(b"\x0b\x0cSET a\x0bb c\x0cd").unwrap(),
+            vec![b"SET".to_vec(), b"a\x0bb".to_vec(), b"c\x0cd".to_vec()]
+        );
+        // A quote opens anywhere in a word.
+        assert_eq!(
+            split(b"ECHO a'b'").unwrap(),
+            vec![b"ECHO".to_vec(), b"ab".to_vec()]
+        );
+        assert_eq!(split(b"ECHO a\"b\"c"), Err(ProtocolError::UnbalancedQuotes));
+        // A closing quote may be followed by \v.
+        assert_eq!(
+            split(b"ECHO \"a\"\x0b").unwrap(),
+            vec![b"ECHO".to_vec(), b"a".to_vec()]
+        );
+        // A NUL byte hides the newline: the line is incomplete.
+        let mut parser = RequestParser::default();
+        let mut buf = BytesMut::from(&b"ECHO a\0b\r\nPING\r\n"[..]);
+        assert!(parser.next(&mut buf).unwrap().is_none());
     }
 
     #[test]

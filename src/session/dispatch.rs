@@ -28,19 +28,28 @@ fn upper(name: &[u8]) -> String {
     String::from_utf8_lossy(name).to_ascii_uppercase()
 }
 
-/// Redis's reply to a command it does not know.
-fn unknown_command(request: &Request) -> String {
-    let mut msg = format!(
-        "ERR unknown command '{}', with args beginning with: ",
-        String::from_utf8_lossy(request.arg(0))
-    );
-    for arg in request.args().skip(1).take(16) {
-        msg.push_str(&format!(
-            "'{}' ",
-            String::from_utf8_lossy(&arg[..arg.len().min(128)])
-        ));
+/// Redis's reply to a command it does not know, with the client's own
+/// bytes: the name up to 128 bytes, then arguments until 128 bytes of them
+/// are quoted (C strings there: each stops at a NUL byte).
+fn unknown_command(request: &Request) -> Bytes {
+    let c_str = |arg: &[u8], max: usize| {
+        let end = arg.iter().position(|&b| b == 0).unwrap_or(arg.len());
+        arg[..end.min(max)].to_vec()
+    };
+    let mut quoted = Vec::new();
+    for arg in request.args().skip(1) {
+        if quoted.len() >= 128 {
+            break;
+        }
+        quoted.push(b'\'');
+        quoted.extend(c_str(arg, 128 - quoted.len() + 1));
+        quoted.extend_from_slice(b"' ");
     }
-    msg
+    let mut msg = b"ERR unknown command '".to_vec();
+    msg.extend(c_str(request.arg(0), 128));
+    msg.extend_from_slice(b"', with args beginning with: ");
+    msg.extend(quoted);
+    resp::error_bytes(&msg)
 }
 
 impl Session {
@@ -114,6 +123,14 @@ impl Session {
         if let Some(spec) = spec {
             if !spec.arity_ok(request.argc()) {
                 let msg = format!("ERR wrong number of arguments for '{}' command", spec.name);
+                if name == b"exec" && self.in_multi() {
+                    // Redis discards the transaction when EXEC itself is refused.
+                    let _ = self.discard();
+                    return error(&format!(
+                        "EXECABORT Transaction discarded because of: {}",
+                        &msg[4..]
+                    ));
+                }
                 return self.refuse_in_multi(resp::error(&msg));
             }
         }
@@ -121,7 +138,13 @@ impl Session {
         if let Some(user) = self.client.user.clone() {
             if !no_auth {
                 let sub = (request.argc() > 1).then(|| request.arg(1));
-                if let Err(denial) = live.policy.check_command(&user, name, spec, sub) {
+                let checked = live
+                    .policy
+                    .check_command(&user, name, spec, sub)
+                    .and_then(|()| {
+                        spec.map_or(Ok(()), |spec| live.policy.check_reach(&user, spec, &args))
+                    });
+                if let Err(denial) = checked {
                     return self.deny(denial);
                 }
             }
@@ -136,15 +159,17 @@ impl Session {
             _ => {}
         }
 
-        if self.in_multi() {
-            drop(args);
-            return self.queue_command(name, spec, request);
-        }
-
-        if live.policy.has_limits(false) {
+        // Queued commands count against limits as they are queued: a
+        // transaction is no way around them.
+        if live.policy.has_limits(false) && !matches!(name, b"exec" | b"discard") {
             if let Err(denial) = self.admit(name, spec, None).await {
                 return self.deny(denial);
             }
+        }
+
+        if self.in_multi() {
+            drop(args);
+            return self.queue_command(name, spec, request).await;
         }
 
         match name {
@@ -297,7 +322,7 @@ impl Session {
         request: &Request,
     ) -> Result<PoolId, Bytes> {
         let Some(spec) = spec else {
-            return Err(resp::error(&unknown_command(request)));
+            return Err(unknown_command(request));
         };
         let live = self.state.live_arc();
         let args = request.arg_vec();
@@ -318,7 +343,7 @@ impl Session {
     }
 
     /// A command between MULTI and EXEC.
-    fn queue_command(&mut self, name: &[u8], spec: Option<&Spec>, request: Request) -> Reply {
+    async fn queue_command(&mut self, name: &[u8], spec: Option<&Spec>, request: Request) -> Reply {
         match name {
             b"watch" => return error("ERR WATCH inside MULTI is not allowed"),
             b"subscribe" | b"psubscribe" | b"ssubscribe" | b"hello" | b"auth" | b"select"
@@ -338,12 +363,19 @@ impl Session {
             )));
         }
         if spec.is_none() {
-            return self.refuse_in_multi(resp::error(&unknown_command(&request)));
+            return self.refuse_in_multi(unknown_command(&request));
         }
         // Keyless commands (PING, TIME ...) run wherever the transaction does.
         let pool = self
             .single_pool(name, spec, &request)
             .map(|pool| (!self.key_scratch.is_empty()).then_some(pool));
+        if let Ok(Some(pool)) = pool {
+            if self.state.live().policy.has_limits(true) {
+                if let Err(denial) = self.admit(name, spec, Some(pool)).await {
+                    return self.deny(denial);
+                }
+            }
+        }
         self.queue_in_multi(request, pool)
     }
 

@@ -308,6 +308,7 @@ impl Session {
                     .state
                     .clients
                     .iter()
+                    .filter(|c| self.sees(c))
                     .map(|c| (c.id, c.line()))
                     .collect();
                 lines.sort();
@@ -352,6 +353,15 @@ impl Session {
         }
     }
 
+    /// Whether CLIENT LIST and CLIENT KILL reach `other`: an admin user's
+    /// reach every client; anyone else's only those of its own user.
+    fn sees(&self, other: &crate::state::ClientInfo) -> bool {
+        match &self.client.user {
+            Some(user) => user.admin || *user.name == *other.user,
+            None => false,
+        }
+    }
+
     /// CLIENT KILL addr, or the filter form: ID, ADDR, LADDR, USER, SKIPME.
     fn client_kill(&mut self, req: &Request) -> Reply {
         let args: Vec<String> = req.args().skip(2).map(text).collect();
@@ -381,17 +391,18 @@ impl Session {
         let mut killed = 0;
         for entry in self.state.clients.iter() {
             let c = entry.value();
-            if skip_me && c.id == self.client.id && !old_form {
+            if (skip_me && c.id == self.client.id && !old_form) || !self.sees(c) {
                 continue;
             }
             let matches = filters.iter().all(|(k, v)| match k.as_str() {
                 "id" => v.parse::<u64>().ok() == Some(c.id),
                 "addr" => c.addr.to_string() == *v,
                 "laddr" => c.local_addr.to_string() == *v,
-                "user" => v == "default",
+                "user" => c.user == *v || (c.user.is_empty() && v == "default"),
                 "type" => {
-                    v.eq_ignore_ascii_case("normal")
-                        || (v.eq_ignore_ascii_case("pubsub") && c.subscriptions != (0, 0, 0))
+                    let pubsub = c.subscriptions != (0, 0, 0);
+                    (v.eq_ignore_ascii_case("normal") && !pubsub)
+                        || (v.eq_ignore_ascii_case("pubsub") && pubsub)
                 }
                 "maxage" => v
                     .parse::<u64>()

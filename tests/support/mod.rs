@@ -349,13 +349,17 @@ databases = [{{ db = 3, pool = "session" }}]
 
 impl Reference {
     pub fn start() -> Reference {
+        Self::start_with("")
+    }
+
+    /// The reference deployment with `extra` configuration appended.
+    pub fn start_with(extra: &str) -> Reference {
         let session = RedisServer::start();
         let cache = RedisServer::start();
         let realtime = RedisServer::start();
-        let keyway = Keyway::start(&reference_config(
-            &session.url(),
-            &cache.url(),
-            &realtime.url(),
+        let keyway = Keyway::start(&format!(
+            "{}\n{extra}",
+            reference_config(&session.url(), &cache.url(), &realtime.url())
         ));
         Reference {
             session,
@@ -379,6 +383,24 @@ pub struct RawClient {
 impl RawClient {
     pub fn connect(port: u16) -> RawClient {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        RawClient {
+            reader: BufReader::new(stream.try_clone().expect("clone")),
+            stream,
+        }
+    }
+
+    /// Connects from a chosen loopback source address (127.x.y.z).
+    pub fn connect_from(source: [u8; 4], port: u16) -> RawClient {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let from = std::net::SocketAddr::from((source, 0));
+        socket.bind(&from.into()).expect("bind source address");
+        let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        socket.connect(&to.into()).expect("connect");
+        let stream: TcpStream = socket.into();
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
