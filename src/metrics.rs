@@ -56,6 +56,7 @@ pub struct Metrics {
     pub backend_info: IntGaugeVec,
     pub slow_commands: IntCounterVec,
     pub failovers: IntCounterVec,
+    pub writes_held: IntCounterVec,
     pub failover_seconds: HistogramVec,
     pub config_reloads: IntCounterVec,
     pub auth_lockouts: IntCounter,
@@ -192,6 +193,12 @@ impl Metrics {
                 &r,
                 "keyway_failovers_total",
                 "Master changes followed",
+                &["pool"],
+            ),
+            writes_held: counter_vec(
+                &r,
+                "keyway_failover_writes_held_total",
+                "Writes held while Sentinel moved the pool's master",
                 &["pool"],
             ),
             failover_seconds: histogram_vec(

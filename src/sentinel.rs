@@ -3,6 +3,12 @@
 //! ROLE. A watcher per sentinel subscribes to `+switch-master` (and logs
 //! sdown/odown); a poll is the fallback for a missed event. A confirmed
 //! change swaps the pool's address, off the request path.
+//!
+//! A failover's start (`+try-failover`) raises the pool's fence: writes
+//! wait until the new master is confirmed (then go there), the failover
+//! is aborted (`-failover-abort-*`), or `MAX_FENCE` passes. Writes the old
+//! master would acknowledge after the replica's promotion are lost when it
+//! is demoted; held, they are not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::backend::Pool;
-use crate::backend::{request_once, Dedicated};
+use crate::backend::{request_once, Dedicated, MAX_FENCE};
 use crate::config::{Endpoint, SentinelConfig};
 use crate::resp::{shapes, Request};
 use crate::state::State;
@@ -102,6 +108,15 @@ async fn confirms_master(node: &Endpoint, host: &str, port: u16) -> bool {
                 .and_then(|f| shapes::bulk(f).map(|b| b == b"master"))
         })
         .unwrap_or(false)
+}
+
+/// What a sentinel announced about the followed master.
+enum Event {
+    /// `+try-failover`: a failover of this master starts.
+    Started,
+    /// `-failover-abort-*`: it ended without a new master.
+    Aborted,
+    Switch(Switch),
 }
 
 /// A `+switch-master` a sentinel announced: when, and the new master
@@ -212,7 +227,7 @@ pub async fn follow(
     poll: Duration,
     replica: Option<(Arc<Pool>, u64)>,
 ) {
-    let (events_tx, mut events) = mpsc::channel::<Switch>(16);
+    let (events_tx, mut events) = mpsc::channel::<Event>(16);
     let mut watchers = Vec::new();
     for (host, port) in &cfg.spec.sentinels {
         watchers.push(tokio::spawn(watch_sentinel(
@@ -222,11 +237,38 @@ pub async fn follow(
         )));
     }
     let _watchers = AbortOnDrop(watchers);
+    let fence = pool.fence().clone();
+    let mut fence_until: Option<tokio::time::Instant> = None;
     loop {
-        let switch = tokio::select! {
-            switch = events.recv() => switch,
+        let fence_deadline = fence_until.unwrap_or_else(|| tokio::time::Instant::now() + poll);
+        let event = tokio::select! {
+            event = events.recv() => event,
             _ = tokio::time::sleep(poll) => None,
-            _ = pool.rediscovery_requested() => Some(Switch { at: Instant::now(), to: None }),
+            _ = tokio::time::sleep_until(fence_deadline), if fence_until.is_some() => {
+                tracing::warn!(pool = %pool.name(), "no new master confirmed in {}s; lifting the write fence", MAX_FENCE.as_secs());
+                fence.lift();
+                fence_until = None;
+                None
+            }
+            _ = pool.rediscovery_requested() => Some(Event::Switch(Switch { at: Instant::now(), to: None })),
+        };
+        let switch = match event {
+            Some(Event::Started) => {
+                if fence.raise() {
+                    tracing::warn!(pool = %pool.name(), "failover under way: holding writes until the new master is confirmed");
+                }
+                fence_until = Some(tokio::time::Instant::now() + MAX_FENCE);
+                continue;
+            }
+            Some(Event::Aborted) => {
+                if fence.lift() {
+                    tracing::warn!(pool = %pool.name(), "failover aborted: writes go to the master again");
+                }
+                fence_until = None;
+                continue;
+            }
+            Some(Event::Switch(switch)) => Some(switch),
+            None => None,
         };
         let switch_seen = switch.as_ref().map(|s| s.at);
         // The announcing sentinel names the new master; the others may
@@ -235,12 +277,20 @@ pub async fn follow(
             Some((host, port)) if confirms_master(&node, &host, port).await => Some((host, port)),
             _ => None,
         };
+        let confirmed_switch = announced.is_some();
         let found = match announced {
             Some(addr) => Ok(addr),
             None => discover(&cfg, &node).await,
         };
         match found {
             Ok((host, port)) => {
+                let current = pool.endpoint();
+                if confirmed_switch && current.host == host && current.port == port {
+                    // Already there (a poll got ahead of the event): the
+                    // announced master is confirmed, so held writes may go.
+                    fence.lift();
+                    fence_until = None;
+                }
                 let old = pool.endpoint().address();
                 if pool.set_address(&host, port) {
                     let name = pool.name().to_string();
@@ -257,6 +307,9 @@ pub async fn follow(
                         }
                         tracing::warn!(pool = %name, old = %old, new = %format!("{host}:{port}"), "master changed: following the failover");
                     }
+                    // Held writes now go to the new master.
+                    fence.lift();
+                    fence_until = None;
                 }
             }
             Err(e) => tracing::debug!(pool = %pool.name(), "discovery failed: {e}"),
@@ -280,7 +333,7 @@ pub async fn follow(
 }
 
 /// Subscribes to one sentinel's events, reconnecting while it is away.
-async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender<Switch>) {
+async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender<Event>) {
     let mut backoff = Duration::from_millis(100);
     let mut was_connected = false;
     loop {
@@ -289,6 +342,10 @@ async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender
                 let subscribe = Request::from_args(&[
                     "SUBSCRIBE",
                     "+switch-master",
+                    "+try-failover",
+                    "-failover-abort-not-elected",
+                    "-failover-abort-slave-timeout",
+                    "-failover-abort-no-good-slave",
                     "+sdown",
                     "-sdown",
                     "+odown",
@@ -321,7 +378,15 @@ async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender
                         match channel {
                             b"+switch-master" => {
                                 tracing::info!(sentinel = %endpoint.address(), event = %payload, "sentinel reports +switch-master");
-                                let _ = events.try_send(Switch::parse(&payload));
+                                let _ = events.try_send(Event::Switch(Switch::parse(&payload)));
+                            }
+                            b"+try-failover" => {
+                                tracing::info!(sentinel = %endpoint.address(), event = %payload, "sentinel starts a failover");
+                                let _ = events.try_send(Event::Started);
+                            }
+                            abort if abort.starts_with(b"-failover-abort") => {
+                                tracing::info!(sentinel = %endpoint.address(), event = %String::from_utf8_lossy(abort), "sentinel aborted a failover");
+                                let _ = events.try_send(Event::Aborted);
                             }
                             other => tracing::info!(
                                 sentinel = %endpoint.address(),

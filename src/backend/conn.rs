@@ -37,6 +37,8 @@ const READ_CHUNK: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct Conn {
     tx: mpsc::Sender<Outbound>,
+    /// The pool's: raised while its master is being moved.
+    fence: std::sync::Arc<super::Fence>,
 }
 
 impl Conn {
@@ -50,6 +52,7 @@ impl Conn {
         proto: Protocol,
         retire: watch::Receiver<u64>,
         round_trip: Option<prometheus::Histogram>,
+        fence: std::sync::Arc<super::Fence>,
     ) -> Result<Conn, String> {
         let mut stream = super::stream::connect(endpoint).await?;
         handshake(&mut stream, endpoint, db, proto).await?;
@@ -68,7 +71,12 @@ impl Conn {
             // Stop the writer so senders see a closed connection at once.
             writer.abort();
         });
-        Ok(Conn { tx })
+        Ok(Conn { tx, fence })
+    }
+
+    /// The pool's fence, when it is raised: writes must wait on it.
+    pub fn raised_fence(&self) -> Option<&std::sync::Arc<super::Fence>> {
+        self.fence.is_raised().then_some(&self.fence)
     }
 
     pub fn is_closed(&self) -> bool {

@@ -4,6 +4,7 @@
 
 mod conn;
 mod dedicated;
+mod fence;
 mod inbox;
 mod pool;
 mod stream;
@@ -14,6 +15,7 @@ use thiserror::Error;
 
 pub use conn::{request_once, Conn};
 pub use dedicated::Dedicated;
+pub use fence::{Fence, MAX_FENCE};
 pub use inbox::{Arrival, Inbox, ReplyRx, ReplyTo};
 pub use pool::{Pool, Probe};
 
@@ -32,12 +34,19 @@ pub enum BackendError {
     /// Every connection this pool may lease to single clients is in use.
     #[error("backend '{pool}' has no free dedicated connection (limit {limit} reached)")]
     LeasesExhausted { pool: String, limit: usize },
+    /// A write held while the pool's master was moved, past its request
+    /// timeout: it was never sent, so the client may safely retry it.
+    #[error("backend '{pool}' is failing over; the write was not sent, retry it")]
+    FailingOver { pool: String },
 }
 
 impl BackendError {
     /// The RESP error line a client sees.
     pub fn to_resp(&self) -> bytes::Bytes {
-        crate::resp::error(&format!("ERR {self}"))
+        match self {
+            BackendError::FailingOver { .. } => crate::resp::error(&format!("TRYAGAIN {self}")),
+            _ => crate::resp::error(&format!("ERR {self}")),
+        }
     }
 }
 

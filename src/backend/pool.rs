@@ -38,6 +38,8 @@ pub struct Pool {
     replica: bool,
     /// Where connections record the backend round trip, once metrics exist.
     round_trip: std::sync::OnceLock<prometheus::Histogram>,
+    /// Holds writes while Sentinel moves the master.
+    fence: Arc<super::Fence>,
 }
 
 /// What the last health probe of the pool's backend found.
@@ -76,6 +78,7 @@ impl Pool {
             round_trip: std::sync::OnceLock::new(),
             slots: Mutex::new(HashMap::new()),
             health: Mutex::new(Health::default()),
+            fence: Arc::default(),
             settings,
         }
     }
@@ -90,6 +93,10 @@ impl Pool {
 
     pub fn settings(&self) -> &BackendConfig {
         &self.settings
+    }
+
+    pub fn fence(&self) -> &Arc<super::Fence> {
+        &self.fence
     }
 
     pub fn endpoint(&self) -> Arc<Endpoint> {
@@ -252,6 +259,7 @@ impl Pool {
             proto,
             retire,
             self.round_trip.get().cloned(),
+            self.fence.clone(),
         ));
         let result = tokio::time::timeout(self.settings.connect_timeout(), open).await;
         match result {

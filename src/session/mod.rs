@@ -431,7 +431,8 @@ impl Session {
                 reason: "the configuration was reloaded; retry".to_string(),
             });
         }
-        for _ in 0..2 {
+        // Two tries at a closed connection, and one after a failover fence.
+        for _ in 0..3 {
             if self.conns[pool].as_ref().is_none_or(Conn::is_closed) {
                 // Boxed: taken once per pool and db, it would otherwise
                 // enlarge every client's task by a whole connect.
@@ -447,6 +448,13 @@ impl Session {
             let Some(conn) = self.conns[pool].as_ref() else {
                 continue;
             };
+            if let Some(fence) = conn.raised_fence().filter(|_| !self.meta.read_only) {
+                let fence = fence.clone();
+                self.hold_write(pool, &fence).await?;
+                // The master may have moved: take a connection to the current one.
+                self.conns[pool] = None;
+                continue;
+            }
             match conn.send(bytes, reply).await {
                 Ok(()) => return Ok(()),
                 Err(back) => {
@@ -458,6 +466,32 @@ impl Session {
         Err(BackendError::ConnectionLost {
             pool: self.state.live().router.pool_name(pool).to_string(),
         })
+    }
+
+    /// Holds a write while the pool's master is being moved, up to the
+    /// request timeout; past it the write is refused, never sent.
+    async fn hold_write(
+        &self,
+        pool: PoolId,
+        fence: &crate::backend::Fence,
+    ) -> Result<(), BackendError> {
+        let live = self.state.live();
+        let pool_name = live.router.pool_name(pool).to_string();
+        let wait = match live.config.backend.request_timeout_ms {
+            0 => crate::backend::MAX_FENCE,
+            ms => std::time::Duration::from_millis(ms),
+        };
+        drop(live);
+        self.state
+            .metrics
+            .writes_held
+            .with_label_values(&[&pool_name])
+            .inc();
+        if fence.wait_lifted(tokio::time::Instant::now() + wait).await {
+            Ok(())
+        } else {
+            Err(BackendError::FailingOver { pool: pool_name })
+        }
     }
 
     fn register(&self) {
