@@ -9,13 +9,16 @@ use proptest::prelude::*;
 
 use keyway::resp::{FrameScanner, ProtocolError, Request, RequestParser};
 
-/// Parses `input` fed in pieces of the given sizes; the requests' arguments
-/// and raw bytes, and the error that ended the stream, if any.
+/// A request's arguments and the bytes keyway would forward.
+type Parsed = (Vec<Vec<u8>>, Vec<u8>);
+
+/// Parses `input` fed in pieces of the given sizes; the requests, and the
+/// error that ended the stream, if any.
 fn parse_chunked(
     input: &[u8],
     chunks: &[usize],
     unauthenticated: bool,
-) -> (Vec<(Vec<Vec<u8>>, Vec<u8>)>, Option<ProtocolError>) {
+) -> (Vec<Parsed>, Option<ProtocolError>) {
     let mut parser = RequestParser::default();
     parser.set_unauthenticated(unauthenticated);
     let mut buf = BytesMut::new();
