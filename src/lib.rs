@@ -1,6 +1,6 @@
 //! keyway: a transparent, prefix-routing RESP proxy. The path of a request:
 //! `session` → `command` → `route` → `backend`, replies back through
-//! `session` in request order. See DESIGN.md for the map.
+//! `session` in request order. README.md's Layout section is the module map.
 
 pub mod admin;
 pub mod backend;

@@ -1,6 +1,6 @@
 //! The periodic health probe: every interval each pool's backend answers
 //! `INFO` on a short-lived connection. The result decides `/readyz`, sets
-//! `keyway_backend_up`, and exports the fields the seeds alert on.
+//! `keyway_backend_up`, and exports the fields the alert rules read.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! The configuration: `conf/keyway.toml` (serde), environment overrides
-//! (`KEYWAY_*`, the seeds' `REDIS_<POOL>_URL`), and validation that names the
+//! (`KEYWAY_*`, applications' `REDIS_<POOL>_URL`), and validation that names the
 //! bad field. A `Config` that exists is valid; keyway never starts half-set.
 
 mod url;
@@ -207,7 +207,7 @@ pub struct ServerConfig {
     pub max_pipeline: usize,
     /// How often each pool's backend is probed with INFO (readiness, gauges).
     pub health_interval_ms: u64,
-    /// Commands slower than this go to keyway's slow log (the seeds: 1 s).
+    /// Commands slower than this go to keyway's slow log (1 s in the reference deployment).
     pub slowlog_threshold_ms: u64,
     pub slowlog_max_len: usize,
     /// Close clients idle this long (0: never, like Redis's `timeout 0`).
@@ -813,7 +813,7 @@ fn validate_policy(file: &FileConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `REDIS_SESSION_URL` for pool `session`, as the seeds name them.
+/// `REDIS_SESSION_URL` for pool `session`, as applications name them.
 pub fn pool_url_env(pool: &str) -> String {
     format!("REDIS_{}_URL", pool.to_ascii_uppercase().replace('-', "_"))
 }

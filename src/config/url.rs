@@ -1,4 +1,4 @@
-//! Backend addresses as the seeds write them:
+//! Backend addresses as applications write them:
 //! `redis://[user:pass@]host:port[/db]`, or a Sentinel-managed master:
 //! `redis+sentinel://[user:pass@]h1:26379,h2:26380,h3:26381/master[/db]`.
 //! `rediss://` is recognised and refused until TLS support lands, so a URL

@@ -5,7 +5,7 @@ conf/prometheus/alerts.yml, conf/grafana/keyway.json and the Dockerfile,
 and asserts their key structure: the keyway sidecar with /healthz and
 /readyz probes, a preStop hook and a non-root, read-only security context;
 three Redis, three sentinels and keyway in compose; the alert names and
-the seeds' thresholds; that every keyway_* metric the alerts and the
+the reference deployment's thresholds; that every keyway_* metric the alerts and the
 dashboard query is one src/metrics.rs registers. Needs PyYAML:
 
     bash tests/deploy/install.sh          # prints the python to use
