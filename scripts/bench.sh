@@ -8,6 +8,7 @@
 # Stops every process it started, by PID.
 #
 #   scripts/bench.sh [requests] [rounds]      (defaults 200000, 3)
+#   KEYWAY_BIN=/path/to/keyway scripts/bench.sh   (another build, e.g. before a change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200000}
@@ -43,7 +44,7 @@ default = "cache"
 prefixes = [{ prefix = "session:", pool = "session" }, { prefix = "rate:", pool = "realtime" }]
 TOML
   KEYWAY_LISTEN=127.0.0.1:$KW KEYWAY_ADMIN=127.0.0.1:$KW_ADMIN KEYWAY_LOG=warn \
-    ./target/release/keyway --config "$work/keyway.toml" 2>"$work/keyway.log" &
+    "${KEYWAY_BIN:-./target/release/keyway}" --config "$work/keyway.toml" 2>"$work/keyway.log" &
   KW_PID=$!
   pids+=($KW_PID)
   wait_port "$KW"
