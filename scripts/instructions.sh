@@ -8,6 +8,7 @@
 # measures that. Stops every process it started, by PID.
 #
 #   scripts/instructions.sh [requests]      (default 20000 per test)
+#   KEYWAY_BIN=/path/to/keyway scripts/instructions.sh   (another build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-20000}
@@ -28,7 +29,7 @@ KW=$(free_port)
 printf '[pools.cache]\nurl = "redis://127.0.0.1:%s"\n[routes]\ndefault = "cache"\n' "$RP" > "$work/keyway.toml"
 KEYWAY_LISTEN=127.0.0.1:$KW KEYWAY_ADMIN=127.0.0.1:$(free_port) KEYWAY_LOG=warn \
   valgrind --tool=callgrind --callgrind-out-file="$work/cg.keyway" \
-  ./target/release/keyway --config "$work/keyway.toml" 2>/dev/null &
+  "${KEYWAY_BIN:-./target/release/keyway}" --config "$work/keyway.toml" 2>/dev/null &
 KW_PID=$!
 pids+=($KW_PID)
 

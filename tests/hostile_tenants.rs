@@ -274,3 +274,36 @@ fn a_half_closed_client_gets_the_element_it_popped() {
     let left: usize = direct.llen("session:empty").unwrap();
     assert_eq!(left, 1, "a later push stays in the list");
 }
+
+#[test]
+fn a_slow_reader_that_keeps_reading_is_not_cut() {
+    let session = RedisServer::start();
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    let config = format!(
+        "{}\n[server]\nclient_output_limit_bytes = 1048576\nclient_output_stall_secs = 1\n",
+        reference_config(&session.url(), &cache.url(), &realtime.url())
+    );
+    let keyway = Keyway::start(&config);
+    let value = vec![b'v'; 64 * 1024];
+    let _: () = cache.direct().set("user:v", &value[..]).unwrap();
+    // 19 MiB of replies, read 512 KiB at a time every 100 ms: about 4 s,
+    // four times the stall time, never stuck.
+    let mut raw = keyway.raw();
+    raw.send(&b"*2\r\n$3\r\nGET\r\n$6\r\nuser:v\r\n".repeat(300));
+    let reply_len = format!("${}\r\n", value.len()).len() + value.len() + 2;
+    let started = Instant::now();
+    for i in 0..300 {
+        if i % 8 == 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let frame = raw.read_frame();
+        assert_eq!(frame.len(), reply_len, "reply {i}");
+    }
+    println!("300 x 64 KiB read slowly in {:?}", started.elapsed());
+    assert!(started.elapsed() > Duration::from_secs(2));
+    assert_eq!(
+        keyway.metric(r#"keyway_errors_total{kind="client_output_stalled"}"#),
+        0.0
+    );
+}

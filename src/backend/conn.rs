@@ -74,9 +74,9 @@ impl Conn {
         Ok(Conn { tx, fence })
     }
 
-    /// The pool's fence, when it is raised: writes must wait on it.
-    pub fn raised_fence(&self) -> Option<&std::sync::Arc<super::Fence>> {
-        self.fence.is_raised().then_some(&self.fence)
+    /// Whether the pool's fence is raised: writes must wait on it.
+    pub fn fenced(&self) -> bool {
+        self.fence.is_raised()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -87,7 +87,15 @@ impl Conn {
     /// when the connection is already closed, so the caller may use another
     /// one (nothing was sent).
     pub async fn send(&self, bytes: Bytes, reply: ReplyTo) -> Result<(), (Bytes, ReplyTo)> {
-        match self.tx.send(Outbound { bytes, reply }).await {
+        // The queue almost always has room: queue without the machinery of
+        // an awaited send, whose state would enlarge every request's future.
+        let outbound = match self.tx.try_send(Outbound { bytes, reply }) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(outbound)) => outbound,
+            Err(mpsc::error::TrySendError::Closed(o)) => return Err((o.bytes, o.reply)),
+        };
+        // Full: wait for room, boxed since it is rare.
+        match Box::pin(self.tx.send(outbound)).await {
             Ok(()) => Ok(()),
             Err(e) => Err((e.0.bytes, e.0.reply)),
         }

@@ -43,6 +43,14 @@ pub struct User {
     pub admin: bool,
 }
 
+impl User {
+    /// Limited to key prefixes: what its commands reach is checked.
+    #[inline]
+    pub fn has_prefixes(&self) -> bool {
+        self.prefixes.is_some()
+    }
+}
+
 /// Why keyway refused a request; each is one RESP error line and a metric.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {

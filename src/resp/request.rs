@@ -333,7 +333,13 @@ fn line_int(
     if search.len() < cr + 2 {
         return Ok(None);
     }
-    if search[cr + 1] != b'\n' || digits == 0 || !canonical(&search[..cr]) {
+    if search[cr + 1] != b'\n' || digits == 0 {
+        return Err(bad());
+    }
+    // As Redis's string2ll: `0` alone, else no leading zero (`01`, `-0`);
+    // a sign other than `-` already failed above. Longer than 20
+    // characters cannot be written without a leading zero or overflowing.
+    if search[usize::from(negative)] == b'0' && (digits > 1 || negative) {
         return Err(bad());
     }
     let value = value.ok_or_else(bad)?;

@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 
 use super::reply::Reply;
 use super::{Session, MAX_READ_AHEAD};
-use crate::backend::{BackendError, Dedicated, Pool};
+use crate::backend::{request_once, BackendError, Dedicated, Pool};
 use crate::resp::{self, Request};
 use crate::route::PoolId;
 
@@ -68,47 +68,40 @@ impl Session {
                 }
                 // CLIENT KILL or shutdown.
                 _ = self.kill.cancelled() => {
-                    let reply = self.unblock(pool, &backend, conn).await;
+                    let reply = unblock(&backend, conn).await;
                     return Reply::close(reply.unwrap_or_default());
                 }
             }
             // Input closed (now, or before this command was dispatched).
-            return match self.unblock(pool, &backend, conn).await {
+            return match unblock(&backend, conn).await {
                 Some(frame) => Reply::now(frame),
                 None => Reply::close(Bytes::new()),
             };
         }
     }
+}
 
-    /// Ends the blocking command on `conn` the way Redis's CLIENT UNBLOCK
-    /// does and returns its reply, or `None` when it cannot be had (the
-    /// connection is then dropped, which ends the command on the server).
-    async fn unblock(
-        &mut self,
-        pool: PoolId,
-        backend: &Pool,
-        mut conn: Dedicated,
-    ) -> Option<Bytes> {
-        let id = conn.backend_id?;
-        let unblock =
-            Request::from_args(&[b"CLIENT".as_ref(), b"UNBLOCK", id.to_string().as_bytes()]);
-        let answer = self.send_once(pool, unblock.bytes().clone()).await.ok()?;
-        let answer = tokio::time::timeout(UNBLOCK_WAIT, answer)
-            .await
-            .ok()?
-            .ok()?;
-        // `:1` unblocked it, `:0` it was not blocked (served, or not yet
-        // read by the server): either way its reply is due now.
-        if !answer.starts_with(b":") {
-            return None;
-        }
-        let frame = tokio::time::timeout(UNBLOCK_WAIT, conn.read_frame())
-            .await
-            .ok()?
-            .ok()?;
-        backend.release(conn);
-        Some(frame)
+/// Ends the blocking command on `conn` the way Redis's CLIENT UNBLOCK
+/// does and returns its reply, or `None` when it cannot be had (the
+/// connection is then dropped, which ends the command on the server).
+/// Asked on a connection of its own: rare, and kept off the request path.
+async fn unblock(backend: &Pool, mut conn: Dedicated) -> Option<Bytes> {
+    let id = conn.backend_id?.to_string();
+    let endpoint = backend.endpoint();
+    let answer = request_once(&endpoint, &["CLIENT", "UNBLOCK", &id], UNBLOCK_WAIT)
+        .await
+        .ok()?;
+    // `:1` unblocked it, `:0` it was not blocked (served, or not yet read
+    // by the server): either way its reply is due now.
+    if !answer.starts_with(b":") {
+        return None;
     }
+    let frame = tokio::time::timeout(UNBLOCK_WAIT, conn.read_frame())
+        .await
+        .ok()?
+        .ok()?;
+    backend.release(conn);
+    Some(frame)
 }
 
 /// Asks a leased connection its server-side id once, so a blocked command

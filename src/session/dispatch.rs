@@ -138,14 +138,13 @@ impl Session {
         if let Some(user) = self.client.user.clone() {
             if !no_auth {
                 let sub = (request.argc() > 1).then(|| request.arg(1));
-                let checked = live
-                    .policy
-                    .check_command(&user, name, spec, sub)
-                    .and_then(|()| {
-                        spec.map_or(Ok(()), |spec| live.policy.check_reach(&user, spec, &args))
-                    });
-                if let Err(denial) = checked {
+                if let Err(denial) = live.policy.check_command(&user, name, spec, sub) {
                     return self.deny(denial);
+                }
+                if let (Some(spec), true) = (spec, user.has_prefixes()) {
+                    if let Err(denial) = live.policy.check_reach(&user, spec, &args) {
+                        return self.deny(denial);
+                    }
                 }
             }
         }
@@ -169,7 +168,7 @@ impl Session {
 
         if self.in_multi() {
             drop(args);
-            return self.queue_command(name, spec, request).await;
+            return Box::pin(self.queue_command(name, spec, request)).await;
         }
 
         match name {
@@ -403,7 +402,7 @@ impl Session {
     }
 
     /// Sends one part of a fanned-out request.
-    pub(super) async fn send_once(
+    async fn send_once(
         &mut self,
         pool: PoolId,
         bytes: Bytes,

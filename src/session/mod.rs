@@ -448,9 +448,9 @@ impl Session {
             let Some(conn) = self.conns[pool].as_ref() else {
                 continue;
             };
-            if let Some(fence) = conn.raised_fence().filter(|_| !self.meta.read_only) {
-                let fence = fence.clone();
-                self.hold_write(pool, &fence).await?;
+            if conn.fenced() && !self.meta.read_only {
+                // Boxed: rare, and its timer would enlarge every request's future.
+                Box::pin(self.hold_write(pool)).await?;
                 // The master may have moved: take a connection to the current one.
                 self.conns[pool] = None;
                 continue;
@@ -470,12 +470,9 @@ impl Session {
 
     /// Holds a write while the pool's master is being moved, up to the
     /// request timeout; past it the write is refused, never sent.
-    async fn hold_write(
-        &self,
-        pool: PoolId,
-        fence: &crate::backend::Fence,
-    ) -> Result<(), BackendError> {
+    async fn hold_write(&self, pool: PoolId) -> Result<(), BackendError> {
         let live = self.state.live();
+        let fence = live.backends.checked(pool)?.fence().clone();
         let pool_name = live.router.pool_name(pool).to_string();
         let wait = match live.config.backend.request_timeout_ms {
             0 => crate::backend::MAX_FENCE,

@@ -40,6 +40,8 @@ pub enum Gone {
 
 /// Replies owed at once before any reply size is known.
 const FIRST_WINDOW: usize = 32;
+/// The smallest reply size the window is planned with.
+const MIN_LARGE: usize = 64;
 /// An empty write buffer larger than this is given back after a peak.
 const KEEP_OUT: usize = 64 * 1024;
 
@@ -59,16 +61,19 @@ pub(super) struct Output {
     /// number of replies.
     large_reply: usize,
     /// Slow start: replies that may be owed before their sizes are known;
-    /// grows by one with every reply taken.
+    /// doubles with every window of replies taken, up to the pipeline limit.
     window: usize,
-    /// Replies that may be owed at once: the window, or fewer when replies
-    /// are large.
-    allowed: usize,
+    /// Replies of `large_reply` bytes that half the limit holds.
+    fits: usize,
+    /// Replies that may be owed at once: the window, or `fits` if fewer.
+    room: usize,
+    /// Half the limit: the reply bytes held before reading stops.
+    half_limit: usize,
     limit: usize,
     max_pipeline: usize,
     stall: Duration,
-    /// Runs from when `out` first reached the limit until the client has
-    /// read it all.
+    /// Runs while unread replies keep the client from sending more, from
+    /// the last time it read anything.
     stall_timer: Option<Pin<Box<Sleep>>>,
     request_timeout: Option<Duration>,
     /// Fires at the front reply's deadline. Allocated on first use and
@@ -90,9 +95,11 @@ impl Output {
             inbox: Inbox::new(),
             arrivals: VecDeque::new(),
             arrived_bytes: 0,
-            large_reply: 64,
+            large_reply: MIN_LARGE,
             window: FIRST_WINDOW,
-            allowed: 1,
+            fits: 1,
+            room: 1,
+            half_limit: 1,
             limit: 1,
             max_pipeline: 1,
             stall: Duration::from_secs(1),
@@ -110,13 +117,15 @@ impl Output {
     /// Takes the limits of a (re)loaded configuration.
     pub fn configure(&mut self, config: &Config) {
         self.limit = config.server.client_output_limit_bytes.max(1);
+        self.half_limit = (self.limit / 2).max(1);
         self.max_pipeline = config.server.max_pipeline.max(1);
         self.stall = Duration::from_secs(config.server.client_output_stall_secs.max(1));
         self.request_timeout = match config.backend.request_timeout_ms {
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         };
-        self.update_allowed();
+        self.window = self.window.min(self.max_pipeline);
+        self.update_fits();
     }
 
     /// Where the next queued reply's backend answer is to be delivered.
@@ -133,18 +142,22 @@ impl Output {
     /// Whether another request may be taken: the replies owed stay within
     /// the pipeline limit, and fewer when replies are large, so the bytes
     /// owed stay near the output limit.
+    #[inline]
     pub fn has_room(&self) -> bool {
-        self.pending.len() < self.allowed && self.bytes_room() && !self.closing
+        self.pending.len() < self.room && self.bytes_room() && !self.closing
     }
 
-    /// Whether the bytes received for the client and the replies still
-    /// expected (at the size of the largest recent one) fit its limit.
+    /// Whether the bytes held for the client leave room for the replies
+    /// still expected. `fits` keeps those (at the size of the largest
+    /// recent reply) within half the limit, so the bytes held get the
+    /// other half.
+    #[inline]
     fn bytes_room(&self) -> bool {
-        let expected = self.pending.len().saturating_mul(self.large_reply);
-        self.owed_bytes().saturating_add(expected) < self.limit
+        self.owed_bytes() < self.half_limit
     }
 
     /// Reply bytes held for the client: arrived, or ready to write.
+    #[inline]
     fn owed_bytes(&self) -> usize {
         self.out.len() + self.arrived_bytes
     }
@@ -168,15 +181,16 @@ impl Output {
             let Some(front) = self.pending.front_mut() else {
                 break;
             };
-            let held = front.arrived_len();
-            let ready = front.try_ready(state);
-            self.arrived_bytes = self
-                .arrived_bytes
-                .saturating_sub(held - front.arrived_len());
-            let Some(bytes) = ready else {
+            let forwarded = matches!(front, Reply::Backend(_));
+            let Some(bytes) = front.try_ready(state) else {
                 break;
             };
             self.pending.pop_front();
+            if forwarded {
+                // What arrived leaves the count as it is taken (a retried
+                // or timed-out reply may differ: the count only floors).
+                self.arrived_bytes = self.arrived_bytes.saturating_sub(bytes.len());
+            }
             self.took(&bytes);
         }
         // The stall clock starts when unread replies keep the client from
@@ -195,22 +209,26 @@ impl Output {
     fn took(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);
         self.taken += 1;
-        // Decays by 1/64 per reply: a burst of large replies keeps the
-        // window small for a few hundred replies after it.
-        let large = bytes
-            .len()
-            .max(self.large_reply - self.large_reply / 64)
-            .max(64);
-        if large != self.large_reply || self.window < self.max_pipeline {
-            self.large_reply = large;
-            self.window = (self.window + 1).min(self.max_pipeline);
-            self.update_allowed();
+        // Slow start: the window doubles each time a window's worth of
+        // replies came back.
+        if self.taken >= self.window as u64 && self.window < self.max_pipeline {
+            self.window = (self.window * 2).min(self.max_pipeline);
+            self.room = self.window.min(self.fits);
+        }
+        if bytes.len() > self.large_reply {
+            self.large_reply = bytes.len();
+            self.update_fits();
+        } else if self.large_reply > MIN_LARGE {
+            // Decays by 1/64 per reply: a burst of large replies keeps the
+            // window small for a few hundred replies after it.
+            self.large_reply = (self.large_reply - self.large_reply / 64).max(MIN_LARGE);
+            self.update_fits();
         }
     }
 
-    fn update_allowed(&mut self) {
-        let fits = self.limit / 2 / self.large_reply.max(1);
-        self.allowed = fits.min(self.window).clamp(1, self.max_pipeline);
+    fn update_fits(&mut self) {
+        self.fits = (self.half_limit / self.large_reply).max(1);
+        self.room = self.window.min(self.fits);
     }
 
     /// Polls for the next thing that moves: bytes written, a reply arrived,
@@ -246,7 +264,10 @@ impl Output {
         // Writing owed bytes first keeps the buffer small.
         if !self.out.is_empty() {
             match poll_write_buf(Pin::new(&mut self.wr), cx, &mut self.out) {
-                Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    self.client_read();
+                    return Poll::Ready(Ok(()));
+                }
                 Poll::Ready(_) => return Poll::Ready(Err(self.set_gone(Gone::WriteFailed))),
                 Poll::Pending => {}
             }
@@ -263,6 +284,7 @@ impl Output {
                     if !matches!(written, Ok(n) if n > 0) {
                         return Poll::Ready(Err(self.set_gone(Gone::WriteFailed)));
                     }
+                    self.client_read();
                     self.collect(state);
                 }
             }
@@ -290,6 +312,14 @@ impl Output {
         Poll::Pending
     }
 
+    /// The client took some of its replies: a stall clock that runs
+    /// starts again (a slow reader is not a stuck one).
+    fn client_read(&mut self) {
+        if let Some(timer) = self.stall_timer.as_mut() {
+            timer.as_mut().reset(Instant::now() + self.stall);
+        }
+    }
+
     fn set_gone(&mut self, gone: Gone) -> Gone {
         self.gone = Some(gone);
         gone
@@ -304,6 +334,9 @@ impl Output {
             let Some(index) = arrival.seq.checked_sub(taken) else {
                 continue;
             };
+            // Counted as `collect` uncounts it: replies that are written
+            // (not CLIENT REPLY OFF ones).
+            let counted = matches!(self.pending.get(index as usize), Some(Reply::Backend(_)));
             let at_position = self
                 .pending
                 .get_mut(index as usize)
@@ -321,7 +354,9 @@ impl Output {
             };
             if let Some(f) = forwarded {
                 if matches!(f.wait, super::reply::Wait::Inbox) {
-                    self.arrived_bytes += arrival.reply.as_ref().map_or(0, |b| b.len());
+                    if let (Some(reply), true) = (&arrival.reply, counted) {
+                        self.arrived_bytes += reply.len();
+                    }
                     f.wait = super::reply::Wait::Arrived(arrival.reply);
                 }
             }

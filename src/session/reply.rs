@@ -225,18 +225,6 @@ impl Reply {
         Reply::now(e.to_resp())
     }
 
-    /// Bytes of a backend reply that arrived and waits to be taken.
-    pub fn arrived_len(&self) -> usize {
-        match self {
-            Reply::Backend(Forwarded {
-                wait: Wait::Arrived(Some(b)),
-                ..
-            }) => b.len(),
-            Reply::Silent(inner) => inner.arrived_len(),
-            _ => 0,
-        }
-    }
-
     /// The forwarded request inside, CLIENT REPLY OFF or not.
     pub fn forwarded_mut(&mut self) -> Option<&mut Forwarded> {
         match self {
