@@ -122,22 +122,10 @@ impl Server {
             Duration::from_millis(self.state.live().config.server.health_interval_ms.max(100));
         let monitor = tokio::spawn(crate::monitor::run(self.state.clone(), interval));
         let admin = tokio::spawn(crate::admin::serve(self.state.clone(), self.admin));
-        let mut tasks = vec![monitor, admin];
-        let poll =
-            Duration::from_millis(self.state.live().config.backend.sentinel_poll_ms.max(100));
-        let live = self.state.live_arc();
-        for (id, pool) in live.config.pools.iter().enumerate() {
-            if let Some(sentinel) = &pool.sentinel {
-                tasks.push(tokio::spawn(crate::sentinel::follow(
-                    self.state.clone(),
-                    live.backends.pool_arc(id),
-                    pool.endpoint.clone(),
-                    sentinel.clone(),
-                    poll,
-                    live.backends.replica_pool(id).zip(pool.replica_reads),
-                )));
-            }
-        }
+        let tasks = vec![monitor, admin];
+        self.state
+            .followers
+            .sync(&self.state, &self.state.live_arc());
         let _tasks = AbortOnDrop(tasks);
         let unix = match &self.state.live().config.server.unix_socket {
             Some(path) => {
@@ -166,6 +154,7 @@ impl Server {
                     drop(self.listener);
                     drop(self.tls);
                     drain(&self.state).await;
+                    self.state.followers.stop_all();
                     return;
                 }
                 accepted = accept_unix(&unix) => {

@@ -43,6 +43,8 @@ pub struct State {
     pub stats: Stats,
     /// Cancelled when shutdown starts: sessions finish what they read and close.
     pub drain: tokio_util::sync::CancellationToken,
+    /// One Sentinel follower per Sentinel-managed pool of the live configuration.
+    pub followers: crate::sentinel::Followers,
     next_client_id: AtomicU64,
 }
 
@@ -98,6 +100,7 @@ impl State {
             redis_version: ArcSwap::from_pointee(FALLBACK_REDIS_VERSION.to_string()),
             stats: Stats::default(),
             drain: tokio_util::sync::CancellationToken::new(),
+            followers: crate::sentinel::Followers::default(),
             next_client_id: AtomicU64::new(1),
         });
         state.attach_metrics();
@@ -158,42 +161,12 @@ impl State {
             generation: old.generation + 1,
         };
         let generation = live.generation;
-        let new_sentinel_pools: Vec<_> = live
-            .config
-            .pools
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.sentinel.is_some())
-            .filter(|(_, p)| {
-                !old.backends
-                    .pools()
-                    .iter()
-                    .any(|o| o.name() == p.name && o.is_sentinel_managed())
-            })
-            .map(|(i, p)| {
-                (
-                    live.backends.pool_arc(i),
-                    live.backends.replica_pool(i),
-                    p.clone(),
-                )
-            })
-            .collect();
-        self.live.store(Arc::new(live));
+        let live = Arc::new(live);
+        self.live.store(live.clone());
         self.attach_metrics();
-        for (pool, replica, cfg) in new_sentinel_pools {
-            if let (Some(state), Some(sentinel)) = (self.self_arc(), cfg.sentinel.clone()) {
-                let poll = std::time::Duration::from_millis(
-                    self.live().config.backend.sentinel_poll_ms.max(100),
-                );
-                tokio::spawn(crate::sentinel::follow(
-                    state,
-                    pool,
-                    cfg.endpoint.clone(),
-                    sentinel,
-                    poll,
-                    replica.zip(cfg.replica_reads),
-                ));
-            }
+        // Replaced Sentinel pools get new followers; removed ones lose theirs.
+        if let Some(state) = self.self_arc() {
+            self.followers.sync(&state, &live);
         }
         self.metrics.config_reloads.with_label_values(&["ok"]).inc();
         tracing::info!(generation, "configuration reloaded");

@@ -475,3 +475,53 @@ fn a_write_to_a_demoted_master_is_retried_on_the_new_one() {
         started.elapsed()
     );
 }
+
+#[test]
+fn reload_keeps_following() {
+    let Deployment {
+        setup,
+        cache,
+        realtime,
+    } = Deployment::start();
+    let kw = keyway_for(&setup, &cache, &realtime);
+    let mut c = kw.client();
+    let _: () = c.set("session:before", 1).unwrap();
+    // A changed [backend] setting replaces every pool on reload.
+    let config = std::fs::read_to_string(&kw.config_path).unwrap();
+    let changed = config.replace("connect_timeout_ms = 500", "connect_timeout_ms = 750");
+    assert_ne!(config, changed);
+    std::fs::write(&kw.config_path, changed).unwrap();
+    let (status, body) = kw.http("POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    // Right after the reload the pool still knows its master.
+    let _: () = c.set("session:after-reload", 1).unwrap();
+
+    let old = setup.master_port();
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg("session")
+        .query(&mut setup.sentinels[0].client())
+        .unwrap();
+    let new_master = wait_for(Duration::from_secs(20), || setup.master_port() != old)
+        .map(|_| setup.master_port())
+        .expect("sentinel promoted the replica");
+    // The replacement pool follows the failover.
+    let followed = wait_for(Duration::from_secs(10), || {
+        redis::cmd("SET")
+            .arg("session:after-failover")
+            .arg(1)
+            .query::<()>(&mut kw.client())
+            .is_ok()
+            && connect(new_master)
+                .exists::<_, bool>("session:after-failover")
+                .unwrap_or(false)
+    });
+    assert!(followed.is_some(), "{}", kw.log());
+    assert_eq!(
+        kw.log()
+            .matches("master changed: following the failover")
+            .count(),
+        1,
+        "one follower per pool after the reload"
+    );
+}

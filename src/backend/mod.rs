@@ -122,7 +122,16 @@ impl Backends {
                     && configured.db == p.endpoint.db
                     && configured.tls == p.endpoint.tls;
                 if !same_kind || !same_node || existing.settings() != &config.backend {
-                    return new_pool(p, config);
+                    let replacement = new_pool(p, config);
+                    if same_kind && p.sentinel.is_some() {
+                        // Serves at once on the master the old pool followed;
+                        // its own follower takes over from there.
+                        let current = existing.endpoint();
+                        if !current.host.is_empty() {
+                            replacement.set_address(&current.host, current.port);
+                        }
+                    }
+                    return replacement;
                 }
                 if p.sentinel.is_none() {
                     existing.set_address(&p.endpoint.host, p.endpoint.port);
