@@ -287,7 +287,8 @@ bad = unknown_metrics(dash_exprs)
 check(not bad, f"dashboard queries only metrics keyway exports (unknown: {bad})")
 
 # --- Dockerfile ----------------------------------------------------------------
-check("cargo build --release --locked" in dockerfile, "Dockerfile builds with cargo build --release --locked")
+# That the image builds is tested by running its build stage (tests/deploy.rs).
+check("--locked" in dockerfile, "Dockerfile builds with the locked dependency versions")
 users = re.findall(r"^USER (\S+)", dockerfile, re.M)
 check(users and not users[-1].startswith(("0", "root")), "Dockerfile runs as a non-root user")
 check(re.search(r"^HEALTHCHECK .*\n?.*/healthz", dockerfile, re.M) is not None, "Dockerfile HEALTHCHECK on /healthz")
