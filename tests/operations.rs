@@ -198,6 +198,62 @@ fn drain_answers_every_request_it_read() {
     );
 }
 
+/// SIGTERM while the application is still working (its own shutdown runs
+/// in parallel): keyway stops accepting but serves connected clients until
+/// they close, closing only those idle for a second.
+#[test]
+fn drain_serves_clients_finishing_their_own_shutdown() {
+    let (s, c, r) = servers();
+    let mut kw = Keyway::start(&config_with(&s, &c, &r, "drain_timeout_ms = 10000", ""));
+    let mut idle = kw.raw();
+    let mut talker = kw.raw();
+    let pipeline_conn = TcpStream::connect(("127.0.0.1", kw.port)).unwrap();
+    pipeline_conn
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // A 50,000-command pipeline written just before the signal.
+    const N: usize = 50_000;
+    let mut writer = pipeline_conn.try_clone().unwrap();
+    let write = std::thread::spawn(move || {
+        let batch = b"*2\r\n$4\r\nINCR\r\n$8\r\nuser:cnt\r\n".repeat(N);
+        writer.write_all(&batch).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let signalled = Instant::now();
+    kw.signal("TERM");
+    // A client that keeps working for 3 s after the signal is answered.
+    let mut answered = 0;
+    while signalled.elapsed() < Duration::from_secs(3) {
+        talker.send(b"PING\r\n");
+        assert_eq!(talker.read_frame(), b"+PONG\r\n");
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    write.join().unwrap();
+    let mut reader = BufReader::new(pipeline_conn);
+    let mut line = String::new();
+    for i in 1..=N {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, format!(":{i}\r\n"), "reply {i} of the pipeline");
+    }
+    // The idle client was closed after its grace; nothing new is accepted.
+    assert!(idle.is_closed(), "an idle client is closed while draining");
+    assert!(TcpStream::connect(("127.0.0.1", kw.port)).is_err());
+    drop(talker);
+    drop(reader);
+    let exit = kw.wait_exit(Duration::from_secs(5));
+    println!(
+        "after SIGTERM: {answered} PINGs answered over 3 s, {N} pipelined replies, exit {exit:?} {:?} after the signal",
+        signalled.elapsed()
+    );
+    assert_eq!(exit, Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(9),
+        "no wait for the drain timeout"
+    );
+}
+
 #[test]
 fn max_clients_and_oversized_requests() {
     let (s, c, r) = servers();

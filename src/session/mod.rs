@@ -45,6 +45,10 @@ const READ_CHUNK: usize = 16 * 1024;
 const FIRST_READ: usize = 128;
 /// Bytes a client may send ahead while keyway waits on a blocking command.
 const MAX_READ_AHEAD: usize = 1024 * 1024;
+/// While keyway shuts down, a client idle this long is closed; one that
+/// keeps sending (an application finishing its own shutdown) is served
+/// until it closes or `server.drain_timeout_ms` runs out.
+const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The client's own state, as Redis keeps it per connection.
 #[derive(Debug, Clone)]
@@ -136,6 +140,11 @@ pub struct Session {
     /// `kill` as a future that stays registered across polls.
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
     kill_registered: bool,
+    /// Shutdown started (`state.drain`), as a future registered like `killed`.
+    drain_started: Pin<Box<WaitForCancellationFutureOwned>>,
+    drain_registered: bool,
+    /// Shutting down: reading goes on, but an idle client is closed.
+    draining: bool,
     /// With `idle_timeout_secs`: restarted whenever the session waits.
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The metrics context of the request being dispatched.
@@ -209,9 +218,8 @@ async fn serve_stream(
     let id = client.id;
     state.metrics.clients_connected.inc();
     state.metrics.clients_total.inc();
-    // A child of the drain token: shutting down stops every session's
-    // reading as CLIENT KILL stops one, and each read waits on one token.
-    let kill = state.drain.child_token();
+    // CLIENT KILL, or the end of a drain: reading stops.
+    let kill = CancellationToken::new();
     let mut session = Session {
         conns: vec![None; state.live().backends.pools().len()],
         state: state.clone(),
@@ -229,6 +237,9 @@ async fn serve_stream(
         kill: kill.clone(),
         killed: Box::pin(kill.cancelled_owned()),
         kill_registered: false,
+        drain_started: Box::pin(state.drain.clone().cancelled_owned()),
+        drain_registered: false,
+        draining: false,
         idle_timer: None,
         meta: reply::Meta::new(),
         generation: state.live().generation,
@@ -313,14 +324,18 @@ impl Session {
                 self.inbuf.reserve(READ_CHUNK);
             }
         }
-        // Subscribers and transactions wait for the server, not the client.
+        // Subscribers and transactions wait for the server, not the client;
+        // while shutting down, every client that is owed nothing is idle.
         let idle = match (&self.mode, self.output.is_empty()) {
-            (Mode::Normal, true) => self.idle_timeout_secs,
-            _ => 0,
+            (_, true) if self.draining => Some(DRAIN_IDLE),
+            (Mode::Normal, true) if self.idle_timeout_secs > 0 => {
+                Some(std::time::Duration::from_secs(self.idle_timeout_secs))
+            }
+            _ => None,
         };
-        let idle_timing = reading && idle > 0;
-        if idle_timing {
-            let at = tokio::time::Instant::now() + std::time::Duration::from_secs(idle);
+        let idle_timing = reading && idle.is_some();
+        if let (true, Some(idle)) = (idle_timing, idle) {
+            let at = tokio::time::Instant::now() + idle;
             match self.idle_timer.as_mut() {
                 Some(timer) => timer.as_mut().reset(at),
                 None => self.idle_timer = Some(Box::pin(tokio::time::sleep_until(at))),
@@ -370,8 +385,8 @@ impl Session {
                 }
             }
         }
-        // CLIENT KILL, or shutdown: what was read is answered; nothing more
-        // is read. Watched only while reading, the one wait with no end.
+        // CLIENT KILL, or the drain's end: what was read is answered;
+        // nothing more is read. Watched only while reading, the one wait with no end.
         // Once polled, the future stays registered with this task's waker,
         // so later waits only check the flag.
         if reading {
@@ -384,6 +399,19 @@ impl Session {
             if killed {
                 self.input_closed = true;
                 return Poll::Ready(true);
+            }
+            // Shutdown: go on reading, with the drain's idle grace.
+            if !self.draining {
+                let started = if self.drain_registered {
+                    self.state.drain.is_cancelled()
+                } else {
+                    self.drain_registered = true;
+                    self.drain_started.as_mut().poll(cx).is_ready()
+                };
+                if started {
+                    self.draining = true;
+                    return Poll::Ready(true);
+                }
             }
         }
         Poll::Pending
