@@ -39,6 +39,19 @@ thread_local! {
     static CACHE_SERIES: std::cell::RefCell<CacheSeriesCache> = std::cell::RefCell::new(CacheSeriesCache::default());
 }
 
+/// Every `kind` of `keyway_errors_total`, exported at zero from the start.
+pub const ERROR_KINDS: &[&str] = &[
+    "protocol",
+    "timeout",
+    "connection_lost",
+    "backend_error_reply",
+    "readonly_retried",
+    "read_retried",
+    "client_output_stalled",
+    "client_output_limit",
+    "tls_handshake",
+];
+
 pub struct Metrics {
     pub registry: Registry,
     pub commands: IntCounterVec,
@@ -218,6 +231,24 @@ impl Metrics {
             clients_rejected,
             auth_lockouts,
             registry: r,
+        }
+    }
+
+    /// Exports at zero every series whose labels are known before its first
+    /// event (error kinds, reload results, per-pool counters), so that
+    /// `increase()` and `changes()` see the first event: a series that
+    /// appears with 1 looks to Prometheus like no change at all.
+    pub fn export_known(&self, pools: &[&str]) {
+        for kind in ERROR_KINDS {
+            self.errors.with_label_values(&[kind]);
+        }
+        for result in ["ok", "error"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+        for pool in pools {
+            self.slow_commands.with_label_values(&[pool]);
+            self.failovers.with_label_values(&[pool]);
+            self.writes_held.with_label_values(&[pool]);
         }
     }
 

@@ -107,9 +107,13 @@ impl State {
         state
     }
 
-    /// Points each pool's connections at its round-trip histogram.
+    /// Points each pool's connections at its round-trip histogram, and
+    /// exports the pools' counters at zero.
     fn attach_metrics(&self) {
-        for pool in self.live().backends.pools() {
+        let live = self.live();
+        let names: Vec<&str> = live.config.pools.iter().map(|p| p.name.as_str()).collect();
+        self.metrics.export_known(&names);
+        for pool in live.backends.pools() {
             pool.record_round_trips(
                 self.metrics
                     .backend_duration

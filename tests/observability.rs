@@ -207,3 +207,25 @@ fn config_endpoint_redacts_secrets() {
     let mut c = client.get_connection().unwrap();
     let _: () = c.set("session:auth", 1).unwrap();
 }
+
+/// Counters whose labels are known at start are in the first scrape at 0,
+/// so `increase()` sees their first event (a series born at 1 shows none).
+#[test]
+fn known_series_are_exported_at_zero_from_the_first_scrape() {
+    let (_r, kw) = setup("", &[]);
+    let (_, body) = kw.http("GET", "/metrics");
+    for series in [
+        r#"keyway_errors_total{kind="protocol"} 0"#,
+        r#"keyway_errors_total{kind="timeout"} 0"#,
+        r#"keyway_config_reloads_total{result="error"} 0"#,
+        r#"keyway_config_reloads_total{result="ok"} 0"#,
+        r#"keyway_failovers_total{pool="session"} 0"#,
+        r#"keyway_slow_commands_total{pool="cache"} 0"#,
+        r#"keyway_failover_writes_held_total{pool="realtime"} 0"#,
+    ] {
+        assert!(
+            body.lines().any(|l| l == series),
+            "{series} missing:\n{body}"
+        );
+    }
+}

@@ -25,6 +25,13 @@ else
   echo "clients: installed redis-py $(.venv/bin/python -c 'import redis; print(redis.__version__)')"
 fi
 
+if ! command -v npm >/dev/null 2>&1; then
+  echo "clients: npm missing; apt-get install nodejs npm"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+
 ioredis_version() { node -p 'require("./node_modules/ioredis/package.json").version' 2>/dev/null; }
 if [[ "$(ioredis_version)" == 5.* && -f package-lock.json ]]; then
   echo "clients: ioredis $(ioredis_version) already in tests/clients/node_modules"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Makes PyYAML available to tests/deploy/check_manifests.py and prints the
-# python to run it with. Idempotent; needs no input.
+# python to run it with; unpacks promtool (from Debian's prometheus package,
+# into tests/deploy/.promtool: no service installed) when it is not on PATH.
+# Idempotent; needs no input.
 #   bash tests/deploy/install.sh
 #   "$(bash tests/deploy/install.sh | tail -1)" tests/deploy/check_manifests.py
 # Uses tests/clients/.venv when tests/clients/install.sh made it (it installs
@@ -27,6 +29,19 @@ fi
 if ! "$venv/bin/python" -c 'import yaml' 2>/dev/null; then
   echo "deploy: pip install pyyaml into $(cd "$venv" && pwd)" >&2
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'pyyaml>=6'
+fi
+
+# promtool checks and unit-tests the alert rules (tests/deploy.rs).
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x .promtool/usr/bin/promtool ]; then
+  echo "deploy: unpacking promtool from Debian's prometheus package into tests/deploy/.promtool" >&2
+  tmp=$(mktemp -d)
+  if ! (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
+    sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    (cd "$tmp" && apt-get download prometheus >/dev/null)
+  fi
+  dpkg-deb -x "$tmp"/prometheus_*.deb .promtool
+  rm -rf "$tmp"
 fi
 
 echo "$(cd "$venv" && pwd)/bin/python"
