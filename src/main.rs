@@ -9,22 +9,66 @@ use keyway::config::Config;
 use keyway::route::Router;
 use keyway::server::Server;
 
+/// The environment variables keyway reads, for `--help`.
+const ENVIRONMENT: &str = "\
+Environment (applied over the configuration file):
+  KEYWAY_CONFIG          configuration file (as --config)
+  KEYWAY_LISTEN          client address, host:port (server.listen)
+  KEYWAY_ADMIN           admin HTTP address: /metrics, /healthz, /readyz (server.admin)
+  KEYWAY_TLS_LISTEN      TLS client address (tls.listen)
+  KEYWAY_LOG             log filter: info, debug, keyway=debug,...
+  KEYWAY_REQUIREPASS     password of the default user (auth.requirepass_file)
+  REDIS_<POOL>_URL       a pool's URL, e.g. REDIS_CACHE_URL=redis://cache:6379/0
+                         (redis://, rediss://, redis+sentinel://)
+Without --config or KEYWAY_CONFIG: conf/keyway.toml, else /etc/keyway/keyway.toml.";
+
 #[derive(Parser)]
 #[command(
     name = "keyway",
     version,
-    about = "A transparent, prefix-routing Redis (RESP) proxy"
+    about = "A transparent, prefix-routing Redis (RESP) proxy",
+    after_help = ENVIRONMENT
 )]
 struct Cli {
     /// Configuration file.
-    #[arg(long, default_value = "conf/keyway.toml")]
-    config: PathBuf,
+    #[arg(long, env = "KEYWAY_CONFIG")]
+    config: Option<PathBuf>,
     /// Validate the configuration, print the resolved route table and exit.
     #[arg(long)]
     check: bool,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Print the pool a key goes to, the rule that decided and the backend.
+    Route {
+        /// The key (or, for a keyless command, any text).
+        key: String,
+        /// The command, for command rules (FT.SEARCH, TS.ADD ...).
+        #[arg(default_value = "GET")]
+        command: String,
+        /// The client's database (SELECT), for database rules.
+        #[arg(long, default_value_t = 0)]
+        db: u32,
+    },
+}
+
+/// The configuration file: the one named, else conf/keyway.toml when it
+/// exists (a checkout), else the image's /etc/keyway/keyway.toml.
+fn config_path(named: Option<PathBuf>) -> PathBuf {
+    named.unwrap_or_else(|| {
+        let local = PathBuf::from("conf/keyway.toml");
+        if local.exists() {
+            local
+        } else {
+            PathBuf::from("/etc/keyway/keyway.toml")
+        }
+    })
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -36,18 +80,34 @@ enum LogFormat {
 fn main() -> ExitCode {
     return_memory_peaks();
     let cli = Cli::parse();
-    let config = match Config::load(&cli.config) {
+    let path = config_path(cli.config);
+    let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("keyway: invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Route { key, command, db }) = &cli.command {
+        print!("{}", explain_route(&config, key, command, *db));
+        return ExitCode::SUCCESS;
+    }
     if cli.check {
         print!("{}", route_table(&config));
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_filter.as_deref(), cli.log_format);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %path.display(),
+        pools = %config.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(","),
+        prefix_rules = config.routes.prefixes.len(),
+        command_rules = config.routes.commands.len(),
+        database_rules = config.routes.databases.len(),
+        users = config.auth.users.len(),
+        limits = config.limits.len(),
+        "keyway starting"
+    );
     // One event-loop thread (the default) runs on tokio's current-thread
     // scheduler: no work-stealing bookkeeping, and a woken task waits its
     // turn instead of jumping the queue, so the requests of every client
@@ -84,12 +144,16 @@ fn main() -> ExitCode {
 fn init_logging(filter: Option<&str>, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or("info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into files or
+    // `docker logs`.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // The message and fields at the top level of each line.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
@@ -237,3 +301,15 @@ fn return_memory_peaks() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn return_memory_peaks() {}
+
+/// `keyway route KEY [COMMAND]`: the pool, the rule and the backend.
+fn explain_route(config: &Config, key: &str, command: &str, db: u32) -> String {
+    let router = Router::new(config);
+    let (pool, rule) = router.explain(key.as_bytes(), command.to_ascii_lowercase().as_bytes(), db);
+    let name = router.pool_name(pool);
+    let backend = config
+        .pool_index(name)
+        .map(|i| config.pools[i].endpoint.to_string())
+        .unwrap_or_default();
+    format!("key      {key}\ncommand  {}\ndb       {db}\npool     {name}\nrule     {rule}\nbackend  {backend}\n", command.to_uppercase())
+}

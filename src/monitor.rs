@@ -109,6 +109,17 @@ pub async fn probe_all(state: &Arc<State>, timeout: Duration) {
             .backend_connections
             .with_label_values(&[name, "leased"])
             .set(pool.leased() as i64);
+        // Changes are logged: a pool down from the start shows within one
+        // interval, not when a client first touches it.
+        match (pool.probe().ok, probe.ok) {
+            (Some(true) | None, Some(false)) => {
+                tracing::warn!(pool = %name, address = %pool.endpoint().address(), reason = %probe.reason, "pool unreachable")
+            }
+            (Some(false), Some(true)) => {
+                tracing::info!(pool = %name, address = %pool.endpoint().address(), "pool reachable again")
+            }
+            _ => {}
+        }
         pool.set_probe(probe);
     }
 }

@@ -27,6 +27,17 @@ enum CommandPattern {
     Family(Vec<u8>),
 }
 
+impl std::fmt::Display for CommandPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandPattern::Exact(n) => write!(f, "{}", String::from_utf8_lossy(n).to_uppercase()),
+            CommandPattern::Family(p) => {
+                write!(f, "{}*", String::from_utf8_lossy(p).to_uppercase())
+            }
+        }
+    }
+}
+
 impl CommandPattern {
     fn matches(&self, lower_name: &[u8]) -> bool {
         match self {
@@ -175,6 +186,25 @@ impl Router {
             .copied()
             .flatten()
             .unwrap_or(self.default)
+    }
+
+    /// Which pool `key` (under `lower_name`, in `db`) goes to and the rule
+    /// that decided, in words: what `keyway route` prints.
+    pub fn explain(&self, key: &[u8], lower_name: &[u8], db: u32) -> (PoolId, String) {
+        if let Some(i) = self.prefix_rule(key) {
+            let (prefix, pool) = &self.prefixes[i];
+            return (
+                *pool,
+                format!("prefix \"{}\"", String::from_utf8_lossy(prefix)),
+            );
+        }
+        if let Some((pattern, pool)) = self.commands.iter().find(|(p, _)| p.matches(lower_name)) {
+            return (*pool, format!("command {pattern}"));
+        }
+        if let Some(pool) = self.databases.get(db as usize).copied().flatten() {
+            return (pool, format!("database {db}"));
+        }
+        (self.default, "default".to_string())
     }
 
     pub fn pool_for_key(&self, key: &[u8], lower_name: &[u8], db: u32) -> PoolId {

@@ -336,6 +336,8 @@ pub async fn follow(
 async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender<Event>) {
     let mut backoff = Duration::from_millis(100);
     let mut was_connected = false;
+    // Warned once per outage; the retries after it are debug lines.
+    let mut warned = false;
     loop {
         match Dedicated::connect(&endpoint, QUERY_TIMEOUT).await {
             Ok(mut conn) => {
@@ -355,6 +357,7 @@ async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender
                         tracing::info!(sentinel = %endpoint.address(), "resubscribed to sentinel");
                     }
                     was_connected = true;
+                    warned = false;
                     backoff = Duration::from_millis(100);
                     while let Ok(frame) = conn.read_frame().await {
                         let Some(parts) = shapes::elements(&frame) else {
@@ -398,6 +401,10 @@ async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender
                     }
                 }
                 tracing::warn!(sentinel = %endpoint.address(), "lost the sentinel subscription; reconnecting");
+            }
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(sentinel = %endpoint.address(), "sentinel unreachable: {e}")
             }
             Err(e) => tracing::debug!(sentinel = %endpoint.address(), "sentinel unreachable: {e}"),
         }

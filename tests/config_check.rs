@@ -113,3 +113,125 @@ fn version_and_help() {
     assert_eq!(code, 0);
     assert!(out.contains("--config") && out.contains("--check"));
 }
+
+#[test]
+fn route_explains_where_a_key_goes() {
+    for (args, pool, rule) in [
+        (
+            vec!["route", "session:abc"],
+            "session",
+            "prefix \"session:\"",
+        ),
+        (
+            vec!["route", "idx:movies", "FT.SEARCH"],
+            "cache",
+            "command FT.*",
+        ),
+        (
+            vec!["route", "anything", "--db", "3"],
+            "session",
+            "database 3",
+        ),
+        (vec!["route", "anything"], "cache", "default"),
+    ] {
+        let (code, out, err) = keyway(&args, &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(&format!("pool     {pool}\n")),
+            "{args:?}: {out}"
+        );
+        assert!(
+            out.contains(&format!("rule     {rule}\n")),
+            "{args:?}: {out}"
+        );
+        assert!(
+            out.contains("backend  redis://127.0.0.1:"),
+            "{args:?}: {out}"
+        );
+    }
+}
+
+#[test]
+fn the_config_comes_from_keyway_config_and_help_lists_the_environment() {
+    // From another directory, with the file named only in the environment.
+    let dir = TempDir::new("cli");
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/keyway.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_keyway"))
+        .arg("--check")
+        .current_dir(&dir.0)
+        .env("KEYWAY_CONFIG", &conf)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("configuration {} is valid", conf.display())),
+        "{stdout}"
+    );
+    let (code, help, _) = keyway(&["--help"], &[]);
+    assert_eq!(code, 0);
+    for var in [
+        "KEYWAY_CONFIG",
+        "KEYWAY_LISTEN",
+        "KEYWAY_ADMIN",
+        "KEYWAY_TLS_LISTEN",
+        "KEYWAY_LOG",
+        "KEYWAY_REQUIREPASS",
+        "REDIS_<POOL>_URL",
+    ] {
+        assert!(help.contains(var), "--help lists {var}:\n{help}");
+    }
+}
+
+#[test]
+fn startup_logs_say_what_runs_without_colours_and_warn_of_a_pool_down() {
+    let session = RedisServer::start();
+    let cache = RedisServer::start();
+    let down = free_port();
+    let config = reference_config(
+        &session.url(),
+        &cache.url(),
+        &format!("redis://127.0.0.1:{down}"),
+    )
+    .replace(
+        "[backend]\n",
+        "[server]\nhealth_interval_ms = 200\n[backend]\n",
+    );
+    let kw = Keyway::start_with_env(&config, &[("KEYWAY_LOG", "info")]);
+    assert!(
+        kw.wait_until(std::time::Duration::from_secs(5), || kw
+            .log()
+            .contains("pool unreachable")),
+        "{}",
+        kw.log()
+    );
+    let log = kw.log();
+    let start = log
+        .lines()
+        .find(|l| l.contains("keyway starting"))
+        .expect("a startup line");
+    for part in [
+        "version=",
+        "config=",
+        "pools=cache,realtime,session",
+        "prefix_rules=",
+    ] {
+        assert!(start.contains(part), "{part} in {start}");
+    }
+    let warn = log
+        .lines()
+        .find(|l| l.contains("pool unreachable"))
+        .unwrap();
+    assert!(
+        warn.contains("WARN") && warn.contains("pool=realtime"),
+        "{warn}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI colour codes in a log file"
+    );
+}
