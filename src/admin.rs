@@ -79,39 +79,53 @@ fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
+/// Ready while every required pool's master answers and keyway is not
+/// draining; the body gives each pool's state either way.
 fn readyz(state: &State) -> Response<Full<Bytes>> {
-    let mut failing = serde_json::Map::new();
-    for pool in state.live().backends.pools() {
+    let live = state.live();
+    let mut pools = serde_json::Map::new();
+    let mut ready = true;
+    for pool in live.backends.pools() {
         if pool.is_replica_pool() {
             // Reads fall back to the master without a replica.
             continue;
         }
+        let required = live
+            .config
+            .pools
+            .iter()
+            .find(|p| p.name == pool.name())
+            .is_none_or(|p| p.required);
         let probe = pool.probe();
-        let reason = match probe.ok {
-            Some(true) if probe.role == "master" || probe.role.is_empty() => continue,
-            Some(true) => format!("backend reports role '{}', not master", probe.role),
-            Some(false) => probe.reason,
-            None => "not probed yet".to_string(),
+        let problem = match probe.ok {
+            Some(true) if probe.role == "master" || probe.role.is_empty() => None,
+            Some(true) => Some(format!("backend reports role '{}', not master", probe.role)),
+            Some(false) => Some(probe.reason),
+            None => Some("not probed yet".to_string()),
         };
-        failing.insert(
+        ready &= problem.is_none() || !required;
+        let endpoint = pool.endpoint();
+        let address = match endpoint.host.is_empty() {
+            true => serde_json::Value::Null,
+            false => endpoint.address().into(),
+        };
+        pools.insert(
             pool.name().to_string(),
-            json!({ "address": pool.endpoint().address(), "reason": reason }),
+            json!({
+                "up": problem.is_none(),
+                "required": required,
+                "address": address,
+                "reason": problem,
+            }),
         );
     }
     let draining = DRAINING.load(Ordering::Relaxed);
-    if failing.is_empty() && !draining {
-        return respond(
-            StatusCode::OK,
-            "application/json",
-            json!({ "ready": true }).to_string(),
-        );
-    }
-    let body = json!({ "ready": false, "draining": draining, "pools": failing });
-    respond(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "application/json",
-        body.to_string(),
-    )
+    let status = match ready && !draining {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = json!({ "ready": ready && !draining, "draining": draining, "pools": pools });
+    respond(status, "application/json", body.to_string())
 }
 
 /// A sample's labels as (name, value) pairs.

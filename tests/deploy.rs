@@ -21,6 +21,28 @@ fn manifests_alerts_and_dashboard_are_valid() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The manifests against Kubernetes' own schemas, strictly (unknown
+    // fields refused): the native sidecar from 1.29 on, the older form
+    // from 1.28.
+    let validate = Path::new(root).join("tests/clients/.venv/bin/kubernetes-validate");
+    for (manifest, versions) in [
+        ("conf/k8s/keyway-sidecar.yaml", ["1.29.0", "1.33.0"]),
+        ("conf/k8s/keyway-sidecar-legacy.yaml", ["1.28.0", "1.33.0"]),
+    ] {
+        for version in versions {
+            let out = Command::new(&validate)
+                .args(["--strict", "-k", version, manifest])
+                .current_dir(root)
+                .output()
+                .expect("kubernetes-validate: tests/clients/install.sh installs it");
+            assert!(
+                out.status.success(),
+                "{manifest} against Kubernetes {version}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     // promtool (tests/deploy/install.sh provides it) checks the rules and
     // runs their unit tests (two keyway pods).
     let unpacked = Path::new(root).join("tests/deploy/.promtool/usr/bin/promtool");

@@ -155,10 +155,10 @@ fn readyz_follows_the_backends() {
         "readyz did not turn 503 within 3s"
     );
     let (_, body) = kw.http("GET", "/readyz");
-    assert!(
-        body.contains("\"realtime\"") && !body.contains("\"cache\""),
-        "{body}"
-    );
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["pools"]["realtime"]["up"], false, "{body}");
+    assert_eq!(ready["pools"]["cache"]["up"], true, "{body}");
+    assert!(ready["pools"]["realtime"]["reason"].is_string(), "{body}");
     assert_eq!(kw.metric(r#"keyway_backend_up{pool="realtime"}"#), 0.0);
     r.realtime.restart();
     assert!(
@@ -228,4 +228,44 @@ fn known_series_are_exported_at_zero_from_the_first_scrape() {
             "{series} missing:\n{body}"
         );
     }
+}
+
+/// A pool marked `required = false` down: the pod stays ready (its
+/// application can do without it) and the body says which pool is down.
+#[test]
+fn readyz_fails_only_for_required_pools() {
+    let r = Reference::start();
+    let config = reference_config(&r.session.url(), &r.cache.url(), &r.realtime.url())
+        .replace(
+            "[backend]\n",
+            "[server]\nhealth_interval_ms = 200\n[backend]\n",
+        )
+        .replace(
+            &format!("url = \"{}\"\n", r.realtime.url()),
+            &format!("url = \"{}\"\nrequired = false\n", r.realtime.url()),
+        );
+    assert!(config.contains("required = false"));
+    let kw = Keyway::start(&config);
+    let mut realtime = r.realtime;
+    assert!(
+        kw.wait_until(Duration::from_secs(3), || kw.http("GET", "/readyz").0
+            == 200)
+    );
+    realtime.stop();
+    assert!(kw.wait_until(Duration::from_secs(3), || kw
+        .http("GET", "/readyz")
+        .1
+        .contains("\"up\":false")));
+    let (status, body) = kw.http("GET", "/readyz");
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["pools"]["realtime"]["required"], false);
+    assert_eq!(ready["pools"]["realtime"]["up"], false);
+    // A required pool down: not ready.
+    let mut session = r.session;
+    session.stop();
+    assert!(
+        kw.wait_until(Duration::from_secs(3), || kw.http("GET", "/readyz").0
+            == 503)
+    );
 }

@@ -319,10 +319,19 @@ pub struct PoolConfig {
     /// this is not read from.
     #[serde(default = "default_replica_lag")]
     pub max_replica_lag_secs: u64,
+    /// Whether `/readyz` fails while this pool is down. An application
+    /// that can go on without it (a cache it can miss) marks it false, so
+    /// one pool down does not take the whole pod out of its Service.
+    #[serde(default = "required")]
+    pub required: bool,
 }
 
 fn default_replica_lag() -> u64 {
     5
+}
+
+fn required() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -435,6 +444,8 @@ pub struct Pool {
     pub replica_reads: Option<u64>,
     /// Where the endpoint came from: the file field or the env variable.
     pub origin: String,
+    /// `/readyz` fails while it is down.
+    pub required: bool,
 }
 
 impl Config {
@@ -573,6 +584,7 @@ impl Config {
                 sentinel,
                 replica_reads: pool.replica_reads.then_some(pool.max_replica_lag_secs),
                 origin,
+                required: pool.required,
             });
         }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real client libraries the client checks drive through keyway:
-# redis-py 5 (PyPI, plus PyYAML for tests/deploy) into tests/clients/.venv and
+# redis-py 5 (PyPI, plus PyYAML and kubernetes-validate for tests/deploy)
+# into tests/clients/.venv and
 # ioredis 5 (npm, from package.json) into tests/clients/node_modules.
 # Idempotent, needs no input: each part is skipped when already installed.
 set -euo pipefail
@@ -8,7 +9,7 @@ cd "$(dirname "$0")"
 exec </dev/null
 export DEBIAN_FRONTEND=noninteractive
 
-if .venv/bin/python -c 'import redis, yaml; assert redis.__version__.startswith("5.")' 2>/dev/null; then
+if .venv/bin/python -c 'import redis, yaml, kubernetes_validate; assert redis.__version__.startswith("5.")' 2>/dev/null; then
   echo "clients: redis-py $(.venv/bin/python -c 'import redis; print(redis.__version__)') already in tests/clients/.venv"
 else
   if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
@@ -20,8 +21,8 @@ else
   echo "clients: creating tests/clients/.venv"
   rm -rf .venv
   python3 -m venv .venv
-  echo "clients: pip install 'redis>=5,<6' 'pyyaml>=6'"
-  .venv/bin/pip install --quiet --disable-pip-version-check 'redis>=5,<6' 'pyyaml>=6'
+  echo "clients: pip install 'redis>=5,<6' 'pyyaml>=6' kubernetes-validate"
+  .venv/bin/pip install --quiet --disable-pip-version-check 'redis>=5,<6' 'pyyaml>=6' 'kubernetes-validate>=1.33'
   echo "clients: installed redis-py $(.venv/bin/python -c 'import redis; print(redis.__version__)')"
 fi
 

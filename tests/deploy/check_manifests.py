@@ -86,19 +86,31 @@ for path in sorted((ROOT / "conf/k8s").glob("*.yaml")) + sorted((ROOT / "conf/k8
 check(k8s_docs, "conf/k8s/*.yaml holds Kubernetes documents")
 check(all("apiVersion" in d and "kind" in d and "name" in d.get("metadata", {}) for d in k8s_docs),
       "every Kubernetes document has apiVersion, kind and metadata.name")
-by_kind = {}
-for d in k8s_docs:
-    by_kind.setdefault(d["kind"], []).append(d)
-configmaps = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
-secrets = {d["metadata"]["name"]: d for d in by_kind.get("Secret", [])}
-
-pods = [(d, d["spec"]["template"]["spec"]) for d in by_kind.get("Deployment", [])]
-sidecar_pods = [(d, p) for d, p in pods if any(c.get("name") == "keyway" for c in p.get("containers", []))]
-if check(sidecar_pods, "a Deployment has a container named keyway"):
+def check_sidecar(path, docs):
+  """One manifest file: keyway as a native sidecar (an init container with
+  restartPolicy Always, Kubernetes 1.29+) or as a regular container with a
+  preStop pause (older clusters)."""
+  global skipped
+  by_kind = {}
+  for d in docs:
+      by_kind.setdefault(d["kind"], []).append(d)
+  configmaps = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
+  secrets = {d["metadata"]["name"]: d for d in by_kind.get("Secret", [])}
+  pods = [(d, d["spec"]["template"]["spec"]) for d in by_kind.get("Deployment", [])]
+  named = lambda cs: [c for c in cs if c.get("name") == "keyway"]
+  sidecar_pods = [(d, p) for d, p in pods if named(p.get("containers", []) + p.get("initContainers", []))]
+  if check(sidecar_pods, f"{path.name}: a Deployment runs keyway"):
     deploy, pod = sidecar_pods[0]
     containers = pod["containers"]
-    kw = next(c for c in containers if c["name"] == "keyway")
-    check(len(containers) >= 2, "keyway runs beside an application container")
+    native = named(pod.get("initContainers", []))
+    kw = (native or named(containers))[0]
+    if native:
+        check(kw.get("restartPolicy") == "Always",
+              f"{path.name}: keyway is a native sidecar (init container, restartPolicy Always)")
+        check(len(containers) >= 1, f"{path.name}: keyway runs beside an application container")
+        check("startupProbe" in kw, f"{path.name}: the native sidecar has a startupProbe (the app starts after it)")
+    else:
+        check(len(containers) >= 2, f"{path.name}: keyway runs beside an application container")
     ports = {p.get("name"): p["containerPort"] for p in kw.get("ports", [])}
 
     def probe_ok(kind, path):
@@ -110,7 +122,9 @@ if check(sidecar_pods, "a Deployment has a container named keyway"):
     check(probe_ok("livenessProbe", "/healthz"), "livenessProbe GET /healthz on 9390")
     check(probe_ok("readinessProbe", "/readyz"), "readinessProbe GET /readyz on 9390")
     pre_stop = kw.get("lifecycle", {}).get("preStop", {})
-    check("exec" in pre_stop or "sleep" in pre_stop or "httpGet" in pre_stop, "keyway has a preStop hook")
+    if not native:
+        check("exec" in pre_stop or "sleep" in pre_stop or "httpGet" in pre_stop,
+              f"{path.name}: a regular-container sidecar has a preStop hook")
     sleep_s = 0
     cmd = " ".join(pre_stop.get("exec", {}).get("command", []))
     m = re.search(r"sleep (\d+)", cmd)
@@ -181,6 +195,10 @@ if check(sidecar_pods, "a Deployment has a container named keyway"):
     grace = pod.get("terminationGracePeriodSeconds", 30)
     check(grace > sleep_s + drain_ms / 1000,
           f"terminationGracePeriodSeconds ({grace}) > preStop ({sleep_s} s) + drain ({drain_ms / 1000:g} s)")
+
+
+for path in sorted((ROOT / "conf/k8s").glob("*.yaml")):
+    check_sidecar(path, load_yaml_docs(path))
 
 # --- docker compose and sentinels --------------------------------------------
 compose = (load_yaml_docs(ROOT / "docker-compose.yml") or [{}])[0]
