@@ -39,12 +39,43 @@ thread_local! {
     static CACHE_SERIES: std::cell::RefCell<CacheSeriesCache> = std::cell::RefCell::new(CacheSeriesCache::default());
 }
 
+/// Error replies with which Redis says it cannot serve now (memory,
+/// a busy script, loading, replication, persistence), as opposed to errors
+/// about the request itself (wrong type or arity, syntax, unknown command,
+/// a script's own error): `backend_error_reply`, the others
+/// `client_error_reply`.
+const SERVER_CONDITIONS: &[&[u8]] = &[
+    b"-OOM ",
+    b"-BUSY ",
+    b"-LOADING ",
+    b"-MASTERDOWN ",
+    b"-READONLY ",
+    b"-MISCONF ",
+    b"-NOREPLICAS ",
+    b"-TRYAGAIN ",
+    b"-CLUSTERDOWN ",
+    b"-ERR max number of clients",
+];
+
+/// The `kind` an error reply from a backend counts under.
+pub fn error_reply_kind(reply: &[u8]) -> &'static str {
+    if SERVER_CONDITIONS.iter().any(|c| reply.starts_with(c)) {
+        "backend_error_reply"
+    } else {
+        "client_error_reply"
+    }
+}
+
 /// Every `kind` of `keyway_errors_total`, exported at zero from the start.
 pub const ERROR_KINDS: &[&str] = &[
     "protocol",
     "timeout",
     "connection_lost",
+    "backend_unavailable",
+    "leases_exhausted",
+    "failover_held",
     "backend_error_reply",
+    "client_error_reply",
     "readonly_retried",
     "read_retried",
     "client_output_stalled",
@@ -121,6 +152,22 @@ impl Metrics {
     /// so registration cannot fail at run time.
     pub fn new() -> Metrics {
         let r = Registry::new();
+        // process_* (CPU seconds, resident and virtual memory, open and max
+        // file descriptors, start time), read from /proc by the library.
+        #[cfg(target_os = "linux")]
+        let _ = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        // keyway_build_info{version} 1: which build each instance runs.
+        let build_info = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new("keyway_build_info", "The running build, always 1"),
+            &["version"],
+        )
+        .expect("valid");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let _ = r.register(Box::new(build_info));
         let clients_connected =
             IntGauge::new("keyway_clients_connected", "Clients connected now").expect("valid");
         let clients_total =

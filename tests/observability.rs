@@ -222,10 +222,26 @@ fn known_series_are_exported_at_zero_from_the_first_scrape() {
         r#"keyway_failovers_total{pool="session"} 0"#,
         r#"keyway_slow_commands_total{pool="cache"} 0"#,
         r#"keyway_failover_writes_held_total{pool="realtime"} 0"#,
+        r#"keyway_errors_total{kind="client_error_reply"} 0"#,
+        &format!(
+            r#"keyway_build_info{{version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        ),
     ] {
         assert!(
             body.lines().any(|l| l == series),
             "{series} missing:\n{body}"
+        );
+    }
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            body.lines().any(|l| l.starts_with(&format!("{family} "))),
+            "{family} missing"
         );
     }
 }
@@ -267,5 +283,55 @@ fn readyz_fails_only_for_required_pools() {
     assert!(
         kw.wait_until(Duration::from_secs(3), || kw.http("GET", "/readyz").0
             == 503)
+    );
+}
+
+/// Each error counted once, under what it is: a client's mistake apart
+/// from a backend that cannot serve, a timeout once, an unavailable pool
+/// both as an error and as a failed command.
+#[test]
+fn errors_are_counted_once_by_kind() {
+    let (session, cache) = (RedisServer::start(), RedisServer::start());
+    let mut realtime = RedisServer::start();
+    let kw = Keyway::start(
+        &reference_config(&session.url(), &cache.url(), &realtime.url())
+            .replace("[backend]\n", "[backend]\nrequest_timeout_ms = 300\n"),
+    );
+    let mut c = kw.client();
+    let kind = |k: &str| kw.metric(&format!(r#"keyway_errors_total{{kind="{k}"}}"#));
+    // A client's mistake: WRONGTYPE from the backend.
+    let _: () = c.lpush("user:list", "x").unwrap();
+    assert!(redis::cmd("GET")
+        .arg("user:list")
+        .query::<String>(&mut c)
+        .is_err());
+    assert_eq!(kind("client_error_reply"), 1.0);
+    assert_eq!(kind("backend_error_reply"), 0.0);
+    // A timeout: counted as a timeout only.
+    const BUSY: &str = "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] while true do local n = redis.call('TIME') if n[1] * 1000000 + n[2] - s > 600000 then break end end return 1";
+    let err = redis::cmd("EVAL")
+        .arg(BUSY)
+        .arg(1)
+        .arg("user:busy")
+        .query::<i64>(&mut c)
+        .unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert_eq!(kind("timeout"), 1.0);
+    assert_eq!(kind("backend_error_reply"), 0.0);
+    assert_eq!(kind("client_error_reply"), 1.0);
+    std::thread::sleep(Duration::from_millis(500));
+    // A pool that cannot be reached: an error and a failed command.
+    realtime.stop();
+    let failed_before =
+        kw.metric(r#"keyway_commands_total{command="incr",outcome="error",pool="realtime"}"#);
+    let err = redis::cmd("INCR")
+        .arg("rate:x")
+        .query::<i64>(&mut c)
+        .unwrap_err();
+    assert!(err.to_string().contains("backend 'realtime'"), "{err}");
+    assert!(kind("backend_unavailable") + kind("connection_lost") >= 1.0);
+    assert_eq!(
+        kw.metric(r#"keyway_commands_total{command="incr",outcome="error",pool="realtime"}"#),
+        failed_before + 1.0
     );
 }

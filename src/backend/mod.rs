@@ -41,6 +41,26 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// The `kind` of `keyway_errors_total` it counts under.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Unavailable { .. } => "backend_unavailable",
+            BackendError::ConnectionLost { .. } => "connection_lost",
+            BackendError::LeasesExhausted { .. } => "leases_exhausted",
+            BackendError::FailingOver { .. } => "failover_held",
+        }
+    }
+
+    /// The pool it is about.
+    pub fn pool(&self) -> &str {
+        match self {
+            BackendError::Unavailable { pool, .. }
+            | BackendError::ConnectionLost { pool }
+            | BackendError::LeasesExhausted { pool, .. }
+            | BackendError::FailingOver { pool } => pool,
+        }
+    }
+
     /// The RESP error line a client sees.
     pub fn to_resp(&self) -> bytes::Bytes {
         match self {

@@ -29,19 +29,17 @@ impl Session {
         }
         let backend = match self.state.live().backends.checked(pool) {
             Ok(b) => b,
-            Err(e) => return Reply::backend_error(&e),
+            Err(e) => return self.failed(&e),
         };
         let mut conn = match backend.lease(self.client.db, self.client.proto).await {
             Ok(conn) => conn,
-            Err(e) => return Reply::backend_error(&e),
+            Err(e) => return self.failed(&e),
         };
-        let lost = || {
-            Reply::backend_error(&BackendError::ConnectionLost {
-                pool: backend.name().to_string(),
-            })
+        let lost = BackendError::ConnectionLost {
+            pool: backend.name().to_string(),
         };
         if learn_backend_id(&mut conn).await.is_err() || conn.send(request.bytes()).await.is_err() {
-            return lost();
+            return self.failed(&lost);
         }
         loop {
             tokio::select! {
@@ -51,7 +49,7 @@ impl Session {
                             backend.release(conn);
                             Reply::now(frame)
                         }
-                        Err(_) => lost(),
+                        Err(_) => self.failed(&lost),
                     };
                 }
                 // Keep reading what the client pipelines behind the blocked

@@ -397,7 +397,7 @@ impl Session {
                 wait: Wait::Inbox,
                 meta: self.meta.clone(),
             }),
-            Err(e) => Reply::backend_error(&e),
+            Err(e) => self.failed(&e),
         }
     }
 

@@ -525,6 +525,22 @@ impl Session {
             .insert(self.client.id, self.client.info(&self.kill, &self.mode));
     }
 
+    /// A request that could not reach its backend: counted once, under the
+    /// failure's kind and as a failed command, and answered with the error.
+    pub(super) fn failed(&self, e: &BackendError) -> Reply {
+        let metrics = &self.state.metrics;
+        metrics.errors.with_label_values(&[e.kind()]).inc();
+        if self.state.live().config.server.metrics {
+            metrics.record_command(
+                self.meta.command,
+                e.pool(),
+                true,
+                self.meta.started.elapsed().as_secs_f64(),
+            );
+        }
+        Reply::backend_error(e)
+    }
+
     /// Counts a refusal and answers it; inside MULTI it also aborts the
     /// transaction, as a queue-time error does in Redis.
     pub(super) fn deny(&mut self, denial: Denial) -> Reply {

@@ -389,11 +389,11 @@ impl Session {
             .live()
             .backends
             .checked(pool)
-            .map_err(|e| Reply::backend_error(&e))?;
+            .map_err(|e| self.failed(&e))?;
         let conn = backend
             .lease(self.client.db, self.client.proto)
             .await
-            .map_err(|e| Reply::backend_error(&e))?;
+            .map_err(|e| self.failed(&e))?;
         let (cmds_tx, cmds_rx) = mpsc::channel(64);
         let source = LinkSource {
             state: self.state.clone(),

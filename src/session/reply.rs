@@ -96,7 +96,11 @@ impl Meta {
         }
     }
 
-    fn record(&self, state: &State, live: &Live, pool: &str, reply: &[u8]) {
+    /// Counts a reply: the command, its outcome and duration, the slow log,
+    /// cache hits and misses; an error reply from a backend also counts
+    /// under its kind (keyway's own error replies were counted where they
+    /// were made).
+    fn record(&self, state: &State, live: &Live, pool: &str, reply: &[u8], from_backend: bool) {
         if !live.config.server.metrics {
             return;
         }
@@ -116,8 +120,10 @@ impl Meta {
         if elapsed >= state.slowlog.threshold {
             self.record_slow(state, pool, elapsed);
         }
-        if outcome == "error" {
-            m.errors.with_label_values(&["backend_error_reply"]).inc();
+        if outcome == "error" && from_backend {
+            m.errors
+                .with_label_values(&[crate::metrics::error_reply_kind(reply)])
+                .inc();
         }
         let (hits, misses) = match self.cache {
             CacheCount::No => return,
@@ -298,7 +304,7 @@ impl Reply {
                     })
                     .collect();
                 let merged = std::mem::replace(merge, Merge::AllOk).merge(state, frames);
-                meta.record(state, &state.live(), "multi", &merged);
+                meta.record(state, &state.live(), "multi", &merged, true);
                 Poll::Ready(merged)
             }
             Reply::Silent(inner) => inner.poll_ready(cx, state).map(|_| Bytes::new()),
@@ -322,8 +328,9 @@ impl Forwarded {
             self.wait = Wait::Retry(retry);
             return None;
         }
+        let from_backend = got.is_some();
         let b = got.unwrap_or_else(|| lost(state, self.pool));
-        record(state, &self.meta, self.pool, &b);
+        record(state, &self.meta, self.pool, &b, from_backend);
         Some(b)
     }
 
@@ -342,7 +349,7 @@ impl Forwarded {
             &pool_label(state, self.pool),
             timeout.as_millis()
         ));
-        record(state, &self.meta, self.pool, &b);
+        record(state, &self.meta, self.pool, &b, false);
         self.wait = Wait::Answered(b);
     }
 }
@@ -410,13 +417,13 @@ fn failover_retry(
 }
 
 /// Records a forwarded reply under its pool's name, without copying it.
-fn record(state: &State, meta: &Meta, pool: PoolId, reply: &[u8]) {
+fn record(state: &State, meta: &Meta, pool: PoolId, reply: &[u8], from_backend: bool) {
     let live = state.live();
     let name = match live.backends.get(pool) {
         Some(p) => p.name(),
         None => live.router.pool_name(pool),
     };
-    meta.record(state, &live, name, reply);
+    meta.record(state, &live, name, reply, from_backend);
 }
 
 /// A pool's name for errors and metric labels, replica pools included.

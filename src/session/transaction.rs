@@ -147,7 +147,7 @@ impl Session {
                     .unwrap_or_else(|| self.state.live().router.default_pool());
                 match self.lease(pool).await {
                     Ok(conn) => (pool, conn),
-                    Err(e) => return Reply::backend_error(&e),
+                    Err(e) => return self.failed(&e),
                 }
             }
         };
@@ -159,7 +159,7 @@ impl Session {
         }
         bytes.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
         let lost = || {
-            Reply::backend_error(&BackendError::ConnectionLost {
+            self.failed(&BackendError::ConnectionLost {
                 pool: self.state.live().router.pool_name(pool).to_string(),
             })
         };
@@ -222,7 +222,7 @@ impl Session {
             Some((_, conn)) => conn,
             None => match self.lease(pool).await {
                 Ok(conn) => conn,
-                Err(e) => return Reply::backend_error(&e),
+                Err(e) => return self.failed(&e),
             },
         };
         let reply = match conn.send(request.bytes()).await {
@@ -237,7 +237,7 @@ impl Session {
                 self.register();
                 Reply::now(frame)
             }
-            Err(_) => Reply::backend_error(&BackendError::ConnectionLost {
+            Err(_) => self.failed(&BackendError::ConnectionLost {
                 pool: self.state.live().router.pool_name(pool).to_string(),
             }),
         }
