@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
-cargo build --release --quiet
+echo "run: building keyway (release; the first build takes a few minutes, later ones seconds)"
+cargo build --release
 
 rundir="run"
 mkdir -p "$rundir"
@@ -40,6 +41,8 @@ for entry in session:6379 cache:6380 realtime:6381; do
 done
 
 echo "run: keyway on 127.0.0.1:6390 — try: redis-cli -p 6390 SET session:abc 1"
+echo "run: metrics on http://127.0.0.1:9390/metrics; where a key goes: ./target/release/keyway route KEY"
+echo "run: Ctrl-C (or kill $$) stops keyway and every Redis this script started"
 ./target/release/keyway --config conf/keyway.toml &
 keyway_pid=$!
 trap 'kill $keyway_pid 2>/dev/null || true; cleanup' EXIT INT TERM
