@@ -66,6 +66,61 @@ pub fn error_reply_kind(reply: &[u8]) -> &'static str {
     }
 }
 
+/// INFO fields of each pool's backend that are levels: (INFO field,
+/// family, help).
+pub const BACKEND_GAUGES: &[(&str, &str, &str)] = &[
+    (
+        "used_memory",
+        "keyway_backend_memory_used_bytes",
+        "Memory the backend uses (INFO used_memory)",
+    ),
+    (
+        "maxmemory",
+        "keyway_backend_memory_max_bytes",
+        "The backend's maxmemory; 0 is unlimited",
+    ),
+    (
+        "connected_clients",
+        "keyway_backend_connected_clients",
+        "Clients connected to the backend",
+    ),
+    (
+        "instantaneous_ops_per_sec",
+        "keyway_backend_ops_per_second",
+        "Commands per second the backend reports",
+    ),
+    (
+        "master_repl_offset",
+        "keyway_backend_replication_offset_bytes",
+        "The backend's replication offset",
+    ),
+];
+
+/// INFO fields that are the backend's running totals, exported as counters
+/// (a restarted backend's totals start over; keyway's counters go on).
+pub const BACKEND_COUNTERS: &[(&str, &str, &str)] = &[
+    (
+        "evicted_keys",
+        "keyway_backend_evicted_keys_total",
+        "Keys the backend evicted for maxmemory",
+    ),
+    (
+        "expired_keys",
+        "keyway_backend_expired_keys_total",
+        "Keys the backend expired",
+    ),
+    (
+        "keyspace_hits",
+        "keyway_backend_keyspace_hits_total",
+        "Lookups that found a key, on the backend",
+    ),
+    (
+        "keyspace_misses",
+        "keyway_backend_keyspace_misses_total",
+        "Lookups that found no key, on the backend",
+    ),
+];
+
 /// Every `kind` of `keyway_errors_total`, exported at zero from the start.
 pub const ERROR_KINDS: &[&str] = &[
     "protocol",
@@ -97,7 +152,10 @@ pub struct Metrics {
     pub clients_rejected: IntCounter,
     pub backend_up: IntGaugeVec,
     pub backend_connections: IntGaugeVec,
-    pub backend_info: IntGaugeVec,
+    /// The backend's own INFO figures, each family typed as what it is:
+    /// gauges for sizes and levels, counters for its running totals.
+    pub backend_gauges: Vec<(&'static str, IntGaugeVec)>,
+    pub backend_counters: Vec<(&'static str, IntCounterVec)>,
     pub slow_commands: IntCounterVec,
     pub failovers: IntCounterVec,
     pub writes_held: IntCounterVec,
@@ -237,12 +295,14 @@ impl Metrics {
                 "Backend connections by state",
                 &["pool", "state"],
             ),
-            backend_info: gauge_vec(
-                &r,
-                "keyway_backend_info",
-                "Fields of the backend's INFO (used_memory, maxmemory, connected_clients, ...)",
-                &["pool", "field"],
-            ),
+            backend_gauges: BACKEND_GAUGES
+                .iter()
+                .map(|&(field, name, help)| (field, gauge_vec(&r, name, help, &["pool"])))
+                .collect(),
+            backend_counters: BACKEND_COUNTERS
+                .iter()
+                .map(|&(field, name, help)| (field, counter_vec(&r, name, help, &["pool"])))
+                .collect(),
             slow_commands: counter_vec(
                 &r,
                 "keyway_slow_commands_total",

@@ -2,6 +2,7 @@
 //! `INFO` on a short-lived connection. The result decides `/readyz`, sets
 //! `keyway_backend_up`, and exports the fields the alert rules read.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,31 +10,23 @@ use crate::backend::{request_once, Probe};
 use crate::resp::shapes;
 use crate::state::State;
 
-/// INFO fields exported as `keyway_backend_info{pool,field}`.
-const EXPORTED: &[&str] = &[
-    "used_memory",
-    "maxmemory",
-    "connected_clients",
-    "evicted_keys",
-    "expired_keys",
-    "keyspace_hits",
-    "keyspace_misses",
-    "master_repl_offset",
-    "instantaneous_ops_per_sec",
-];
+/// The last value of each backend total seen, per (pool, field): what the
+/// counters advance by on the next probe.
+type Totals = HashMap<(String, &'static str), u64>;
 
 pub async fn run(state: Arc<State>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut totals = Totals::new();
     loop {
         ticker.tick().await;
-        probe_all(&state, interval).await;
+        probe_all(&state, interval, &mut totals).await;
         state.live().policy.purge_idle();
     }
 }
 
 /// Probes every pool side by side, so one slow pool does not delay the others.
-pub async fn probe_all(state: &Arc<State>, timeout: Duration) {
+pub async fn probe_all(state: &Arc<State>, timeout: Duration, totals: &mut Totals) {
     let timeout = timeout.max(Duration::from_millis(500));
     // One snapshot: a reload meanwhile is probed on the next tick.
     let pools: Vec<_> = state
@@ -66,15 +59,7 @@ pub async fn probe_all(state: &Arc<State>, timeout: Duration) {
                         if field == "role" {
                             role = value.trim().to_string();
                         }
-                        if EXPORTED.contains(&field) {
-                            if let Ok(v) = value.trim().parse::<i64>() {
-                                state
-                                    .metrics
-                                    .backend_info
-                                    .with_label_values(&[name, field])
-                                    .set(v);
-                            }
-                        }
+                        export(state, totals, name, field, value.trim());
                     }
                     Probe {
                         ok: Some(true),
@@ -122,4 +107,29 @@ pub async fn probe_all(state: &Arc<State>, timeout: Duration) {
         }
         pool.set_probe(probe);
     }
+}
+
+/// One INFO field into its typed family, if keyway exports it.
+fn export(state: &State, totals: &mut Totals, pool: &str, field: &str, value: &str) {
+    let metrics = &state.metrics;
+    if let Some((_, gauge)) = metrics.backend_gauges.iter().find(|(f, _)| *f == field) {
+        if let Ok(v) = value.parse::<i64>() {
+            gauge.with_label_values(&[pool]).set(v);
+        }
+        return;
+    }
+    let Some((field, counter)) = metrics.backend_counters.iter().find(|(f, _)| *f == field) else {
+        return;
+    };
+    let Ok(now) = value.parse::<u64>() else {
+        return;
+    };
+    let last = totals.insert((pool.to_string(), field), now);
+    // The first sight, or a restarted backend counting from 0 again:
+    // everything it reports is new.
+    let advance = match last {
+        Some(last) if now >= last => now - last,
+        _ => now,
+    };
+    counter.with_label_values(&[pool]).inc_by(advance);
 }

@@ -89,7 +89,7 @@ fn known_traffic_gives_exact_counters() {
     assert!(kw.wait_until(Duration::from_secs(3), || kw
         .metric(r#"keyway_backend_up{pool="cache"}"#)
         == 1.0));
-    assert!(kw.metric(r#"keyway_backend_info{field="used_memory",pool="session"}"#) > 0.0);
+    assert!(kw.metric(r#"keyway_backend_memory_used_bytes{pool="session"}"#) > 0.0);
     let info: String = redis::cmd("INFO").arg("keyway").query(&mut c).unwrap();
     assert!(
         info.contains("cache_hits:5") && info.contains("cache_misses:4"),

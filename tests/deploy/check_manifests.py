@@ -272,7 +272,7 @@ def expr(name):
 check("< 0.90" in expr("KeywayCacheHitRatioLow"), "hit ratio alert below 90%")
 check("> 0.80" in expr("KeywayBackendMemoryHigh") and "> 0.90" in expr("KeywayBackendMemoryCritical"),
       "memory alerts at 80% and 90%")
-check("maxmemory" in expr("KeywayBackendMemoryHigh") and "> 0)" in expr("KeywayBackendMemoryHigh"),
+check("memory_max_bytes" in expr("KeywayBackendMemoryHigh") and "> 0)" in expr("KeywayBackendMemoryHigh"),
       "memory alerts skip backends without maxmemory")
 check("> 100" in expr("KeywayTooManyClients") and "> 100" in expr("KeywayBackendTooManyClients"),
       "client alerts above 100")
@@ -298,7 +298,7 @@ joined = " ".join(dash_exprs)
 for what, needle in [("ops/s", "keyway_commands_total"), ("latency quantiles", "histogram_quantile(0.99"),
                      ("hit ratio", "keyway_cache_hits_total"), ("errors", "keyway_errors_total"),
                      ("denials", "keyway_denials_total"), ("clients", "keyway_clients_connected"),
-                     ("backend up", "keyway_backend_up"), ("memory", 'field="maxmemory"'),
+                     ("backend up", "keyway_backend_up"), ("memory", "keyway_backend_memory_max_bytes"),
                      ("failovers", "keyway_failovers_total")]:
     check(needle in joined, f"dashboard shows {what}")
 bad = unknown_metrics(dash_exprs)
