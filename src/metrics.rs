@@ -345,9 +345,15 @@ impl Metrics {
     /// event (error kinds, reload results, per-pool counters), so that
     /// `increase()` and `changes()` see the first event: a series that
     /// appears with 1 looks to Prometheus like no change at all.
-    pub fn export_known(&self, pools: &[&str]) {
+    pub fn export_known(&self, pools: &[&str], limits: &[&str]) {
         for kind in ERROR_KINDS {
             self.errors.with_label_values(&[kind]);
+        }
+        for detail in ["noauth", "wrongpass", "lockout"] {
+            self.denials.with_label_values(&["auth", detail]);
+        }
+        for limit in limits {
+            self.denials.with_label_values(&["ratelimit", limit]);
         }
         for result in ["ok", "error"] {
             self.config_reloads.with_label_values(&[result]);

@@ -112,7 +112,8 @@ impl State {
     fn attach_metrics(&self) {
         let live = self.live();
         let names: Vec<&str> = live.config.pools.iter().map(|p| p.name.as_str()).collect();
-        self.metrics.export_known(&names);
+        let limits: Vec<&str> = live.config.limits.iter().map(|l| l.name.as_str()).collect();
+        self.metrics.export_known(&names, &limits);
         for pool in live.backends.pools() {
             pool.record_round_trips(
                 self.metrics

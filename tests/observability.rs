@@ -223,6 +223,7 @@ fn known_series_are_exported_at_zero_from_the_first_scrape() {
         r#"keyway_slow_commands_total{pool="cache"} 0"#,
         r#"keyway_failover_writes_held_total{pool="realtime"} 0"#,
         r#"keyway_errors_total{kind="client_error_reply"} 0"#,
+        r#"keyway_denials_total{detail="lockout",reason="auth"} 0"#,
         &format!(
             r#"keyway_build_info{{version="{}"}} 1"#,
             env!("CARGO_PKG_VERSION")
