@@ -94,3 +94,34 @@ fn bad_scan_cursor_is_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("invalid cursor"), "{err}");
 }
+
+/// All three pools on one Redis (a laptop, a small deployment): whatever
+/// spans pools asks that server once, so nothing is counted, listed or
+/// loaded three times.
+#[test]
+fn pools_sharing_one_backend_are_asked_once() {
+    let one = RedisServer::start();
+    let kw = Keyway::start(&reference_config(&one.url(), &one.url(), &one.url()));
+    let mut c = kw.client();
+    for key in ["session:a", "user:b", "rate:c"] {
+        let _: () = c.set(key, 1).unwrap();
+    }
+    let direct: i64 = redis::cmd("DBSIZE").query(&mut one.direct()).unwrap();
+    let through: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!((through, direct), (3, 3));
+    let mut keys: Vec<String> = c.keys("*").unwrap();
+    keys.sort();
+    assert_eq!(keys, ["rate:c", "session:a", "user:b"]);
+    let mut scanned: Vec<String> = c.scan().unwrap().collect();
+    scanned.sort();
+    assert_eq!(scanned, ["rate:c", "session:a", "user:b"]);
+    let lib = "#!lua name=once\nredis.register_function('one', function() return 1 end)";
+    let name: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(lib)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(name, "once");
+    let info: String = redis::cmd("INFO").arg("keyspace").query(&mut c).unwrap();
+    assert!(info.contains("db0:keys=3,"), "{info}");
+}

@@ -47,7 +47,7 @@ impl Session {
                 Some(self.forward(pool, req.bytes().clone()).await)
             }
             b"dbsize" => {
-                let pools = self.all_pools();
+                let pools = self.distinct(self.all_pools(), true);
                 Some(self.fanout(&pools, req.bytes(), Merge::SumIntegers).await)
             }
             b"keys" => {
@@ -56,10 +56,11 @@ impl Session {
                         .live()
                         .router
                         .pools_for_pattern(req.arg(1), name, self.client.db);
+                let pools = self.distinct(pools, true);
                 Some(self.fanout(&pools, req.bytes(), Merge::ConcatArrays).await)
             }
             b"randomkey" => {
-                let mut pools = self.all_pools();
+                let mut pools = self.distinct(self.all_pools(), true);
                 let n = pools.len();
                 pools.rotate_left(self.client.id as usize % n.max(1));
                 Some(self.fanout(&pools, req.bytes(), Merge::FirstNonNil).await)
@@ -69,7 +70,7 @@ impl Session {
             b"pubsub" => Some(Box::pin(self.pubsub_command(req)).await),
             b"script" | b"function" => Box::pin(self.scripting(name, req)).await,
             b"swapdb" => {
-                let pools = self.all_pools();
+                let pools = self.distinct(self.all_pools(), false);
                 Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
             }
             _ => None,
@@ -116,7 +117,8 @@ impl Session {
     /// PUBSUB introspection summed over pools.
     async fn pubsub_command(&mut self, req: &Request) -> Reply {
         let sub = text(req.arg(1)).to_ascii_lowercase();
-        let pools = self.all_pools();
+        // Channels are per server, whatever the database.
+        let pools = self.distinct(self.all_pools(), false);
         let merge = match sub.as_str() {
             "channels" | "shardchannels" => Merge::ConcatArrays,
             "numsub" | "shardnumsub" => Merge::SumPairs,
@@ -140,12 +142,47 @@ impl Session {
             (_, "kill") => Merge::AnyOk,
             _ => return None,
         };
-        let pools = self.all_pools();
+        // Scripts and functions are per server.
+        let pools = self.distinct(self.all_pools(), false);
         Some(self.fanout(&pools, req.bytes(), merge).await)
     }
 
     fn all_pools(&self) -> Vec<PoolId> {
         (0..self.state.live().router.pool_count()).collect()
+    }
+
+    /// Each distinct backend once, in pool order: pools that share a Redis
+    /// (a laptop running every pool on one server) are asked once, so
+    /// counts are not multiplied and a FUNCTION LOAD is not sent twice.
+    /// `per_db`: pools on one server but different databases are distinct
+    /// (keys), or not (what is per server: scripts, channels, INFO).
+    fn distinct(&self, pools: Vec<PoolId>, per_db: bool) -> Vec<PoolId> {
+        let live = self.state.live();
+        let mut seen: Vec<(String, u32)> = Vec::with_capacity(pools.len());
+        pools
+            .into_iter()
+            .filter(|&id| {
+                let Ok(pool) = live.backends.checked(id) else {
+                    return true;
+                };
+                let endpoint = pool.endpoint();
+                if endpoint.host.is_empty() {
+                    // Not resolved yet: asked, so the client sees why it fails.
+                    return true;
+                }
+                let db = if per_db {
+                    pool.backend_db(self.client.db)
+                } else {
+                    0
+                };
+                let key = (endpoint.address(), db);
+                if seen.contains(&key) {
+                    return false;
+                }
+                seen.push(key);
+                true
+            })
+            .collect()
     }
 
     fn select(&mut self, arg: &[u8]) -> Option<Reply> {
@@ -441,6 +478,7 @@ impl Session {
                 .pools_for_pattern(p, b"scan", self.client.db),
             None => self.all_pools(),
         };
+        let pools = self.distinct(pools, true);
         let count = pools.len();
         if count == 0 {
             return Reply::now(resp::error(
@@ -481,7 +519,8 @@ impl Session {
             default_pool,
         };
         let pools = if wants_keyspace || wants("server") {
-            self.all_pools()
+            // INFO keyspace lists every database of a server: once each.
+            self.distinct(self.all_pools(), false)
         } else {
             Vec::new()
         };
