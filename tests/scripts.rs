@@ -95,3 +95,57 @@ fn functions_load_everywhere_and_fcall_routes_by_key() {
         .unwrap_err();
     assert!(err.to_string().contains("Function not found"), "{err}");
 }
+
+/// A busy script holds its shared backend connection; SCRIPT KILL must not
+/// queue behind it: it reaches the server at once and frees everyone.
+#[test]
+fn script_kill_reaches_a_busy_server() {
+    // Redis takes other commands (SCRIPT KILL among them) once a script has
+    // run past busy-reply-threshold.
+    let busy_after = ["--busy-reply-threshold", "100"];
+    let (session, cache, realtime) = (
+        RedisServer::start_with(&busy_after),
+        RedisServer::start_with(&busy_after),
+        RedisServer::start_with(&busy_after),
+    );
+    let keyway = Keyway::start(&reference_config(
+        &session.url(),
+        &cache.url(),
+        &realtime.url(),
+    ));
+    let port = keyway.port;
+    const BUSY: &str = "local t = redis.call('TIME') local s = t[1] while true do local n = redis.call('TIME') if n[1] - s > 5 then break end end return 1";
+    let busy = std::thread::spawn(move || {
+        let mut c = connect(port);
+        redis::cmd("EVAL")
+            .arg(BUSY)
+            .arg(1)
+            .arg("user:busy")
+            .query::<i64>(&mut c)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let started = std::time::Instant::now();
+    let killed: String = redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query(&mut keyway.client())
+        .unwrap();
+    assert_eq!(killed, "OK");
+    let err = busy.join().unwrap().unwrap_err();
+    assert!(err.to_string().contains("killed"), "{err}");
+    let v: Option<String> = redis::cmd("GET")
+        .arg("user:other")
+        .query(&mut keyway.client())
+        .unwrap();
+    assert_eq!(v, None);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "killed and served in {:?}",
+        started.elapsed()
+    );
+    // With nothing running, Redis's own answer.
+    let err = redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query::<String>(&mut keyway.client())
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOTBUSY"), "{err}");
+}

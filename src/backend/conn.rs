@@ -150,7 +150,10 @@ pub(super) async fn handshake(
                 return Err(format!("{what}: connection closed by the server"));
             }
         };
-        if matches!(frame.first(), Some(b'-') | Some(b'!')) {
+        // The name only labels the connection in CLIENT LIST: a server
+        // that refuses it (busy with a script, or an ACL without CLIENT)
+        // is still served.
+        if matches!(frame.first(), Some(b'-') | Some(b'!')) && *what != "CLIENT SETNAME" {
             let text = String::from_utf8_lossy(&frame[1..]).trim_end().to_string();
             return Err(format!("{what} failed: {text}"));
         }

@@ -139,12 +139,48 @@ impl Session {
             (b"script", "load") | (b"function", "load") => Merge::First,
             (b"script", "exists") => Merge::AllExist,
             (b"script", "flush") | (b"function", "flush" | "delete" | "restore") => Merge::AllOk,
-            (_, "kill") => Merge::AnyOk,
+            (_, "kill") => {
+                let pools = self.distinct(self.all_pools(), false);
+                return Some(Box::pin(self.urgent(&pools, req)).await);
+            }
             _ => return None,
         };
         // Scripts and functions are per server.
         let pools = self.distinct(self.all_pools(), false);
         Some(self.fanout(&pools, req.bytes(), merge).await)
+    }
+
+    /// SCRIPT KILL and FUNCTION KILL: the busy script holds the shared
+    /// connection it came on, and everything queued behind it, so these go
+    /// out on connections of their own. `OK` if any server killed one, else
+    /// the first server's answer (`NOTBUSY` ...).
+    async fn urgent(&self, pools: &[PoolId], req: &Request) -> Reply {
+        let args: Vec<String> = req.args().map(text).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let endpoints: Vec<_> = {
+            let live = self.state.live();
+            pools
+                .iter()
+                .filter_map(|&id| live.backends.checked(id).ok())
+                .map(|pool| pool.endpoint())
+                .collect()
+        };
+        let timeout = std::time::Duration::from_secs(2);
+        let mut first = None;
+        for endpoint in endpoints {
+            let answer = match crate::backend::request_once(&endpoint, &args, timeout).await {
+                Ok(answer) => answer,
+                Err(e) => resp::error(&format!(
+                    "ERR backend {} unavailable: {e}",
+                    endpoint.address()
+                )),
+            };
+            if answer.as_ref() == b"+OK\r\n" {
+                return Reply::now(answer);
+            }
+            first.get_or_insert(answer);
+        }
+        Reply::now(first.unwrap_or_else(|| resp::error("ERR no backend to ask")))
     }
 
     fn all_pools(&self) -> Vec<PoolId> {
