@@ -73,6 +73,8 @@ pub struct ClientInfo {
     pub subscriptions: (usize, usize, usize),
     /// Cancelling it disconnects the client (CLIENT KILL).
     pub kill: tokio_util::sync::CancellationToken,
+    /// Whether it is blocked, and how CLIENT UNBLOCK ends that.
+    pub unblocker: std::sync::Arc<crate::session::Unblocker>,
 }
 
 /// Shown until a backend tells its own version.
@@ -194,7 +196,9 @@ impl State {
 
 impl ClientInfo {
     fn flags(&self) -> &'static str {
-        if self.multi >= 0 {
+        if self.unblocker.is_blocked() {
+            "b"
+        } else if self.multi >= 0 {
             "x"
         } else if self.subscriptions != (0, 0, 0) {
             "P"

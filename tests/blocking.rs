@@ -152,3 +152,60 @@ fn replies_before_a_blocking_command_arrive_while_it_blocks() {
     assert_eq!(raw.read_frame(), b"*-1\r\n");
     assert!(started.elapsed() >= Duration::from_millis(1900));
 }
+
+/// CLIENT UNBLOCK of a keyway client blocked in BLPOP ends its command as
+/// Redis would: the timeout reply, or UNBLOCKED with ERROR; CLIENT LIST
+/// shows it blocked meanwhile.
+#[test]
+fn client_unblock_ends_a_blocked_command() {
+    let r = Reference::start();
+    for (how, expected) in [
+        ("TIMEOUT", &b"*-1\r\n"[..]),
+        (
+            "ERROR",
+            b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n",
+        ),
+    ] {
+        let mut blocked = r.keyway.raw();
+        blocked.send(b"CLIENT ID\r\n");
+        let id_frame = blocked.read_frame();
+        let id = String::from_utf8_lossy(&id_frame[1..id_frame.len() - 2]).to_string();
+        blocked.send(b"BLPOP session:nothing 0\r\n");
+        let mut admin = r.client();
+        let shows_blocked = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
+            list.lines()
+                .any(|l| l.starts_with(&format!("id={id} ")) && l.contains(" flags=b "))
+        });
+        assert!(shows_blocked, "CLIENT LIST shows the client blocked");
+        let done: i64 = redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(&id)
+            .arg(how)
+            .query(&mut admin)
+            .unwrap();
+        assert_eq!(done, 1);
+        assert_eq!(blocked.read_frame(), expected, "{how}");
+        // Not blocked any more: 0, and the connection serves again.
+        let again: i64 = redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(&id)
+            .query(&mut admin)
+            .unwrap();
+        assert_eq!(again, 0);
+        blocked.send(b"PING\r\n");
+        assert_eq!(blocked.read_frame(), b"+PONG\r\n");
+    }
+    // Nothing popped by the unblocked commands: a push stays.
+    let _: () = redis::cmd("RPUSH")
+        .arg("session:nothing")
+        .arg("kept")
+        .query(&mut r.client())
+        .unwrap();
+    let left: i64 = redis::cmd("LLEN")
+        .arg("session:nothing")
+        .query(&mut r.session.direct())
+        .unwrap();
+    assert_eq!(left, 1);
+}

@@ -75,6 +75,14 @@ impl ReplyBuf {
         }
     }
 
+    /// The null of a command that answers an array (BLPOP's timeout).
+    pub fn null_array(&mut self) -> &mut Self {
+        match self.proto {
+            Protocol::Resp2 => self.raw(b"*-1\r\n"),
+            Protocol::Resp3 => self.raw(b"_\r\n"),
+        }
+    }
+
     pub fn array(&mut self, len: usize) -> &mut Self {
         self.line(b'*', len.to_string().as_bytes())
     }

@@ -8,7 +8,10 @@
 //! server already served (an element popped) still delivers its reply, and
 //! one still blocked ends with the timeout reply, as Redis's own unblock.
 
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
@@ -21,6 +24,62 @@ use crate::route::PoolId;
 
 /// How long an unblocked command's reply may take to arrive.
 const UNBLOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// How CLIENT UNBLOCK ends a blocked command, as Redis's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnblockHow {
+    /// As if its timeout had passed.
+    Timeout,
+    /// With `-UNBLOCKED client unblocked via CLIENT UNBLOCK`.
+    Error,
+}
+
+/// Whether a client is blocked, and CLIENT UNBLOCK's request to end it:
+/// shared between the client's session and whoever runs CLIENT UNBLOCK.
+#[derive(Debug, Default)]
+pub struct Unblocker {
+    blocked: AtomicBool,
+    /// 0: none, 1: Timeout, 2: Error.
+    requested: AtomicU8,
+    notify: Notify,
+}
+
+impl Unblocker {
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Acquire)
+    }
+
+    /// Asks the blocked client to end its command; false when it is not
+    /// blocked (CLIENT UNBLOCK then answers 0).
+    pub fn request(&self, how: UnblockHow) -> bool {
+        if !self.is_blocked() {
+            return false;
+        }
+        let code = match how {
+            UnblockHow::Timeout => 1,
+            UnblockHow::Error => 2,
+        };
+        self.requested.store(code, Ordering::Release);
+        self.notify.notify_one();
+        true
+    }
+
+    fn set_blocked(&self, blocked: bool) {
+        self.requested.store(0, Ordering::Release);
+        self.blocked.store(blocked, Ordering::Release);
+    }
+
+    async fn requested(&self) -> UnblockHow {
+        loop {
+            self.notify.notified().await;
+            match self.requested.swap(0, Ordering::AcqRel) {
+                1 => return UnblockHow::Timeout,
+                2 => return UnblockHow::Error,
+                _ => {}
+            }
+        }
+    }
+}
 
 impl Session {
     pub(super) async fn blocking(&mut self, pool: PoolId, request: &Request) -> Reply {
@@ -41,6 +100,22 @@ impl Session {
         if learn_backend_id(&mut conn).await.is_err() || conn.send(request.bytes()).await.is_err() {
             return self.failed(&lost);
         }
+        let unblocker = self.unblocker.clone();
+        unblocker.set_blocked(true);
+        let reply = self.blocked_on(&backend, conn, &lost, &unblocker).await;
+        unblocker.set_blocked(false);
+        reply
+    }
+
+    /// Waits for the blocked command's reply, or for the client to stop
+    /// sending, be killed or be unblocked by CLIENT UNBLOCK.
+    async fn blocked_on(
+        &mut self,
+        backend: &Pool,
+        mut conn: Dedicated,
+        lost: &BackendError,
+        unblocker: &Unblocker,
+    ) -> Reply {
         loop {
             tokio::select! {
                 frame = conn.read_frame() => {
@@ -49,7 +124,7 @@ impl Session {
                             backend.release(conn);
                             Reply::now(frame)
                         }
-                        Err(_) => self.failed(&lost),
+                        Err(_) => self.failed(lost),
                     };
                 }
                 // Keep reading what the client pipelines behind the blocked
@@ -66,15 +141,36 @@ impl Session {
                 }
                 // CLIENT KILL or shutdown.
                 _ = self.kill.cancelled() => {
-                    let reply = unblock(&backend, conn).await;
+                    let reply = unblock(backend, conn, UnblockHow::Timeout).await;
                     return Reply::close(reply.unwrap_or_default());
+                }
+                how = unblocker.requested() => {
+                    return match unblock(backend, conn, how).await {
+                        Some(frame) => Reply::now(frame),
+                        None => Reply::now(self.unblocked_reply(how)),
+                    };
                 }
             }
             // Input closed (now, or before this command was dispatched).
-            return match unblock(&backend, conn).await {
+            return match unblock(backend, conn, UnblockHow::Timeout).await {
                 Some(frame) => Reply::now(frame),
                 None => Reply::close(Bytes::new()),
             };
+        }
+    }
+}
+
+impl Session {
+    /// What Redis answers an unblocked command, when the backend's own
+    /// answer could not be had (its connection is dropped instead).
+    fn unblocked_reply(&self, how: UnblockHow) -> Bytes {
+        match how {
+            UnblockHow::Error => resp::error("UNBLOCKED client unblocked via CLIENT UNBLOCK"),
+            UnblockHow::Timeout => {
+                let mut r = resp::ReplyBuf::new(self.client.proto);
+                r.null_array();
+                r.freeze()
+            }
         }
     }
 }
@@ -83,10 +179,14 @@ impl Session {
 /// does and returns its reply, or `None` when it cannot be had (the
 /// connection is then dropped, which ends the command on the server).
 /// Asked on a connection of its own: rare, and kept off the request path.
-async fn unblock(backend: &Pool, mut conn: Dedicated) -> Option<Bytes> {
+async fn unblock(backend: &Pool, mut conn: Dedicated, how: UnblockHow) -> Option<Bytes> {
     let id = conn.backend_id?.to_string();
     let endpoint = backend.endpoint();
-    let answer = request_once(&endpoint, &["CLIENT", "UNBLOCK", &id], UNBLOCK_WAIT)
+    let how = match how {
+        UnblockHow::Timeout => "TIMEOUT",
+        UnblockHow::Error => "ERROR",
+    };
+    let answer = request_once(&endpoint, &["CLIENT", "UNBLOCK", &id, how], UNBLOCK_WAIT)
         .await
         .ok()?;
     // `:1` unblocked it, `:0` it was not blocked (served, or not yet read

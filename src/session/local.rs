@@ -373,7 +373,12 @@ impl Session {
             }
             ("info", 2) => {
                 let mut r = ReplyBuf::new(self.client.proto);
-                r.verbatim(self.client.info(&self.kill, &self.mode).line().as_bytes());
+                r.verbatim(
+                    self.client
+                        .info(&self.kill, &self.mode, &self.unblocker)
+                        .line()
+                        .as_bytes(),
+                );
                 Some(Reply::now(r.freeze()))
             }
             ("list", _) => {
@@ -408,6 +413,7 @@ impl Session {
                 _ => err("ERR syntax error"),
             },
             ("kill", _) => Some(self.client_kill(req)),
+            ("unblock", 3 | 4) => Some(self.client_unblock(req)),
             ("tracking" | "caching" | "getredir" | "trackinginfo", _) => err(&format!(
                 "ERR CLIENT {} is not supported by keyway (client-side caching needs one backend connection per client)",
                 sub.to_ascii_uppercase()
@@ -433,6 +439,35 @@ impl Session {
             Some(user) => user.admin || *user.name == *other.user,
             None => false,
         }
+    }
+
+    /// CLIENT UNBLOCK id [TIMEOUT|ERROR]: ends a keyway client's blocking
+    /// command as Redis would (1), or 0 when that client is not blocked
+    /// (or not one this user may act on).
+    fn client_unblock(&mut self, req: &Request) -> Reply {
+        let how = match req.argc() {
+            3 => super::UnblockHow::Timeout,
+            _ => match text(req.arg(3)).to_ascii_uppercase().as_str() {
+                "TIMEOUT" => super::UnblockHow::Timeout,
+                "ERROR" => super::UnblockHow::Error,
+                _ => {
+                    return Reply::now(resp::error(
+                        "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR",
+                    ))
+                }
+            },
+        };
+        let Some(id) = resp::decimal(req.arg(2)) else {
+            return Reply::now(resp::error("ERR value is not an integer or out of range"));
+        };
+        let target = self
+            .state
+            .clients
+            .get(&(id as u64))
+            .filter(|c| self.sees(c))
+            .map(|c| c.unblocker.clone());
+        let done = target.is_some_and(|u| u.request(how));
+        Reply::now(resp::int(i64::from(done)))
     }
 
     /// CLIENT KILL addr, or the filter form: ID, ADDR, LADDR, USER, SKIPME.

@@ -4,6 +4,8 @@
 //! and writes the replies as they resolve.
 
 mod blocking;
+
+pub use blocking::{UnblockHow, Unblocker};
 mod dispatch;
 mod local;
 mod merge;
@@ -67,7 +69,12 @@ pub struct ClientState {
 }
 
 impl ClientState {
-    fn info(&self, kill: &CancellationToken, mode: &Mode) -> ClientInfo {
+    fn info(
+        &self,
+        kill: &CancellationToken,
+        mode: &Mode,
+        unblocker: &Arc<Unblocker>,
+    ) -> ClientInfo {
         let (sub, psub, ssub) = match mode {
             Mode::Subscribed(s) => s.counts(),
             _ => (0, 0, 0),
@@ -93,6 +100,7 @@ impl ClientState {
             },
             subscriptions: (sub, psub, ssub),
             kill: kill.clone(),
+            unblocker: unblocker.clone(),
         }
     }
 }
@@ -137,6 +145,8 @@ pub struct Session {
     pushes: Option<(mpsc::Sender<Reply>, mpsc::Receiver<Reply>)>,
     /// Cancelled by CLIENT KILL.
     kill: CancellationToken,
+    /// Whether a blocking command runs, and CLIENT UNBLOCK's way to end it.
+    unblocker: Arc<Unblocker>,
     /// `kill` as a future that stays registered across polls.
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
     kill_registered: bool,
@@ -235,6 +245,7 @@ async fn serve_stream(
         output: Output::new(wr, &state.live().config),
         pushes: None,
         kill: kill.clone(),
+        unblocker: Arc::default(),
         killed: Box::pin(kill.cancelled_owned()),
         kill_registered: false,
         drain_started: Box::pin(state.drain.clone().cancelled_owned()),
@@ -520,9 +531,10 @@ impl Session {
     }
 
     fn register(&self) {
-        self.state
-            .clients
-            .insert(self.client.id, self.client.info(&self.kill, &self.mode));
+        self.state.clients.insert(
+            self.client.id,
+            self.client.info(&self.kill, &self.mode, &self.unblocker),
+        );
     }
 
     /// A request that could not reach its backend: counted once, under the
