@@ -125,3 +125,47 @@ fn pools_sharing_one_backend_are_asked_once() {
     let info: String = redis::cmd("INFO").arg("keyspace").query(&mut c).unwrap();
     assert!(info.contains("db0:keys=3,"), "{info}");
 }
+
+/// INFO has the sections and fields monitoring tools and client test
+/// suites read (redis-py's own suite reads cluster_enabled, tests wait on
+/// blocked_clients), with keyway's clients and the backends' figures.
+#[test]
+fn info_has_the_fields_tools_read() {
+    let r = Reference::start_with("[server]\nhealth_interval_ms = 200\n");
+    let mut blocked = r.keyway.raw();
+    blocked.send(b"BLPOP session:none 5\r\n");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let mut c = r.client();
+    let info: String = redis::cmd("INFO").arg("everything").query(&mut c).unwrap();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("{name} missing from INFO:\n{info}"))
+            .to_string()
+    };
+    for section in [
+        "# Server",
+        "# Clients",
+        "# Memory",
+        "# Persistence",
+        "# Stats",
+        "# Replication",
+        "# CPU",
+        "# Modules",
+        "# Cluster",
+        "# Keyspace",
+    ] {
+        assert!(info.contains(section), "{section} missing");
+    }
+    assert_eq!(field("cluster_enabled"), "0");
+    assert_eq!(field("blocked_clients"), "1");
+    assert!(field("used_memory").parse::<u64>().unwrap() > 0);
+    assert!(field("used_cpu_user").parse::<f64>().is_ok());
+    assert_eq!(field("rdb_bgsave_in_progress"), "0");
+    assert_eq!(field("lazyfree_pending_objects"), "0");
+    assert!(field("keyspace_hits").parse::<u64>().is_ok());
+    assert!(field("maxclients").parse::<u64>().unwrap() > 0);
+    // Section names are case-insensitive, as in Redis.
+    let clients: String = redis::cmd("INFO").arg("CLIENTS").query(&mut c).unwrap();
+    assert!(clients.contains("blocked_clients:1"), "{clients}");
+}

@@ -187,6 +187,25 @@ impl Session {
         (0..self.state.live().router.pool_count()).collect()
     }
 
+    /// An INFO figure of the backends, as the health probe last read it,
+    /// summed over distinct servers.
+    fn backend_sum(&self, field: &str) -> u64 {
+        let metrics = &self.state.metrics;
+        let gauge = metrics.backend_gauges.iter().find(|(f, _)| *f == field);
+        let counter = metrics.backend_counters.iter().find(|(f, _)| *f == field);
+        let live = self.state.live();
+        let pools = self.distinct(self.all_pools(), false);
+        pools
+            .iter()
+            .filter_map(|&id| live.backends.checked(id).ok())
+            .map(|pool| match (gauge, counter) {
+                (Some((_, g)), _) => g.with_label_values(&[pool.name()]).get().max(0) as u64,
+                (_, Some((_, c))) => c.with_label_values(&[pool.name()]).get(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Each distinct backend once, in pool order: pools that share a Redis
     /// (a laptop running every pool on one server) are asked once, so
     /// counts are not multiplied and a FUNCTION LOAD is not sent twice.
@@ -615,24 +634,69 @@ impl Session {
             ));
         }
         if wants("clients") {
+            let (mut blocked, mut pubsub, mut multi) = (0, 0, 0);
+            for c in state.clients.iter() {
+                blocked += usize::from(c.unblocker.is_blocked());
+                pubsub += usize::from(c.subscriptions != (0, 0, 0));
+                multi += usize::from(c.multi >= 0);
+            }
             sections.push(format!(
-                "# Clients\r\nconnected_clients:{}\r\n",
-                state.clients.len()
+                "# Clients\r\nconnected_clients:{}\r\ncluster_connections:0\r\nmaxclients:{}\r\nclient_recent_max_input_buffer:0\r\nclient_recent_max_output_buffer:0\r\nblocked_clients:{blocked}\r\ntracking_clients:0\r\npubsub_clients:{pubsub}\r\nwatching_clients:{multi}\r\nclients_in_timeout_table:{blocked}\r\ntotal_watched_keys:0\r\ntotal_blocking_keys:{blocked}\r\n",
+                state.clients.len(),
+                state.live().config.server.max_clients,
+            ));
+        }
+        if wants("memory") {
+            // The backends' figures as the health probe last read them,
+            // summed over distinct servers.
+            let used = self.backend_sum("used_memory");
+            let max = self.backend_sum("maxmemory");
+            sections.push(format!(
+                "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nused_memory_peak:{used}\r\nused_memory_peak_human:{}\r\nmaxmemory:{max}\r\nmaxmemory_human:{}\r\nmem_fragmentation_ratio:1.00\r\nlazyfree_pending_objects:0\r\nlazyfreed_objects:0\r\n",
+                human_bytes(used),
+                human_bytes(used),
+                human_bytes(max)
             ));
         }
         if wants("persistence") {
-            sections.push("# Persistence\r\nloading:0\r\nasync_loading:0\r\n".into());
+            // Persistence commands are server-wide and refused by default:
+            // keyway reports none in progress.
+            sections.push(format!(
+                "# Persistence\r\nloading:0\r\nasync_loading:0\r\ncurrent_cow_peak:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\nrdb_last_save_time:{}\r\nrdb_last_bgsave_status:ok\r\naof_enabled:0\r\naof_rewrite_in_progress:0\r\naof_rewrite_scheduled:0\r\naof_last_bgrewrite_status:ok\r\n",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+                    .saturating_sub(uptime)
+            ));
         }
         if wants("stats") {
             use std::sync::atomic::Ordering::Relaxed;
             sections.push(format!(
-                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n",
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\npubsub_channels:0\r\npubsub_patterns:0\r\n",
                 state.stats.connections_received.load(Relaxed),
-                state.stats.commands_processed.load(Relaxed)
+                state.stats.commands_processed.load(Relaxed),
+                self.backend_sum("instantaneous_ops_per_sec"),
+                state.metrics.clients_rejected.get(),
+                self.backend_sum("expired_keys"),
+                self.backend_sum("evicted_keys"),
+                self.backend_sum("keyspace_hits"),
+                self.backend_sum("keyspace_misses"),
             ));
         }
         if wants("replication") {
             sections.push("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n".into());
+        }
+        if wants("cpu") {
+            let (user, system) = own_cpu_seconds();
+            sections.push(format!(
+                "# CPU\r\nused_cpu_sys:{system:.6}\r\nused_cpu_user:{user:.6}\r\nused_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\n"
+            ));
+        }
+        if wants("modules") {
+            sections.push("# Modules\r\n".into());
+        }
+        if wants("cluster") {
+            sections.push("# Cluster\r\ncluster_enabled:0\r\n".into());
         }
         if wants("keyway") {
             let mut s = format!(
@@ -679,6 +743,41 @@ impl Session {
         }
         sections.join("\r\n")
     }
+}
+
+/// keyway's own CPU time, user and system seconds, from /proc/self/stat
+/// (clock ticks of 1/100 s, as on every Linux keyway runs on).
+fn own_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 here.
+    (ticks(11) / 100.0, ticks(12) / 100.0)
+}
+
+/// Redis's `used_memory_human` form.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [(&str, f64); 4] = [
+        ("G", 1073741824.0),
+        ("M", 1048576.0),
+        ("K", 1024.0),
+        ("B", 1.0),
+    ];
+    for (unit, size) in UNITS {
+        if n as f64 >= size && size > 1.0 {
+            return format!("{:.2}{unit}", n as f64 / size);
+        }
+    }
+    format!("{n}B")
 }
 
 /// Redis allows printable ASCII without spaces in client names.
