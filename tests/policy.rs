@@ -138,33 +138,37 @@ allow_scripts = true
 "#;
 
 fn start_with_users() -> Setup {
+    start_with_users_and("")
+}
+
+/// The users above, with `auth` added to their [auth] table.
+fn start_with_users_and(auth: &str) -> Setup {
     let dir = TempDir::new("pass");
     std::fs::write(dir.0.join("reader.pass"), "read-only-pass\n").unwrap();
-    let s = {
-        let session = RedisServer::start();
-        let cache = RedisServer::start();
-        let realtime = RedisServer::start();
-        let config = format!(
-            "{}\n{}",
-            reference_config(&session.url(), &cache.url(), &realtime.url()),
-            USERS.replace("$DIR", &dir.0.display().to_string())
-        );
-        let keyway = Keyway::start_with_env(
-            &config,
-            &[
-                ("APP_PASSWORD", "app-pass"),
-                ("ADMIN_PASSWORD", "admin-pass"),
-            ],
-        );
-        Setup {
-            session,
-            cache,
-            _realtime: realtime,
-            keyway,
-            _dir: dir,
-        }
-    };
-    s
+    let session = RedisServer::start();
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    let config = format!(
+        "{}\n{}",
+        reference_config(&session.url(), &cache.url(), &realtime.url()),
+        USERS
+            .replace("$DIR", &dir.0.display().to_string())
+            .replace("[auth]\n", &format!("[auth]\n{auth}"))
+    );
+    let keyway = Keyway::start_with_env(
+        &config,
+        &[
+            ("APP_PASSWORD", "app-pass"),
+            ("ADMIN_PASSWORD", "admin-pass"),
+        ],
+    );
+    Setup {
+        session,
+        cache,
+        _realtime: realtime,
+        keyway,
+        _dir: dir,
+    }
 }
 
 fn login(s: &Setup, user: &str, pass: &str) -> redis::Connection {
@@ -702,36 +706,7 @@ fn raw_from(source: [u8; 4], port: u16) -> RawClient {
 
 #[test]
 fn failed_auth_locks_out_one_user_from_one_address_only() {
-    let s = {
-        let dir = TempDir::new("pass");
-        std::fs::write(dir.0.join("reader.pass"), "read-only-pass\n").unwrap();
-        let (session, cache, realtime) = (
-            RedisServer::start(),
-            RedisServer::start(),
-            RedisServer::start(),
-        );
-        let config = format!(
-            "{}\n{}",
-            reference_config(&session.url(), &cache.url(), &realtime.url()),
-            USERS
-                .replace("$DIR", &dir.0.display().to_string())
-                .replace("[auth]\n", "[auth]\nmax_failures_per_minute = 3\n")
-        );
-        let keyway = Keyway::start_with_env(
-            &config,
-            &[
-                ("APP_PASSWORD", "app-pass"),
-                ("ADMIN_PASSWORD", "admin-pass"),
-            ],
-        );
-        Setup {
-            session,
-            cache,
-            _realtime: realtime,
-            keyway,
-            _dir: dir,
-        }
-    };
+    let s = start_with_users_and("max_failures_per_minute = 3\n");
     let port = s.keyway.port;
     let auth = |raw: &mut RawClient, user: &str, pass: &str| {
         raw.send(format!("AUTH {user} {pass}\r\n").as_bytes());

@@ -382,7 +382,10 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn connect(port: u16) -> RawClient {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Self::over(TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+    }
+
+    fn over(stream: TcpStream) -> RawClient {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
@@ -400,14 +403,7 @@ impl RawClient {
         socket.bind(&from.into()).expect("bind source address");
         let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         socket.connect(&to.into()).expect("connect");
-        let stream: TcpStream = socket.into();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        RawClient {
-            reader: BufReader::new(stream.try_clone().expect("clone")),
-            stream,
-        }
+        Self::over(socket.into())
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
