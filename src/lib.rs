@@ -2,6 +2,8 @@
 //! `session` → `command` → `route` → `backend`, replies back through
 //! `session` in request order. README.md's Layout section is the module map.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod backend;
 pub mod command;
