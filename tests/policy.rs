@@ -741,3 +741,42 @@ fn failed_auth_locks_out_one_user_from_one_address_only() {
     assert_eq!(auth(&mut app, "app", "app-pass"), "+OK\r\n");
     assert!(s.keyway.metric("keyway_auth_lockouts_total") >= 2.0);
 }
+
+/// Lifted with `allow`, server-wide commands apply to every backend, as
+/// they would to the one Redis the client believes it talks to.
+#[test]
+fn allowed_server_wide_commands_reach_every_backend() {
+    let s = start(
+        "[policy]\nallow = [\"FLUSHALL\", \"FLUSHDB\", \"CONFIG\"]\n",
+        &[],
+    );
+    let mut c = s.keyway.client();
+    for key in ["session:a", "user:b", "rate:c"] {
+        let _: () = c.set(key, 1).unwrap();
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory-policy", "allkeys-lfu"])
+        .query(&mut c)
+        .unwrap();
+    for server in [&s.session, &s.cache, &s._realtime] {
+        let got: Vec<String> = redis::cmd("CONFIG")
+            .arg(&["GET", "maxmemory-policy"])
+            .query(&mut server.direct())
+            .unwrap();
+        assert_eq!(got[1], "allkeys-lfu");
+    }
+    let got: Vec<String> = redis::cmd("CONFIG")
+        .arg(&["GET", "maxmemory-policy"])
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(got, ["maxmemory-policy", "allkeys-lfu"]);
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    for server in [&s.session, &s.cache, &s._realtime] {
+        let n: i64 = redis::cmd("DBSIZE").query(&mut server.direct()).unwrap();
+        assert_eq!(n, 0);
+    }
+    let _: () = c.set("user:again", 1).unwrap();
+    let _: () = redis::cmd("FLUSHDB").query(&mut c).unwrap();
+    let n: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(n, 0);
+}

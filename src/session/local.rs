@@ -73,6 +73,32 @@ impl Session {
                 let pools = self.distinct(self.all_pools(), false);
                 Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
             }
+            // Server-wide commands reach here only where policy allows them
+            // (`allow`): then they apply to every backend, as they would
+            // to the one Redis the client thinks it talks to.
+            b"flushall" => {
+                let pools = self.distinct(self.all_pools(), false);
+                Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
+            }
+            b"flushdb" => {
+                let pools = self.distinct(self.all_pools(), true);
+                Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
+            }
+            b"config" if argc >= 2 => {
+                match text(req.arg(1)).to_ascii_lowercase().as_str() {
+                    "set" | "resetstat" | "rewrite" => {
+                        let pools = self.distinct(self.all_pools(), false);
+                        Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
+                    }
+                    // CONFIG GET answers as the default pool's server: one
+                    // consistent view, whatever the client's database.
+                    "get" => {
+                        let pool = self.state.live().router.default_pool();
+                        Some(self.forward(pool, req.bytes().clone()).await)
+                    }
+                    _ => None,
+                }
+            }
             _ => None,
         }
     }
