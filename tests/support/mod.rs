@@ -41,17 +41,24 @@ pub fn free_port() -> u16 {
 }
 
 fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    if let Err(e) = listening(port, child) {
+        panic!("{what} {e}");
+    }
+}
+
+/// Waits until something listens on `port`; `Err` when `child` exited.
+fn listening(port: u16, child: &mut Child) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited early: {status}");
+            return Err(format!("exited early: {status}"));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("{what} did not listen on {port} within 10s");
+    Err(format!("did not listen on {port} within 10s"))
 }
 
 pub struct RedisServer {
@@ -67,10 +74,24 @@ impl RedisServer {
     }
 
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        // A port found free may be taken by a parallel test first: retry.
+        for _ in 0..4 {
+            if let Some(server) = Self::try_start_on(free_port(), extra) {
+                return server;
+            }
+        }
         Self::start_on(free_port(), extra)
     }
 
     pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        match Self::try_start_on(port, extra) {
+            Some(server) => server,
+            None => panic!("redis-server did not start on {port}"),
+        }
+    }
+
+    /// `None` (nothing left running) when the server did not come up.
+    fn try_start_on(port: u16, extra: &[&str]) -> Option<RedisServer> {
         let dir = TempDir::new("redis");
         let mut args: Vec<String> = vec![
             "--port".into(),
@@ -91,13 +112,17 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
-        wait_for_port(port, &mut child, "redis-server");
-        RedisServer {
+        if listening(port, &mut child).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        Some(RedisServer {
             port,
             child,
             args,
             _dir: dir,
-        }
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -167,30 +192,48 @@ impl Keyway {
         let dir = TempDir::new("keyway");
         let config_path = dir.0.join("keyway.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let port = free_port();
-        let admin = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyway"));
-        cmd.arg("--config")
-            .arg(&config_path)
-            .env("KEYWAY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("KEYWAY_ADMIN", format!("127.0.0.1:{admin}"))
-            .env("KEYWAY_LOG", "keyway=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.0.join("keyway.log")).expect("log file"),
-            ));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn keyway");
-        wait_for_port(port, &mut child, "keyway");
-        wait_for_port(admin, &mut child, "keyway admin");
-        Keyway {
-            port,
-            admin_port: admin,
-            config_path,
-            child,
-            _dir: dir,
+        // A port found free may be taken by a parallel test before keyway
+        // binds it: then keyway exits, and it is started again on others.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port();
+            let admin = free_port();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyway"));
+            cmd.arg("--config")
+                .arg(&config_path)
+                .env("KEYWAY_LISTEN", format!("127.0.0.1:{port}"))
+                .env("KEYWAY_ADMIN", format!("127.0.0.1:{admin}"))
+                .env("KEYWAY_LOG", "keyway=debug")
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(
+                    std::fs::File::create(dir.0.join("keyway.log")).expect("log file"),
+                ));
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("spawn keyway");
+            let started = listening(port, &mut child).and_then(|()| listening(admin, &mut child));
+            match started {
+                Ok(()) => {
+                    return Keyway {
+                        port,
+                        admin_port: admin,
+                        config_path,
+                        child,
+                        _dir: dir,
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(dir.0.join("keyway.log")).unwrap_or_default();
+                    let port_taken = log.contains("in use") || log.contains("AddrInUse");
+                    if !port_taken || attempt >= 5 {
+                        panic!("keyway {e}:\n{log}");
+                    }
+                }
+            }
         }
     }
 
