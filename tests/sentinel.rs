@@ -100,6 +100,20 @@ struct LoadResult {
     errors: Vec<String>,
 }
 
+/// `SENTINEL FAILOVER` through sentinel `via`; the new master's port once
+/// the sentinels report it.
+fn planned_failover(setup: &SentinelSetup, via: usize) -> u16 {
+    let old = setup.master_port();
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg("session")
+        .query(&mut setup.sentinels[via].client())
+        .unwrap();
+    wait_for(Duration::from_secs(20), || setup.master_port() != old)
+        .map(|_| setup.master_port())
+        .expect("sentinel promoted the replica")
+}
+
 fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let started = Instant::now();
     while started.elapsed() < timeout {
@@ -287,15 +301,7 @@ fn subscriptions_survive_a_failover() {
     let mut raw = kw.raw();
     raw.send(b"SUBSCRIBE session:events\r\n");
     assert!(raw.read_frame().starts_with(b"*3\r\n$9\r\nsubscribe"));
-    let old = setup.master_port();
-    let _: () = redis::cmd("SENTINEL")
-        .arg("FAILOVER")
-        .arg("session")
-        .query(&mut setup.sentinels[0].client())
-        .unwrap();
-    let new_master = wait_for(Duration::from_secs(20), || setup.master_port() != old)
-        .map(|_| setup.master_port())
-        .expect("failover happened");
+    let new_master = planned_failover(&setup, 0);
     // Publish on the new master directly until the subscriber (through keyway) hears it.
     let mut publisher = connect(new_master);
     let heard = wait_for(Duration::from_secs(10), || {
@@ -496,15 +502,7 @@ fn reload_keeps_following() {
     // Right after the reload the pool still knows its master.
     let _: () = c.set("session:after-reload", 1).unwrap();
 
-    let old = setup.master_port();
-    let _: () = redis::cmd("SENTINEL")
-        .arg("FAILOVER")
-        .arg("session")
-        .query(&mut setup.sentinels[0].client())
-        .unwrap();
-    let new_master = wait_for(Duration::from_secs(20), || setup.master_port() != old)
-        .map(|_| setup.master_port())
-        .expect("sentinel promoted the replica");
+    let new_master = planned_failover(&setup, 0);
     // The replacement pool follows the failover.
     let followed = wait_for(Duration::from_secs(10), || {
         redis::cmd("SET")
