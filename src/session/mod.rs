@@ -123,6 +123,34 @@ enum ReplyMode {
     Skip(u8),
 }
 
+/// A cancellation token a hand-polled task waits on: its future is polled
+/// once, which registers the task's waker; after that the flag is enough.
+struct Watched {
+    token: CancellationToken,
+    future: Pin<Box<WaitForCancellationFutureOwned>>,
+    registered: bool,
+}
+
+impl Watched {
+    fn new(token: CancellationToken) -> Watched {
+        Watched {
+            future: Box::pin(token.clone().cancelled_owned()),
+            token,
+            registered: false,
+        }
+    }
+
+    /// Whether the token was cancelled; registers the waker the first time.
+    #[inline]
+    fn fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.registered {
+            return self.token.is_cancelled();
+        }
+        self.registered = true;
+        self.future.as_mut().poll(cx).is_ready()
+    }
+}
+
 pub struct Session {
     state: Arc<State>,
     client: ClientState,
@@ -147,12 +175,10 @@ pub struct Session {
     kill: CancellationToken,
     /// Whether a blocking command runs, and CLIENT UNBLOCK's way to end it.
     unblocker: Arc<Unblocker>,
-    /// `kill` as a future that stays registered across polls.
-    killed: Pin<Box<WaitForCancellationFutureOwned>>,
-    kill_registered: bool,
-    /// Shutdown started (`state.drain`), as a future registered like `killed`.
-    drain_started: Pin<Box<WaitForCancellationFutureOwned>>,
-    drain_registered: bool,
+    /// `kill` (CLIENT KILL, the drain's end) as the session waits on it.
+    killed: Watched,
+    /// Shutdown started (`state.drain`).
+    drain_started: Watched,
     /// Shutting down: reading goes on, but an idle client is closed.
     draining: bool,
     /// With `idle_timeout_secs`: restarted whenever the session waits.
@@ -246,10 +272,8 @@ async fn serve_stream(
         pushes: None,
         kill: kill.clone(),
         unblocker: Arc::default(),
-        killed: Box::pin(kill.cancelled_owned()),
-        kill_registered: false,
-        drain_started: Box::pin(state.drain.clone().cancelled_owned()),
-        drain_registered: false,
+        killed: Watched::new(kill.clone()),
+        drain_started: Watched::new(state.drain.clone()),
         draining: false,
         idle_timer: None,
         meta: reply::Meta::new(),
@@ -401,28 +425,14 @@ impl Session {
         // Once polled, the future stays registered with this task's waker,
         // so later waits only check the flag.
         if reading {
-            let killed = if self.kill_registered {
-                self.kill.is_cancelled()
-            } else {
-                self.kill_registered = true;
-                self.killed.as_mut().poll(cx).is_ready()
-            };
-            if killed {
+            if self.killed.fired(cx) {
                 self.input_closed = true;
                 return Poll::Ready(true);
             }
             // Shutdown: go on reading, with the drain's idle grace.
-            if !self.draining {
-                let started = if self.drain_registered {
-                    self.state.drain.is_cancelled()
-                } else {
-                    self.drain_registered = true;
-                    self.drain_started.as_mut().poll(cx).is_ready()
-                };
-                if started {
-                    self.draining = true;
-                    return Poll::Ready(true);
-                }
+            if !self.draining && self.drain_started.fired(cx) {
+                self.draining = true;
+                return Poll::Ready(true);
             }
         }
         Poll::Pending
