@@ -32,15 +32,25 @@ fn published_through_keyway_reaches_keyway_and_direct_subscribers() {
     );
     let n: i64 = c.publish("session:events", "login").unwrap();
     assert_eq!(n, 1);
-    let m = sub.get_message().unwrap();
+    // Messages of channels on two pools come over two backend links: each
+    // arrives once, but not necessarily in publishing order (a known
+    // difference from one Redis, listed in docs/testing.md).
+    let mut got: Vec<(String, String)> = (0..2)
+        .map(|_| {
+            let m = sub.get_message().unwrap();
+            (
+                m.get_channel_name().to_string(),
+                m.get_payload::<String>().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
     assert_eq!(
-        (m.get_channel_name(), m.get_payload::<String>().unwrap()),
-        ("chat:room:1", "hello".to_string())
-    );
-    let m = sub.get_message().unwrap();
-    assert_eq!(
-        (m.get_channel_name(), m.get_payload::<String>().unwrap()),
-        ("session:events", "login".to_string())
+        got,
+        [
+            ("chat:room:1".to_string(), "hello".to_string()),
+            ("session:events".to_string(), "login".to_string())
+        ]
     );
     let m = direct_sub.get_message().unwrap();
     assert_eq!(m.get_payload::<String>().unwrap(), "hello");
