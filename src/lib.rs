@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod backend;
 pub mod command;
+pub mod commandstats;
 pub mod config;
 pub mod metrics;
 pub mod monitor;

@@ -122,7 +122,8 @@ impl Server {
             Duration::from_millis(self.state.live().config.server.health_interval_ms.max(100));
         let monitor = tokio::spawn(crate::monitor::run(self.state.clone(), interval));
         let admin = tokio::spawn(crate::admin::serve(self.state.clone(), self.admin));
-        let tasks = vec![monitor, admin];
+        let clock = tokio::spawn(self.state.clone().tick_clock());
+        let tasks = vec![monitor, admin, clock];
         self.state
             .followers
             .sync(&self.state, &self.state.live_arc());

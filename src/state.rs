@@ -3,7 +3,7 @@
 //! client registry and the counters that INFO and CLIENT LIST report.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -41,6 +41,9 @@ pub struct State {
     /// The default pool's `redis_version`, reported by HELLO and INFO.
     pub redis_version: ArcSwap<String>,
     pub stats: Stats,
+    /// Whole seconds since start, kept by `tick_clock`: reading it costs a
+    /// load where a clock read per request would cost far more.
+    uptime_secs: AtomicU64,
     /// Cancelled when shutdown starts: sessions finish what they read and close.
     pub drain: tokio_util::sync::CancellationToken,
     /// One Sentinel follower per Sentinel-managed pool of the live configuration.
@@ -52,6 +55,8 @@ pub struct State {
 pub struct Stats {
     pub connections_received: AtomicU64,
     pub commands_processed: AtomicU64,
+    /// Error replies by kind and refused calls, for INFO.
+    pub errors: crate::commandstats::ErrorStats,
 }
 
 /// What CLIENT LIST shows of one client.
@@ -67,14 +72,70 @@ pub struct ClientInfo {
     pub lib_ver: String,
     pub connected: Instant,
     pub user: String,
-    /// Queued commands in MULTI, or -1 outside a transaction.
-    pub multi: i64,
     /// Channels, patterns and shard channels subscribed.
     pub subscriptions: (usize, usize, usize),
+    /// Each pattern subscribed, with the pools it is subscribed on.
+    pub patterns: Arc<[(bytes::Bytes, Vec<crate::route::PoolId>)]>,
     /// Cancelling it disconnects the client (CLIENT KILL).
     pub kill: tokio_util::sync::CancellationToken,
     /// Whether it is blocked, and how CLIENT UNBLOCK ends that.
     pub unblocker: std::sync::Arc<crate::session::Unblocker>,
+    /// What it is doing now, as its session last published.
+    pub activity: Arc<Activity>,
+}
+
+/// What a session publishes as it runs, for CLIENT LIST and CLIENT INFO:
+/// relaxed stores on the request path, read only when a client lists.
+#[derive(Debug)]
+pub struct Activity {
+    /// The address of the last command's table name (0: none yet); turned
+    /// back into the name by looking it up in the command table.
+    command: AtomicUsize,
+    /// Seconds after keyway started, when the last command was read.
+    last_secs: AtomicU64,
+    /// Queued commands in MULTI, or -1 outside a transaction.
+    multi: AtomicI64,
+    /// Request bytes read and not yet handled, and the read buffer's spare room.
+    query_bytes: AtomicUsize,
+    query_free: AtomicUsize,
+    /// Reply bytes held for the client.
+    output_bytes: AtomicUsize,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            command: AtomicUsize::new(0),
+            last_secs: AtomicU64::new(0),
+            multi: AtomicI64::new(-1),
+            query_bytes: AtomicUsize::new(0),
+            query_free: AtomicUsize::new(0),
+            output_bytes: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Activity {
+    /// A command was read: `name` is its command-table name.
+    #[inline]
+    pub fn command(&self, name: &'static str, uptime_secs: u64) {
+        self.command
+            .store(name.as_ptr() as usize, Ordering::Relaxed);
+        self.last_secs.store(uptime_secs, Ordering::Relaxed);
+    }
+
+    /// The state after a request was handled.
+    #[inline]
+    pub fn buffers(&self, multi: i64, query: usize, query_free: usize, output: usize) {
+        self.multi.store(multi, Ordering::Relaxed);
+        self.query_bytes.store(query, Ordering::Relaxed);
+        self.query_free.store(query_free, Ordering::Relaxed);
+        self.output_bytes.store(output, Ordering::Relaxed);
+    }
+
+    pub fn multi(&self) -> i64 {
+        self.multi.load(Ordering::Relaxed)
+    }
 }
 
 /// Shown until a backend tells its own version.
@@ -101,6 +162,7 @@ impl State {
             started: Instant::now(),
             redis_version: ArcSwap::from_pointee(FALLBACK_REDIS_VERSION.to_string()),
             stats: Stats::default(),
+            uptime_secs: AtomicU64::new(0),
             drain: tokio_util::sync::CancellationToken::new(),
             followers: crate::sentinel::Followers::default(),
             next_client_id: AtomicU64::new(1),
@@ -185,6 +247,20 @@ impl State {
         self.me.upgrade()
     }
 
+    pub fn uptime_secs(&self) -> u64 {
+        self.uptime_secs.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `uptime_secs` current; runs for as long as the server does.
+    pub async fn tick_clock(self: Arc<State>) {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            self.uptime_secs
+                .store(self.started.elapsed().as_secs(), Ordering::Relaxed);
+        }
+    }
+
     pub fn next_client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -195,34 +271,63 @@ impl State {
 }
 
 impl ClientInfo {
-    fn flags(&self) -> &'static str {
-        if self.unblocker.is_blocked() {
-            "b"
-        } else if self.multi >= 0 {
-            "x"
-        } else if self.subscriptions != (0, 0, 0) {
-            "P"
-        } else {
-            "N"
+    /// Redis's flag letters: P pub/sub, x in MULTI, b blocked; N for none.
+    fn flags(&self) -> String {
+        let mut flags = String::new();
+        if self.subscriptions != (0, 0, 0) {
+            flags.push('P');
         }
+        if self.activity.multi() >= 0 {
+            flags.push('x');
+        }
+        if self.unblocker.is_blocked() {
+            flags.push('b');
+        }
+        if flags.is_empty() {
+            flags.push('N');
+        }
+        flags
+    }
+
+    /// Whether it is in pub/sub mode (CLIENT LIST/KILL `TYPE pubsub`).
+    pub fn is_pubsub(&self) -> bool {
+        self.subscriptions != (0, 0, 0)
     }
 
     /// One CLIENT LIST / CLIENT INFO line, in Redis's field order.
-    pub fn line(&self) -> String {
+    pub fn line(&self, state: &State) -> String {
+        let a = &self.activity;
+        let idle = state
+            .uptime_secs()
+            .saturating_sub(a.last_secs.load(Ordering::Relaxed));
+        let cmd = match a.command.load(Ordering::Relaxed) {
+            0 => "NULL",
+            address => state.commands.name_at(address).unwrap_or("NULL"),
+        };
+        let qbuf = a.query_bytes.load(Ordering::Relaxed);
+        let qbuf_free = a.query_free.load(Ordering::Relaxed);
+        let omem = a.output_bytes.load(Ordering::Relaxed);
         format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db={} sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=NULL user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi={} qbuf={} qbuf-free={} argv-mem=0 multi-mem=0 rbs={} rbp=0 obl=0 oll=0 omem={} tot-mem={} events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
             self.id,
             self.addr,
             self.local_addr,
             self.name,
             self.connected.elapsed().as_secs(),
+            idle,
             self.flags(),
             self.db,
             self.subscriptions.0,
             self.subscriptions.1,
             self.subscriptions.2,
-            self.multi,
-            self.user,
+            a.multi(),
+            qbuf,
+            qbuf_free,
+            qbuf + qbuf_free,
+            omem,
+            qbuf + qbuf_free + omem,
+            cmd,
+            if self.user.is_empty() { "default" } else { &self.user },
             self.proto.version(),
             self.lib_name,
             self.lib_ver,

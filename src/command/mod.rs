@@ -46,6 +46,15 @@ impl CommandTable {
         CommandTable { by_name }
     }
 
+    /// The table name whose text starts at `address` (what CLIENT LIST
+    /// kept of a client's last command).
+    pub fn name_at(&self, address: usize) -> Option<&'static str> {
+        self.by_name
+            .values()
+            .map(|spec| spec.name)
+            .find(|name| name.as_ptr() as usize == address)
+    }
+
     pub fn len(&self) -> usize {
         self.by_name.len()
     }

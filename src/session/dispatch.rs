@@ -99,6 +99,10 @@ impl Session {
             retried: false,
         };
 
+        if let Some(spec) = spec {
+            self.activity.command(spec.name, state.uptime_secs());
+        }
+
         // An unauthenticated client may only authenticate (or leave).
         let no_auth = spec.is_some_and(|s| s.flags.contains(Flags::NO_AUTH));
         if self.client.user.is_none() && !no_auth {
@@ -131,7 +135,9 @@ impl Session {
                         &msg[4..]
                     ));
                 }
-                return self.refuse_in_multi(resp::error(&msg));
+                let reply = resp::error(&msg);
+                state.stats.errors.rejected(spec.name, &reply);
+                return self.refuse_in_multi(reply);
             }
         }
 
@@ -177,12 +183,36 @@ impl Session {
                 return Box::pin(self.watch(&request, pool)).await;
             }
             b"unwatch" => return Box::pin(self.unwatch()).await,
-            b"subscribe" => return Box::pin(self.subscribe(Kind::Channel, &request)).await,
-            b"psubscribe" => return Box::pin(self.subscribe(Kind::Pattern, &request)).await,
-            b"ssubscribe" => return Box::pin(self.subscribe(Kind::Shard, &request)).await,
-            b"unsubscribe" => return Box::pin(self.unsubscribe(Kind::Channel, &request)).await,
-            b"punsubscribe" => return Box::pin(self.unsubscribe(Kind::Pattern, &request)).await,
-            b"sunsubscribe" => return Box::pin(self.unsubscribe(Kind::Shard, &request)).await,
+            b"subscribe" => {
+                return Box::pin(self.subscribe(Kind::Channel, &request))
+                    .await
+                    .pushed()
+            }
+            b"psubscribe" => {
+                return Box::pin(self.subscribe(Kind::Pattern, &request))
+                    .await
+                    .pushed()
+            }
+            b"ssubscribe" => {
+                return Box::pin(self.subscribe(Kind::Shard, &request))
+                    .await
+                    .pushed()
+            }
+            b"unsubscribe" => {
+                return Box::pin(self.unsubscribe(Kind::Channel, &request))
+                    .await
+                    .pushed()
+            }
+            b"punsubscribe" => {
+                return Box::pin(self.unsubscribe(Kind::Pattern, &request))
+                    .await
+                    .pushed()
+            }
+            b"sunsubscribe" => {
+                return Box::pin(self.unsubscribe(Kind::Shard, &request))
+                    .await
+                    .pushed()
+            }
             _ => {}
         }
         // Rare, large paths are boxed so an idle client's task stays small.
@@ -208,6 +238,9 @@ impl Session {
             Ok((plan, _)) => plan,
             Err(denial) => return self.deny(denial),
         };
+        // COPY … DB n and MOVE key n write into another database: it must
+        // be one this pool serves for that key, named as the backend knows it.
+        drop(args);
         if live.policy.has_limits(true) {
             let pools: Vec<PoolId> = match &plan {
                 Plan::One(pool) => vec![*pool],
@@ -223,6 +256,10 @@ impl Session {
         match plan {
             Plan::One(pool) if blocks(name, spec.flags, &request) => {
                 Box::pin(self.blocking(pool, &request)).await
+            }
+            // Rare, and boxed so its request copy does not enlarge every request.
+            Plan::One(pool) if database_target(name, &request).is_some() => {
+                Box::pin(self.forward_into_database(&live, name, spec.name, pool, &request)).await
             }
             Plan::One(pool) => {
                 // Replica reads: read-only commands go to the pool's healthy
@@ -368,8 +405,20 @@ impl Session {
         let pool = self
             .single_pool(name, spec, &request)
             .map(|pool| (!self.key_scratch.is_empty()).then_some(pool));
+        let mut request = request;
         if let Ok(Some(pool)) = pool {
-            if self.state.live().policy.has_limits(true) {
+            let live = self.state.live_arc();
+            match self.other_database(&live, name, pool, &request) {
+                Ok(Some(rewritten)) => request = rewritten,
+                Ok(None) => {}
+                Err(cross) => {
+                    self.state
+                        .metrics
+                        .deny("crosspool", &upper(name).to_lowercase());
+                    return self.refuse_in_multi(resp::error(&cross.to_string()));
+                }
+            }
+            if live.policy.has_limits(true) {
                 if let Err(denial) = self.admit(name, spec, Some(pool)).await {
                     return self.deny(denial);
                 }
@@ -433,6 +482,82 @@ fn refused(name: &[u8]) -> Option<&'static str> {
         b"sync" | b"psync" | b"replconf" => Some("replication goes to the backends directly"),
         b"readonly" | b"readwrite" | b"asking" => Some("keyway is not a cluster node"),
         _ => None,
+    }
+}
+
+/// Where COPY's `DB n` and MOVE's database argument are, with the key the
+/// command creates there: (key index, database index).
+fn database_target(name: &[u8], request: &Request) -> Option<(usize, usize)> {
+    match name {
+        b"move" if request.argc() == 3 => Some((1, 2)),
+        b"copy" => (3..request.argc().saturating_sub(1))
+            .find(|&i| request.arg(i).eq_ignore_ascii_case(b"DB"))
+            .map(|i| (2, i + 1)),
+        _ => None,
+    }
+}
+
+impl Session {
+    /// COPY … DB n or MOVE key n, outside MULTI: refused as CROSSPOOL, or
+    /// forwarded with the database as the pool's backend numbers it.
+    async fn forward_into_database(
+        &mut self,
+        live: &crate::state::Live,
+        name: &[u8],
+        command: &'static str,
+        pool: PoolId,
+        request: &Request,
+    ) -> Reply {
+        match self.other_database(live, name, pool, request) {
+            Ok(rewritten) => {
+                let bytes = rewritten.as_ref().unwrap_or(request).bytes().clone();
+                self.forward(pool, bytes).await
+            }
+            Err(cross) => {
+                self.state.metrics.deny("crosspool", command);
+                self.refuse_in_multi(resp::error(&cross.to_string()))
+            }
+        }
+    }
+
+    /// For a command writing into another database (COPY … DB n, MOVE key
+    /// n): refused when that database routes the key to another pool, else
+    /// the request with `n` as the pool's backend numbers it (a pool URL's
+    /// `/db` stands for the client's db 0). `None`: forwarded unchanged.
+    fn other_database(
+        &self,
+        live: &crate::state::Live,
+        name: &[u8],
+        pool: PoolId,
+        request: &Request,
+    ) -> Result<Option<Request>, crate::route::CrossPool> {
+        let Some((key, db_arg)) = database_target(name, request) else {
+            return Ok(None);
+        };
+        // Not a database number: Redis answers with its own error.
+        let Some(db) = resp::decimal(request.arg(db_arg))
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n < live.config.server.databases)
+        else {
+            return Ok(None);
+        };
+        let target = live.router.pool_for_key(request.arg(key), name, db);
+        if target != pool {
+            return Err(crate::route::CrossPool {
+                first: live.router.pool_name(pool).to_string(),
+                second: live.router.pool_name(target).to_string(),
+            });
+        }
+        let Ok(backend) = live.backends.checked(pool) else {
+            return Ok(None);
+        };
+        let backend_db = backend.backend_db(db);
+        if backend_db == db {
+            return Ok(None);
+        }
+        let mut args: Vec<Bytes> = request.args().map(Bytes::copy_from_slice).collect();
+        args[db_arg] = Bytes::from(backend_db.to_string());
+        Ok(Some(Request::from_args(&args)))
     }
 }
 

@@ -2,6 +2,8 @@
 //! (PING, HELLO, SELECT, CLIENT ...) or about the whole keyspace, which no
 //! single pool holds (INFO, DBSIZE, SCAN, KEYS, RANDOMKEY).
 
+use bytes::Bytes;
+
 use super::merge::{decode_scan_cursor, InfoRequest, Merge};
 use super::reply::Reply;
 use super::Session;
@@ -67,6 +69,19 @@ impl Session {
             }
             b"scan" => Some(Box::pin(self.scan(req)).await),
             b"slowlog" => self.slowlog(req),
+            // Keyway's own latencies, as it is the server its clients see.
+            b"latency" if text(req.arg(1)).eq_ignore_ascii_case("histogram") => {
+                let only: Vec<String> = req
+                    .args()
+                    .skip(2)
+                    .map(|a| text(a).to_ascii_lowercase())
+                    .collect();
+                Some(Reply::now(crate::commandstats::latency_histogram(
+                    &self.state.metrics,
+                    self.client.proto,
+                    &only,
+                )))
+            }
             b"pubsub" => Some(Box::pin(self.pubsub_command(req)).await),
             b"script" | b"function" => Box::pin(self.scripting(name, req)).await,
             b"swapdb" => {
@@ -135,6 +150,8 @@ impl Session {
         self.client.db = 0;
         self.client.proto = Protocol::Resp2;
         self.client.name.clear();
+        // lib-name and lib-ver stay, as in Redis: they still describe the
+        // library behind the connection.
         self.client.user = self.state.live().policy.initial_user();
         self.client_changed();
         Reply::now(resp::simple("RESET"))
@@ -148,13 +165,36 @@ impl Session {
         let merge = match sub.as_str() {
             "channels" | "shardchannels" => Merge::ConcatArrays,
             "numsub" | "shardnumsub" => Merge::SumPairs,
-            "numpat" => Merge::SumIntegers,
+            "numpat" => Merge::SumLess(self.own_pattern_duplicates()),
             _ => {
                 let pool = self.state.live().router.default_pool();
                 return self.forward(pool, req.bytes().clone()).await;
             }
         };
         self.fanout(&pools, req.bytes(), merge).await
+    }
+
+    /// How many times the servers' NUMPAT sum counts a pattern of keyway's
+    /// own clients more than once: a pattern that may match keys of several
+    /// pools is subscribed on each of their servers, and each counts it.
+    fn own_pattern_duplicates(&self) -> i64 {
+        let live = self.state.live();
+        let mut servers: std::collections::HashMap<Bytes, std::collections::HashSet<String>> =
+            std::collections::HashMap::new();
+        for client in self.state.clients.iter() {
+            for (pattern, pools) in client.patterns.iter() {
+                let entry = servers.entry(pattern.clone()).or_default();
+                for &pool in pools {
+                    if let Ok(backend) = live.backends.checked(pool) {
+                        entry.insert(backend.endpoint().address());
+                    }
+                }
+            }
+        }
+        servers
+            .values()
+            .map(|s| s.len().saturating_sub(1) as i64)
+            .sum()
     }
 
     /// SCRIPT and FUNCTION changes go to every pool, so EVALSHA and FCALL
@@ -420,19 +460,23 @@ impl Session {
                 let mut r = ReplyBuf::new(self.client.proto);
                 r.verbatim(
                     self.client
-                        .info(&self.kill, &self.mode, &self.unblocker)
-                        .line()
+                        .info(&self.kill, &self.mode, &self.unblocker, &self.activity)
+                        .line(&self.state)
                         .as_bytes(),
                 );
                 Some(Reply::now(r.freeze()))
             }
             ("list", _) => {
+                let filter = match ListFilter::parse(req) {
+                    Ok(filter) => filter,
+                    Err(e) => return err(&e),
+                };
                 let mut lines: Vec<(u64, String)> = self
                     .state
                     .clients
                     .iter()
-                    .filter(|c| self.sees(c))
-                    .map(|c| (c.id, c.line()))
+                    .filter(|c| self.sees(c) && filter.keeps(c))
+                    .map(|c| (c.id, c.line(&self.state)))
                     .collect();
                 lines.sort();
                 let all: String = lines.into_iter().map(|(_, l)| l).collect();
@@ -553,7 +597,7 @@ impl Session {
                 "laddr" => c.local_addr.to_string() == *v,
                 "user" => c.user == *v || (c.user.is_empty() && v == "default"),
                 "type" => {
-                    let pubsub = c.subscriptions != (0, 0, 0);
+                    let pubsub = c.is_pubsub();
                     (v.eq_ignore_ascii_case("normal") && !pubsub)
                         || (v.eq_ignore_ascii_case("pubsub") && pubsub)
                 }
@@ -620,11 +664,16 @@ impl Session {
             .skip(1)
             .map(|a| text(a).to_ascii_lowercase())
             .collect();
-        let everything = asked.is_empty()
-            || asked
-                .iter()
-                .any(|s| matches!(s.as_str(), "all" | "default" | "everything"));
-        let wants = |s: &str| everything || asked.iter().any(|a| a == s);
+        // As Redis: no argument or `default` leaves out the per-command
+        // sections; `all` and `everything` have them.
+        let all = asked
+            .iter()
+            .any(|s| matches!(s.as_str(), "all" | "everything"));
+        let default = asked.is_empty() || asked.iter().any(|s| s == "default");
+        let wants = |s: &str| {
+            all || (default && !matches!(s, "commandstats" | "latencystats"))
+                || asked.iter().any(|a| a == s)
+        };
         let local = self.render_info_sections(&wants);
         let wants_keyspace = wants("keyspace");
         let default_pool = self.state.live().router.default_pool();
@@ -664,7 +713,7 @@ impl Session {
             for c in state.clients.iter() {
                 blocked += usize::from(c.unblocker.is_blocked());
                 pubsub += usize::from(c.subscriptions != (0, 0, 0));
-                multi += usize::from(c.multi >= 0);
+                multi += usize::from(c.activity.multi() >= 0);
             }
             sections.push(format!(
                 "# Clients\r\nconnected_clients:{}\r\ncluster_connections:0\r\nmaxclients:{}\r\nclient_recent_max_input_buffer:0\r\nclient_recent_max_output_buffer:0\r\nblocked_clients:{blocked}\r\ntracking_clients:0\r\npubsub_clients:{pubsub}\r\nwatching_clients:{multi}\r\nclients_in_timeout_table:{blocked}\r\ntotal_watched_keys:0\r\ntotal_blocking_keys:{blocked}\r\n",
@@ -721,6 +770,18 @@ impl Session {
         if wants("modules") {
             sections.push("# Modules\r\n".into());
         }
+        if wants("commandstats") {
+            sections.push(crate::commandstats::render_commandstats(
+                &state.metrics,
+                &state.stats.errors,
+            ));
+        }
+        if wants("errorstats") {
+            sections.push(state.stats.errors.render_errorstats());
+        }
+        if wants("latencystats") {
+            sections.push(crate::commandstats::render_latencystats(&state.metrics));
+        }
         if wants("cluster") {
             sections.push("# Cluster\r\ncluster_enabled:0\r\n".into());
         }
@@ -773,6 +834,65 @@ impl Session {
 
 /// keyway's own CPU time, user and system seconds, from /proc/self/stat
 /// (clock ticks of 1/100 s, as on every Linux keyway runs on).
+/// CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id ...].
+#[derive(Default)]
+struct ListFilter {
+    pubsub: Option<bool>,
+    /// `TYPE master|replica`: keyway's clients are neither.
+    none: bool,
+    ids: Option<Vec<i64>>,
+}
+
+impl ListFilter {
+    fn parse(req: &Request) -> Result<ListFilter, String> {
+        let mut filter = ListFilter::default();
+        let mut i = 2;
+        while i < req.argc() {
+            let option = text(req.arg(i)).to_ascii_lowercase();
+            match option.as_str() {
+                "type" if i + 1 < req.argc() => {
+                    let kind = text(req.arg(i + 1)).to_ascii_lowercase();
+                    match kind.as_str() {
+                        "normal" => filter.pubsub = Some(false),
+                        "pubsub" => filter.pubsub = Some(true),
+                        "master" | "replica" | "slave" => filter.none = true,
+                        _ => {
+                            return Err(format!(
+                                "ERR Unknown client type '{}'",
+                                text(req.arg(i + 1))
+                            ))
+                        }
+                    }
+                    i += 2;
+                }
+                "id" if i + 1 < req.argc() => {
+                    let mut ids = Vec::new();
+                    i += 1;
+                    while i < req.argc() {
+                        match resp::decimal(req.arg(i)) {
+                            Some(id) => ids.push(id),
+                            None => return Err("ERR Invalid client ID".into()),
+                        }
+                        i += 1;
+                    }
+                    filter.ids = Some(ids);
+                }
+                _ => return Err("ERR syntax error".into()),
+            }
+        }
+        Ok(filter)
+    }
+
+    fn keeps(&self, client: &crate::state::ClientInfo) -> bool {
+        !self.none
+            && self.pubsub.is_none_or(|p| p == client.is_pubsub())
+            && self
+                .ids
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&(client.id as i64)))
+    }
+}
+
 fn own_cpu_seconds() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which is in parentheses.

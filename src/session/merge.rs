@@ -21,6 +21,9 @@ pub enum Merge {
     /// Every part agreed; the first reply stands for all (SCRIPT LOAD).
     First,
     SumIntegers,
+    /// The sum less a count of duplicates keyway itself caused (PUBSUB
+    /// NUMPAT: one pattern subscribed on several servers).
+    SumLess(i64),
     /// `[name, n, name, n]` replies summed per position (PUBSUB NUMSUB).
     SumPairs,
     /// Element-wise AND of 0/1 arrays (SCRIPT EXISTS: loaded everywhere).
@@ -78,9 +81,14 @@ impl Merge {
                 .find(|b| b.as_ref() != b"+OK\r\n")
                 .cloned()
                 .unwrap_or_else(|| resp::simple("OK")),
-            Merge::SumIntegers => {
+            Merge::SumIntegers | Merge::SumLess(_) => {
+                let less = match self {
+                    Merge::SumLess(n) => n,
+                    _ => 0,
+                };
                 let sum: Option<i64> = ok.iter().map(|b| shapes::integer(b)).sum();
-                sum.map(resp::int).unwrap_or_else(|| unexpected("integer"))
+                sum.map(|n| resp::int((n - less).max(0)))
+                    .unwrap_or_else(|| unexpected("integer"))
             }
             Merge::ConcatArrays => {
                 let mut all = Vec::new();

@@ -33,7 +33,7 @@ use crate::config::Config;
 use crate::policy::{Denial, User};
 use crate::resp::{ParseLimits, Protocol, RequestParser};
 use crate::route::PoolId;
-use crate::state::{ClientInfo, State};
+use crate::state::{Activity, ClientInfo, State};
 
 pub use reply::Reply;
 
@@ -74,6 +74,7 @@ impl ClientState {
         kill: &CancellationToken,
         mode: &Mode,
         unblocker: &Arc<Unblocker>,
+        activity: &Arc<Activity>,
     ) -> ClientInfo {
         let (sub, psub, ssub) = match mode {
             Mode::Subscribed(s) => s.counts(),
@@ -94,13 +95,14 @@ impl ClientState {
                 .as_ref()
                 .map(|u| u.name.to_string())
                 .unwrap_or_default(),
-            multi: match mode {
-                Mode::Transaction(t) if t.in_multi() => t.queued_len() as i64,
-                _ => -1,
-            },
             subscriptions: (sub, psub, ssub),
+            patterns: match mode {
+                Mode::Subscribed(s) => s.patterns(),
+                _ => Arc::new([]),
+            },
             kill: kill.clone(),
             unblocker: unblocker.clone(),
+            activity: activity.clone(),
         }
     }
 }
@@ -175,6 +177,8 @@ pub struct Session {
     kill: CancellationToken,
     /// Whether a blocking command runs, and CLIENT UNBLOCK's way to end it.
     unblocker: Arc<Unblocker>,
+    /// What CLIENT LIST shows of this client's doings.
+    activity: Arc<Activity>,
     /// `kill` (CLIENT KILL, the drain's end) as the session waits on it.
     killed: Watched,
     /// Shutdown started (`state.drain`).
@@ -272,6 +276,7 @@ async fn serve_stream(
         pushes: None,
         kill: kill.clone(),
         unblocker: Arc::default(),
+        activity: Arc::default(),
         killed: Watched::new(kill.clone()),
         drain_started: Watched::new(state.drain.clone()),
         draining: false,
@@ -322,6 +327,7 @@ impl Session {
                     // the read buffer from being reused.
                     self.meta.request = Bytes::new();
                     self.queue(reply);
+                    self.publish_buffers();
                     self.release_held_messages().await;
                 }
                 Ok(None) => return true,
@@ -442,6 +448,7 @@ impl Session {
     fn queue(&mut self, reply: Reply) {
         let reply = match self.reply_mode {
             ReplyMode::On => reply,
+            _ if reply.is_push() => reply,
             ReplyMode::Off => Reply::Silent(Box::new(reply)),
             ReplyMode::Skip(n) => {
                 self.reply_mode = if n > 1 {
@@ -543,7 +550,8 @@ impl Session {
     fn register(&self) {
         self.state.clients.insert(
             self.client.id,
-            self.client.info(&self.kill, &self.mode, &self.unblocker),
+            self.client
+                .info(&self.kill, &self.mode, &self.unblocker, &self.activity),
         );
     }
 
@@ -560,7 +568,9 @@ impl Session {
                 self.meta.started.elapsed().as_secs_f64(),
             );
         }
-        Reply::backend_error(e)
+        let reply = e.to_resp();
+        self.state.stats.errors.error_reply(&reply);
+        Reply::now(reply)
     }
 
     /// Counts a refusal and answers it; inside MULTI it also aborts the
@@ -568,7 +578,9 @@ impl Session {
     pub(super) fn deny(&mut self, denial: Denial) -> Reply {
         let (reason, detail) = denial.labels();
         self.state.metrics.deny(reason, &detail);
-        self.refuse_in_multi(denial.to_resp())
+        let reply = denial.to_resp();
+        self.state.stats.errors.rejected(self.meta.command, &reply);
+        self.refuse_in_multi(reply)
     }
 
     /// After a reload: pools may have moved or changed in number, and the
@@ -590,6 +602,22 @@ impl Session {
         };
         self.register();
         live
+    }
+
+    /// What CLIENT LIST reads of the buffers and the transaction, after
+    /// each request.
+    #[inline]
+    fn publish_buffers(&self) {
+        let multi = match &self.mode {
+            Mode::Transaction(t) if t.in_multi() => t.queued_len() as i64,
+            _ => -1,
+        };
+        self.activity.buffers(
+            multi,
+            self.inbuf.len(),
+            self.inbuf.capacity() - self.inbuf.len(),
+            self.output.owed_bytes(),
+        );
     }
 
     /// The db or protocol changed: connections for the old ones no longer fit.

@@ -158,7 +158,7 @@ impl Output {
 
     /// Reply bytes held for the client: arrived, or ready to write.
     #[inline]
-    fn owed_bytes(&self) -> usize {
+    pub fn owed_bytes(&self) -> usize {
         self.out.len() + self.arrived_bytes
     }
 

@@ -4,6 +4,7 @@
 //! (un)subscribe confirmations itself, with counts over all pools.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -76,6 +77,14 @@ impl Subscriptions {
 
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.channels.len(), self.patterns.len(), self.shards.len())
+    }
+
+    /// The patterns subscribed and the pools each is subscribed on.
+    pub fn patterns(&self) -> Arc<[(Bytes, Vec<PoolId>)]> {
+        self.patterns
+            .iter()
+            .map(|(p, pools)| (p.clone(), pools.clone()))
+            .collect()
     }
 
     fn count_for(&self, kind: Kind) -> usize {

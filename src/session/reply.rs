@@ -28,6 +28,9 @@ pub enum Reply {
     Close(Bytes),
     /// Resolved but not written (CLIENT REPLY OFF / SKIP).
     Silent(Box<Reply>),
+    /// A (un)subscribe confirmation: written even under CLIENT REPLY OFF,
+    /// as Redis delivers pub/sub confirmations whatever the reply mode.
+    Push(Bytes),
 }
 
 /// A request forwarded to one pool, and where its reply is.
@@ -117,6 +120,9 @@ impl Meta {
             outcome == "error",
             elapsed.as_secs_f64(),
         );
+        if outcome == "error" {
+            state.stats.errors.error_reply(reply);
+        }
         if elapsed >= state.slowlog.threshold {
             self.record_slow(state, pool, elapsed);
         }
@@ -219,6 +225,18 @@ impl Reply {
         Reply::Close(bytes)
     }
 
+    /// The same reply, marked as a pub/sub confirmation if keyway made it.
+    pub fn pushed(self) -> Reply {
+        match self {
+            Reply::Now(b) => Reply::Push(b),
+            other => other,
+        }
+    }
+
+    pub fn is_push(&self) -> bool {
+        matches!(self, Reply::Push(_))
+    }
+
     pub fn closes(&self) -> bool {
         match self {
             Reply::Close(_) => true,
@@ -247,7 +265,7 @@ impl Reply {
             Reply::Backend(f) => matches!(f.wait, Wait::Retry(_)),
             Reply::Fanout(_) => true,
             Reply::Silent(inner) => inner.waits_elsewhere(),
-            Reply::Now(_) | Reply::Close(_) => false,
+            Reply::Now(_) | Reply::Push(_) | Reply::Close(_) => false,
         }
     }
 
@@ -255,7 +273,7 @@ impl Reply {
     /// the metrics as they are taken.
     pub fn try_ready(&mut self, state: &State) -> Option<Bytes> {
         match self {
-            Reply::Now(b) | Reply::Close(b) => Some(std::mem::take(b)),
+            Reply::Now(b) | Reply::Push(b) | Reply::Close(b) => Some(std::mem::take(b)),
             Reply::Backend(f) => f.try_ready(state),
             Reply::Fanout(_) => None,
             Reply::Silent(inner) => inner.try_ready(state).map(|_| Bytes::new()),
@@ -266,7 +284,7 @@ impl Reply {
     /// as it arrives, so polling may stop and resume at any point.
     pub fn poll_ready(&mut self, cx: &mut Context<'_>, state: &State) -> Poll<Bytes> {
         match self {
-            Reply::Now(b) | Reply::Close(b) => Poll::Ready(std::mem::take(b)),
+            Reply::Now(b) | Reply::Push(b) | Reply::Close(b) => Poll::Ready(std::mem::take(b)),
             Reply::Backend(f) => loop {
                 if let Some(b) = f.try_ready(state) {
                     return Poll::Ready(b);
