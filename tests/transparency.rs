@@ -379,3 +379,54 @@ fn all_section_names_match_redis() {
     let missing: Vec<_> = want.difference(&got).collect();
     assert!(missing.is_empty(), "missing {missing:?}");
 }
+
+/// Whether a direct write to `server` answers within half a second.
+fn writes_flow(server: &RedisServer) -> bool {
+    let out = std::process::Command::new("timeout")
+        .args([
+            "0.5",
+            "redis-cli",
+            "-p",
+            &server.port.to_string(),
+            "SET",
+            "probe",
+            "1",
+        ])
+        .output()
+        .expect("timeout and redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim() == "OK"
+}
+
+#[test]
+fn client_pause_is_server_wide_and_reaches_every_backend() {
+    // Refused by default: it stops every tenant's commands.
+    let r = Reference::start();
+    let e = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "1000"])
+        .query::<()>(&mut r.client())
+        .unwrap_err();
+    assert!(e.to_string().contains("blocked by keyway policy"), "{e}");
+    drop(r);
+
+    let r = Reference::start_with("[policy]\nallow = [\"CLIENT PAUSE\", \"CLIENT UNPAUSE\"]\n");
+    let mut c = r.client();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "20000", "WRITE"])
+        .query(&mut c)
+        .unwrap();
+    for server in [&r.session, &r.cache, &r.realtime] {
+        assert!(
+            !writes_flow(server),
+            "port {} should be paused",
+            server.port
+        );
+    }
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut c).unwrap();
+    for server in [&r.session, &r.cache, &r.realtime] {
+        assert!(
+            writes_flow(server),
+            "port {} should be unpaused",
+            server.port
+        );
+    }
+}

@@ -48,7 +48,10 @@ pub fn is_server_wide(name: &str, flags: Flags, acl: &[&str]) -> bool {
     if ALSO_SERVER_WIDE.contains(&name) {
         return true;
     }
-    if SERVED_PER_CLIENT.contains(&name) || name.starts_with("client|") {
+    // CLIENT subcommands act on keyway's own clients, except PAUSE and
+    // UNPAUSE, which stop (or restart) every tenant's commands.
+    let own_clients = name.starts_with("client|") && !name.ends_with("pause");
+    if SERVED_PER_CLIENT.contains(&name) || own_clients {
         return false;
     }
     flags.contains(Flags::ADMIN) || acl.contains(&"dangerous")

@@ -42,6 +42,16 @@ impl Session {
             b"select" => self.select(req.arg(1)),
             b"hello" => self.hello(req),
             b"auth" => self.auth(req),
+            // Allowed only by policy (server-wide): every backend pauses.
+            // UNPAUSE goes on connections of its own, not behind paused ones.
+            b"client" if argc == 2 && req.arg(1).eq_ignore_ascii_case(b"unpause") => {
+                let pools = self.distinct(self.all_pools(), false);
+                Some(Box::pin(self.urgent(&pools, req)).await)
+            }
+            b"client" if argc >= 3 && req.arg(1).eq_ignore_ascii_case(b"pause") => {
+                let pools = self.distinct(self.all_pools(), false);
+                Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
+            }
             b"client" => self.client_command(req),
             b"info" => Some(Box::pin(self.info(req)).await),
             b"command" | b"time" | b"lastsave" => {
@@ -218,8 +228,8 @@ impl Session {
 
     /// SCRIPT KILL and FUNCTION KILL: the busy script holds the shared
     /// connection it came on, and everything queued behind it, so these go
-    /// out on connections of their own. `OK` if any server killed one, else
-    /// the first server's answer (`NOTBUSY` ...).
+    /// out on connections of their own (as does CLIENT UNPAUSE). `OK` if any
+    /// server said OK, else the first server's answer (`NOTBUSY` ...).
     async fn urgent(&self, pools: &[PoolId], req: &Request) -> Reply {
         let args: Vec<String> = req.args().map(text).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -232,7 +242,7 @@ impl Session {
                 .collect()
         };
         let timeout = std::time::Duration::from_secs(2);
-        let mut first = None;
+        let (mut ok, mut first) = (None, None);
         for endpoint in endpoints {
             let answer = match crate::backend::request_once(&endpoint, &args, timeout).await {
                 Ok(answer) => answer,
@@ -241,12 +251,17 @@ impl Session {
                     endpoint.address()
                 )),
             };
+            // Every server is asked (CLIENT UNPAUSE must reach them all).
             if answer.as_ref() == b"+OK\r\n" {
-                return Reply::now(answer);
+                ok = Some(answer);
+            } else {
+                first.get_or_insert(answer);
             }
-            first.get_or_insert(answer);
         }
-        Reply::now(first.unwrap_or_else(|| resp::error("ERR no backend to ask")))
+        Reply::now(
+            ok.or(first)
+                .unwrap_or_else(|| resp::error("ERR no backend to ask")),
+        )
     }
 
     fn all_pools(&self) -> Vec<PoolId> {
