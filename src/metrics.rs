@@ -162,6 +162,10 @@ pub struct Metrics {
     pub failover_seconds: HistogramVec,
     pub config_reloads: IntCounterVec,
     pub auth_lockouts: IntCounter,
+    /// Round trips to a shared limit's pool, by outcome (admitted, limited, error).
+    pub shared_limit_calls: IntCounterVec,
+    /// Requests a fail-open shared limit judged locally, its pool unreachable.
+    pub shared_limit_fallbacks: IntCounterVec,
 }
 
 /// ~50µs to ~10s: a loopback GET sits in the first buckets, a slow Lua
@@ -303,6 +307,18 @@ impl Metrics {
                 .iter()
                 .map(|&(field, name, help)| (field, counter_vec(&r, name, help, &["pool"])))
                 .collect(),
+            shared_limit_calls: counter_vec(
+                &r,
+                "keyway_shared_limit_calls_total",
+                "Round trips to a shared rate limit's pool",
+                &["limit", "outcome"],
+            ),
+            shared_limit_fallbacks: counter_vec(
+                &r,
+                "keyway_shared_limit_fallbacks_total",
+                "Requests judged by the local limit because the shared pool did not answer",
+                &["limit"],
+            ),
             slow_commands: counter_vec(
                 &r,
                 "keyway_slow_commands_total",

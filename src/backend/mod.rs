@@ -202,6 +202,11 @@ impl Backends {
         self.pools[id].clone()
     }
 
+    /// The pool of this name (not a replica pool).
+    pub fn named(&self, name: &str) -> Option<Arc<Pool>> {
+        self.pools().iter().find(|p| p.name() == name).cloned()
+    }
+
     pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
     }

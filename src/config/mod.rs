@@ -169,10 +169,42 @@ pub struct LimitConfig {
     /// With `action = "delay"`: the longest a request waits for a slot.
     #[serde(default = "default_max_delay")]
     pub max_delay_ms: u64,
+    /// One limit for every keyway with this configuration: its state is
+    /// kept in `shared_pool`, decided there by a script.
+    #[serde(default)]
+    pub shared: bool,
+    #[serde(default = "default_shared_pool")]
+    pub shared_pool: String,
+    /// Permits a keyway takes from the shared limit per round trip (1: one
+    /// round trip per request); see the README for what batching costs.
+    #[serde(default = "default_shared_batch")]
+    pub shared_batch: u32,
+    /// When the shared pool cannot answer: `open` falls back to this
+    /// keyway's own limit, `closed` refuses the request.
+    #[serde(default)]
+    pub shared_failure: SharedFailure,
 }
 
 fn default_max_delay() -> u64 {
     100
+}
+
+fn default_shared_pool() -> String {
+    "realtime".to_string()
+}
+
+fn default_shared_batch() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedFailure {
+    /// Fall back to the local limit (a metric and a warning say so).
+    #[default]
+    Open,
+    /// Refuse: `-ERR rate limit unavailable`.
+    Closed,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -812,6 +844,18 @@ fn validate_policy(file: &FileConfig) -> Result<(), ConfigError> {
         }
         if l.burst == 0 {
             return Err(invalid(format!("{field}.burst"), "must be at least 1"));
+        }
+        if l.shared && !file.pools.contains_key(&l.shared_pool) {
+            return Err(invalid(
+                format!("{field}.shared_pool"),
+                format!("unknown pool '{}'", l.shared_pool),
+            ));
+        }
+        if l.shared_batch == 0 {
+            return Err(invalid(
+                format!("{field}.shared_batch"),
+                "must be at least 1",
+            ));
         }
         if let Some(pool) = &l.pool {
             if !file.pools.contains_key(pool) {

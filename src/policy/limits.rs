@@ -1,6 +1,7 @@
 //! Rate limits (GCRA via `governor`, keyed in a DashMap): per client IP,
 //! user, pool, command, or global. Idle keys are purged periodically so
-//! the limiter's memory stays bounded.
+//! the limiter's memory stays bounded. A shared limit is decided in a Redis
+//! pool instead (`shared`), with this keyway's own limiter as its fallback.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -10,7 +11,10 @@ use std::time::Duration;
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
 
-use crate::config::{LimitAction, LimitConfig, LimitScope};
+use super::shared::{Decision, Shared};
+use crate::backend::Backends;
+use crate::config::{LimitAction, LimitConfig, LimitScope, SharedFailure};
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LimitKey {
@@ -29,6 +33,23 @@ pub struct Limit {
     pub action: LimitAction,
     pub max_delay: Duration,
     limiter: DefaultKeyedRateLimiter<LimitKey>,
+    shared: Option<Shared>,
+}
+
+/// What a shared limit needs from outside the policy.
+pub struct Backing<'a> {
+    pub backends: &'a Backends,
+    pub metrics: &'a Metrics,
+}
+
+/// A limit's answer to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Admit,
+    /// Limited: a slot frees up after this long.
+    Wait(Duration),
+    /// Shared, its pool did not answer, and it fails closed.
+    Unavailable,
 }
 
 /// What a request is counted as.
@@ -58,6 +79,7 @@ impl Limit {
             action: config.action,
             max_delay: Duration::from_millis(config.max_delay_ms),
             limiter: DefaultKeyedRateLimiter::dashmap(quota),
+            shared: Shared::new(config),
         }
     }
 
@@ -96,13 +118,93 @@ impl Limit {
             .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
     }
 
+    /// This request's verdict: from this keyway's limiter, or for a shared
+    /// limit from its pool (permits in hand first; the local limiter when
+    /// the pool cannot answer and the limit fails open).
+    pub async fn verdict(&self, s: &Subject<'_>, backing: &Backing<'_>) -> Verdict {
+        let Some(key) = self.key(s) else {
+            return Verdict::Admit;
+        };
+        let Some(shared) = &self.shared else {
+            return self.local(&key);
+        };
+        if shared.take_held(&key) {
+            return Verdict::Admit;
+        }
+        let outcome = match backing.backends.named(&shared.pool) {
+            Some(pool) => {
+                let subject = subject_text(&key, backing.backends);
+                shared.ask(&pool, &key, &subject).await
+            }
+            None => Err(format!("pool '{}' is not configured", shared.pool)),
+        };
+        let count = |outcome: &str| {
+            backing
+                .metrics
+                .shared_limit_calls
+                .with_label_values(&[&self.name, outcome])
+                .inc()
+        };
+        match outcome {
+            Ok(Decision::Admit) => {
+                count("admitted");
+                Verdict::Admit
+            }
+            Ok(Decision::Wait(wait)) => {
+                count("limited");
+                Verdict::Wait(wait)
+            }
+            Err(reason) => {
+                count("error");
+                if shared.should_warn() {
+                    tracing::warn!(limit = %self.name, pool = %shared.pool, failure = ?shared.failure, "shared rate limit unavailable: {reason}");
+                }
+                match shared.failure {
+                    SharedFailure::Open => {
+                        backing
+                            .metrics
+                            .shared_limit_fallbacks
+                            .with_label_values(&[&self.name])
+                            .inc();
+                        self.local(&key)
+                    }
+                    SharedFailure::Closed => Verdict::Unavailable,
+                }
+            }
+        }
+    }
+
+    fn local(&self, key: &LimitKey) -> Verdict {
+        match self.limiter.check_key(key) {
+            Ok(()) => Verdict::Admit,
+            Err(not_until) => Verdict::Wait(not_until.wait_time_from(self.limiter.clock().now())),
+        }
+    }
+
     /// Forgets keys whose state is back to full burst.
     pub fn purge_idle(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
+        if let Some(shared) = &self.shared {
+            shared.purge_idle();
+        }
     }
 
     pub fn tracked_keys(&self) -> usize {
         self.limiter.len()
+    }
+}
+
+/// A subject as a shared limit's key names it.
+fn subject_text(key: &LimitKey, backends: &Backends) -> String {
+    match key {
+        LimitKey::Ip(ip) => ip.to_string(),
+        LimitKey::User(user) => user.to_string(),
+        LimitKey::Pool(pool) => backends
+            .get(*pool)
+            .map(|p| p.name().to_string())
+            .unwrap_or_else(|| pool.to_string()),
+        LimitKey::Command(command) => command.to_string(),
+        LimitKey::Global => "global".to_string(),
     }
 }

@@ -6,6 +6,7 @@
 mod blocklist;
 mod limits;
 mod lockout;
+mod shared;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,8 +18,9 @@ use bytes::Bytes;
 use subtle::ConstantTimeEq;
 
 pub use blocklist::Blocklist;
-pub use limits::{Limit, LimitKey, Subject};
+pub use limits::{Backing, Limit, LimitKey, Subject, Verdict};
 use lockout::Lockout;
+pub use shared::SCRIPT as SHARED_LIMIT_SCRIPT;
 
 use crate::command::{Flags, Spec};
 use crate::config::{Config, LimitAction};
@@ -66,6 +68,8 @@ pub enum Denial {
         limit: String,
         retry_after: Duration,
     },
+    /// A shared limit that fails closed, its pool unreachable.
+    LimitUnavailable(String),
 }
 
 impl Denial {
@@ -93,6 +97,7 @@ impl Denial {
                 "ERR rate limit exceeded (limit '{limit}'), retry after {}ms",
                 retry_after.as_millis().max(1)
             ),
+            Denial::LimitUnavailable(_) => "ERR rate limit unavailable".to_string(),
         };
         resp::error(&text)
     }
@@ -109,6 +114,7 @@ impl Denial {
             Denial::NoPermKey(_) => ("noperm", "key".into()),
             Denial::NoPermChannel(_) => ("noperm", "channel".into()),
             Denial::RateLimited { limit, .. } => ("ratelimit", limit.clone()),
+            Denial::LimitUnavailable(limit) => ("ratelimit_unavailable", limit.clone()),
         }
     }
 }
@@ -365,20 +371,29 @@ impl Policy {
 
     /// Every applicable limit must admit the request; a `delay` limit may
     /// wait (bounded) for a slot before refusing.
-    pub async fn admit(&self, subject: &Subject<'_>, pool_scoped: bool) -> Result<(), Denial> {
+    pub async fn admit(
+        &self,
+        subject: &Subject<'_>,
+        pool_scoped: bool,
+        backing: &Backing<'_>,
+    ) -> Result<(), Denial> {
         for limit in self.limits.iter().filter(|l| l.needs_pool() == pool_scoped) {
-            let mut result = limit.check(subject);
-            if let Err(wait) = result {
+            let mut verdict = limit.verdict(subject, backing).await;
+            if let Verdict::Wait(wait) = verdict {
                 if limit.action == LimitAction::Delay && wait <= limit.max_delay {
                     tokio::time::sleep(wait).await;
-                    result = limit.check(subject);
+                    verdict = limit.verdict(subject, backing).await;
                 }
             }
-            if let Err(retry_after) = result {
-                return Err(Denial::RateLimited {
-                    limit: limit.name.clone(),
-                    retry_after,
-                });
+            match verdict {
+                Verdict::Admit => {}
+                Verdict::Wait(retry_after) => {
+                    return Err(Denial::RateLimited {
+                        limit: limit.name.clone(),
+                        retry_after,
+                    })
+                }
+                Verdict::Unavailable => return Err(Denial::LimitUnavailable(limit.name.clone())),
             }
         }
         Ok(())

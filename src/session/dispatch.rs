@@ -318,11 +318,12 @@ impl Session {
             command: &command,
             pool,
         };
-        self.state
-            .live()
-            .policy
-            .admit(&subject, pool.is_some())
-            .await
+        let live = self.state.live_arc();
+        let backing = crate::policy::Backing {
+            backends: &live.backends,
+            metrics: &self.state.metrics,
+        };
+        live.policy.admit(&subject, pool.is_some(), &backing).await
     }
 
     /// The route of a request and whether it has keys; a key outside the
