@@ -17,14 +17,17 @@ const MAX_ERROR_KINDS: usize = 128;
 const MAX_ERROR_PREFIX: usize = 64;
 
 #[derive(Default)]
-pub struct ErrorStats {
+pub struct CommandStats {
     /// `errorstat_<PREFIX>:count=` figures.
     by_prefix: Mutex<BTreeMap<String, u64>>,
     /// Calls of each command refused before they ran (`rejected_calls`).
     rejected: Mutex<HashMap<&'static str, u64>>,
+    /// The metrics' figures at the last CONFIG RESETSTAT, subtracted from
+    /// them: Prometheus counters only grow.
+    baseline: Mutex<BTreeMap<String, CommandFigures>>,
 }
 
-impl ErrorStats {
+impl CommandStats {
     /// Counts an error reply (`-PREFIX message`) under its prefix.
     pub fn error_reply(&self, reply: &[u8]) {
         let body = match reply.first() {
@@ -79,6 +82,39 @@ impl ErrorStats {
         out
     }
 
+    /// CONFIG RESETSTAT: every figure starts again from zero.
+    pub fn reset(&self, metrics: &Metrics) {
+        let now = figures(metrics);
+        *self.baseline.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        self.by_prefix
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Each command's figures since the last reset.
+    fn since_reset(&self, metrics: &Metrics) -> BTreeMap<String, CommandFigures> {
+        let mut all = figures(metrics);
+        let baseline = self.baseline.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, f) in all.iter_mut() {
+            let Some(base) = baseline.get(name) else {
+                continue;
+            };
+            f.calls = f.calls.saturating_sub(base.calls);
+            f.failed = f.failed.saturating_sub(base.failed);
+            f.seconds = (f.seconds - base.seconds).max(0.0);
+            for (slot, old) in f.buckets.iter_mut().zip(&base.buckets) {
+                slot.1 = slot.1.saturating_sub(old.1);
+            }
+        }
+        all.retain(|_, f| f.calls > 0);
+        all
+    }
+
     fn rejected_of(&self, command: &str) -> u64 {
         let map = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
         map.get(command).copied().unwrap_or(0)
@@ -91,7 +127,7 @@ impl ErrorStats {
 }
 
 /// One command's figures, over every pool.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct CommandFigures {
     calls: u64,
     failed: u64,
@@ -139,8 +175,8 @@ fn figures(metrics: &Metrics) -> BTreeMap<String, CommandFigures> {
 }
 
 /// `# Commandstats`: `cmdstat_get:calls=…,usec=…,usec_per_call=…,rejected_calls=…,failed_calls=…`.
-pub fn render_commandstats(metrics: &Metrics, errors: &ErrorStats) -> String {
-    let mut all = figures(metrics);
+pub fn render_commandstats(metrics: &Metrics, errors: &CommandStats) -> String {
+    let mut all = errors.since_reset(metrics);
     for command in errors.rejected_commands() {
         all.entry(command.to_string()).or_default();
     }
@@ -164,9 +200,9 @@ pub fn render_commandstats(metrics: &Metrics, errors: &ErrorStats) -> String {
 
 /// `# Latencystats`: p50, p99 and p99.9 per command, in microseconds, as
 /// the upper bound of the histogram bucket each falls in.
-pub fn render_latencystats(metrics: &Metrics) -> String {
+pub fn render_latencystats(metrics: &Metrics, stats: &CommandStats) -> String {
     let mut out = String::from("# Latencystats\r\n");
-    for (name, f) in figures(metrics) {
+    for (name, f) in stats.since_reset(metrics) {
         let Some(&(_, total)) = f.buckets.last() else {
             continue;
         };
@@ -204,10 +240,11 @@ pub fn render_latencystats(metrics: &Metrics) -> String {
 /// buckets, not Redis's powers of two.
 pub fn latency_histogram(
     metrics: &Metrics,
+    stats: &CommandStats,
     proto: crate::resp::Protocol,
     only: &[String],
 ) -> bytes::Bytes {
-    let all = figures(metrics);
+    let all = stats.since_reset(metrics);
     let chosen: Vec<(&String, &CommandFigures)> = all
         .iter()
         .filter(|(name, f)| f.calls > 0 && (only.is_empty() || only.contains(name)))
@@ -239,7 +276,7 @@ mod tests {
 
     #[test]
     fn error_prefixes_are_counted_and_bounded() {
-        let e = ErrorStats::default();
+        let e = CommandStats::default();
         e.error_reply(b"-ERR unknown command\r\n");
         e.error_reply(b"-WRONGTYPE Operation\r\n");
         e.error_reply(b"-ERR x\r\n");
@@ -260,14 +297,18 @@ mod tests {
         let m = Metrics::new();
         m.record_command("get", "cache", false, 0.000_010);
         m.record_command("get", "session", true, 0.000_030);
-        let e = ErrorStats::default();
+        let e = CommandStats::default();
         e.rejected("get", b"-NOPERM x\r\n");
         let text = render_commandstats(&m, &e);
         assert!(
             text.contains("cmdstat_get:calls=2,usec=40,usec_per_call=20.00,rejected_calls=1,failed_calls=1\r\n"),
             "{text}"
         );
-        let lat = render_latencystats(&m);
+        let lat = render_latencystats(&m, &e);
+        e.reset(&m);
+        assert_eq!(render_commandstats(&m, &e), "# Commandstats\r\n");
+        m.record_command("get", "cache", false, 0.000_010);
+        assert!(render_commandstats(&m, &e).contains("cmdstat_get:calls=1,usec=10,"));
         assert!(
             lat.starts_with("# Latencystats\r\nlatency_percentiles_usec_get:p50="),
             "{lat}"

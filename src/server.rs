@@ -71,6 +71,16 @@ impl Server {
                 addr: config.admin,
                 source,
             })?;
+        // Port 0 binds a free port: from here on the configuration names
+        // the addresses actually bound (logged, in INFO, kept on reload).
+        let bound = |l: &TcpListener, configured: SocketAddr| l.local_addr().unwrap_or(configured);
+        if let Some(l) = &listener {
+            config.listen = bound(l, config.listen);
+        }
+        if let (Some((l, _)), Some(addr)) = (&tls, config.tls_listen) {
+            config.tls_listen = Some(bound(l, addr));
+        }
+        config.admin = bound(&admin, config.admin);
         for pool in config.pools.iter_mut() {
             let Some(sentinel) = &pool.sentinel else {
                 continue;
@@ -117,7 +127,15 @@ impl Server {
     /// turns 503, the listeners close, sessions answer what they already
     /// read and close, and whatever is left after the drain timeout is cut.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tracing::info!(listen = %self.state.live().config.listen, admin = %self.state.live().config.admin, "keyway accepting clients");
+        {
+            let live = self.state.live();
+            let tls = live
+                .config
+                .tls_listen
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            tracing::info!(listen = %live.config.listen, admin = %live.config.admin, tls_listen = %tls, "keyway accepting clients");
+        }
         let interval =
             Duration::from_millis(self.state.live().config.server.health_interval_ms.max(100));
         let monitor = tokio::spawn(crate::monitor::run(self.state.clone(), interval));

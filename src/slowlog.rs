@@ -3,6 +3,7 @@
 //! `SLOWLOG GET / LEN / RESET` through keyway, with the pool that ran them.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,8 +23,10 @@ pub struct Entry {
 }
 
 pub struct SlowLog {
-    pub threshold: Duration,
-    max_len: usize,
+    /// Microseconds, as Redis's `slowlog-log-slower-than`: negative logs
+    /// nothing, 0 logs everything. CONFIG SET through keyway changes it.
+    threshold_us: AtomicI64,
+    max_len: AtomicUsize,
     inner: Mutex<Inner>,
 }
 
@@ -65,10 +68,28 @@ pub fn trim_args<'a>(args: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<Bytes
 impl SlowLog {
     pub fn new(threshold: Duration, max_len: usize) -> SlowLog {
         SlowLog {
-            threshold,
-            max_len,
+            threshold_us: AtomicI64::new(threshold.as_micros().min(i64::MAX as u128) as i64),
+            max_len: AtomicUsize::new(max_len),
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Whether a command that took `elapsed` belongs in the log.
+    #[inline]
+    pub fn logs(&self, elapsed: Duration) -> bool {
+        let threshold = self.threshold_us.load(Ordering::Relaxed);
+        threshold >= 0 && elapsed.as_micros() >= threshold as u128
+    }
+
+    /// `CONFIG SET slowlog-log-slower-than` (µs; negative turns it off).
+    pub fn set_threshold_us(&self, us: i64) {
+        self.threshold_us.store(us, Ordering::Relaxed);
+    }
+
+    /// `CONFIG SET slowlog-max-len`.
+    pub fn set_max_len(&self, len: usize) {
+        self.max_len.store(len, Ordering::Relaxed);
+        self.lock().entries.truncate(len);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -84,7 +105,7 @@ impl SlowLog {
             .unwrap_or(0);
         inner.next_id += 1;
         inner.entries.push_front(entry);
-        let max = self.max_len;
+        let max = self.max_len.load(Ordering::Relaxed);
         inner.entries.truncate(max);
     }
 

@@ -55,8 +55,17 @@ pub struct State {
 pub struct Stats {
     pub connections_received: AtomicU64,
     pub commands_processed: AtomicU64,
-    /// Error replies by kind and refused calls, for INFO.
-    pub errors: crate::commandstats::ErrorStats,
+    /// Per-command figures, error replies by kind and refused calls, for INFO.
+    pub commands: crate::commandstats::CommandStats,
+}
+
+impl Stats {
+    /// CONFIG RESETSTAT, for what keyway counts itself.
+    pub fn reset(&self, metrics: &Metrics) {
+        self.connections_received.store(0, Ordering::Relaxed);
+        self.commands_processed.store(0, Ordering::Relaxed);
+        self.commands.reset(metrics);
+    }
 }
 
 /// What CLIENT LIST shows of one client.
@@ -204,7 +213,9 @@ impl State {
         let old = self.live.load_full();
         let result = Config::load(std::path::Path::new(&old.config.source))
             .map_err(|e| e.to_string())
-            .and_then(|config| {
+            .and_then(|mut config| {
+                // Port 0 was bound to a port of the system's choosing, kept since.
+                config.keep_bound_ports(&old.config);
                 if config.listen != old.config.listen || config.admin != old.config.admin {
                     return Err("listen and admin addresses change only with a restart".to_string());
                 }

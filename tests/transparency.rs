@@ -430,3 +430,53 @@ fn client_pause_is_server_wide_and_reaches_every_backend() {
         );
     }
 }
+
+#[test]
+fn config_set_and_resetstat_reach_keyways_own_slow_log_and_stats() {
+    let (_behind, direct, keyway) = one_pool();
+    for port in [direct.port, keyway.port] {
+        let mut c = connect(port);
+        let _: () = redis::cmd("CONFIG")
+            .arg(&["SET", "slowlog-log-slower-than", "0"])
+            .query(&mut c)
+            .unwrap();
+        let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut c).unwrap();
+        let _: Option<String> = redis::cmd("GET").arg("foo").query(&mut c).unwrap();
+        let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+            .arg(&["GET", "1"])
+            .query(&mut c)
+            .unwrap();
+        let text = format!("{log:?}");
+        assert!(text.contains("foo"), "{port}: the GET is logged: {text}");
+        let _: () = redis::cmd("CONFIG")
+            .arg(&["SET", "slowlog-log-slower-than", "-1"])
+            .query(&mut c)
+            .unwrap();
+        let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut c).unwrap();
+        let _: Option<String> = redis::cmd("GET").arg("bar").query(&mut c).unwrap();
+        let len: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut c).unwrap();
+        assert_eq!(len, 0, "{port}: negative turns the log off");
+
+        let processed = |c: &mut redis::Connection| -> u64 {
+            let info: String = redis::cmd("INFO").arg("stats").query(c).unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix("total_commands_processed:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let before = processed(&mut c);
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
+        let after = processed(&mut c);
+        assert!(
+            after < before && after <= 2,
+            "{port}: {before} then {after}"
+        );
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut c)
+            .unwrap();
+        assert!(!stats.contains("cmdstat_get:"), "{port}: {stats}");
+    }
+}

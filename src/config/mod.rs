@@ -869,6 +869,23 @@ fn validate_policy(file: &FileConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+impl Config {
+    /// Addresses configured with port 0 take the ports `bound` got from
+    /// the system, so a reload of the same file names the same addresses.
+    pub fn keep_bound_ports(&mut self, bound: &Config) {
+        let keep = |mine: &mut std::net::SocketAddr, theirs: std::net::SocketAddr| {
+            if mine.port() == 0 && mine.ip() == theirs.ip() {
+                *mine = theirs;
+            }
+        };
+        keep(&mut self.listen, bound.listen);
+        keep(&mut self.admin, bound.admin);
+        if let (Some(mine), Some(theirs)) = (self.tls_listen.as_mut(), bound.tls_listen) {
+            keep(mine, theirs);
+        }
+    }
+}
+
 /// `REDIS_SESSION_URL` for pool `session`, as applications name them.
 pub fn pool_url_env(pool: &str) -> String {
     format!("REDIS_{}_URL", pool.to_ascii_uppercase().replace('-', "_"))

@@ -136,7 +136,7 @@ impl Session {
                     ));
                 }
                 let reply = resp::error(&msg);
-                state.stats.errors.rejected(spec.name, &reply);
+                state.stats.commands.rejected(spec.name, &reply);
                 return self.refuse_in_multi(reply);
             }
         }

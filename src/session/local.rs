@@ -88,6 +88,7 @@ impl Session {
                     .collect();
                 Some(Reply::now(crate::commandstats::latency_histogram(
                     &self.state.metrics,
+                    &self.state.stats.commands,
                     self.client.proto,
                     &only,
                 )))
@@ -112,6 +113,9 @@ impl Session {
             b"config" if argc >= 2 => {
                 match text(req.arg(1)).to_ascii_lowercase().as_str() {
                     "set" | "resetstat" | "rewrite" => {
+                        // What keyway keeps itself (its slow log, its
+                        // statistics) follows, as the one Redis would.
+                        self.configure_self(req);
                         let pools = self.distinct(self.all_pools(), false);
                         Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
                     }
@@ -125,6 +129,30 @@ impl Session {
                 }
             }
             _ => None,
+        }
+    }
+
+    /// CONFIG SET of the slow log's settings and CONFIG RESETSTAT apply to
+    /// keyway's own slow log and statistics as well as to the backends.
+    fn configure_self(&self, req: &Request) {
+        let state = &self.state;
+        if req.arg(1).eq_ignore_ascii_case(b"resetstat") {
+            state.stats.reset(&state.metrics);
+            return;
+        }
+        if !req.arg(1).eq_ignore_ascii_case(b"set") {
+            return;
+        }
+        let args: Vec<&[u8]> = req.args().skip(2).collect();
+        for pair in args.chunks_exact(2) {
+            let Some(value) = resp::decimal(pair[1]) else {
+                continue;
+            };
+            if pair[0].eq_ignore_ascii_case(b"slowlog-log-slower-than") {
+                state.slowlog.set_threshold_us(value);
+            } else if pair[0].eq_ignore_ascii_case(b"slowlog-max-len") && value >= 0 {
+                state.slowlog.set_max_len(value as usize);
+            }
         }
     }
 
@@ -788,14 +816,17 @@ impl Session {
         if wants("commandstats") {
             sections.push(crate::commandstats::render_commandstats(
                 &state.metrics,
-                &state.stats.errors,
+                &state.stats.commands,
             ));
         }
         if wants("errorstats") {
-            sections.push(state.stats.errors.render_errorstats());
+            sections.push(state.stats.commands.render_errorstats());
         }
         if wants("latencystats") {
-            sections.push(crate::commandstats::render_latencystats(&state.metrics));
+            sections.push(crate::commandstats::render_latencystats(
+                &state.metrics,
+                &state.stats.commands,
+            ));
         }
         if wants("cluster") {
             sections.push("# Cluster\r\ncluster_enabled:0\r\n".into());

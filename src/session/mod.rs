@@ -569,7 +569,7 @@ impl Session {
             );
         }
         let reply = e.to_resp();
-        self.state.stats.errors.error_reply(&reply);
+        self.state.stats.commands.error_reply(&reply);
         Reply::now(reply)
     }
 
@@ -579,7 +579,10 @@ impl Session {
         let (reason, detail) = denial.labels();
         self.state.metrics.deny(reason, &detail);
         let reply = denial.to_resp();
-        self.state.stats.errors.rejected(self.meta.command, &reply);
+        self.state
+            .stats
+            .commands
+            .rejected(self.meta.command, &reply);
         self.refuse_in_multi(reply)
     }
 

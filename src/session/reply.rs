@@ -121,9 +121,9 @@ impl Meta {
             elapsed.as_secs_f64(),
         );
         if outcome == "error" {
-            state.stats.errors.error_reply(reply);
+            state.stats.commands.error_reply(reply);
         }
-        if elapsed >= state.slowlog.threshold {
+        if state.slowlog.logs(elapsed) {
             self.record_slow(state, pool, elapsed);
         }
         if outcome == "error" && from_backend {

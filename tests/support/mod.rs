@@ -61,6 +61,22 @@ fn listening(port: u16, child: &mut Child) -> Result<(), String> {
     Err(format!("did not listen on {port} within 10s"))
 }
 
+/// The port of `field` (`listen`, `admin`) in keyway's start line, text
+/// (`listen=127.0.0.1:6390`) or JSON (`"listen":"127.0.0.1:6390"`).
+fn bound_port(line: &str, field: &str) -> Option<u16> {
+    let text = format!(" {field}=");
+    let json = format!("\"{field}\":\"");
+    let at = line
+        .find(&text)
+        .map(|i| i + text.len())
+        .or_else(|| line.find(&json).map(|i| i + json.len()))?;
+    let addr: String = line[at..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
+    addr.rsplit_once(':')?.1.parse().ok()
+}
+
 pub struct RedisServer {
     pub port: u16,
     child: Child,
@@ -192,48 +208,47 @@ impl Keyway {
         let dir = TempDir::new("keyway");
         let config_path = dir.0.join("keyway.toml");
         std::fs::write(&config_path, config).expect("write config");
-        // A port found free may be taken by a parallel test before keyway
-        // binds it: then keyway exits, and it is started again on others.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let port = free_port();
-            let admin = free_port();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyway"));
-            cmd.arg("--config")
-                .arg(&config_path)
-                .env("KEYWAY_LISTEN", format!("127.0.0.1:{port}"))
-                .env("KEYWAY_ADMIN", format!("127.0.0.1:{admin}"))
-                .env("KEYWAY_LOG", "keyway=debug")
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(
-                    std::fs::File::create(dir.0.join("keyway.log")).expect("log file"),
-                ));
-            for (k, v) in env {
-                cmd.env(k, v);
+        let log_path = dir.0.join("keyway.log");
+        // Port 0: keyway binds ports of the system's choosing and logs them,
+        // so parallel tests never race for a port found free.
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyway"));
+        cmd.arg("--config")
+            .arg(&config_path)
+            .env("KEYWAY_LISTEN", "127.0.0.1:0")
+            .env("KEYWAY_ADMIN", "127.0.0.1:0")
+            .env("KEYWAY_LOG", "keyway=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(&log_path).expect("log file"),
+            ));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn keyway");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (port, admin_port) = loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains("keyway accepting clients")) {
+                let port_of = |field: &str| -> u16 {
+                    bound_port(line, field).unwrap_or_else(|| panic!("no {field} in {line}"))
+                };
+                break (port_of("listen"), port_of("admin"));
             }
-            let mut child = cmd.spawn().expect("spawn keyway");
-            let started = listening(port, &mut child).and_then(|()| listening(admin, &mut child));
-            match started {
-                Ok(()) => {
-                    return Keyway {
-                        port,
-                        admin_port: admin,
-                        config_path,
-                        child,
-                        _dir: dir,
-                    }
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = std::fs::read_to_string(dir.0.join("keyway.log")).unwrap_or_default();
-                    let port_taken = log.contains("in use") || log.contains("AddrInUse");
-                    if !port_taken || attempt >= 5 {
-                        panic!("keyway {e}:\n{log}");
-                    }
-                }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("keyway exited early: {status}:\n{log}");
             }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("keyway did not start within 15s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Keyway {
+            port,
+            admin_port,
+            config_path,
+            child,
+            _dir: dir,
         }
     }
 
