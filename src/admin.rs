@@ -3,7 +3,6 @@
 //! `/config` (secrets redacted) for humans.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,9 +14,6 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::state::State;
-
-/// Set once shutdown starts: `/readyz` turns 503 so traffic moves away.
-pub static DRAINING: AtomicBool = AtomicBool::new(false);
 
 pub async fn serve(state: Arc<State>, listener: TcpListener) {
     loop {
@@ -119,7 +115,7 @@ fn readyz(state: &State) -> Response<Full<Bytes>> {
             }),
         );
     }
-    let draining = DRAINING.load(Ordering::Relaxed);
+    let draining = state.drain.is_cancelled();
     let status = match ready && !draining {
         true => StatusCode::OK,
         false => StatusCode::SERVICE_UNAVAILABLE,

@@ -334,7 +334,8 @@ pub async fn follow(
 
 /// Subscribes to one sentinel's events, reconnecting while it is away.
 async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender<Event>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        crate::backend::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut was_connected = false;
     // Warned once per outage; the retries after it are debug lines.
     let mut warned = false;
@@ -358,7 +359,7 @@ async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender
                     }
                     was_connected = true;
                     warned = false;
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     while let Ok(frame) = conn.read_frame().await {
                         let Some(parts) = shapes::elements(&frame) else {
                             continue;
@@ -408,8 +409,7 @@ async fn watch_sentinel(endpoint: Endpoint, master: String, events: mpsc::Sender
             }
             Err(e) => tracing::debug!(sentinel = %endpoint.address(), "sentinel unreachable: {e}"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(backoff.next_wait()).await;
     }
 }
 

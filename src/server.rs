@@ -242,11 +242,17 @@ async fn drain(state: &State) {
         ?timeout,
         "shutting down: draining clients"
     );
-    crate::admin::DRAINING.store(true, Ordering::Relaxed);
     state.drain.cancel();
     let deadline = tokio::time::Instant::now() + timeout;
-    while !state.clients.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    loop {
+        // Registered before the check, so a client leaving in between is seen.
+        let left = state.client_left.notified();
+        if state.clients.is_empty() {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, left).await.is_err() {
+            break;
+        }
     }
     let left = state.clients.len();
     if left > 0 {

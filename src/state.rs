@@ -37,6 +37,8 @@ pub struct State {
     pub metrics: Metrics,
     pub slowlog: SlowLog,
     pub clients: DashMap<u64, ClientInfo>,
+    /// Signalled whenever a client leaves, so a drain waits without polling.
+    pub client_left: tokio::sync::Notify,
     pub started: Instant,
     /// The default pool's `redis_version`, reported by HELLO and INFO.
     pub redis_version: ArcSwap<String>,
@@ -168,6 +170,7 @@ impl State {
             }),
             commands,
             clients: DashMap::new(),
+            client_left: tokio::sync::Notify::new(),
             started: Instant::now(),
             redis_version: ArcSwap::from_pointee(FALLBACK_REDIS_VERSION.to_string()),
             stats: Stats::default(),

@@ -1,13 +1,14 @@
 //! TLS for clients (rustls): a listener beside or instead of the plain one,
 //! with the server certificate and key from PEM files and, optionally,
 //! client certificates verified against a CA. Files are read at start.
+//! Also the cell that keeps a `rediss://` pool's client configuration.
 
 use std::io::BufReader;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
@@ -54,4 +55,43 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
         )
     })?;
     Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// A pool's rustls client configuration, built on first use and shared by
+/// every connection of the pool (clones share it). Only a success is kept,
+/// so a CA file that appears later is picked up.
+#[derive(Clone, Default)]
+pub struct ClientConfigCell(Arc<OnceLock<Arc<ClientConfig>>>);
+
+impl ClientConfigCell {
+    pub fn get_or_build(
+        &self,
+        build: impl FnOnce() -> Result<Arc<ClientConfig>, String>,
+    ) -> Result<Arc<ClientConfig>, String> {
+        if let Some(config) = self.0.get() {
+            return Ok(config.clone());
+        }
+        let config = build()?;
+        Ok(self.0.get_or_init(|| config).clone())
+    }
+}
+
+/// A cache, not a setting: two endpoints with the same TLS settings are
+/// equal whatever either has built.
+impl PartialEq for ClientConfigCell {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ClientConfigCell {}
+
+impl std::fmt::Debug for ClientConfigCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "built"
+        } else {
+            "not built"
+        })
+    }
 }

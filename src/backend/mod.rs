@@ -2,6 +2,7 @@
 //! pipelined connections shared by all clients, opened lazily with a bounded
 //! connect timeout and re-opened with backoff after a failure.
 
+mod backoff;
 mod conn;
 mod dedicated;
 mod fence;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+pub use backoff::{jitter, Backoff};
 pub use conn::{request_once, Conn};
 pub use dedicated::Dedicated;
 pub use fence::{Fence, MAX_FENCE};

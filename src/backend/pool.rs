@@ -361,8 +361,10 @@ impl Pool {
         }
         h.failures = h.failures.saturating_add(1);
         let exp = h.failures.min(16) - 1;
-        let backoff = Duration::from_millis(self.settings.backoff_min_ms.saturating_mul(1 << exp))
-            .min(Duration::from_millis(self.settings.backoff_max_ms));
+        let backoff = super::jitter(
+            Duration::from_millis(self.settings.backoff_min_ms.saturating_mul(1 << exp))
+                .min(Duration::from_millis(self.settings.backoff_max_ms)),
+        );
         h.retry_at = Some(Instant::now() + backoff);
         h.last_error = Some(reason.clone());
         self.unavailable(reason)

@@ -29,7 +29,7 @@ pub async fn connect(endpoint: &Endpoint) -> Result<BackendStream, String> {
     let Some(tls) = &endpoint.tls else {
         return Ok(BackendStream::Plain(tcp));
     };
-    let connector = TlsConnector::from(client_config(tls)?);
+    let connector = TlsConnector::from(tls.client.get_or_build(|| client_config(tls))?);
     let name = tls
         .server_name
         .clone()

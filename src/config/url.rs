@@ -24,6 +24,9 @@ pub struct BackendTls {
     pub ca_file: Option<String>,
     /// The name to verify (and send as SNI); the URL's host when unset.
     pub server_name: Option<String>,
+    /// The client configuration built from these settings, once per pool
+    /// configuration (the CA file is read again only after a reload).
+    pub client: crate::tls::ClientConfigCell,
 }
 
 impl Endpoint {

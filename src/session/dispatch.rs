@@ -217,6 +217,10 @@ impl Session {
         }
         // Rare, large paths are boxed so an idle client's task stays small.
         if let Some(reply) = self.local(name, &request).await {
+            // Answered here: the slow log still sees it, as Redis's would.
+            if spec.is_some_and(|s| !s.flags.contains(Flags::SKIP_SLOWLOG)) {
+                self.meta.log_if_slow(&state, "keyway");
+            }
             return reply;
         }
         let Some(spec) = spec else {

@@ -290,6 +290,7 @@ async fn serve_stream(
     session.mode = Mode::Normal;
     drop(session);
     state.clients.remove(&id);
+    state.client_left.notify_waiters();
     state.metrics.clients_connected.dec();
 }
 

@@ -509,7 +509,10 @@ impl LinkSource {
             return None;
         };
         let deadline = tokio::time::Instant::now() + RESUBSCRIBE_FOR;
-        let mut pause = std::time::Duration::from_millis(50);
+        let mut backoff = crate::backend::Backoff::new(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(1),
+        );
         while tokio::time::Instant::now() < deadline {
             if let Ok(mut conn) = backend.lease(self.db, self.proto).await {
                 let mut ok = true;
@@ -524,8 +527,7 @@ impl LinkSource {
                     return Some(conn);
                 }
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            tokio::time::sleep(backoff.next_wait()).await;
         }
         None
     }

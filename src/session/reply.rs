@@ -160,6 +160,14 @@ impl Meta {
 }
 
 impl Meta {
+    /// A command keyway answered itself goes to the slow log like any other.
+    pub fn log_if_slow(&self, state: &State, pool: &str) {
+        let elapsed = self.started.elapsed();
+        if state.slowlog.logs(elapsed) {
+            self.record_slow(state, pool, elapsed);
+        }
+    }
+
     fn record_slow(&self, state: &State, pool: &str, elapsed: std::time::Duration) {
         state.metrics.slow_commands.with_label_values(&[pool]).inc();
         let mut parser = crate::resp::RequestParser::default();
