@@ -93,11 +93,15 @@ fn parse_and_route(
     let mut routed = 0;
     while let Ok(Some(request)) = parser.next(buf) {
         let args = request.arg_vec();
-        if let Some(spec) = table.lookup(&args) {
+        if let Some(entry) = table.lookup(&args) {
             keys.clear();
-            table.key_indexes(spec, &args, keys);
-            let name = spec.name.as_bytes();
-            let _ = router.plan(name, &request, keys, 0);
+            table.key_indexes(entry, &args, keys);
+            let name = entry.name.as_bytes();
+            let split = match entry.handling {
+                keyway::command::Handling::Forward(f) => f.split,
+                _ => None,
+            };
+            let _ = router.plan(name, split, &request, keys, 0);
             routed += 1;
         }
     }

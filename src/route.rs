@@ -72,15 +72,7 @@ impl fmt::Display for CrossPool {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SplitKind {
-    /// MGET: values reassembled in the order the client asked.
-    Mget,
-    /// MSET: OK only if every part said OK.
-    Mset,
-    /// DEL, UNLINK, EXISTS, TOUCH: integer replies summed.
-    Count,
-}
+pub use crate::command::SplitKind;
 
 #[derive(Debug)]
 pub struct SplitPlan {
@@ -245,10 +237,12 @@ impl Router {
         pools
     }
 
-    /// Plans a request given the argument indexes of its keys.
+    /// Plans a request given the argument indexes of its keys; `split`
+    /// says how keys in several pools are split, if they may be.
     pub fn plan(
         &self,
         lower_name: &[u8],
+        split: Option<SplitKind>,
         request: &Request,
         key_indexes: &[usize],
         db: u32,
@@ -264,16 +258,11 @@ impl Router {
         let Some(second_pool) = other else {
             return Plan::One(first_pool);
         };
-        let kind = match lower_name {
-            b"mget" => SplitKind::Mget,
-            b"mset" => SplitKind::Mset,
-            b"del" | b"unlink" | b"exists" | b"touch" => SplitKind::Count,
-            _ => {
-                return Plan::CrossPool(CrossPool {
-                    first: self.pool_name(first_pool).to_string(),
-                    second: self.pool_name(second_pool).to_string(),
-                })
-            }
+        let Some(kind) = split else {
+            return Plan::CrossPool(CrossPool {
+                first: self.pool_name(first_pool).to_string(),
+                second: self.pool_name(second_pool).to_string(),
+            });
         };
         Plan::Split(self.split(kind, lower_name, request, key_indexes, db))
     }
@@ -376,7 +365,7 @@ mod tests {
     fn split_and_refuse() {
         let r = router();
         let req = Request::from_args(&["MGET", "session:a", "user:b", "session:c"]);
-        let Plan::Split(plan) = r.plan(b"mget", &req, &[1, 2, 3], 0) else {
+        let Plan::Split(plan) = r.plan(b"mget", Some(SplitKind::Mget), &req, &[1, 2, 3], 0) else {
             panic!()
         };
         assert_eq!(plan.kind, SplitKind::Mget);
@@ -387,7 +376,7 @@ mod tests {
             [&b"MGET"[..], b"session:a", b"session:c"]
         );
         let req = Request::from_args(&["MSET", "session:a", "1", "user:b", "2"]);
-        let Plan::Split(plan) = r.plan(b"mset", &req, &[1, 3], 0) else {
+        let Plan::Split(plan) = r.plan(b"mset", Some(SplitKind::Mset), &req, &[1, 3], 0) else {
             panic!()
         };
         assert_eq!(
@@ -395,7 +384,7 @@ mod tests {
             [&b"MSET"[..], b"user:b", b"2"]
         );
         let req = Request::from_args(&["RENAME", "session:a", "user:b"]);
-        let Plan::CrossPool(c) = r.plan(b"rename", &req, &[1, 2], 0) else {
+        let Plan::CrossPool(c) = r.plan(b"rename", None, &req, &[1, 2], 0) else {
             panic!()
         };
         assert_eq!(
@@ -404,7 +393,7 @@ mod tests {
         );
         let req = Request::from_args(&["MGET", "session:a", "session:b"]);
         assert!(matches!(
-            r.plan(b"mget", &req, &[1, 2], 0),
+            r.plan(b"mget", Some(SplitKind::Mget), &req, &[1, 2], 0),
             Plan::One(0) | Plan::One(_)
         ));
     }

@@ -3,6 +3,7 @@
 //! entries come from Redis 7; a backend's `COMMAND` reply adds module commands.
 
 mod effect;
+mod handling;
 mod keys;
 mod spec;
 mod table;
@@ -12,6 +13,10 @@ use std::collections::HashMap;
 use redis_protocol::resp2::types::OwnedFrame;
 
 pub use effect::{is_server_wide, server_wide_entries};
+pub use handling::{
+    classify, Blocking, CacheCount, ChannelKind, DatabaseArg, Forward, Handling, Local, Servers,
+    SplitKind, SubscriptionVerb, TransactionVerb,
+};
 
 /// Whether `name` (lowercase, `config|set` for a subcommand) is in the
 /// builtin table: names a client made up must not become metric labels.
@@ -28,7 +33,34 @@ const MAX_NAME: usize = 64;
 pub struct CommandTable {
     /// Looked up for every request: a fast hash, not SipHash (the names
     /// are the command table's own, so flooding is not a concern).
-    by_name: HashMap<Box<[u8]>, Spec, foldhash::fast::RandomState>,
+    by_name: HashMap<Box<[u8]>, Entry, foldhash::fast::RandomState>,
+}
+
+/// A command as keyway knows it: Redis's specification and how keyway
+/// handles it, classified once when the entry is made.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub spec: Spec,
+    pub handling: Handling,
+    pub cache: CacheCount,
+}
+
+impl Entry {
+    fn new(spec: Spec) -> Entry {
+        let (handling, cache) = classify(&spec);
+        Entry {
+            spec,
+            handling,
+            cache,
+        }
+    }
+}
+
+impl std::ops::Deref for Entry {
+    type Target = Spec;
+    fn deref(&self) -> &Spec {
+        &self.spec
+    }
 }
 
 impl Default for CommandTable {
@@ -41,7 +73,7 @@ impl CommandTable {
     pub fn builtin() -> Self {
         let by_name = table::BUILTIN
             .iter()
-            .map(|s| (s.name.as_bytes().into(), s.clone()))
+            .map(|s| (s.name.as_bytes().into(), Entry::new(s.clone())))
             .collect();
         CommandTable { by_name }
     }
@@ -65,7 +97,7 @@ impl CommandTable {
 
     /// The entry for a request, descending into `name|subcommand` where the
     /// command has subcommands (OBJECT ENCODING, XINFO STREAM, ...).
-    pub fn lookup<A: AsRef<[u8]>>(&self, args: &[A]) -> Option<&Spec> {
+    pub fn lookup<A: AsRef<[u8]>>(&self, args: &[A]) -> Option<&Entry> {
         let name = args.first()?.as_ref();
         let mut buf = [0u8; MAX_NAME];
         let len = lowercase_into(name, &mut buf)?;
@@ -114,7 +146,8 @@ impl CommandTable {
         for entry in entries {
             if let Some(spec) = spec_from_frame(entry) {
                 if !self.by_name.contains_key(spec.name.as_bytes()) {
-                    self.by_name.insert(spec.name.as_bytes().into(), spec);
+                    self.by_name
+                        .insert(spec.name.as_bytes().into(), Entry::new(spec));
                     added += 1;
                 }
             }

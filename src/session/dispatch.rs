@@ -9,13 +9,15 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::merge::Merge;
-use super::pubsub::Kind;
-use super::reply::{CacheCount, Fanout, Forwarded, Meta, Part, Reply, Wait};
+use super::reply::{Fanout, Forwarded, Meta, Part, Reply, Wait};
 use super::Session;
-use crate::command::{Flags, Spec};
+use crate::command::{
+    Blocking, CacheCount, DatabaseArg, Flags, Forward, Handling, Local, Spec, SplitKind,
+    SubscriptionVerb, TransactionVerb,
+};
 use crate::policy::{Denial, Subject};
 use crate::resp::{self, Protocol, Request};
-use crate::route::{Plan, PoolId, SplitKind};
+use crate::route::{Plan, PoolId};
 
 /// Command names longer than this are not in any table.
 const MAX_NAME: usize = 64;
@@ -53,6 +55,9 @@ fn unknown_command(request: &Request) -> Bytes {
 }
 
 impl Session {
+    /// One request, in a fixed order: *check* (authentication, subscriber
+    /// mode, arity, the user's permissions), *admit* (rate limits), then
+    /// *execute* by the command's handling, one `match`.
     pub(super) async fn dispatch(&mut self, request: Request) -> Reply {
         let live = self.follow_reload();
         let state = Arc::clone(&self.state);
@@ -66,23 +71,15 @@ impl Session {
         for (d, s) in name_buf.iter_mut().zip(raw_name) {
             *d = s.to_ascii_lowercase();
         }
+        // Only for what configuration names commands by (command rules,
+        // blocklists, limits): how keyway handles it comes from the table.
         let name = &name_buf[..name_len];
         // Found once: the command lookup and the key positions both read them.
         let args = request.arg_vec();
-        let spec = state.commands.lookup(&args);
-        let cache = match spec.map(|s| s.name) {
-            Some("mget" | "hmget") => CacheCount::PerElement,
-            Some(_)
-                if spec.is_some_and(|s| {
-                    s.flags.contains(Flags::READONLY)
-                        && !s.keys.is_empty()
-                        && !s.in_acl_category("keyspace")
-                }) =>
-            {
-                CacheCount::Single
-            }
-            _ => CacheCount::No,
-        };
+        let entry = state.commands.lookup(&args);
+        let spec = entry.map(|e| &e.spec);
+        let handling = entry.map_or(Handling::UNKNOWN, |e| e.handling);
+        let cache = entry.map_or(CacheCount::No, |e| e.cache);
         self.meta = Meta {
             command: spec.map(|s| s.name).unwrap_or("other"),
             started: Instant::now(),
@@ -98,49 +95,32 @@ impl Session {
             read_only: spec.is_some_and(|s| s.flags.contains(Flags::READONLY)),
             retried: false,
         };
-
         if let Some(spec) = spec {
             self.activity.command(spec.name, state.uptime_secs());
         }
 
-        // An unauthenticated client may only authenticate (or leave).
+        // Check. An unauthenticated client may only authenticate (or leave).
         let no_auth = spec.is_some_and(|s| s.flags.contains(Flags::NO_AUTH));
         if self.client.user.is_none() && !no_auth {
             return self.deny(Denial::NoAuth);
         }
-
         // RESP2 subscriber mode allows only the subscription commands.
         if self.client.proto == Protocol::Resp2 && self.subscriptions().is_some() {
-            match name {
-                b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
-                | b"sunsubscribe" | b"quit" | b"reset" => {}
-                b"ping" => return self.subscriber_ping(&request),
-                _ => {
-                    return error(&format!(
-                        "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
-                        spec.map(|s| s.name.to_string()).unwrap_or_else(|| String::from_utf8_lossy(name).into_owned())
-                    ))
-                }
+            if handling == Handling::Local(Local::Ping) {
+                return self.subscriber_ping(&request);
+            }
+            if !handling.allowed_when_subscribed() {
+                return error(&format!(
+                    "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                    spec.map(|s| s.name.to_string()).unwrap_or_else(|| String::from_utf8_lossy(name).into_owned())
+                ));
             }
         }
-
         if let Some(spec) = spec {
             if !spec.arity_ok(request.argc()) {
-                let msg = format!("ERR wrong number of arguments for '{}' command", spec.name);
-                if name == b"exec" && self.in_multi() {
-                    // Redis discards the transaction when EXEC itself is refused.
-                    let _ = self.discard();
-                    return error(&format!(
-                        "EXECABORT Transaction discarded because of: {}",
-                        &msg[4..]
-                    ));
-                }
-                let reply = resp::error(&msg);
-                state.stats.commands.rejected(spec.name, &reply);
-                return self.refuse_in_multi(reply);
+                return self.wrong_arity(spec, handling);
             }
         }
-
         if let Some(user) = self.client.user.clone() {
             if !no_auth {
                 let sub = (request.argc() > 1).then(|| request.arg(1));
@@ -155,96 +135,113 @@ impl Session {
             }
         }
 
-        match name {
-            b"multi" => return self.multi(),
-            b"exec" => return Box::pin(self.exec()).await,
-            b"discard" => return self.discard(),
-            b"quit" => return Reply::close(resp::simple("OK")),
-            b"reset" => return self.reset(),
+        // The connection's own verbs are never limited or queued.
+        match handling {
+            Handling::Transaction(TransactionVerb::Multi) => return self.multi(),
+            Handling::Transaction(TransactionVerb::Exec) => return Box::pin(self.exec()).await,
+            Handling::Transaction(TransactionVerb::Discard) => return self.discard(),
+            Handling::Local(Local::Quit) => return Reply::close(resp::simple("OK")),
+            Handling::Local(Local::Reset) => return self.reset(),
             _ => {}
         }
 
-        // Queued commands count against limits as they are queued: a
-        // transaction is no way around them.
-        if live.policy.has_limits(false) && !matches!(name, b"exec" | b"discard") {
+        // Admit. Queued commands count against limits as they are queued:
+        // a transaction is no way around them.
+        if live.policy.has_limits(false) {
             if let Err(denial) = self.admit(name, spec, None).await {
                 return self.deny(denial);
             }
         }
-
         if self.in_multi() {
             drop(args);
-            return Box::pin(self.queue_command(name, spec, request)).await;
+            return Box::pin(self.queue_command(name, spec, handling, request)).await;
         }
 
-        match name {
-            b"watch" => {
-                let pool = self.single_pool(name, spec, &request);
-                return Box::pin(self.watch(&request, pool)).await;
-            }
-            b"unwatch" => return Box::pin(self.unwatch()).await,
-            b"subscribe" => {
-                return Box::pin(self.subscribe(Kind::Channel, &request))
+        // Execute. Rare, large paths are boxed so an idle client's task stays small.
+        match handling {
+            Handling::Forward(forward) => {
+                let Some(spec) = spec else {
+                    // Unknown to keyway: the backend gives Redis's own error, or
+                    // runs a module command keyway has not learned.
+                    let pool = live.router.fallback_pool(name, self.client.db);
+                    return self.forward(pool, request.bytes().clone()).await;
+                };
+                let plan = match self.plan(&live, name, spec, forward.split, &request, &args) {
+                    Ok((plan, _)) => plan,
+                    Err(denial) => return self.deny(denial),
+                };
+                drop(args);
+                self.execute_plan(&live, spec, forward, plan, &request)
                     .await
-                    .pushed()
             }
-            b"psubscribe" => {
-                return Box::pin(self.subscribe(Kind::Pattern, &request))
-                    .await
-                    .pushed()
+            Handling::Local(local) => {
+                let reply = self.local(local, &request).await;
+                // Answered here: the slow log still sees it, as Redis's would.
+                if spec.is_some_and(|s| !s.flags.contains(Flags::SKIP_SLOWLOG)) {
+                    self.meta.log_if_slow(&state, "keyway");
+                }
+                reply
             }
-            b"ssubscribe" => {
-                return Box::pin(self.subscribe(Kind::Shard, &request))
-                    .await
-                    .pushed()
-            }
-            b"unsubscribe" => {
-                return Box::pin(self.unsubscribe(Kind::Channel, &request))
-                    .await
-                    .pushed()
-            }
-            b"punsubscribe" => {
-                return Box::pin(self.unsubscribe(Kind::Pattern, &request))
-                    .await
-                    .pushed()
-            }
-            b"sunsubscribe" => {
-                return Box::pin(self.unsubscribe(Kind::Shard, &request))
-                    .await
-                    .pushed()
-            }
-            _ => {}
-        }
-        // Rare, large paths are boxed so an idle client's task stays small.
-        if let Some(reply) = self.local(name, &request).await {
-            // Answered here: the slow log still sees it, as Redis's would.
-            if spec.is_some_and(|s| !s.flags.contains(Flags::SKIP_SLOWLOG)) {
+            Handling::Servers(servers) => {
+                let reply = Box::pin(self.servers(servers, name, &request)).await;
                 self.meta.log_if_slow(&state, "keyway");
+                reply
             }
-            return reply;
-        }
-        let Some(spec) = spec else {
-            // Unknown to keyway: the backend gives Redis's own error, or runs
-            // a module command keyway has not learned.
-            let pool = live.router.fallback_pool(name, self.client.db);
-            return self.forward(pool, request.bytes().clone()).await;
-        };
-        if let Some(what) = refused(name) {
-            return error(&format!(
+            Handling::Transaction(TransactionVerb::Watch) => {
+                let pool = self.single_pool(name, spec, &request);
+                Box::pin(self.watch(&request, pool)).await
+            }
+            Handling::Transaction(TransactionVerb::Unwatch) => Box::pin(self.unwatch()).await,
+            // Answered before admission.
+            Handling::Transaction(
+                TransactionVerb::Multi | TransactionVerb::Exec | TransactionVerb::Discard,
+            ) => error("ERR internal: transaction verb out of order"),
+            Handling::Subscription(SubscriptionVerb::Subscribe(kind)) => {
+                Box::pin(self.subscribe(kind, &request)).await.pushed()
+            }
+            Handling::Subscription(SubscriptionVerb::Unsubscribe(kind)) => {
+                Box::pin(self.unsubscribe(kind, &request)).await.pushed()
+            }
+            Handling::Refused(what) => error(&format!(
                 "ERR '{}' is not supported by keyway: {what}",
                 upper(raw_name)
+            )),
+        }
+    }
+
+    /// A wrong number of arguments, as Redis answers it; EXEC's own aborts
+    /// the transaction.
+    fn wrong_arity(&mut self, spec: &Spec, handling: Handling) -> Reply {
+        let msg = format!("ERR wrong number of arguments for '{}' command", spec.name);
+        if handling == Handling::Transaction(TransactionVerb::Exec) && self.in_multi() {
+            // Redis discards the transaction when EXEC itself is refused.
+            let _ = self.discard();
+            return error(&format!(
+                "EXECABORT Transaction discarded because of: {}",
+                &msg[4..]
             ));
         }
-        if name == b"mset" && request.argc().is_multiple_of(2) {
-            return error("ERR wrong number of arguments for 'mset' command");
+        let reply = resp::error(&msg);
+        self.state.stats.commands.rejected(spec.name, &reply);
+        self.refuse_in_multi(reply)
+    }
+
+    /// A forwarded command's route: pool limits, then one pool (blocking,
+    /// into another database, or to a replica), a split, or CROSSPOOL.
+    async fn execute_plan(
+        &mut self,
+        live: &crate::state::Live,
+        spec: &Spec,
+        forward: Forward,
+        plan: Plan,
+        request: &Request,
+    ) -> Reply {
+        if forward.pairs && request.argc().is_multiple_of(2) {
+            return error(&format!(
+                "ERR wrong number of arguments for '{}' command",
+                spec.name
+            ));
         }
-        let plan = match self.plan(&live, name, spec, &request, &args) {
-            Ok((plan, _)) => plan,
-            Err(denial) => return self.deny(denial),
-        };
-        // COPY … DB n and MOVE key n write into another database: it must
-        // be one this pool serves for that key, named as the backend knows it.
-        drop(args);
         if live.policy.has_limits(true) {
             let pools: Vec<PoolId> = match &plan {
                 Plan::One(pool) => vec![*pool],
@@ -252,18 +249,21 @@ impl Session {
                 Plan::CrossPool(_) => Vec::new(),
             };
             for pool in pools {
-                if let Err(denial) = self.admit(name, Some(spec), Some(pool)).await {
+                if let Err(denial) = self
+                    .admit(spec.name.as_bytes(), Some(spec), Some(pool))
+                    .await
+                {
                     return self.deny(denial);
                 }
             }
         }
         match plan {
-            Plan::One(pool) if blocks(name, spec.flags, &request) => {
-                Box::pin(self.blocking(pool, &request)).await
+            Plan::One(pool) if blocks(forward.blocking, request) => {
+                Box::pin(self.blocking(pool, request)).await
             }
             // Rare, and boxed so its request copy does not enlarge every request.
-            Plan::One(pool) if database_target(name, &request).is_some() => {
-                Box::pin(self.forward_into_database(&live, name, spec.name, pool, &request)).await
+            Plan::One(pool) if forward.database.is_some() => {
+                Box::pin(self.forward_into_database(live, forward, spec.name, pool, request)).await
             }
             Plan::One(pool) => {
                 // Replica reads: read-only commands go to the pool's healthy
@@ -275,7 +275,7 @@ impl Session {
                 self.forward(target, request.bytes().clone()).await
             }
             Plan::CrossPool(c) => {
-                state.metrics.deny("crosspool", spec.name);
+                self.state.metrics.deny("crosspool", spec.name);
                 error(&c.to_string())
             }
             Plan::Split(plan) => {
@@ -337,6 +337,7 @@ impl Session {
         live: &crate::state::Live,
         name: &[u8],
         spec: &Spec,
+        split: Option<SplitKind>,
         request: &Request,
         args: &[&[u8]],
     ) -> Result<(Plan, bool), Denial> {
@@ -349,7 +350,8 @@ impl Session {
                 .try_for_each(|&i| live.policy.check_key(user, request.arg(i))),
             None => Ok(()),
         };
-        let plan = allowed.map(|()| live.router.plan(name, request, &keys, self.client.db));
+        let db = self.client.db;
+        let plan = allowed.map(|()| live.router.plan(name, split, request, &keys, db));
         let has_keys = !keys.is_empty();
         self.key_scratch = keys;
         plan.map(|p| (p, has_keys))
@@ -367,7 +369,7 @@ impl Session {
         };
         let live = self.state.live_arc();
         let args = request.arg_vec();
-        match self.plan(&live, name, spec, request, &args) {
+        match self.plan(&live, name, spec, None, request, &args) {
             Ok((Plan::One(pool), _)) => Ok(pool),
             Ok((Plan::CrossPool(c), _)) => Err(resp::error(&c.to_string())),
             Ok((Plan::Split(plan), _)) => {
@@ -384,20 +386,23 @@ impl Session {
     }
 
     /// A command between MULTI and EXEC.
-    async fn queue_command(&mut self, name: &[u8], spec: Option<&Spec>, request: Request) -> Reply {
-        match name {
-            b"watch" => return error("ERR WATCH inside MULTI is not allowed"),
-            b"subscribe" | b"psubscribe" | b"ssubscribe" | b"hello" | b"auth" | b"select"
-            | b"client" | b"scan" | b"keys" | b"dbsize" | b"info" | b"randomkey" | b"pubsub"
-            | b"script" | b"function" => {
-                return self.refuse_in_multi(resp::error(&format!(
-                    "ERR '{}' inside MULTI is not supported by keyway",
-                    upper(name)
-                )));
-            }
-            _ => {}
+    async fn queue_command(
+        &mut self,
+        name: &[u8],
+        spec: Option<&Spec>,
+        handling: Handling,
+        request: Request,
+    ) -> Reply {
+        if handling == Handling::Transaction(TransactionVerb::Watch) {
+            return error("ERR WATCH inside MULTI is not allowed");
         }
-        if let Some(what) = refused(name) {
+        if handling.refused_in_multi() {
+            return self.refuse_in_multi(resp::error(&format!(
+                "ERR '{}' inside MULTI is not supported by keyway",
+                upper(name)
+            )));
+        }
+        if let Handling::Refused(what) = handling {
             return self.refuse_in_multi(resp::error(&format!(
                 "ERR '{}' is not supported by keyway: {what}",
                 upper(name)
@@ -413,14 +418,19 @@ impl Session {
         let mut request = request;
         if let Ok(Some(pool)) = pool {
             let live = self.state.live_arc();
-            match self.other_database(&live, name, pool, &request) {
-                Ok(Some(rewritten)) => request = rewritten,
-                Ok(None) => {}
-                Err(cross) => {
-                    self.state
-                        .metrics
-                        .deny("crosspool", &upper(name).to_lowercase());
-                    return self.refuse_in_multi(resp::error(&cross.to_string()));
+            if let Handling::Forward(Forward {
+                database: Some(database),
+                ..
+            }) = handling
+            {
+                match self.other_database(&live, name, database, pool, &request) {
+                    Ok(Some(rewritten)) => request = rewritten,
+                    Ok(None) => {}
+                    Err(cross) => {
+                        let command = spec.map_or("other", |s| s.name);
+                        self.state.metrics.deny("crosspool", command);
+                        return self.refuse_in_multi(resp::error(&cross.to_string()));
+                    }
                 }
             }
             if live.policy.has_limits(true) {
@@ -480,25 +490,14 @@ impl Session {
     }
 }
 
-/// Commands that would hold a connection's state keyway cannot share.
-fn refused(name: &[u8]) -> Option<&'static str> {
-    match name {
-        b"monitor" => Some("MONITOR would show one backend connection, not this client's traffic"),
-        b"sync" | b"psync" | b"replconf" => Some("replication goes to the backends directly"),
-        b"readonly" | b"readwrite" | b"asking" => Some("keyway is not a cluster node"),
-        _ => None,
-    }
-}
-
 /// Where COPY's `DB n` and MOVE's database argument are, with the key the
 /// command creates there: (key index, database index).
-fn database_target(name: &[u8], request: &Request) -> Option<(usize, usize)> {
-    match name {
-        b"move" if request.argc() == 3 => Some((1, 2)),
-        b"copy" => (3..request.argc().saturating_sub(1))
+fn database_target(database: DatabaseArg, request: &Request) -> Option<(usize, usize)> {
+    match database {
+        DatabaseArg::Move => (request.argc() == 3).then_some((1, 2)),
+        DatabaseArg::AfterDbOption => (3..request.argc().saturating_sub(1))
             .find(|&i| request.arg(i).eq_ignore_ascii_case(b"DB"))
             .map(|i| (2, i + 1)),
-        _ => None,
     }
 }
 
@@ -508,12 +507,15 @@ impl Session {
     async fn forward_into_database(
         &mut self,
         live: &crate::state::Live,
-        name: &[u8],
+        forward: Forward,
         command: &'static str,
         pool: PoolId,
         request: &Request,
     ) -> Reply {
-        match self.other_database(live, name, pool, request) {
+        let Some(database) = forward.database else {
+            return self.forward(pool, request.bytes().clone()).await;
+        };
+        match self.other_database(live, command.as_bytes(), database, pool, request) {
             Ok(rewritten) => {
                 let bytes = rewritten.as_ref().unwrap_or(request).bytes().clone();
                 self.forward(pool, bytes).await
@@ -533,10 +535,11 @@ impl Session {
         &self,
         live: &crate::state::Live,
         name: &[u8],
+        database: DatabaseArg,
         pool: PoolId,
         request: &Request,
     ) -> Result<Option<Request>, crate::route::CrossPool> {
-        let Some((key, db_arg)) = database_target(name, request) else {
+        let Some((key, db_arg)) = database_target(database, request) else {
             return Ok(None);
         };
         // Not a database number: Redis answers with its own error.
@@ -567,10 +570,10 @@ impl Session {
 }
 
 /// Whether this request blocks its connection until something happens.
-fn blocks(name: &[u8], flags: Flags, request: &Request) -> bool {
-    match name {
-        b"wait" | b"waitaof" => true,
-        b"xread" | b"xreadgroup" => request.args().any(|a| a.eq_ignore_ascii_case(b"BLOCK")),
-        _ => flags.contains(Flags::BLOCKING),
+fn blocks(blocking: Blocking, request: &Request) -> bool {
+    match blocking {
+        Blocking::Never => false,
+        Blocking::Always => true,
+        Blocking::WithBlockOption => request.args().any(|a| a.eq_ignore_ascii_case(b"BLOCK")),
     }
 }

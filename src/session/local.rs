@@ -7,6 +7,7 @@ use bytes::Bytes;
 use super::merge::{decode_scan_cursor, InfoRequest, Merge};
 use super::reply::Reply;
 use super::Session;
+use crate::command::{Local, Servers};
 use crate::resp::{self, Protocol, ReplyBuf, Request};
 use crate::route::PoolId;
 
@@ -29,58 +30,26 @@ fn text(arg: &[u8]) -> String {
 }
 
 impl Session {
-    /// `Some` when keyway handles the command itself.
-    pub(super) async fn local(&mut self, name: &[u8], req: &Request) -> Option<Reply> {
-        let argc = req.argc();
-        match name {
-            b"ping" => match argc {
+    /// A command keyway answers itself. What a handler leaves to Redis
+    /// (a HELP, a subcommand keyway does not answer) goes to the default pool.
+    pub(super) async fn local(&mut self, local: Local, req: &Request) -> Reply {
+        let answer = match local {
+            Local::Ping => match req.argc() {
                 1 => Some(Reply::now(resp::simple("PONG"))),
                 2 => Some(Reply::now(resp::bulk(req.arg(1)))),
                 _ => wrong_args("ping"),
             },
-            b"echo" => Some(Reply::now(resp::bulk(req.arg(1)))),
-            b"select" => self.select(req.arg(1)),
-            b"hello" => self.hello(req),
-            b"auth" => self.auth(req),
-            // Allowed only by policy (server-wide): every backend pauses.
-            // UNPAUSE goes on connections of its own, not behind paused ones.
-            b"client" if argc == 2 && req.arg(1).eq_ignore_ascii_case(b"unpause") => {
-                let pools = self.distinct(self.all_pools(), false);
-                Some(Box::pin(self.urgent(&pools, req)).await)
-            }
-            b"client" if argc >= 3 && req.arg(1).eq_ignore_ascii_case(b"pause") => {
-                let pools = self.distinct(self.all_pools(), false);
-                Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
-            }
-            b"client" => self.client_command(req),
-            b"info" => Some(Box::pin(self.info(req)).await),
-            b"command" | b"time" | b"lastsave" => {
-                let pool = self.state.live().router.default_pool();
-                Some(self.forward(pool, req.bytes().clone()).await)
-            }
-            b"dbsize" => {
-                let pools = self.distinct(self.all_pools(), true);
-                Some(self.fanout(&pools, req.bytes(), Merge::SumIntegers).await)
-            }
-            b"keys" => {
-                let pools =
-                    self.state
-                        .live()
-                        .router
-                        .pools_for_pattern(req.arg(1), name, self.client.db);
-                let pools = self.distinct(pools, true);
-                Some(self.fanout(&pools, req.bytes(), Merge::ConcatArrays).await)
-            }
-            b"randomkey" => {
-                let mut pools = self.distinct(self.all_pools(), true);
-                let n = pools.len();
-                pools.rotate_left(self.client.id as usize % n.max(1));
-                Some(self.fanout(&pools, req.bytes(), Merge::FirstNonNil).await)
-            }
-            b"scan" => Some(Box::pin(self.scan(req)).await),
-            b"slowlog" => self.slowlog(req),
+            Local::Echo => Some(Reply::now(resp::bulk(req.arg(1)))),
+            Local::Quit => Some(Reply::close(resp::simple("OK"))),
+            Local::Reset => Some(self.reset()),
+            Local::Select => self.select(req.arg(1)),
+            Local::Hello => self.hello(req),
+            Local::Auth => self.auth(req),
+            Local::Client => self.client_command(req),
+            Local::Info => Some(Box::pin(self.info(req)).await),
+            Local::Slowlog => self.slowlog(req),
             // Keyway's own latencies, as it is the server its clients see.
-            b"latency" if text(req.arg(1)).eq_ignore_ascii_case("histogram") => {
+            Local::LatencyHistogram => {
                 let only: Vec<String> = req
                     .args()
                     .skip(2)
@@ -93,43 +62,70 @@ impl Session {
                     &only,
                 )))
             }
-            b"pubsub" => Some(Box::pin(self.pubsub_command(req)).await),
-            b"script" | b"function" => Box::pin(self.scripting(name, req)).await,
-            b"swapdb" => {
-                let pools = self.distinct(self.all_pools(), false);
-                Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
+        };
+        match answer {
+            Some(reply) => reply,
+            None => {
+                let pool = self.state.live().router.default_pool();
+                self.forward(pool, req.bytes().clone()).await
             }
-            // Server-wide commands reach here only where policy allows them
-            // (`allow`): then they apply to every backend, as they would
-            // to the one Redis the client thinks it talks to.
-            b"flushall" => {
-                let pools = self.distinct(self.all_pools(), false);
-                Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
-            }
-            b"flushdb" => {
-                let pools = self.distinct(self.all_pools(), true);
-                Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
-            }
-            b"config" if argc >= 2 => {
-                match text(req.arg(1)).to_ascii_lowercase().as_str() {
-                    "set" | "resetstat" | "rewrite" => {
-                        // What keyway keeps itself (its slow log, its
-                        // statistics) follows, as the one Redis would.
-                        self.configure_self(req);
-                        let pools = self.distinct(self.all_pools(), false);
-                        Some(self.fanout(&pools, req.bytes(), Merge::AllOk).await)
-                    }
-                    // CONFIG GET answers as the default pool's server: one
-                    // consistent view, whatever the client's database.
-                    "get" => {
-                        let pool = self.state.live().router.default_pool();
-                        Some(self.forward(pool, req.bytes().clone()).await)
-                    }
-                    _ => None,
-                }
-            }
-            _ => None,
         }
+    }
+
+    /// A command for the servers as a whole: each distinct backend once
+    /// (pools sharing a Redis are asked once), replies merged. Server-wide
+    /// commands reach here only where policy allows them (`allow`): then
+    /// they apply to every backend, as they would to the one Redis the
+    /// client thinks it talks to.
+    pub(super) async fn servers(&mut self, servers: Servers, name: &[u8], req: &Request) -> Reply {
+        // Per server (scripts, channels, configuration), or per server and
+        // database (keys).
+        let per_server = |s: &Self| s.distinct(s.all_pools(), false);
+        let per_database = |s: &Self| s.distinct(s.all_pools(), true);
+        let (pools, merge) = match servers {
+            // One consistent view, whatever the client's database.
+            Servers::DefaultPool => {
+                let pool = self.state.live().router.default_pool();
+                return self.forward(pool, req.bytes().clone()).await;
+            }
+            Servers::Dbsize => (per_database(self), Merge::SumIntegers),
+            Servers::Keys => {
+                let pools =
+                    self.state
+                        .live()
+                        .router
+                        .pools_for_pattern(req.arg(1), name, self.client.db);
+                (self.distinct(pools, true), Merge::ConcatArrays)
+            }
+            Servers::RandomKey => {
+                let mut pools = per_database(self);
+                let n = pools.len();
+                pools.rotate_left(self.client.id as usize % n.max(1));
+                (pools, Merge::FirstNonNil)
+            }
+            Servers::Scan => return Box::pin(self.scan(req)).await,
+            Servers::PubsubChannels => (per_server(self), Merge::ConcatArrays),
+            Servers::PubsubNumsub => (per_server(self), Merge::SumPairs),
+            Servers::PubsubNumpat => (
+                per_server(self),
+                Merge::SumLess(self.own_pattern_duplicates()),
+            ),
+            Servers::LoadScript => (per_server(self), Merge::First),
+            Servers::ScriptExists => (per_server(self), Merge::AllExist),
+            Servers::EveryServer => (per_server(self), Merge::AllOk),
+            Servers::EveryDatabase => (per_database(self), Merge::AllOk),
+            Servers::ConfigChange => {
+                // What keyway keeps itself (its slow log, its statistics)
+                // follows, as the one Redis would.
+                self.configure_self(req);
+                (per_server(self), Merge::AllOk)
+            }
+            Servers::Urgent => {
+                let pools = per_server(self);
+                return Box::pin(self.urgent(&pools, req)).await;
+            }
+        };
+        self.fanout(&pools, req.bytes(), merge).await
     }
 
     /// CONFIG SET of the slow log's settings and CONFIG RESETSTAT apply to
@@ -195,23 +191,6 @@ impl Session {
         Reply::now(resp::simple("RESET"))
     }
 
-    /// PUBSUB introspection summed over pools.
-    async fn pubsub_command(&mut self, req: &Request) -> Reply {
-        let sub = text(req.arg(1)).to_ascii_lowercase();
-        // Channels are per server, whatever the database.
-        let pools = self.distinct(self.all_pools(), false);
-        let merge = match sub.as_str() {
-            "channels" | "shardchannels" => Merge::ConcatArrays,
-            "numsub" | "shardnumsub" => Merge::SumPairs,
-            "numpat" => Merge::SumLess(self.own_pattern_duplicates()),
-            _ => {
-                let pool = self.state.live().router.default_pool();
-                return self.forward(pool, req.bytes().clone()).await;
-            }
-        };
-        self.fanout(&pools, req.bytes(), merge).await
-    }
-
     /// How many times the servers' NUMPAT sum counts a pattern of keyway's
     /// own clients more than once: a pattern that may match keys of several
     /// pools is subscribed on each of their servers, and each counts it.
@@ -233,25 +212,6 @@ impl Session {
             .values()
             .map(|s| s.len().saturating_sub(1) as i64)
             .sum()
-    }
-
-    /// SCRIPT and FUNCTION changes go to every pool, so EVALSHA and FCALL
-    /// work wherever their keys land; read-only forms ask the default pool.
-    async fn scripting(&mut self, name: &[u8], req: &Request) -> Option<Reply> {
-        let sub = text(req.arg(1)).to_ascii_lowercase();
-        let merge = match (name, sub.as_str()) {
-            (b"script", "load") | (b"function", "load") => Merge::First,
-            (b"script", "exists") => Merge::AllExist,
-            (b"script", "flush") | (b"function", "flush" | "delete" | "restore") => Merge::AllOk,
-            (_, "kill") => {
-                let pools = self.distinct(self.all_pools(), false);
-                return Some(Box::pin(self.urgent(&pools, req)).await);
-            }
-            _ => return None,
-        };
-        // Scripts and functions are per server.
-        let pools = self.distinct(self.all_pools(), false);
-        Some(self.fanout(&pools, req.bytes(), merge).await)
     }
 
     /// SCRIPT KILL and FUNCTION KILL: the busy script holds the shared

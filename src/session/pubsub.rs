@@ -15,30 +15,7 @@ use crate::backend::Dedicated;
 use crate::resp::{self, shapes, Protocol, ReplyBuf, Request};
 use crate::route::PoolId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Channel,
-    Pattern,
-    Shard,
-}
-
-impl Kind {
-    fn subscribe(self) -> &'static str {
-        match self {
-            Kind::Channel => "subscribe",
-            Kind::Pattern => "psubscribe",
-            Kind::Shard => "ssubscribe",
-        }
-    }
-
-    fn unsubscribe(self) -> &'static str {
-        match self {
-            Kind::Channel => "unsubscribe",
-            Kind::Pattern => "punsubscribe",
-            Kind::Shard => "sunsubscribe",
-        }
-    }
-}
+pub(crate) use crate::command::ChannelKind as Kind;
 
 enum LinkCmd {
     /// Send a (un)subscribe command; `done` fires when the backend has

@@ -73,15 +73,7 @@ pub struct Meta {
     pub retried: bool,
 }
 
-/// How a reply counts towards cache hits and misses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheCount {
-    No,
-    /// A read of one value: nil is a miss.
-    Single,
-    /// MGET, HMGET: each element counts.
-    PerElement,
-}
+pub use crate::command::CacheCount;
 
 impl Meta {
     pub fn new() -> Meta {
