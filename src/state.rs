@@ -235,7 +235,13 @@ impl State {
                 return Err(e);
             }
         };
-        let backends = Backends::reuse(&config, &old.backends);
+        let (backends, changes) = Backends::reuse(&config, &old.backends);
+        for change in &changes {
+            match change {
+                crate::backend::PoolChange::Kept(_) => {}
+                other => tracing::info!(change = ?other, "pool changed by the reload"),
+            }
+        }
         let live = Live {
             router: Router::new(&config),
             policy: Policy::new(&config),

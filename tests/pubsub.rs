@@ -254,3 +254,42 @@ fn messages_keep_flowing_after_an_unsubscribe() {
     let frame = String::from_utf8_lossy(&sub.read_frame()).into_owned();
     assert!(frame.contains("still here"), "{frame}");
 }
+
+#[test]
+fn a_subscription_follows_its_pool_by_name_across_a_renumbering_reload() {
+    let mut r = Reference::start();
+    let mut sub = r.keyway.raw();
+    sub.send(b"SUBSCRIBE session:news\r\n");
+    sub.read_frame();
+    // A pool named to sort first renumbers every other pool.
+    let extra = RedisServer::start();
+    let config = std::fs::read_to_string(&r.keyway.config_path).unwrap();
+    let config = config.replace(
+        "[pools.session]",
+        &format!("[pools.aaa]\nurl = \"{}\"\n[pools.session]", extra.url()),
+    );
+    std::fs::write(&r.keyway.config_path, config).unwrap();
+    let (status, body) = r.keyway.http("POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    // The session server restarts: the link reconnects to the session pool.
+    r.session.restart();
+    let mut publisher = r.client();
+    let delivered = r.keyway.wait_until(Duration::from_secs(10), || {
+        let n: i64 = redis::cmd("PUBLISH")
+            .arg("session:news")
+            .arg("hello")
+            .query(&mut publisher)
+            .unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(50));
+        n == 1
+    });
+    assert!(
+        delivered,
+        "the subscription was restored on the session server"
+    );
+    let frame = String::from_utf8(sub.read_frame()).unwrap();
+    assert!(
+        frame.contains("session:news") && frame.contains("hello"),
+        "{frame}"
+    );
+}

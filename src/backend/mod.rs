@@ -72,6 +72,20 @@ impl BackendError {
     }
 }
 
+/// What a reload did to one pool, named (names are pools' identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolChange {
+    /// Same settings: kept with its connections.
+    Kept(String),
+    /// Its fixed address changed: kept, its old connections drain.
+    Moved(String),
+    /// Kind, credentials, database, TLS or `[backend]` settings changed: a
+    /// new pool (a Sentinel pool gets a new follower).
+    Replaced(String),
+    Added(String),
+    Removed(String),
+}
+
 /// All pools of a configuration, indexed by `PoolId`; the replica pools of
 /// pools with replica reads follow the configured ones.
 pub struct Backends {
@@ -125,16 +139,20 @@ impl Backends {
         )
     }
 
-    /// The pools of a reloaded configuration: a pool with the same name and
+    /// The pools of a reloaded configuration, and what happened to each,
+    /// by name (a pool's identity; its index may change): one with the same
     /// settings is kept as it is (connections and all); one whose fixed
-    /// address moved is kept and moved (its old connections drain);
-    /// anything else is new.
-    pub fn reuse(config: &Config, old: &Backends) -> Backends {
+    /// address moved is kept and moved (its old connections drain); one
+    /// whose kind, credentials, database, TLS or `[backend]` settings
+    /// changed is replaced; the rest are added or removed.
+    pub fn reuse(config: &Config, old: &Backends) -> (Backends, Vec<PoolChange>) {
+        let mut changes = Vec::new();
         let pools = config
             .pools
             .iter()
             .map(|p| {
                 let Some(existing) = old.pools.iter().find(|o| o.name() == p.name) else {
+                    changes.push(PoolChange::Added(p.name.clone()));
                     return new_pool(p, config);
                 };
                 let same_kind = existing.is_sentinel_managed() == p.sentinel.is_some();
@@ -144,6 +162,7 @@ impl Backends {
                     && configured.db == p.endpoint.db
                     && configured.tls == p.endpoint.tls;
                 if !same_kind || !same_node || existing.settings() != &config.backend {
+                    changes.push(PoolChange::Replaced(p.name.clone()));
                     let replacement = new_pool(p, config);
                     if same_kind && p.sentinel.is_some() {
                         // Serves at once on the master the old pool followed;
@@ -155,13 +174,24 @@ impl Backends {
                     }
                     return replacement;
                 }
-                if p.sentinel.is_none() {
+                let moved = p.sentinel.is_none() && {
+                    let from = existing.endpoint().address();
                     existing.set_address(&p.endpoint.host, p.endpoint.port);
-                }
+                    from != p.endpoint.address()
+                };
+                changes.push(match moved {
+                    true => PoolChange::Moved(p.name.clone()),
+                    false => PoolChange::Kept(p.name.clone()),
+                });
                 existing.clone()
             })
             .collect();
-        with_replicas(pools, config, Some(old))
+        for gone in old.pools.iter().filter(|o| !o.is_replica_pool()) {
+            if !config.pools.iter().any(|p| p.name == gone.name()) {
+                changes.push(PoolChange::Removed(gone.name().to_string()));
+            }
+        }
+        (with_replicas(pools, config, Some(old)), changes)
     }
 
     /// The replica pool of `pool`, when it has one with a replica chosen.
@@ -211,5 +241,65 @@ impl Backends {
 
     pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pools: &str, backend: &str) -> Config {
+        let text = format!("[backend]\n{backend}\n{pools}\n[routes]\ndefault = \"a\"\n");
+        Config::from_toml(&text, "test", |_| None).expect("valid")
+    }
+
+    #[test]
+    fn a_reload_names_what_happened_to_each_pool() {
+        let before = config(
+            "[pools.a]\nurl = \"redis://127.0.0.1:7001\"\n[pools.b]\nurl = \"redis://127.0.0.1:7002\"\n[pools.c]\nurl = \"redis://127.0.0.1:7003\"\n",
+            "",
+        );
+        let old = Backends::new(&before);
+        // a kept, b moved, c removed, d added (and indexes shift).
+        let after = config(
+            "[pools.a]\nurl = \"redis://127.0.0.1:7001\"\n[pools.b]\nurl = \"redis://127.0.0.1:7012\"\n[pools.d]\nurl = \"redis://127.0.0.1:7004\"\n",
+            "",
+        );
+        let (new, mut changes) = Backends::reuse(&after, &old);
+        changes.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(
+            changes,
+            [
+                PoolChange::Added("d".into()),
+                PoolChange::Kept("a".into()),
+                PoolChange::Moved("b".into()),
+                PoolChange::Removed("c".into()),
+            ]
+        );
+        // Kept and moved pools are the same objects, found by name.
+        assert!(Arc::ptr_eq(
+            &new.named("a").unwrap(),
+            &old.named("a").unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            &new.named("b").unwrap(),
+            &old.named("b").unwrap()
+        ));
+        assert_eq!(
+            new.named("b").unwrap().endpoint().address(),
+            "127.0.0.1:7012"
+        );
+        // A [backend] setting replaces every pool.
+        let (_, changes) = Backends::reuse(
+            &config(
+                "[pools.a]\nurl = \"redis://127.0.0.1:7001\"\n",
+                "connections = 3",
+            ),
+            &new,
+        );
+        assert!(
+            changes.contains(&PoolChange::Replaced("a".into())),
+            "{changes:?}"
+        );
     }
 }

@@ -383,7 +383,7 @@ impl Session {
         let (cmds_tx, cmds_rx) = mpsc::channel(64);
         let source = LinkSource {
             state: self.state.clone(),
-            pool,
+            pool: self.state.live().router.pool_name(pool).to_string(),
             db: self.client.db,
             proto: self.client.proto,
         };
@@ -470,7 +470,8 @@ impl Subscribed {
 /// Where a link's connection comes from, to replace it after a failover.
 struct LinkSource {
     state: std::sync::Arc<crate::state::State>,
-    pool: PoolId,
+    /// The pool's name: its identity across reloads, which may renumber pools.
+    pool: String,
     db: u32,
     proto: Protocol,
 }
@@ -482,7 +483,7 @@ impl LinkSource {
     /// A new connection with every subscription restored (confirmations
     /// consumed here), or `None` after trying for `RESUBSCRIBE_FOR`.
     async fn reconnect(&self, subscribed: &Subscribed) -> Option<Dedicated> {
-        let Ok(backend) = self.state.live().backends.checked(self.pool) else {
+        let Some(backend) = self.state.live().backends.named(&self.pool) else {
             return None;
         };
         let deadline = tokio::time::Instant::now() + RESUBSCRIBE_FOR;
@@ -516,7 +517,7 @@ async fn run_link(
     mut cmds: mpsc::Receiver<LinkCmd>,
     client: mpsc::Sender<Reply>,
 ) {
-    let Ok(origin) = source.state.live().backends.checked(source.pool) else {
+    let Some(origin) = source.state.live().backends.named(&source.pool) else {
         return;
     };
     let pool = origin.name().to_string();

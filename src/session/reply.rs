@@ -410,8 +410,10 @@ fn failover_retry(
     let state = state.self_arc()?;
     let request = meta.request.clone();
     let (db, proto) = (meta.db, meta.proto);
+    // By name: a reload meanwhile may have renumbered the pools.
+    let name = backend.name().to_string();
     tokio::spawn(async move {
-        let Some(backend) = state.live().backends.get(pool).cloned() else {
+        let Some(backend) = state.live().backends.named(&name) else {
             return;
         };
         if backend.is_sentinel_managed() {
