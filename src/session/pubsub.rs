@@ -483,9 +483,7 @@ impl LinkSource {
     /// A new connection with every subscription restored (confirmations
     /// consumed here), or `None` after trying for `RESUBSCRIBE_FOR`.
     async fn reconnect(&self, subscribed: &Subscribed) -> Option<Dedicated> {
-        let Some(backend) = self.state.live().backends.named(&self.pool) else {
-            return None;
-        };
+        let backend = self.state.live().backends.named(&self.pool)?;
         let deadline = tokio::time::Instant::now() + RESUBSCRIBE_FOR;
         let mut backoff = crate::backend::Backoff::new(
             std::time::Duration::from_millis(50),
