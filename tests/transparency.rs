@@ -367,17 +367,73 @@ fn reset_keeps_the_library_name_as_redis_does() {
     assert_eq!((&*f["lib-name"], &*f["name"]), ("mylib", ""), "{info}");
 }
 
+/// Each section's field names, as an INFO reply lists them.
+fn fields_by_section(info: &str) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut section = String::new();
+    for line in info.lines() {
+        if let Some(name) = line.strip_prefix("# ") {
+            section = name.trim().to_string();
+            out.entry(section.clone()).or_insert_with(BTreeSet::new);
+        } else if let Some((field, _)) = line.split_once(':') {
+            out.entry(section.clone())
+                .or_insert_with(BTreeSet::new)
+                .insert(field.to_string());
+        }
+    }
+    out
+}
+
 #[test]
-fn all_section_names_match_redis() {
+fn every_section_has_redis_field_names() {
     let (_behind, direct, keyway) = one_pool();
-    let want: BTreeSet<String> = sections(&redis_cli(direct.port, &["INFO", "everything"]))
-        .into_iter()
-        .collect();
-    let got: BTreeSet<String> = sections(&redis_cli(keyway.port, &["INFO", "everything"]))
-        .into_iter()
-        .collect();
-    let missing: Vec<_> = want.difference(&got).collect();
-    assert!(missing.is_empty(), "missing {missing:?}");
+    let want = fields_by_section(&redis_cli(direct.port, &["INFO", "everything"]));
+    let got = fields_by_section(&redis_cli(keyway.port, &["INFO", "everything"]));
+    for (section, fields) in &want {
+        // These list what happened (commands, errors, databases), not a schema.
+        if matches!(
+            section.as_str(),
+            "Commandstats" | "Errorstats" | "Latencystats" | "Keyspace"
+        ) {
+            assert!(got.contains_key(section), "{section} missing");
+            continue;
+        }
+        let have = got
+            .get(section)
+            .unwrap_or_else(|| panic!("{section} missing"));
+        let missing: Vec<_> = fields.difference(have).collect();
+        assert!(missing.is_empty(), "{section} lacks {missing:?}");
+    }
+}
+
+#[test]
+fn server_figures_are_summed_over_distinct_backends() {
+    let r = Reference::start();
+    let mut c = r.client();
+    for key in ["session:a", "user:b", "rate:c", "rate:d"] {
+        let _: () = redis::cmd("SET").arg(key).arg("v").query(&mut c).unwrap();
+    }
+    let field = |info: &str, name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("{name} in {info}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let through: String = redis::cmd("INFO").arg("persistence").query(&mut c).unwrap();
+    let direct: u64 = [&r.session, &r.cache, &r.realtime]
+        .iter()
+        .map(|s| {
+            let info: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query(&mut s.direct())
+                .unwrap();
+            field(&info, "rdb_changes_since_last_save")
+        })
+        .sum();
+    assert_eq!(field(&through, "rdb_changes_since_last_save"), direct);
+    assert!(direct >= 4);
 }
 
 /// Whether a direct write to `server` answers within half a second.

@@ -686,15 +686,24 @@ impl Session {
             wants_keyspace,
             default_pool,
         };
-        let pools = if wants_keyspace || wants("server") {
-            // INFO keyspace lists every database of a server: once each.
+        // The servers' own sections complete keyway's: each server once
+        // (INFO keyspace lists every database of a server).
+        let from_servers = ["server", "memory", "persistence", "stats", "keyspace"];
+        let pools = if from_servers.iter().any(|s| wants(s)) {
             self.distinct(self.all_pools(), false)
         } else {
             Vec::new()
         };
-        let bytes = Request::from_args(&["INFO", "server", "keyspace"])
-            .bytes()
-            .clone();
+        let bytes = Request::from_args(&[
+            "INFO",
+            "server",
+            "memory",
+            "persistence",
+            "stats",
+            "keyspace",
+        ])
+        .bytes()
+        .clone();
         self.fanout(&pools, &bytes, Merge::Info(request)).await
     }
 
@@ -762,12 +771,16 @@ impl Session {
             ));
         }
         if wants("replication") {
-            sections.push("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n".into());
+            // keyway is a master without replicas: its backends replicate.
+            sections.push(format!(
+                "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\nmaster_replid:{zeros}\r\nmaster_replid2:{zeros}\r\nmaster_repl_offset:0\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:0\r\nrepl_backlog_size:0\r\nrepl_backlog_first_byte_offset:0\r\nrepl_backlog_histlen:0\r\n",
+                zeros = "0".repeat(40)
+            ));
         }
         if wants("cpu") {
             let (user, system) = own_cpu_seconds();
             sections.push(format!(
-                "# CPU\r\nused_cpu_sys:{system:.6}\r\nused_cpu_user:{user:.6}\r\nused_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\n"
+                "# CPU\r\nused_cpu_sys:{system:.6}\r\nused_cpu_user:{user:.6}\r\nused_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\nused_cpu_sys_main_thread:{system:.6}\r\nused_cpu_user_main_thread:{user:.6}\r\n"
             ));
         }
         if wants("modules") {

@@ -243,18 +243,25 @@ fn merge_scan(index: usize, count: usize, reply: Option<&Bytes>) -> Bytes {
 fn merge_info(state: &State, req: InfoRequest, frames: Frames) -> Bytes {
     let mut version = None;
     let mut dbs: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+    let mut backends = BackendInfo::default();
     for (pool, frame) in &frames {
         let Ok(frame) = frame else { continue };
         let Some(text) = shapes::bulk(frame) else {
             continue;
         };
         let text = String::from_utf8_lossy(text);
+        let mut section = String::new();
         for line in text.lines() {
+            if let Some(name) = line.strip_prefix("# ") {
+                section = name.trim().to_ascii_lowercase();
+                continue;
+            }
             if let Some(v) = line.strip_prefix("redis_version:") {
                 if *pool == req.default_pool || version.is_none() {
                     version = Some(v.to_string());
                 }
-            } else if let Some((db, rest)) = line.split_once(":keys=") {
+            }
+            if let Some((db, rest)) = line.split_once(":keys=") {
                 let Some(db) = db.strip_prefix("db").and_then(|d| d.parse().ok()) else {
                     continue;
                 };
@@ -271,13 +278,16 @@ fn merge_info(state: &State, req: InfoRequest, frames: Frames) -> Bytes {
                 let entry = dbs.entry(db).or_default();
                 entry.0 += keys;
                 entry.1 += expires;
+            } else if let Some((field, value)) = line.split_once(':') {
+                backends.add(&section, field, *pool, value.trim_end());
             }
         }
     }
     if let Some(v) = &version {
         state.redis_version.store(std::sync::Arc::new(v.clone()));
     }
-    let mut text = req.local.replace("{redis_version}", &state.redis_version());
+    let local = req.local.replace("{redis_version}", &state.redis_version());
+    let mut text = backends.complete(&local, req.default_pool);
     if req.wants_keyspace {
         if !text.is_empty() {
             text.push_str("\r\n");
@@ -292,4 +302,158 @@ fn merge_info(state: &State, req: InfoRequest, frames: Frames) -> Bytes {
     let mut out = ReplyBuf::new(req.proto);
     out.verbatim(text.as_bytes());
     out.freeze()
+}
+
+/// One INFO field's value on each server that has it.
+type FieldValues = (String, Vec<(PoolId, String)>);
+/// A section's fields, in the order Redis writes them.
+type SectionFields = (String, Vec<FieldValues>);
+/// `field:value` lines, in order.
+type Lines = Vec<(String, String)>;
+
+/// The backends' INFO fields, per section, in the order Redis writes them.
+#[derive(Default)]
+struct BackendInfo {
+    sections: Vec<SectionFields>,
+}
+
+/// Fields whose values are not added up over servers: ratios, times,
+/// states and settings; the default pool's value stands for all.
+fn summable(field: &str) -> bool {
+    const KEPT: [&str; 9] = [
+        "ratio",
+        "perc",
+        "time",
+        "status",
+        "policy",
+        "allocator",
+        "_human",
+        "age",
+        "size",
+    ];
+    !KEPT.iter().any(|k| field.contains(k)) && !matches!(field, "hz" | "configured_hz")
+}
+
+impl BackendInfo {
+    fn add(&mut self, section: &str, field: &str, pool: PoolId, value: &str) {
+        let index = match self.sections.iter().position(|(s, _)| s == section) {
+            Some(i) => i,
+            None => {
+                self.sections.push((section.to_string(), Vec::new()));
+                self.sections.len() - 1
+            }
+        };
+        let fields = &mut self.sections[index].1;
+        match fields.iter_mut().find(|(f, _)| f == field) {
+            Some((_, values)) => values.push((pool, value.to_string())),
+            None => fields.push((field.to_string(), vec![(pool, value.to_string())])),
+        }
+    }
+
+    /// One field over the servers: integers added up where that means
+    /// something, `_human` forms written from the sum, else the default
+    /// pool's value.
+    fn combined(
+        &self,
+        fields: &[FieldValues],
+        field: &str,
+        values: &[(PoolId, String)],
+        default_pool: PoolId,
+    ) -> String {
+        if let Some(base) = field.strip_suffix("_human") {
+            if let Some((_, base_values)) = fields.iter().find(|(f, _)| f == base) {
+                if let Some(sum) = sum(base_values).filter(|_| summable(base)) {
+                    return human(sum);
+                }
+            }
+        }
+        if summable(field) {
+            if let Some(total) = sum(values) {
+                return total.to_string();
+            }
+        }
+        values
+            .iter()
+            .find(|(p, _)| *p == default_pool)
+            .or(values.first())
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// keyway's own sections completed with the backends' fields: Memory
+    /// and Persistence are the servers' figures (keyway's stand in where no
+    /// server answered); Server and Stats keep keyway's own fields and gain
+    /// the servers' others.
+    fn complete(&self, local: &str, default_pool: PoolId) -> String {
+        if self.sections.is_empty() {
+            return local.to_string();
+        }
+        let mut out = String::with_capacity(local.len() * 2);
+        for block in local.split("\r\n\r\n") {
+            if !out.is_empty() {
+                out.push_str("\r\n\r\n");
+            }
+            let mut lines = block.lines();
+            let Some(header) = lines.next() else {
+                continue;
+            };
+            let name = header.trim_start_matches("# ").trim().to_ascii_lowercase();
+            let own: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).collect();
+            let Some((_, fields)) = self.sections.iter().find(|(s, _)| *s == name) else {
+                out.push_str(block.trim_end());
+                continue;
+            };
+            let theirs: Lines = fields
+                .iter()
+                .map(|(f, values)| (f.clone(), self.combined(fields, f, values, default_pool)))
+                .collect();
+            let servers_first = matches!(name.as_str(), "memory" | "persistence");
+            let mut merged: Lines = Vec::new();
+            let (first, second): (Lines, Lines) = match servers_first {
+                true => (
+                    theirs,
+                    own.iter()
+                        .map(|(f, v)| (f.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                false => (
+                    own.iter()
+                        .map(|(f, v)| (f.to_string(), v.to_string()))
+                        .collect(),
+                    theirs,
+                ),
+            };
+            for (f, v) in first.into_iter().chain(second) {
+                if !merged.iter().any(|(seen, _)| *seen == f) {
+                    merged.push((f, v));
+                }
+            }
+            out.push_str(header);
+            for (f, v) in merged {
+                out.push_str("\r\n");
+                out.push_str(&f);
+                out.push(':');
+                out.push_str(&v);
+            }
+        }
+        if local.ends_with("\r\n") {
+            out.push_str("\r\n");
+        }
+        out
+    }
+}
+
+fn sum(values: &[(PoolId, String)]) -> Option<i64> {
+    values.iter().map(|(_, v)| v.parse::<i64>().ok()).sum()
+}
+
+/// Redis's `_human` form of a byte count.
+fn human(n: i64) -> String {
+    let n = n.max(0) as f64;
+    for (unit, size) in [("G", 1073741824.0), ("M", 1048576.0), ("K", 1024.0)] {
+        if n >= size {
+            return format!("{:.2}{unit}", n / size);
+        }
+    }
+    format!("{}B", n as u64)
 }
