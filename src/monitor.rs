@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{request_once, Probe};
-use crate::resp::shapes;
 use crate::state::State;
 
 /// The last value of each backend total seen, per (pool, field): what the
@@ -48,18 +47,15 @@ pub async fn probe_all(state: &Arc<State>, timeout: Duration, totals: &mut Total
         let result = handle.await.unwrap_or_else(|e| Err(e.to_string()));
         let name = pool.name();
         let probe = match result {
-            Ok(reply) => match shapes::bulk(&reply) {
+            Ok(reply) => match crate::resp::info::text(&reply) {
                 Some(text) => {
-                    let text = String::from_utf8_lossy(text);
                     let mut role = String::new();
-                    for line in text.lines() {
-                        let Some((field, value)) = line.split_once(':') else {
-                            continue;
-                        };
-                        if field == "role" {
-                            role = value.trim().to_string();
+                    for field in crate::resp::info::fields(&text) {
+                        let value = field.value.trim();
+                        if field.name == "role" {
+                            role = value.to_string();
                         }
-                        export(state, totals, name, field, value.trim());
+                        export(state, totals, name, field.name, value);
                     }
                     Probe {
                         ok: Some(true),

@@ -197,17 +197,12 @@ pub async fn healthy_replica(
         else {
             continue;
         };
-        let Some(text) = shapes::bulk(&info).map(|t| String::from_utf8_lossy(t).into_owned())
-        else {
+        let Some(text) = crate::resp::info::text(&info) else {
             continue;
         };
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(str::trim)
-        };
-        let link_up = field("master_link_status:") == Some("up");
-        let fresh = field("master_last_io_seconds_ago:")
+        let field = |name: &str| crate::resp::info::field(&text, name);
+        let link_up = field("master_link_status") == Some("up");
+        let fresh = field("master_last_io_seconds_ago")
             .and_then(|s| s.parse::<i64>().ok())
             .is_some_and(|s| (0..=max_lag_secs as i64).contains(&s));
         if link_up && fresh {

@@ -16,7 +16,6 @@ use tokio::net::TcpListener;
 use crate::backend::request_once;
 use crate::command::CommandTable;
 use crate::config::Config;
-use crate::resp::shapes;
 use crate::session;
 use crate::state::State;
 
@@ -331,8 +330,6 @@ async fn discover(
     let info = request_once(endpoint, &["INFO", "server"], DISCOVERY_TIMEOUT)
         .await
         .ok()?;
-    let text = String::from_utf8_lossy(shapes::bulk(&info)?).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .map(|v| v.trim().to_string())
+    let text = crate::resp::info::text(&info)?;
+    crate::resp::info::field(&text, "redis_version").map(str::to_string)
 }

@@ -3,6 +3,7 @@
 //! them, and encoding the replies keyway writes itself.
 
 mod encode;
+pub mod info;
 mod request;
 mod scan;
 pub mod shapes;

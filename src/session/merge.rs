@@ -246,23 +246,15 @@ fn merge_info(state: &State, req: InfoRequest, frames: Frames) -> Bytes {
     let mut backends = BackendInfo::default();
     for (pool, frame) in &frames {
         let Ok(frame) = frame else { continue };
-        let Some(text) = shapes::bulk(frame) else {
+        let Some(text) = crate::resp::info::text(frame) else {
             continue;
         };
-        let text = String::from_utf8_lossy(text);
-        let mut section = String::new();
-        for line in text.lines() {
-            if let Some(name) = line.strip_prefix("# ") {
-                section = name.trim().to_ascii_lowercase();
-                continue;
+        for field in crate::resp::info::fields(&text) {
+            if field.name == "redis_version" && (*pool == req.default_pool || version.is_none()) {
+                version = Some(field.value.to_string());
             }
-            if let Some(v) = line.strip_prefix("redis_version:") {
-                if *pool == req.default_pool || version.is_none() {
-                    version = Some(v.to_string());
-                }
-            }
-            if let Some((db, rest)) = line.split_once(":keys=") {
-                let Some(db) = db.strip_prefix("db").and_then(|d| d.parse().ok()) else {
+            if let Some(rest) = field.value.strip_prefix("keys=") {
+                let Some(db) = field.name.strip_prefix("db").and_then(|d| d.parse().ok()) else {
                     continue;
                 };
                 let keys = rest
@@ -278,8 +270,9 @@ fn merge_info(state: &State, req: InfoRequest, frames: Frames) -> Bytes {
                 let entry = dbs.entry(db).or_default();
                 entry.0 += keys;
                 entry.1 += expires;
-            } else if let Some((field, value)) = line.split_once(':') {
-                backends.add(&section, field, *pool, value.trim_end());
+            } else {
+                let section = field.section.to_ascii_lowercase();
+                backends.add(&section, field.name, *pool, field.value);
             }
         }
     }
