@@ -54,8 +54,7 @@ impl Conn {
         round_trip: Option<prometheus::Histogram>,
         fence: std::sync::Arc<super::Fence>,
     ) -> Result<Conn, String> {
-        let mut stream = super::stream::connect(endpoint).await?;
-        handshake(&mut stream, endpoint, db, proto).await?;
+        let stream = super::stream::open(endpoint, db, proto).await?;
         let (rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::channel(QUEUE);
         let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
@@ -322,8 +321,7 @@ pub async fn request_once(
     timeout: std::time::Duration,
 ) -> Result<Bytes, String> {
     let work = async {
-        let mut stream = super::stream::connect(endpoint).await?;
-        handshake(&mut stream, endpoint, 0, Protocol::Resp2).await?;
+        let mut stream = super::stream::open(endpoint, 0, Protocol::Resp2).await?;
         stream
             .write_all(Request::from_args(args).bytes())
             .await

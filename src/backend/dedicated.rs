@@ -51,11 +51,7 @@ impl Dedicated {
         endpoint: &crate::config::Endpoint,
         timeout: std::time::Duration,
     ) -> Result<Dedicated, String> {
-        let open = async {
-            let mut stream = super::stream::connect(endpoint).await?;
-            super::conn::handshake(&mut stream, endpoint, 0, Protocol::Resp2).await?;
-            Ok::<_, String>(stream)
-        };
+        let open = super::stream::open(endpoint, 0, Protocol::Resp2);
         let stream = tokio::time::timeout(timeout, open)
             .await
             .map_err(|_| format!("connect to {} timed out", endpoint.address()))??;

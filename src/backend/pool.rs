@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Mutex as AsyncMutex, Semaphore};
 
-use super::conn::handshake;
 use super::{BackendError, Conn, Dedicated};
 use crate::config::{BackendConfig, Endpoint};
 use crate::resp::Protocol;
@@ -302,11 +301,7 @@ impl Pool {
         if let Some(e) = self.unresolved(&endpoint) {
             return Err(e);
         }
-        let open = async {
-            let mut stream = super::stream::connect(&endpoint).await?;
-            handshake(&mut stream, &endpoint, db, proto).await?;
-            Ok::<_, String>(stream)
-        };
+        let open = super::stream::open(&endpoint, db, proto);
         match tokio::time::timeout(self.settings.connect_timeout(), open).await {
             Ok(Ok(stream)) => {
                 self.mark_up();

@@ -14,14 +14,24 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
 use crate::config::{BackendTls, Endpoint};
+use crate::resp::Protocol;
 
 pub enum BackendStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// The one way keyway opens a backend connection: TCP (TLS for
+/// `rediss://`), then the handshake (AUTH/HELLO, SELECT, CLIENT SETNAME)
+/// for `db` and `proto`.
+pub async fn open(endpoint: &Endpoint, db: u32, proto: Protocol) -> Result<BackendStream, String> {
+    let mut stream = connect(endpoint).await?;
+    super::conn::handshake(&mut stream, endpoint, db, proto).await?;
+    Ok(stream)
+}
+
 /// Opens a connection to `endpoint`, with TLS when its URL was `rediss://`.
-pub async fn connect(endpoint: &Endpoint) -> Result<BackendStream, String> {
+async fn connect(endpoint: &Endpoint) -> Result<BackendStream, String> {
     let tcp = TcpStream::connect(endpoint.address())
         .await
         .map_err(|e| e.to_string())?;
