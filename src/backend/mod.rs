@@ -8,6 +8,7 @@ mod dedicated;
 mod fence;
 mod inbox;
 mod pool;
+mod retry;
 mod stream;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub use dedicated::Dedicated;
 pub use fence::{Fence, MAX_FENCE};
 pub use inbox::{Arrival, Inbox, ReplyRx, ReplyTo};
 pub use pool::{Pool, Probe};
+pub use retry::resend_after_failover;
 
 use crate::config::Config;
 use crate::route::PoolId;

@@ -372,13 +372,10 @@ impl Forwarded {
     }
 }
 
-/// How long a retried request waits for Sentinel to name a new master.
-const FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// A reply that says the master moved: `-READONLY` (the write was not
 /// applied: safe to send again to the new master), or a lost connection
 /// for a read (harmless to repeat). Writes whose fate is unknown are never
-/// retried. The retry runs in its own task so the writer can be cancelled.
+/// retried. Deciding is the reply's; sending again is `backend`'s.
 fn failover_retry(
     state: &State,
     pool: PoolId,
@@ -406,34 +403,15 @@ fn failover_retry(
             "read_retried"
         }])
         .inc();
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let state = state.self_arc()?;
-    let request = meta.request.clone();
-    let (db, proto) = (meta.db, meta.proto);
-    // By name: a reload meanwhile may have renumbered the pools.
+    // By name: a reload meanwhile may have renumbered or replaced the pools.
     let name = backend.name().to_string();
-    tokio::spawn(async move {
-        let Some(backend) = state.live().backends.named(&name) else {
-            return;
-        };
-        if backend.is_sentinel_managed() {
-            let mut changes = backend.changes();
-            changes.mark_unchanged();
-            backend.request_rediscovery();
-            let _ = tokio::time::timeout(FAILOVER_WAIT, changes.changed()).await;
-        }
-        let reply = match backend.conn(db, proto, 0).await {
-            Ok(conn) => match conn.request(request).await {
-                Some(reply) => reply.await.ok(),
-                None => None,
-            },
-            Err(e) => Some(e.to_resp()),
-        };
-        if let Some(reply) = reply {
-            let _ = tx.send(reply);
-        }
-    });
-    Some(rx)
+    Some(crate::backend::resend_after_failover(
+        move || state.live().backends.named(&name),
+        meta.request.clone(),
+        meta.db,
+        meta.proto,
+    ))
 }
 
 /// Records a forwarded reply under its pool's name, without copying it.
