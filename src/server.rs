@@ -176,10 +176,12 @@ impl Server {
                     return;
                 }
                 accepted = accept_unix(&unix) => {
-                    if let Ok((socket, _)) = accepted {
+                    if let Ok((mut socket, _)) = accepted {
                         let state = self.state.clone();
-                        if state.clients.len() >= state.live().config.server.max_clients {
-                            state.metrics.clients_rejected.inc();
+                        if !admits(&state) {
+                            tokio::spawn(async move {
+                                let _ = socket.write_all(MAX_CLIENTS_REACHED).await;
+                            });
                             continue;
                         }
                         tokio::spawn(session::serve_unix(state, socket));
@@ -188,9 +190,8 @@ impl Server {
                 accepted = accept_tls(&self.tls) => {
                     let Ok((socket, addr)) = accepted else { continue };
                     let state = self.state.clone();
-                    state.stats.connections_received.fetch_add(1, Ordering::Relaxed);
-                    if state.clients.len() >= state.live().config.server.max_clients {
-                        state.metrics.clients_rejected.inc();
+                    // Refused before the handshake: nothing can be written yet.
+                    if !admits(&state) {
                         continue;
                     }
                     let Some((_, acceptor)) = &self.tls else { continue };
@@ -218,11 +219,9 @@ impl Server {
                         }
                     };
                     let state = self.state.clone();
-                    state.stats.connections_received.fetch_add(1, Ordering::Relaxed);
-                    if state.clients.len() >= state.live().config.server.max_clients {
-                        state.metrics.clients_rejected.inc();
+                    if !admits(&state) {
                         tokio::spawn(async move {
-                            let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
+                            let _ = socket.write_all(MAX_CLIENTS_REACHED).await;
                         });
                         continue;
                     }
@@ -231,6 +230,23 @@ impl Server {
             }
         }
     }
+}
+
+/// Redis's answer to a client over `maxclients`.
+const MAX_CLIENTS_REACHED: &[u8] = b"-ERR max number of clients reached\r\n";
+
+/// Counts a new connection, whichever listener took it, and whether it
+/// fits under `max_clients` (a refusal is counted).
+fn admits(state: &State) -> bool {
+    state
+        .stats
+        .connections_received
+        .fetch_add(1, Ordering::Relaxed);
+    if state.clients.len() >= state.live().config.server.max_clients {
+        state.metrics.clients_rejected.inc();
+        return false;
+    }
+    true
 }
 
 /// The drain itself (see `Server::run`).
