@@ -47,6 +47,7 @@ impl Conn {
     /// The connection retires (stops taking requests, finishes those in
     /// flight, closes) when `retire` changes: the pool moved to a new master.
     pub async fn open(
+        pool: &str,
         endpoint: &Endpoint,
         db: u32,
         proto: Protocol,
@@ -65,8 +66,12 @@ impl Conn {
             write_loop(wr, rx, inflight_tx, retire).await;
             drop(writer_alive);
         });
+        let origin = Origin {
+            pool: pool.to_string(),
+            addr: endpoint.address(),
+        };
         tokio::spawn(async move {
-            read_loop(rd, inflight_rx, writer_gone, round_trip).await;
+            read_loop(rd, inflight_rx, writer_gone, round_trip, origin).await;
             // Stop the writer so senders see a closed connection at once.
             writer.abort();
         });
@@ -230,6 +235,12 @@ async fn write_loop(
     }
 }
 
+/// Which pool and server a connection's log lines are about.
+struct Origin {
+    pool: String,
+    addr: String,
+}
+
 /// Hands each reply frame to the oldest waiting request. Ends when the
 /// backend closes, or once the writer is gone and nothing is in flight
 /// (a retired connection drains, then closes).
@@ -238,7 +249,9 @@ async fn read_loop(
     mut inflight_rx: mpsc::UnboundedReceiver<InFlight>,
     mut writer_done: oneshot::Receiver<()>,
     round_trip: Option<prometheus::Histogram>,
+    origin: Origin,
 ) {
+    let Origin { pool, addr } = &origin;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = FrameScanner::default();
     let mut waiting: VecDeque<InFlight> = VecDeque::new();
@@ -250,7 +263,7 @@ async fn read_loop(
                     let frame = buf.split_to(n).freeze();
                     if frame.first() == Some(&b'>') {
                         // A push on a shared connection belongs to no request.
-                        tracing::debug!("dropped a push frame on a multiplexed connection");
+                        tracing::debug!(%pool, %addr, "dropped a push frame on a multiplexed connection");
                         continue;
                     }
                     while let Ok(reply) = inflight_rx.try_recv() {
@@ -265,6 +278,8 @@ async fn read_loop(
                         }
                         None => {
                             tracing::warn!(
+                                %pool,
+                                %addr,
                                 "backend sent a reply nobody asked for; closing the connection"
                             );
                             return;
@@ -274,6 +289,8 @@ async fn read_loop(
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(
+                        %pool,
+                        %addr,
                         "backend sent an unreadable reply ({e}); closing the connection"
                     );
                     return;
@@ -297,7 +314,7 @@ async fn read_loop(
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::debug!("backend read failed: {e}");
+                    tracing::debug!(%pool, %addr, "backend read failed: {e}");
                     return;
                 }
             },

@@ -253,6 +253,7 @@ impl Pool {
         // Boxed: connecting is rare, and inlined its future would make every
         // client's task as large as a TCP connect plus handshake.
         let open = Box::pin(Conn::open(
+            &self.name,
             &endpoint,
             db,
             proto,
