@@ -282,6 +282,27 @@ fn route_table(config: &Config) -> String {
         default,
         addr(default)
     ));
+    if !config.limits.is_empty() {
+        out.push_str("\nlimits (every one that applies must admit a request):\n");
+    }
+    for l in &config.limits {
+        let kept = match l.shared {
+            true => format!(
+                "shared in {} (batch {}, pool down: fail {:?})",
+                l.shared_pool, l.shared_batch, l.shared_failure
+            )
+            .to_lowercase(),
+            false => "per keyway".to_string(),
+        };
+        out.push_str(&format!(
+            "  {:<16} per {} {}/s burst {}  {}\n",
+            l.name,
+            format!("{:?}", l.scope).to_lowercase(),
+            l.rate,
+            l.burst,
+            kept
+        ));
+    }
     out
 }
 

@@ -88,6 +88,10 @@ fn mistakes_are_refused_naming_the_field() {
             base.replace("default = \"cache\"", "default = \"nope\""),
             "routes.default: unknown pool 'nope'",
         ),
+        (
+            format!("{base}\n[[limits]]\nname = \"api\"\nscope = \"user\"\nrate = 100\nburst = 20\nshared = true\nshared_pool = \"nope\"\n"),
+            "limits[0].shared_pool: unknown pool 'nope'",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = dir.0.join(format!("bad{i}.toml"));
@@ -233,5 +237,28 @@ fn startup_logs_say_what_runs_without_colours_and_warn_of_a_pool_down() {
     assert!(
         !log.contains('\u{1b}'),
         "no ANSI colour codes in a log file"
+    );
+}
+
+#[test]
+fn check_lists_the_limits_and_where_shared_ones_are_kept() {
+    let dir = TempDir::new("config");
+    let base =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/keyway.toml")).unwrap();
+    // The commented example at the end of the shipped file, uncommented.
+    let at = base.find("# [[limits]]").expect("the example");
+    let example: Vec<&str> = base[at..]
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect();
+    let text = format!("{}{}\n", &base[..at], example.join("\n"));
+    assert!(text.contains("\n[[limits]]\nname = \"api\""), "{text}");
+    let path = dir.0.join("limits.toml");
+    std::fs::write(&path, text).unwrap();
+    let (code, out, err) = keyway(&["--check", "--config", &path.display().to_string()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("api              per user 100/s burst 20  shared in realtime (batch 1, pool down: fail open)"),
+        "{out}"
     );
 }
