@@ -293,3 +293,66 @@ fn a_subscription_follows_its_pool_by_name_across_a_renumbering_reload() {
         "{frame}"
     );
 }
+
+#[test]
+fn a_subscribe_the_server_refuses_is_answered_and_holds_nothing() {
+    let server = RedisServer::start();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "kw",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "resetchannels",
+            "&news:*",
+        ])
+        .query(&mut server.direct())
+        .unwrap();
+    let kw = Keyway::start(&format!(
+        "[pools.main]\nurl = \"redis://kw:pw@127.0.0.1:{}\"\n[routes]\ndefault = \"main\"\n",
+        server.port
+    ));
+    // What Redis answers that user directly.
+    let mut direct = RawClient::connect(server.port);
+    direct.send(b"AUTH kw pw\r\nSUBSCRIBE other\r\n");
+    direct.read_frame();
+    let refused = direct.read_frame();
+    assert!(
+        refused.starts_with(b"-NOPERM"),
+        "{}",
+        String::from_utf8_lossy(&refused)
+    );
+    for _ in 0..3 {
+        let mut c = kw.raw();
+        c.send(b"SUBSCRIBE other\r\n");
+        assert_eq!(
+            c.read_frame(),
+            refused,
+            "the server's refusal, as it gave it"
+        );
+        // Not subscribed: an ordinary command works.
+        c.send(b"PING\r\n");
+        assert_eq!(c.read_frame(), b"+PONG\r\n");
+        c.send(b"PSUBSCRIBE other*\r\n");
+        assert!(c.read_frame().starts_with(b"-NOPERM"));
+        c.send(b"SUBSCRIBE news:1\r\n");
+        let ok = String::from_utf8(c.read_frame()).unwrap();
+        assert!(ok.contains("subscribe") && ok.contains("news:1"), "{ok}");
+    }
+    // A live subscription holds a leased connection (so the gauge is read)…
+    let mut live = kw.raw();
+    live.send(b"SUBSCRIBE news:2\r\n");
+    live.read_frame();
+    let leased = kw.wait_until(Duration::from_secs(5), || {
+        kw.metric("keyway_backend_connections{pool=\"main\",state=\"leased\"}") >= 1.0
+    });
+    assert!(leased, "a subscription's lease is counted");
+    drop(live);
+    // …and none is left behind once the clients are gone.
+    let released = kw.wait_until(Duration::from_secs(5), || {
+        kw.metric("keyway_backend_connections{pool=\"main\",state=\"leased\"}") == 0.0
+    });
+    assert!(released, "leases left behind");
+}

@@ -17,6 +17,15 @@ use crate::route::PoolId;
 
 pub(crate) use crate::command::ChannelKind as Kind;
 
+/// What became of a (un)subscribe command sent on a link.
+#[derive(Debug)]
+enum Outcome {
+    Confirmed,
+    /// The server refused it (NOPERM, NOAUTH …): nothing was subscribed.
+    Refused(Bytes),
+    Lost,
+}
+
 enum LinkCmd {
     /// Send a (un)subscribe command; `done` fires when the backend has
     /// confirmed `confirmations` names (false if the link failed). With
@@ -26,7 +35,7 @@ enum LinkCmd {
         bytes: Bytes,
         confirmations: usize,
         hold: bool,
-        done: oneshot::Sender<bool>,
+        done: oneshot::Sender<Outcome>,
     },
     /// The client's confirmations are queued: forward held messages now.
     Release,
@@ -183,14 +192,43 @@ impl Session {
             }
             waits.push((*pool, wait));
         }
+        let mut failure = None;
+        let mut confirmed = Vec::new();
         for (pool, wait) in waits {
-            if !matches!(self.alongside_pushes(wait).await, Ok(true)) {
-                self.leave_if_empty();
-                return Reply::now(resp::error(&format!(
-                    "ERR backend '{}' connection lost while subscribing",
-                    self.state.live().router.pool_name(pool)
-                )));
+            match self.alongside_pushes(wait).await {
+                Ok(Outcome::Confirmed) => confirmed.push(pool),
+                Ok(Outcome::Refused(error)) => failure = failure.or(Some(error)),
+                Ok(Outcome::Lost) | Err(_) => {
+                    failure = failure.or(Some(resp::error(&format!(
+                        "ERR backend '{}' connection lost while subscribing",
+                        self.state.live().router.pool_name(pool)
+                    ))))
+                }
             }
+        }
+        if let Some(error) = failure {
+            // As Redis: a refused SUBSCRIBE subscribes nothing, so what
+            // other pools confirmed is undone.
+            for pool in confirmed {
+                let Some(names) = per_pool.get(&pool) else {
+                    continue;
+                };
+                let Ok(link) = self.link(pool).await else {
+                    continue;
+                };
+                let (done, wait) = oneshot::channel();
+                let cmd = LinkCmd::Send {
+                    bytes: command(kind.unsubscribe(), names),
+                    confirmations: names.len(),
+                    hold: false,
+                    done,
+                };
+                if self.alongside_pushes(link.send(cmd)).await.is_ok() {
+                    let _ = self.alongside_pushes(wait).await;
+                }
+            }
+            self.leave_if_empty();
+            return Reply::now(error);
         }
         let proto = self.client.proto;
         let Mode::Subscribed(subs) = &mut self.mode else {
@@ -404,10 +442,25 @@ const MAX_HELD: usize = 10_000;
 enum FrameKind {
     Message,
     Confirmation,
+    Error,
     Other,
 }
 
+/// A command sent on a link, until the server confirms or refuses it.
+struct Waiting {
+    /// Confirmations still due.
+    confirmations: usize,
+    /// Hold messages after it until the client's confirmations are queued.
+    hold: bool,
+    done: oneshot::Sender<Outcome>,
+    /// The command, to undo in the link's record if the server refuses it.
+    bytes: Bytes,
+}
+
 fn frame_kind(frame: &[u8]) -> FrameKind {
+    if shapes::is_error(frame) {
+        return FrameKind::Error;
+    }
     let Some(first) = shapes::elements(frame)
         .and_then(|e| e.first().and_then(|f| shapes::bulk(f).map(<[u8]>::to_vec)))
     else {
@@ -427,7 +480,8 @@ fn frame_kind(frame: &[u8]) -> FrameKind {
 struct Subscribed(BTreeMap<&'static str, std::collections::BTreeSet<Bytes>>);
 
 impl Subscribed {
-    fn apply(&mut self, command: &Bytes) {
+    /// Records a (un)subscribe command; `forward` false undoes it.
+    fn apply(&mut self, command: &Bytes, forward: bool) {
         let mut parser = crate::resp::RequestParser::default();
         let mut buf = bytes::BytesMut::from(&command[..]);
         let Ok(Some(req)) = parser.next(&mut buf) else {
@@ -445,7 +499,7 @@ impl Subscribed {
         };
         let set = self.0.entry(kind).or_default();
         for name in req.args().skip(1) {
-            if add {
+            if add == forward {
                 set.insert(Bytes::copy_from_slice(name));
             } else {
                 set.remove(name);
@@ -522,8 +576,7 @@ async fn run_link(
     let mut moved = origin.changes();
     moved.mark_unchanged();
     let mut subscribed = Subscribed::default();
-    // Per command sent: confirmations still due, whether to hold after, done.
-    let mut waiting: VecDeque<(usize, bool, oneshot::Sender<bool>)> = VecDeque::new();
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let mut held: Vec<Bytes> = Vec::new();
     let mut holding = false;
     loop {
@@ -531,12 +584,12 @@ async fn run_link(
             cmd = cmds.recv() => match cmd {
                 None => return,
                 Some(LinkCmd::Send { bytes, confirmations, hold, done }) => {
-                    subscribed.apply(&bytes);
+                    subscribed.apply(&bytes, true);
                     if conn.send(&bytes).await.is_err() {
-                        let _ = done.send(false);
+                        let _ = done.send(Outcome::Lost);
                         true
                     } else {
-                        waiting.push_back((confirmations, hold, done));
+                        waiting.push_back(Waiting { confirmations, hold, done, bytes });
                         false
                     }
                 }
@@ -565,13 +618,20 @@ async fn run_link(
                         }
                         FrameKind::Confirmation => {
                             if let Some(front) = waiting.front_mut() {
-                                front.0 = front.0.saturating_sub(1);
-                                if front.0 == 0 {
-                                    if let Some((_, hold, done)) = waiting.pop_front() {
-                                        holding |= hold;
-                                        let _ = done.send(true);
+                                front.confirmations = front.confirmations.saturating_sub(1);
+                                if front.confirmations == 0 {
+                                    if let Some(w) = waiting.pop_front() {
+                                        holding |= w.hold;
+                                        let _ = w.done.send(Outcome::Confirmed);
                                     }
                                 }
+                            }
+                        }
+                        // The server refused the oldest command outright.
+                        FrameKind::Error => {
+                            if let Some(w) = waiting.pop_front() {
+                                subscribed.apply(&w.bytes, false);
+                                let _ = w.done.send(Outcome::Refused(frame));
                             }
                         }
                         FrameKind::Other => {}
@@ -587,9 +647,9 @@ async fn run_link(
         }
         // Subscriptions survive a failover: the client keeps its
         // subscriptions and never sees the switch.
-        for (_, hold, done) in waiting.drain(..) {
-            holding |= hold;
-            let _ = done.send(true);
+        for w in waiting.drain(..) {
+            holding |= w.hold;
+            let _ = w.done.send(Outcome::Confirmed);
         }
         match source.reconnect(&subscribed).await {
             Some(new_conn) => {

@@ -228,7 +228,7 @@ impl Reply {
     /// The same reply, marked as a pub/sub confirmation if keyway made it.
     pub fn pushed(self) -> Reply {
         match self {
-            Reply::Now(b) => Reply::Push(b),
+            Reply::Now(b) if !shapes::is_error(&b) => Reply::Push(b),
             other => other,
         }
     }
