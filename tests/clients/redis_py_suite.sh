@@ -100,6 +100,13 @@ stop_all() {
   done
   PIDS=()
 }
+forget() { # PID: reaped already, no longer ours to stop
+  local keep=() p
+  for p in ${PIDS[@]+"${PIDS[@]}"}; do
+    if [ "$p" != "$1" ]; then keep+=("$p"); fi
+  done
+  PIDS=(${keep[@]+"${keep[@]}"})
+}
 trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -163,10 +170,14 @@ run_pytest() { # NAME URL BACKEND_PORT DIR
   PIDS+=($pid)
   cd "$REPO"
   wait "$pid" || rc=$?
+  forget "$pid"
   [ "$rc" -eq 124 ] && say "$name: pytest stopped after ${RUN_TIMEOUT}s (RUN_TIMEOUT)"
   say "$name: $(tail -1 "$dir/pytest.log") [exit $rc, $((SECONDS - start))s]"
-  if [ -s "$dir/guard.log" ]; then
-    say "$name: requirepass guard reset the backend's password after $(grep -c 'reset$' "$dir/guard.log" || true) tests (guard.log)"
+  local resets errors
+  resets=$(grep -c ': left requirepass=' "$dir/guard.log" 2>/dev/null || true)
+  errors=$(grep -c ': guard error' "$dir/guard.log" 2>/dev/null || true)
+  if [ "${resets:-0}" != 0 ] || [ "${errors:-0}" != 0 ]; then
+    say "$name: requirepass guard: reset the backend's password after ${resets:-0} tests, ${errors:-0} errors (${dir#"$REPO"/}/guard.log)"
   fi
 }
 
