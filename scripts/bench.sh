@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # End-to-end benchmark on loopback, in one run: redis-server direct, keyway
-# in front of it, and twemproxy (nutcracker) in front of the same server,
-# measured with redis-benchmark. Prints ops/s, latency, the ratios
-# keyway/direct and keyway/twemproxy, and CPU time per request of each
-# proxy (utime+stime from /proc). Each scenario runs ROUNDS times, the three
+# in front of it, and its peers in front of the same server: twemproxy
+# (nutcracker), predixy (a C++ RESP proxy) and HAProxy in `mode tcp` (a
+# plain L4 forwarder: no RESP parsing, one backend connection per client),
+# all measured with redis-benchmark. Prints ops/s, latency, the ratios
+# keyway/direct and keyway/each peer, and CPU time per request of each
+# proxy (utime+stime from /proc). Each scenario runs ROUNDS times, the
 # targets one after the other in each round; the table shows the medians.
 # Stops every process it started, by PID.
 #
 #   scripts/bench.sh [requests] [rounds]      (defaults 200000, 3)
-#   KEYWAY_BIN=/path/to/keyway scripts/bench.sh   (another build, e.g. before a change)
+#   KEYWAY_BIN=/path/to/keyway scripts/bench.sh   (another build, e.g. before a change; no cargo build)
+#   BENCH_PIN=1 scripts/bench.sh   (redis-benchmark on CPU 0; redis-servers and proxies on CPU 1)
+#
+# Peers: twemproxy and HAProxy come from Debian's packages (installed when
+# missing). predixy has no package: it is downloaded (a pinned commit, the
+# 7.0.1 tag) and built once into target/peers/; PREDIXY_SRC=<tarball or
+# source directory> builds it from a local copy instead, PREDIXY_BIN=<path>
+# uses a ready binary. A peer that cannot be had is skipped with a line
+# saying why; the other rows are still measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200000}
@@ -16,15 +26,100 @@ ROUNDS=${2:-3}
 
 scripts/install-deps.sh nutcracker
 command -v nutcracker >/dev/null || { echo "bench: nutcracker (twemproxy) is required" >&2; exit 1; }
-cargo build --release --quiet
+[ -n "${KEYWAY_BIN:-}" ] || cargo build --release --quiet
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+
+skipped=()
+PEERS=target/peers
+PREDIXY_REF=29b48b976d5e249077fb4347db0538be00341362 # predixy tag 7.0.1
+
+# obtain_predixy: sets PREDIXY to a predixy binary, building it when needed;
+# on failure returns 1 with the reason in $why.
+obtain_predixy() {
+  local dir="$PEERS/predixy-$PREDIXY_REF"
+  local tmp="$dir.partial" log="$PEERS/predixy-build.log"
+  PREDIXY=${PREDIXY_BIN:-$dir/src/predixy}
+  [ -x "$PREDIXY" ] && return 0
+  [ -z "${PREDIXY_BIN:-}" ] || { why="PREDIXY_BIN=$PREDIXY_BIN is not an executable"; return 1; }
+  if ! command -v g++ >/dev/null || ! command -v make >/dev/null; then
+    scripts/install-deps.sh g++ make >&2 || { why="g++/make are missing and apt-get could not install them"; return 1; }
+  fi
+  mkdir -p "$PEERS"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  if [ -n "${PREDIXY_SRC:-}" ]; then
+    echo "bench: building predixy from $PREDIXY_SRC" >&2
+    if [ -d "$PREDIXY_SRC" ]; then
+      cp -a "$PREDIXY_SRC/." "$tmp/"
+    elif ! tar -xzf "$PREDIXY_SRC" -C "$tmp" --strip-components=1; then
+      rm -rf "$tmp"; why="PREDIXY_SRC=$PREDIXY_SRC is neither a directory nor a .tar.gz"; return 1
+    fi
+  elif command -v curl >/dev/null; then
+    local url="https://github.com/joyieldInc/predixy/archive/$PREDIXY_REF.tar.gz"
+    echo "bench: downloading predixy ($url)" >&2
+    if ! curl -fsSL --connect-timeout 15 --max-time 180 -o "$work/predixy.tar.gz" "$url" 2>"$work/predixy.curl" \
+       || ! tar -xzf "$work/predixy.tar.gz" -C "$tmp" --strip-components=1; then
+      rm -rf "$tmp"; why="download of $url failed: $(tail -1 "$work/predixy.curl")"; return 1
+    fi
+  elif command -v git >/dev/null; then
+    echo "bench: cloning predixy 7.0.1" >&2
+    rmdir "$tmp"
+    if ! timeout 180 git clone -q --depth 1 --branch 7.0.1 https://github.com/joyieldInc/predixy.git "$tmp" 2>"$work/predixy.git" \
+       || [ "$(git -C "$tmp" rev-parse HEAD)" != "$PREDIXY_REF" ]; then
+      rm -rf "$tmp"; why="git clone of predixy 7.0.1 failed: $(tail -1 "$work/predixy.git")"; return 1
+    fi
+  else
+    rm -rf "$tmp"; why="neither curl nor git is installed to download it"; return 1
+  fi
+  echo "bench: building predixy (make, log in $log)" >&2
+  # GCC 12 no longer pulls <ctime> in through the other headers predixy uses.
+  if ! timeout 900 make -C "$tmp" -j"$(nproc)" CXX='g++ -include ctime' >"$log" 2>&1 || [ ! -x "$tmp/src/predixy" ]; then
+    rm -rf "$tmp"; why="its build failed (see $log)"; return 1
+  fi
+  rm -rf "$dir" && mv "$tmp" "$dir"
+  PREDIXY=$dir/src/predixy
+}
+
+# obtain_haproxy: sets HAPROXY, installing Debian's haproxy when missing.
+obtain_haproxy() {
+  HAPROXY=${HAPROXY_BIN:-$(command -v haproxy || true)}
+  if [ -z "$HAPROXY" ]; then
+    scripts/install-deps.sh haproxy >&2 || true
+    HAPROXY=$(command -v haproxy || true)
+  fi
+  [ -n "$HAPROXY" ] || { why="haproxy is not installed and apt-get install haproxy failed"; return 1; }
+}
+
+why=""
+obtain_predixy || { skipped+=("predixy row skipped: $why"); PREDIXY=""; }
+why=""
+obtain_haproxy || { skipped+=("haproxy row skipped: $why"); HAPROXY=""; }
+for note in ${skipped[@]+"${skipped[@]}"}; do echo "bench: $note" >&2; done
+
+# BENCH_PIN=1: redis-benchmark on CPU 0, everything it talks to on CPU 1.
+CLIENT=(); SRV=()
+pin() { :; }
+if [ "${BENCH_PIN:-0}" = 1 ]; then
+  if [ "$(nproc)" -ge 2 ]; then
+    CLIENT=(taskset -c 0); SRV=(taskset -c 1)
+    pin() { taskset -a -p -c 1 "$1" >/dev/null; }
+  else
+    echo "bench: BENCH_PIN=1 needs two CPUs; running unpinned" >&2
+  fi
+fi
+
+# try_port PORT: like wait_port, but returns 1 instead of exiting.
+try_port() {
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
 
 declare -A port
 for name in session cache realtime; do
   port[$name]=$(free_port)
   start_redis "${port[$name]}"
+  pin "${pids[-1]}"
 done
 DIRECT=${port[cache]}
 
@@ -44,7 +139,7 @@ default = "cache"
 prefixes = [{ prefix = "session:", pool = "session" }, { prefix = "rate:", pool = "realtime" }]
 TOML
   KEYWAY_LISTEN=127.0.0.1:$KW KEYWAY_ADMIN=127.0.0.1:$KW_ADMIN KEYWAY_LOG=warn \
-    "${KEYWAY_BIN:-./target/release/keyway}" --config "$work/keyway.toml" 2>"$work/keyway.log" &
+    "${SRV[@]}" "${KEYWAY_BIN:-./target/release/keyway}" --config "$work/keyway.toml" 2>"$work/keyway.log" &
   KW_PID=$!
   pids+=($KW_PID)
   wait_port "$KW"
@@ -63,10 +158,41 @@ bench:
   servers:
    - 127.0.0.1:$DIRECT:1
 YML
-nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" &
+"${SRV[@]}" nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" &
 TW_PID=$!
 pids+=($TW_PID)
 wait_port "$TW"
+
+# The measured targets, "label:port:pid" (pid - for Redis itself).
+targets=("direct:$DIRECT:-" "keyway:$KW:$KW_PID" "twemproxy:$TW:$TW_PID")
+
+# start_peer NAME PORT CMD...: starts a peer proxy and adds it to targets,
+# or notes why its row is skipped.
+start_peer() {
+  local name=$1 p=$2; shift 2
+  "${SRV[@]}" "$@" >"$work/$name.out" 2>&1 &
+  local pid=$!
+  pids+=($pid)
+  if try_port "$p" && kill -0 "$pid" 2>/dev/null; then
+    targets+=("$name:$p:$pid")
+  else
+    kill "$pid" 2>/dev/null || true
+    skipped+=("$name row skipped: it did not start: $(tail -2 "$work/$name.out" | tr '\n' ' ')")
+  fi
+}
+
+if [ -n "$PREDIXY" ]; then
+  PX=$(free_port)
+  sed -e "s|@LISTEN@|$PX|" -e "s|@BACKEND@|$DIRECT|" -e "s|@LOG@|$work/predixy.log|" \
+    conf/bench/predixy.conf > "$work/predixy.conf"
+  start_peer predixy "$PX" "$PREDIXY" "$work/predixy.conf"
+fi
+if [ -n "$HAPROXY" ]; then
+  HA=$(free_port)
+  sed -e "s|@LISTEN@|$HA|" -e "s|@BACKEND@|$DIRECT|" conf/bench/haproxy.cfg > "$work/haproxy.cfg"
+  # -db: foreground, no master process, so the PID is the one doing the work.
+  start_peer haproxy "$HA" "$HAPROXY" -db -f "$work/haproxy.cfg"
+fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
@@ -78,10 +204,11 @@ run() {
   local before=0 after=0
   [ "$pid" != - ] && before=$(cpu_ticks "$pid")
   local csv
-  csv=$(redis-benchmark -h 127.0.0.1 -p "$p" --csv "$@" 2>/dev/null | tail -n +2)
+  csv=$("${CLIENT[@]}" redis-benchmark -h 127.0.0.1 -p "$p" --csv "$@" 2>/dev/null | tail -n +2)
   [ "$pid" != - ] && after=$(cpu_ticks "$pid")
   # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
   echo "$csv" | while IFS=, read -r test rps avg min p50 p95 p99 max; do
+    [ -n "$rps" ] || continue # the run failed: no row
     local cpu="-"
     if [ "$pid" != - ]; then
       cpu=$(python3 -c "print(round(($after-$before)/$TICK*1e6/$total, 2))")
@@ -108,12 +235,11 @@ for round in $(seq "$ROUNDS"); do
   echo "bench: round $round of $ROUNDS" >&2
   for scenario in "c50:$((2 * N)):-c 50 -n $N -t get,set" "p16:$((2 * N)):-c 50 -n $N -P 16 -t get,set" "c1:$((N / 5)):-c 1 -n $((N / 10)) -t get,set"; do
     name=${scenario%%:*}; rest=${scenario#*:}; total=${rest%%:*}; args=${rest#*:}
-    # shellcheck disable=SC2086
-    run "direct/$name" "$DIRECT" - "$total" $args >> "$results"
-    # shellcheck disable=SC2086
-    run "keyway/$name" "$KW" "$KW_PID" "$total" $args >> "$results"
-    # shellcheck disable=SC2086
-    run "twemproxy/$name" "$TW" "$TW_PID" "$total" $args >> "$results"
+    for t in "${targets[@]}"; do
+      IFS=: read -r label tport tpid <<< "$t"
+      # shellcheck disable=SC2086
+      run "$label/$name" "$tport" "$tpid" "$total" $args >> "$results"
+    done
   done
   run "keyway/mget3" "$KW" "$KW_PID" "$N" -c 50 -n "$N" MGET "session:{a}" "user:{b}" "rate:{c}" >> "$results"
 done
@@ -128,7 +254,8 @@ run "keyway-nometrics/c50" "$KW" "$KW_PID" $((2 * N)) -c 50 -n "$N" -t get,set >
 run "keyway-nometrics/p16" "$KW" "$KW_PID" $((2 * N)) -c 50 -n "$N" -P 16 -t get,set >> "$results"
 
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$KW_PID/status")
-python3 - "$results" "$rss" "$ROUNDS" "$peak_rss" <<'PY'
+pinned=no; [ ${#SRV[@]} -gt 0 ] && pinned="yes (redis-benchmark CPU 0, servers and proxies CPU 1)"
+python3 - "$results" "$rss" "$ROUNDS" "$peak_rss" "$pinned" ${skipped[@]+"${skipped[@]}"} <<'PY'
 import sys, statistics
 runs = {}
 for line in open(sys.argv[1]):
@@ -144,27 +271,45 @@ def median(values):
 # The median of each column over the rounds (a row per target and test).
 rows = [[k[0], k[1]] + [median([r[i] for r in rs]) for i in range(2, 6)] for k, rs in runs.items()]
 data = {(r[0], r[1]): r for r in rows}
-print(f"medians of {sys.argv[3]} rounds")
+print(f"medians of {sys.argv[3]} rounds; pinned: {sys.argv[5]}")
 print(f"{'target':<24} {'test':<6} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10}")
 for r in rows:
     print(f"{r[0]:<24} {r[1][:6]:<6} {float(r[2]):>10.0f} {r[3]:>8} {r[4]:>8} {r[5]:>10}")
 print()
-print("ratios (same run, medians):")
+peers = [p for p in ("twemproxy", "predixy", "haproxy") if any(k[0].startswith(p + "/") for k in data)]
+print("ratios keyway/X (same run, medians): ops/s, and cpu us/req for the proxies:")
 for scen in ("c50", "p16", "c1"):
     for test in ("SET", "GET"):
-        d = data.get((f"direct/{scen}", test)); k = data.get((f"keyway/{scen}", test)); t = data.get((f"twemproxy/{scen}", test))
-        if not (d and k and t):
+        d = data.get((f"direct/{scen}", test)); k = data.get((f"keyway/{scen}", test))
+        if not (d and k):
             continue
-        line = f"  {scen:<4} {test}: keyway/direct {float(k[2])/float(d[2]):.2f}  keyway/twemproxy {float(k[2])/float(t[2]):.2f}"
-        if k[5] != "-" and t[5] != "-" and float(t[5]) > 0:
-            line += f"  cpu keyway/twemproxy {float(k[5])/float(t[5]):.2f}"
-        if scen == "c1":
-            line += f"  added p50 {1000*(float(k[3])-float(d[3])):.0f}us p99 {1000*(float(k[4])-float(d[4])):.0f}us"
+        line = f"  {scen:<4} {test}: /direct {float(k[2])/float(d[2]):.2f}"
+        for p in peers:
+            t = data.get((f"{p}/{scen}", test))
+            if not t:
+                continue
+            line += f"  /{p} {float(k[2])/float(t[2]):.2f}"
+            if k[5] != "-" and t[5] != "-" and float(t[5]) > 0:
+                line += f" cpu {float(k[5])/float(t[5]):.2f}"
         print(line)
+print("added latency over direct at c1 (p50 / p99, us):")
+for test in ("SET", "GET"):
+    d = data.get(("direct/c1", test))
+    if not d:
+        continue
+    parts = []
+    for p in ["keyway"] + peers:
+        t = data.get((f"{p}/c1", test))
+        if t:
+            parts.append(f"{p} +{1000*(float(t[3])-float(d[3])):.0f}/+{1000*(float(t[4])-float(d[4])):.0f}")
+    print(f"  c1   {test}: " + "  ".join(parts))
+print("keyway metrics on/off, ops/s:")
 for scen in ("c50", "p16"):
     for test in ("SET", "GET"):
         on = data.get((f"keyway/{scen}", test)); off = data.get((f"keyway-nometrics/{scen}", test))
         if on and off:
             print(f"  metrics on/off {scen} {test}: {float(on[2])/float(off[2]):.3f}")
 print(f"\nkeyway RSS: peak under the load above {int(sys.argv[4])/1024:.1f} MiB, after the run {int(sys.argv[2])/1024:.1f} MiB")
+for note in sys.argv[6:]:
+    print(note)
 PY
