@@ -41,6 +41,21 @@ enum LinkCmd {
     Release,
 }
 
+impl LinkCmd {
+    /// `verb` for `names`, expecting one confirmation per name; the
+    /// receiver says what became of it.
+    fn send(verb: &str, names: &[Bytes], hold: bool) -> (LinkCmd, oneshot::Receiver<Outcome>) {
+        let (done, wait) = oneshot::channel();
+        let cmd = LinkCmd::Send {
+            bytes: command(verb, names),
+            confirmations: names.len(),
+            hold,
+            done,
+        };
+        (cmd, wait)
+    }
+}
+
 pub(crate) struct Subscriptions {
     channels: BTreeMap<Bytes, PoolId>,
     patterns: BTreeMap<Bytes, Vec<PoolId>>,
@@ -176,13 +191,7 @@ impl Session {
                     return reply;
                 }
             };
-            let (done, wait) = oneshot::channel();
-            let cmd = LinkCmd::Send {
-                bytes: command(kind.subscribe(), pool_names),
-                confirmations: pool_names.len(),
-                hold: true,
-                done,
-            };
+            let (cmd, wait) = LinkCmd::send(kind.subscribe(), pool_names, true);
             // A closed link drops `done`, which the wait below reports.
             let _ = self.alongside_pushes(link.send(cmd)).await;
             // Released after this request's reply is queued, whatever the
@@ -216,13 +225,7 @@ impl Session {
                 let Ok(link) = self.link(pool).await else {
                     continue;
                 };
-                let (done, wait) = oneshot::channel();
-                let cmd = LinkCmd::Send {
-                    bytes: command(kind.unsubscribe(), names),
-                    confirmations: names.len(),
-                    hold: false,
-                    done,
-                };
+                let (cmd, wait) = LinkCmd::send(kind.unsubscribe(), names, false);
                 if self.alongside_pushes(link.send(cmd)).await.is_ok() {
                     let _ = self.alongside_pushes(wait).await;
                 }
@@ -296,17 +299,9 @@ impl Session {
             .collect();
         let mut waits = Vec::new();
         for (link, pool_names) in links {
-            {
-                let (done, wait) = oneshot::channel();
-                let cmd = LinkCmd::Send {
-                    bytes: command(kind.unsubscribe(), &pool_names),
-                    confirmations: pool_names.len(),
-                    hold: false,
-                    done,
-                };
-                if self.alongside_pushes(link.send(cmd)).await.is_ok() {
-                    waits.push(wait);
-                }
+            let (cmd, wait) = LinkCmd::send(kind.unsubscribe(), &pool_names, false);
+            if self.alongside_pushes(link.send(cmd)).await.is_ok() {
+                waits.push(wait);
             }
         }
         for wait in waits {
