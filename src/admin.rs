@@ -165,9 +165,26 @@ fn stats(state: &State) -> Value {
         let hits = sum_samples(state, "keyway_cache_hits_total", &is_pool);
         let misses = sum_samples(state, "keyway_cache_misses_total", &is_pool);
         let probe = pool.probe();
+        let cluster = pool.cluster().map(|c| {
+            let map = c.map();
+            let nodes: Vec<Value> = map
+                .masters
+                .iter()
+                .zip(&map.replicas)
+                .map(|(master, replicas)| {
+                    json!({
+                        "master": master.endpoint().address(),
+                        "replicas": replicas.iter().map(|r| r.endpoint().address()).collect::<Vec<_>>(),
+                        "connections": master.multiplexed(),
+                    })
+                })
+                .collect();
+            json!({ "slots_covered": map.covered(), "shards": nodes })
+        });
         pools.insert(
             name.to_string(),
             json!({
+                "cluster": cluster,
                 "address": pool.endpoint().address(),
                 "up": probe.ok == Some(true),
                 "role": probe.role,

@@ -19,7 +19,7 @@ Environment (applied over the configuration file):
   KEYWAY_LOG             log filter: info, debug, keyway=debug,...
   KEYWAY_REQUIREPASS     password of the default user (auth.requirepass_file)
   REDIS_<POOL>_URL       a pool's URL, e.g. REDIS_CACHE_URL=redis://cache:6379/0
-                         (redis://, rediss://, redis+sentinel://)
+                         (redis://, rediss://, redis+sentinel://, redis+cluster://)
 Without --config or KEYWAY_CONFIG: conf/keyway.toml, else /etc/keyway/keyway.toml.";
 
 #[derive(Parser)]
@@ -204,6 +204,31 @@ fn current_master(
     }
 }
 
+/// Reads a cluster pool's topology now; `--check` shows what it found.
+fn cluster_shape(config: &Config, pool: &keyway::config::Pool, seeds: &[(String, u16)]) -> String {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return format!("unknown ({e})"),
+    };
+    let cluster = keyway::cluster::Cluster::new(
+        &pool.name,
+        pool.endpoint.clone(),
+        seeds.to_vec(),
+        config.backend.clone(),
+    );
+    match runtime.block_on(cluster.refresh()) {
+        Ok(covered) => format!(
+            "{} masters, {covered} of {} hash slots covered",
+            cluster.masters().len(),
+            keyway::cluster::SLOTS
+        ),
+        Err(e) => format!("not read ({e})"),
+    }
+}
+
 /// What `--check` prints: every rule, in the order it is tried.
 fn route_table(config: &Config) -> String {
     let router = Router::new(config);
@@ -219,6 +244,21 @@ fn route_table(config: &Config) -> String {
         config.listen, config.admin
     ));
     for p in &config.pools {
+        if let Some(seeds) = &p.cluster {
+            let nodes: Vec<String> = seeds
+                .iter()
+                .map(|(h, port)| format!("{h}:{port}"))
+                .collect();
+            out.push_str(&format!(
+                "  {:<12} redis cluster via {}  (from {})\n  {:<12} currently: {}\n",
+                p.name,
+                nodes.join(", "),
+                p.origin,
+                "",
+                cluster_shape(config, p, seeds)
+            ));
+            continue;
+        }
         match &p.sentinel {
             None => out.push_str(&format!(
                 "  {:<12} {}  (from {})\n",

@@ -136,6 +136,8 @@ pub const ERROR_KINDS: &[&str] = &[
     "client_output_stalled",
     "client_output_limit",
     "tls_handshake",
+    "cluster_down",
+    "cluster_database",
 ];
 
 pub struct Metrics {
@@ -166,6 +168,12 @@ pub struct Metrics {
     pub shared_limit_calls: IntCounterVec,
     /// Requests a fail-open shared limit judged locally, its pool unreachable.
     pub shared_limit_fallbacks: IntCounterVec,
+    /// Cluster pools: redirections followed (moved, ask).
+    pub cluster_redirections: IntCounterVec,
+    /// Cluster pools: topology reads (ok, error).
+    pub cluster_refreshes: IntCounterVec,
+    pub cluster_slots_covered: IntGaugeVec,
+    pub cluster_masters: IntGaugeVec,
 }
 
 /// ~50µs to ~10s: a loopback GET sits in the first buckets, a slow Lua
@@ -250,6 +258,30 @@ impl Metrics {
         r.register(Box::new(clients_connected.clone()))
             .expect("registered once");
         Metrics {
+            cluster_redirections: counter_vec(
+                &r,
+                "keyway_cluster_redirections_total",
+                "Cluster redirections keyway followed for its clients",
+                &["pool", "kind"],
+            ),
+            cluster_refreshes: counter_vec(
+                &r,
+                "keyway_cluster_topology_refreshes_total",
+                "Cluster topology reads, by outcome",
+                &["pool", "outcome"],
+            ),
+            cluster_slots_covered: gauge_vec(
+                &r,
+                "keyway_cluster_slots_covered",
+                "Hash slots a master serves, of 16384",
+                &["pool"],
+            ),
+            cluster_masters: gauge_vec(
+                &r,
+                "keyway_cluster_masters",
+                "Masters in the cluster's current map",
+                &["pool"],
+            ),
             commands: counter_vec(
                 &r,
                 "keyway_commands_total",
@@ -361,6 +393,20 @@ impl Metrics {
     /// event (error kinds, reload results, per-pool counters), so that
     /// `increase()` and `changes()` see the first event: a series that
     /// appears with 1 looks to Prometheus like no change at all.
+    /// The series a cluster pool's map and redirections update.
+    pub fn cluster(&self, pool: &str) -> crate::cluster::ClusterMetrics {
+        crate::cluster::ClusterMetrics {
+            moved: self
+                .cluster_redirections
+                .with_label_values(&[pool, "moved"]),
+            ask: self.cluster_redirections.with_label_values(&[pool, "ask"]),
+            refreshed: self.cluster_refreshes.with_label_values(&[pool, "ok"]),
+            refresh_failed: self.cluster_refreshes.with_label_values(&[pool, "error"]),
+            covered: self.cluster_slots_covered.with_label_values(&[pool]),
+            masters: self.cluster_masters.with_label_values(&[pool]),
+        }
+    }
+
     pub fn export_known(&self, pools: &[&str], limits: &[&str]) {
         for kind in ERROR_KINDS {
             self.errors.with_label_values(&[kind]);

@@ -39,14 +39,18 @@ pub async fn probe_all(state: &Arc<State>, timeout: Duration, totals: &mut Total
     let handles: Vec<_> = pools
         .iter()
         .map(|pool| {
-            let endpoint = pool.endpoint();
+            // A cluster pool is probed on a master it routes to.
+            let endpoint = pool
+                .cluster()
+                .and_then(|c| c.master(None))
+                .map_or_else(|| pool.endpoint(), |node| node.endpoint());
             tokio::spawn(async move { request_once(&endpoint, &["INFO"], timeout).await })
         })
         .collect();
     for (pool, handle) in pools.iter().zip(handles) {
         let result = handle.await.unwrap_or_else(|e| Err(e.to_string()));
         let name = pool.name();
-        let probe = match result {
+        let mut probe = match result {
             Ok(reply) => match crate::resp::info::text(&reply) {
                 Some(text) => {
                     let mut role = String::new();
@@ -75,6 +79,18 @@ pub async fn probe_all(state: &Arc<State>, timeout: Duration, totals: &mut Total
                 role: String::new(),
             },
         };
+        if let Some(cluster) = pool.cluster() {
+            // Ready only while every slot has a master.
+            let covered = cluster.map().covered();
+            if covered < crate::cluster::SLOTS && probe.ok == Some(true) {
+                probe.ok = Some(false);
+                probe.reason = format!(
+                    "{} of {} hash slots have no master",
+                    crate::cluster::SLOTS - covered,
+                    crate::cluster::SLOTS
+                );
+            }
+        }
         state
             .metrics
             .backend_up

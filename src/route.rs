@@ -19,6 +19,8 @@ pub struct Router {
     databases: Vec<Option<PoolId>>,
     default: PoolId,
     pool_names: Vec<String>,
+    /// Per pool: a Redis Cluster, whose keys are also placed by hash slot.
+    clustered: Vec<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,13 +49,32 @@ impl CommandPattern {
     }
 }
 
+/// Where a request goes: a pool, and for a cluster pool the hash slot of
+/// its keys (`None`: keyless, any master).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub pool: PoolId,
+    pub slot: Option<u16>,
+}
+
+impl Target {
+    pub fn pool(pool: PoolId) -> Target {
+        Target { pool, slot: None }
+    }
+}
+
 /// How a request reaches the backends.
 #[derive(Debug)]
 pub enum Plan {
-    One(PoolId),
+    One(Target),
     Split(SplitPlan),
     CrossPool(CrossPool),
+    /// Keys of a non-splittable command in two slots of a cluster pool.
+    CrossSlot,
 }
+
+/// Redis Cluster's own refusal, word for word.
+pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
 /// Keys of a non-splittable command in two pools: nothing is executed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +106,8 @@ pub struct SplitPlan {
 #[derive(Debug)]
 pub struct SplitPart {
     pub pool: PoolId,
+    /// For a cluster pool's part: the slot all its keys hash to.
+    pub slot: Option<u16>,
     pub request: Request,
     /// For each key of this part, its position among the original keys.
     pub positions: Vec<usize>,
@@ -127,6 +150,7 @@ impl Router {
             databases,
             default: id(&config.routes.default),
             pool_names: config.pools.iter().map(|p| p.name.clone()).collect(),
+            clustered: config.pools.iter().map(|p| p.cluster.is_some()).collect(),
         }
     }
 
@@ -204,6 +228,19 @@ impl Router {
             .unwrap_or_else(|| self.fallback_pool(lower_name, db))
     }
 
+    /// The pool of `key`, and its hash slot when that pool is a cluster.
+    pub fn target_for_key(&self, key: &[u8], lower_name: &[u8], db: u32) -> Target {
+        let pool = self.pool_for_key(key, lower_name, db);
+        Target {
+            pool,
+            slot: self.is_cluster(pool).then(|| crate::cluster::key_slot(key)),
+        }
+    }
+
+    pub fn is_cluster(&self, pool: PoolId) -> bool {
+        self.clustered.get(pool).copied().unwrap_or(false)
+    }
+
     /// Every pool a glob pattern's keys could live in: the pools of prefixes
     /// compatible with the pattern's literal start, plus the fallback pool
     /// unless the literal start is inside one prefix.
@@ -248,20 +285,23 @@ impl Router {
         db: u32,
     ) -> Plan {
         let Some((&first, rest)) = key_indexes.split_first() else {
-            return Plan::One(self.fallback_pool(lower_name, db));
+            return Plan::One(Target::pool(self.fallback_pool(lower_name, db)));
         };
-        let first_pool = self.pool_for_key(request.arg(first), lower_name, db);
+        let first_target = self.target_for_key(request.arg(first), lower_name, db);
         let other = rest
             .iter()
-            .map(|&i| self.pool_for_key(request.arg(i), lower_name, db))
-            .find(|&p| p != first_pool);
-        let Some(second_pool) = other else {
-            return Plan::One(first_pool);
+            .map(|&i| self.target_for_key(request.arg(i), lower_name, db))
+            .find(|&t| t != first_target);
+        let Some(second) = other else {
+            return Plan::One(first_target);
         };
         let Some(kind) = split else {
+            if second.pool == first_target.pool {
+                return Plan::CrossSlot;
+            }
             return Plan::CrossPool(CrossPool {
-                first: self.pool_name(first_pool).to_string(),
-                second: self.pool_name(second_pool).to_string(),
+                first: self.pool_name(first_target.pool).to_string(),
+                second: self.pool_name(second.pool).to_string(),
             });
         };
         Plan::Split(self.split(kind, lower_name, request, key_indexes, db))
@@ -276,16 +316,17 @@ impl Router {
         db: u32,
     ) -> SplitPlan {
         let with_value = kind == SplitKind::Mset;
-        // Per pool: the part's arguments and the positions of its keys.
-        type Group<'a> = (PoolId, Vec<&'a [u8]>, Vec<usize>);
+        // Per pool (and slot, for a cluster pool): the part's arguments and
+        // the positions of its keys.
+        type Group<'a> = (Target, Vec<&'a [u8]>, Vec<usize>);
         let mut groups: Vec<Group> = Vec::new();
         for (position, &i) in key_indexes.iter().enumerate() {
             let key = request.arg(i);
-            let pool = self.pool_for_key(key, lower_name, db);
-            let index = match groups.iter().position(|g| g.0 == pool) {
+            let target = self.target_for_key(key, lower_name, db);
+            let index = match groups.iter().position(|g| g.0 == target) {
                 Some(g) => g,
                 None => {
-                    groups.push((pool, vec![request.arg(0)], Vec::new()));
+                    groups.push((target, vec![request.arg(0)], Vec::new()));
                     groups.len() - 1
                 }
             };
@@ -301,8 +342,9 @@ impl Router {
             keys: key_indexes.len(),
             parts: groups
                 .into_iter()
-                .map(|(pool, args, positions)| SplitPart {
-                    pool,
+                .map(|(target, args, positions)| SplitPart {
+                    pool: target.pool,
+                    slot: target.slot,
                     request: Request::from_args(&args),
                     positions,
                 })
@@ -394,7 +436,7 @@ mod tests {
         let req = Request::from_args(&["MGET", "session:a", "session:b"]);
         assert!(matches!(
             r.plan(b"mget", Some(SplitKind::Mget), &req, &[1, 2], 0),
-            Plan::One(0) | Plan::One(_)
+            Plan::One(_)
         ));
     }
 

@@ -416,7 +416,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The Sentinel followers, one per Sentinel-managed pool, keyed by pool
+/// The followers, one per Sentinel-managed pool (its master) and per
+/// cluster pool (its slot map, `cluster::Cluster::follow`), keyed by pool
 /// name and owned here: a reload that replaces a pool replaces its
 /// follower (the old one is stopped), a removed pool's follower stops, and
 /// a kept pool keeps its follower.
@@ -443,10 +444,22 @@ impl Followers {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let mut wanted = HashMap::new();
         for (id, pool) in live.config.pools.iter().enumerate() {
+            let target = live.backends.pool_arc(id);
+            if let Some(cluster) = target.cluster() {
+                // A cluster pool's follower reads its slot map.
+                let follower = match running.remove(&pool.name) {
+                    Some(f) if Arc::ptr_eq(&f.pool, &target) => f,
+                    _ => Follower {
+                        pool: target.clone(),
+                        task: tokio::spawn(cluster.clone().follow()),
+                    },
+                };
+                wanted.insert(pool.name.clone(), follower);
+                continue;
+            }
             let Some(sentinel) = &pool.sentinel else {
                 continue;
             };
-            let target = live.backends.pool_arc(id);
             let follower = match running.remove(&pool.name) {
                 Some(f) if Arc::ptr_eq(&f.pool, &target) => f,
                 _ => Follower {

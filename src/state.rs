@@ -191,11 +191,14 @@ impl State {
         let limits: Vec<&str> = live.config.limits.iter().map(|l| l.name.as_str()).collect();
         self.metrics.export_known(&names, &limits);
         for pool in live.backends.pools() {
-            pool.record_round_trips(
-                self.metrics
-                    .backend_duration
-                    .with_label_values(&[pool.name()]),
-            );
+            let round_trip = self
+                .metrics
+                .backend_duration
+                .with_label_values(&[pool.name()]);
+            if let Some(cluster) = pool.cluster() {
+                cluster.attach_metrics(self.metrics.cluster(pool.name()), round_trip.clone());
+            }
+            pool.record_round_trips(round_trip);
         }
     }
 

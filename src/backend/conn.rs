@@ -19,12 +19,18 @@ use crate::resp::{FrameScanner, Protocol, Request};
 struct InFlight {
     reply: ReplyTo,
     sent: std::time::Instant,
+    /// Sent behind `ASKING` (a cluster's ASK redirection): the first reply
+    /// is ASKING's own `+OK`, not this request's.
+    asking: bool,
 }
 
 struct Outbound {
     bytes: Bytes,
     reply: ReplyTo,
+    asking: bool,
 }
+
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 
 /// Requests queued to one backend connection before senders wait.
 const QUEUE: usize = 4096;
@@ -93,7 +99,11 @@ impl Conn {
     pub async fn send(&self, bytes: Bytes, reply: ReplyTo) -> Result<(), (Bytes, ReplyTo)> {
         // The queue almost always has room: queue without the machinery of
         // an awaited send, whose state would enlarge every request's future.
-        let outbound = match self.tx.try_send(Outbound { bytes, reply }) {
+        let outbound = match self.tx.try_send(Outbound {
+            bytes,
+            reply,
+            asking: false,
+        }) {
             Ok(()) => return Ok(()),
             Err(mpsc::error::TrySendError::Full(outbound)) => outbound,
             Err(mpsc::error::TrySendError::Closed(o)) => return Err((o.bytes, o.reply)),
@@ -103,6 +113,27 @@ impl Conn {
             Ok(()) => Ok(()),
             Err(e) => Err((e.0.bytes, e.0.reply)),
         }
+    }
+
+    /// Queues a request without waiting: `Err` gives it back when the queue
+    /// is full or closed. `asking` sends `ASKING` right before it, in the
+    /// same write, so no other client's request comes between them.
+    pub fn try_send(
+        &self,
+        bytes: Bytes,
+        reply: ReplyTo,
+        asking: bool,
+    ) -> Result<(), (Bytes, ReplyTo)> {
+        self.tx
+            .try_send(Outbound {
+                bytes,
+                reply,
+                asking,
+            })
+            .map_err(|e| {
+                let o = e.into_inner();
+                (o.bytes, o.reply)
+            })
     }
 
     /// Queues a one-off request and returns where its reply arrives.
@@ -212,9 +243,13 @@ async fn write_loop(
             let waiting = InFlight {
                 reply: out.reply,
                 sent: std::time::Instant::now(),
+                asking: out.asking,
             };
             if inflight.send(waiting).is_err() {
                 return;
+            }
+            if out.asking {
+                buf.extend_from_slice(ASKING);
             }
             if out.bytes.len() >= COPY_LIMIT {
                 if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
@@ -268,6 +303,11 @@ async fn read_loop(
                     }
                     while let Ok(reply) = inflight_rx.try_recv() {
                         waiting.push_back(reply);
+                    }
+                    if let Some(w) = waiting.front_mut().filter(|w| w.asking) {
+                        // ASKING's own reply.
+                        w.asking = false;
+                        continue;
                     }
                     match waiting.pop_front() {
                         Some(w) => {

@@ -42,6 +42,12 @@ pub enum BackendError {
     /// timeout: it was never sent, so the client may safely retry it.
     #[error("backend '{pool}' is failing over; the write was not sent, retry it")]
     FailingOver { pool: String },
+    /// No master of the cluster serves the slot (or none is known yet).
+    #[error("Hash slot not served (cluster pool '{pool}')")]
+    ClusterDown { pool: String, slot: Option<u16> },
+    /// A database other than 0 on a cluster pool, which has only db 0.
+    #[error("SELECT is not allowed in cluster mode (pool '{pool}')")]
+    ClusterDatabase { pool: String },
 }
 
 impl BackendError {
@@ -52,6 +58,8 @@ impl BackendError {
             BackendError::ConnectionLost { .. } => "connection_lost",
             BackendError::LeasesExhausted { .. } => "leases_exhausted",
             BackendError::FailingOver { .. } => "failover_held",
+            BackendError::ClusterDown { .. } => "cluster_down",
+            BackendError::ClusterDatabase { .. } => "cluster_database",
         }
     }
 
@@ -61,7 +69,9 @@ impl BackendError {
             BackendError::Unavailable { pool, .. }
             | BackendError::ConnectionLost { pool }
             | BackendError::LeasesExhausted { pool, .. }
-            | BackendError::FailingOver { pool } => pool,
+            | BackendError::FailingOver { pool }
+            | BackendError::ClusterDown { pool, .. }
+            | BackendError::ClusterDatabase { pool } => pool,
         }
     }
 
@@ -69,6 +79,7 @@ impl BackendError {
     pub fn to_resp(&self) -> bytes::Bytes {
         match self {
             BackendError::FailingOver { .. } => crate::resp::error(&format!("TRYAGAIN {self}")),
+            BackendError::ClusterDown { .. } => crate::resp::error(&format!("CLUSTERDOWN {self}")),
             _ => crate::resp::error(&format!("ERR {self}")),
         }
     }
@@ -125,10 +136,15 @@ fn with_replicas(mut pools: Vec<Arc<Pool>>, config: &Config, old: Option<&Backen
 
 fn new_pool(p: &crate::config::Pool, config: &Config) -> Arc<Pool> {
     let pool = Pool::new(&p.name, p.endpoint.clone(), config.backend.clone());
-    Arc::new(if p.sentinel.is_some() {
-        pool.with_sentinel()
-    } else {
-        pool
+    Arc::new(match (&p.sentinel, &p.cluster) {
+        (Some(_), _) => pool.with_sentinel(),
+        (None, Some(seeds)) => pool.with_cluster(crate::cluster::Cluster::new(
+            &p.name,
+            p.endpoint.clone(),
+            seeds.clone(),
+            config.backend.clone(),
+        )),
+        (None, None) => pool,
     })
 }
 
@@ -157,7 +173,20 @@ impl Backends {
                     changes.push(PoolChange::Added(p.name.clone()));
                     return new_pool(p, config);
                 };
-                let same_kind = existing.is_sentinel_managed() == p.sentinel.is_some();
+                let same_kind = existing.is_sentinel_managed() == p.sentinel.is_some()
+                    && existing.cluster().map(|c| c.seeds().collect::<Vec<_>>())
+                        == p.cluster.as_ref().map(|seeds| {
+                            seeds
+                                .iter()
+                                .map(|(h, port)| {
+                                    crate::cluster::NodeAddr {
+                                        host: h.clone(),
+                                        port: *port,
+                                    }
+                                    .address()
+                                })
+                                .collect()
+                        });
                 let configured = existing.configured();
                 let same_node = configured.username == p.endpoint.username
                     && configured.password == p.endpoint.password
@@ -176,7 +205,7 @@ impl Backends {
                     }
                     return replacement;
                 }
-                let moved = p.sentinel.is_none() && {
+                let moved = p.sentinel.is_none() && p.cluster.is_none() && {
                     let from = existing.endpoint().address();
                     existing.set_address(&p.endpoint.host, p.endpoint.port);
                     from != p.endpoint.address()

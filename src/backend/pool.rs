@@ -39,6 +39,9 @@ pub struct Pool {
     round_trip: std::sync::OnceLock<prometheus::Histogram>,
     /// Holds writes while Sentinel moves the master.
     fence: Arc<super::Fence>,
+    /// A Redis Cluster pool: its requests go to the node pools serving
+    /// their slots; this pool's own address is the first master's.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What the last health probe of the pool's backend found.
@@ -78,8 +81,45 @@ impl Pool {
             slots: Mutex::new(HashMap::new()),
             health: Mutex::new(Health::default()),
             fence: Arc::default(),
+            cluster: None,
             settings,
         }
+    }
+
+    pub fn with_cluster(mut self, cluster: crate::cluster::Cluster) -> Pool {
+        self.cluster = Some(Arc::new(cluster));
+        self
+    }
+
+    /// The cluster behind a Redis Cluster pool.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// The pool that serves `slot`: a cluster's node (keyless: any
+    /// master), or this pool itself.
+    pub fn serving(self: &Arc<Self>, slot: Option<u16>) -> Result<Arc<Pool>, BackendError> {
+        match &self.cluster {
+            None => Ok(self.clone()),
+            Some(cluster) => cluster
+                .master(slot)
+                .ok_or_else(|| BackendError::ClusterDown {
+                    pool: self.name.clone(),
+                    slot,
+                }),
+        }
+    }
+
+    /// A cluster node's open multiplexed connection for (db, proto), if
+    /// there is one, without waiting: how redirections are resent in order.
+    pub fn open_conn(&self, client_db: u32, proto: Protocol) -> Option<Conn> {
+        let db = self.backend_db(client_db);
+        let slot = lock(&self.slots).get(&(db, proto)).cloned()?;
+        slot.iter().find_map(|c| {
+            c.try_lock()
+                .ok()
+                .and_then(|c| c.as_ref().filter(|c| !c.is_closed()).cloned())
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -224,6 +264,10 @@ impl Pool {
         proto: Protocol,
         hint: usize,
     ) -> Result<Conn, BackendError> {
+        if let Some(cluster) = &self.cluster {
+            let node = cluster.master_or_wait(None).await?;
+            return Box::pin(node.conn(client_db, proto, hint)).await;
+        }
         let db = self.backend_db(client_db);
         let slot = {
             let mut slots = lock(&self.slots);
@@ -280,6 +324,12 @@ impl Pool {
     /// A connection for this client alone, from the idle list or new.
     /// Fails at once when the pool's lease limit is reached.
     pub async fn lease(&self, client_db: u32, proto: Protocol) -> Result<Dedicated, BackendError> {
+        if let Some(cluster) = &self.cluster {
+            // Keyless work (a subscription, a transaction without keys)
+            // runs on any master; keyed work leases from `serving`.
+            let node = cluster.master_or_wait(None).await?;
+            return Box::pin(node.lease(client_db, proto)).await;
+        }
         let db = self.backend_db(client_db);
         let permit =
             self.leases
@@ -322,6 +372,12 @@ impl Pool {
     /// Takes back a leased connection whose state ended cleanly (EXEC,
     /// DISCARD, a blocking command answered). Anything else is just dropped.
     pub fn release(&self, conn: Dedicated) {
+        if let Some(cluster) = &self.cluster {
+            if let Some(node) = cluster.node_at(&conn.address) {
+                node.release(conn);
+            }
+            return;
+        }
         // A connection to an address the pool no longer uses (failover) is dropped.
         if !conn.is_clean() || conn.address != self.endpoint.load().address() {
             return;

@@ -308,6 +308,9 @@ pub struct BackendConfig {
     /// A forwarded request unanswered this long fails with a timeout
     /// error (0: no limit). Blocking commands are exempt.
     pub request_timeout_ms: u64,
+    /// How often cluster pools read their topology again besides on
+    /// MOVED and connection failures.
+    pub cluster_refresh_ms: u64,
 }
 
 impl Default for BackendConfig {
@@ -321,6 +324,7 @@ impl Default for BackendConfig {
             sentinel_poll_ms: 1000,
             retry_reads: true,
             request_timeout_ms: 10_000,
+            cluster_refresh_ms: 5_000,
         }
     }
 }
@@ -474,6 +478,8 @@ pub struct Pool {
     pub sentinel: Option<SentinelConfig>,
     /// Some(max lag in seconds) when reads may go to a replica.
     pub replica_reads: Option<u64>,
+    /// A Redis Cluster pool: its seed nodes.
+    pub cluster: Option<Vec<(String, u16)>>,
     /// Where the endpoint came from: the file field or the env variable.
     pub origin: String,
     /// `/readyz` fails while it is down.
@@ -604,6 +610,12 @@ impl Config {
                     })
                 }
             };
+            if pool.replica_reads && parsed.cluster.is_some() {
+                return Err(invalid(
+                    format!("pools.{name}.replica_reads"),
+                    "replica reads on a redis+cluster:// pool are not supported yet",
+                ));
+            }
             if pool.replica_reads && sentinel.is_none() {
                 return Err(invalid(
                     format!("pools.{name}.replica_reads"),
@@ -615,6 +627,7 @@ impl Config {
                 endpoint: parsed.endpoint,
                 sentinel,
                 replica_reads: pool.replica_reads.then_some(pool.max_replica_lag_secs),
+                cluster: parsed.cluster,
                 origin,
                 required: pool.required,
             });

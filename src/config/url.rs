@@ -1,6 +1,8 @@
 //! Backend addresses as applications write them:
 //! `redis://[user:pass@]host:port[/db]`, or a Sentinel-managed master:
-//! `redis+sentinel://[user:pass@]h1:26379,h2:26380,h3:26381/master[/db]`.
+//! `redis+sentinel://[user:pass@]h1:26379,h2:26380,h3:26381/master[/db]`,
+//! or a Redis Cluster by its seed nodes: `redis+cluster://[user:pass@]h1:p1,h2:p2`
+//! (`rediss+cluster://` with TLS).
 //! `rediss://` is recognised and refused until TLS support lands, so a URL
 //! never silently means something else.
 
@@ -80,13 +82,62 @@ pub struct SentinelSpec {
 pub struct BackendUrl {
     pub endpoint: Endpoint,
     pub sentinel: Option<SentinelSpec>,
+    /// A Redis Cluster's seed nodes (any one reachable is enough); the
+    /// endpoint then carries the credentials and TLS, and a seed's address.
+    pub cluster: Option<Vec<(String, u16)>>,
+}
+
+/// `redis+cluster://[user:pass@]h1:p1,h2:p2[,...]`, or `rediss+cluster://`.
+fn parse_cluster_url(url: &str, rest: &str, scheme: &str) -> Result<BackendUrl, String> {
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !matches!(path.trim_end_matches('/'), "" | "0") {
+        return Err(format!(
+            "'{url}': a Redis Cluster has only database 0 (no /{path})"
+        ));
+    }
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let mut seeds = Vec::new();
+    for hostport in hosts.split(',').filter(|h| !h.is_empty()) {
+        seeds.push(split_host_port(hostport, 6379)?);
+    }
+    let Some((host, port)) = seeds.first().cloned() else {
+        return Err(format!(
+            "'{url}' names no node: {scheme}host:port[,host:port...]"
+        ));
+    };
+    let plain = if scheme.starts_with("rediss") {
+        "rediss://"
+    } else {
+        "redis://"
+    };
+    let node = match userinfo {
+        Some(u) => format!("{plain}{u}@seed:1"),
+        None => format!("{plain}seed:1"),
+    };
+    let mut endpoint = parse_url(&node)?;
+    endpoint.host = host;
+    endpoint.port = port;
+    Ok(BackendUrl {
+        endpoint,
+        sentinel: None,
+        cluster: Some(seeds),
+    })
 }
 
 pub fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
+    for scheme in ["redis+cluster://", "rediss+cluster://"] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            return parse_cluster_url(url, rest, scheme);
+        }
+    }
     let Some(rest) = url.strip_prefix("redis+sentinel://") else {
         return parse_url(url).map(|endpoint| BackendUrl {
             endpoint,
             sentinel: None,
+            cluster: None,
         });
     };
     let (authority, path) = rest.split_once('/').ok_or_else(|| {
@@ -124,6 +175,7 @@ pub fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
     Ok(BackendUrl {
         endpoint,
         sentinel: Some(SentinelSpec { master, sentinels }),
+        cluster: None,
     })
 }
 
@@ -265,6 +317,26 @@ mod tests {
         assert!(parse_backend_url("redis+sentinel://h1:1").is_err());
         assert!(parse_backend_url("redis+sentinel://h1:1/").is_err());
         assert!(parse_backend_url("redis://h:1").unwrap().sentinel.is_none());
+    }
+
+    #[test]
+    fn cluster_urls() {
+        let u = parse_backend_url("redis+cluster://app:pw@10.0.0.1:7000,10.0.0.2:7001,h3").unwrap();
+        assert_eq!(
+            u.cluster.unwrap(),
+            [
+                ("10.0.0.1".into(), 7000),
+                ("10.0.0.2".into(), 7001),
+                ("h3".into(), 6379)
+            ]
+        );
+        assert_eq!(u.endpoint.password.as_deref(), Some("pw"));
+        assert_eq!(u.endpoint.address(), "10.0.0.1:7000");
+        assert!(u.endpoint.tls.is_none());
+        let tls = parse_backend_url("rediss+cluster://h:7000").unwrap();
+        assert!(tls.endpoint.tls.is_some() && tls.cluster.is_some());
+        assert!(parse_backend_url("redis+cluster://h:7000/2").is_err());
+        assert!(parse_backend_url("redis+cluster://").is_err());
     }
 
     #[test]

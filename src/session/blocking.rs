@@ -20,7 +20,7 @@ use super::reply::Reply;
 use super::{Session, MAX_READ_AHEAD};
 use crate::backend::{request_once, BackendError, Dedicated, Pool};
 use crate::resp::{self, Request};
-use crate::route::PoolId;
+use crate::route::Target;
 
 /// How long an unblocked command's reply may take to arrive.
 const UNBLOCK_WAIT: Duration = Duration::from_secs(2);
@@ -82,14 +82,49 @@ impl Unblocker {
 }
 
 impl Session {
-    pub(super) async fn blocking(&mut self, pool: PoolId, request: &Request) -> Reply {
+    pub(super) async fn blocking(&mut self, target: Target, request: &Request) -> Reply {
         if !self.flush().await {
             return Reply::close(Bytes::new());
         }
-        let backend = match self.state.live().backends.checked(pool) {
+        // A slot that moves while the client is blocked: the node answers
+        // MOVED (Redis unblocks clients of a slot it gives away), and the
+        // command blocks again on the new master.
+        for _ in 0..crate::cluster::MAX_REDIRECTS {
+            let reply = self.block_once(target, request).await;
+            let moved = match &reply {
+                Reply::Now(frame) => crate::cluster::Redirect::parse(frame),
+                _ => None,
+            };
+            match moved {
+                Some(crate::cluster::Redirect::Moved { slot, addr }) => {
+                    let live = self.state.live();
+                    match live.backends.get(target.pool).and_then(|p| p.cluster()) {
+                        Some(cluster) => cluster.moved(slot, &addr),
+                        None => return reply,
+                    }
+                }
+                _ => return reply,
+            }
+        }
+        Reply::now(resp::error("TRYAGAIN the key's slot kept moving; retry"))
+    }
+
+    async fn block_once(&mut self, target: Target, request: &Request) -> Reply {
+        let pool = self
+            .state
+            .live()
+            .backends
+            .checked(target.pool)
+            .and_then(|p| p.serving(target.slot));
+        let backend = match pool {
             Ok(b) => b,
             Err(e) => return self.failed(&e),
         };
+        if self.clusters.get(target.pool).is_some_and(Option::is_some) && self.client.db != 0 {
+            return self.failed(&BackendError::ClusterDatabase {
+                pool: backend.name().to_string(),
+            });
+        }
         let mut conn = match backend.lease(self.client.db, self.client.proto).await {
             Ok(conn) => conn,
             Err(e) => return self.failed(&e),

@@ -17,7 +17,7 @@ use crate::command::{
 };
 use crate::policy::{Denial, Subject};
 use crate::resp::{self, Protocol, Request};
-use crate::route::{Plan, PoolId};
+use crate::route::{Plan, PoolId, Target, CROSSSLOT};
 
 /// Command names longer than this are not in any table.
 const MAX_NAME: usize = 64;
@@ -94,6 +94,8 @@ impl Session {
             proto: self.client.proto,
             read_only: spec.is_some_and(|s| s.flags.contains(Flags::READONLY)),
             retried: false,
+            slot: None,
+            redirects: 0,
         };
         if let Some(spec) = spec {
             self.activity.command(spec.name, state.uptime_secs());
@@ -243,11 +245,14 @@ impl Session {
             ));
         }
         if live.policy.has_limits(true) {
-            let pools: Vec<PoolId> = match &plan {
-                Plan::One(pool) => vec![*pool],
+            let mut pools: Vec<PoolId> = match &plan {
+                Plan::One(target) => vec![target.pool],
                 Plan::Split(split) => split.parts.iter().map(|p| p.pool).collect(),
-                Plan::CrossPool(_) => Vec::new(),
+                Plan::CrossPool(_) | Plan::CrossSlot => Vec::new(),
             };
+            // A cluster pool's parts (one per slot) count once.
+            pools.sort_unstable();
+            pools.dedup();
             for pool in pools {
                 if let Err(denial) = self
                     .admit(spec.name.as_bytes(), Some(spec), Some(pool))
@@ -257,15 +262,18 @@ impl Session {
                 }
             }
         }
+        if let Plan::One(target) = &plan {
+            self.meta.slot = target.slot;
+        }
         match plan {
-            Plan::One(pool) if blocks(forward.blocking, request) => {
-                Box::pin(self.blocking(pool, request)).await
+            Plan::One(target) if blocks(forward.blocking, request) => {
+                Box::pin(self.blocking(target, request)).await
             }
             // Rare, and boxed so its request copy does not enlarge every request.
-            Plan::One(pool) if forward.database.is_some() => {
+            Plan::One(Target { pool, .. }) if forward.database.is_some() => {
                 Box::pin(self.forward_into_database(live, forward, spec.name, pool, request)).await
             }
-            Plan::One(pool) => {
+            Plan::One(Target { pool, .. }) => {
                 // Replica reads: read-only commands go to the pool's healthy
                 // replica when one is chosen (never inside a transaction).
                 let target = match spec.flags.contains(Flags::READONLY) {
@@ -277,6 +285,10 @@ impl Session {
             Plan::CrossPool(c) => {
                 self.state.metrics.deny("crosspool", spec.name);
                 error(&c.to_string())
+            }
+            Plan::CrossSlot => {
+                self.state.metrics.deny("crossslot", spec.name);
+                error(CROSSSLOT)
             }
             Plan::Split(plan) => {
                 let merge = match plan.kind {
@@ -290,7 +302,7 @@ impl Session {
                 let mut parts = Vec::with_capacity(plan.parts.len());
                 for part in plan.parts {
                     let rx = self
-                        .send_once(part.pool, part.request.bytes().clone())
+                        .send_part(part.pool, part.slot, part.request.bytes().clone())
                         .await;
                     parts.push(Part::new(part.pool, rx));
                 }
@@ -357,24 +369,29 @@ impl Session {
         plan.map(|p| (p, has_keys))
     }
 
-    /// The one pool all of a request's keys map to, or the refusal.
+    /// The one pool (and slot, on a cluster pool) all of a request's keys
+    /// map to, or the refusal.
     fn single_pool(
         &mut self,
         name: &[u8],
         spec: Option<&Spec>,
         request: &Request,
-    ) -> Result<PoolId, Bytes> {
+    ) -> Result<Target, Bytes> {
         let Some(spec) = spec else {
             return Err(unknown_command(request));
         };
         let live = self.state.live_arc();
         let args = request.arg_vec();
         match self.plan(&live, name, spec, None, request, &args) {
-            Ok((Plan::One(pool), _)) => Ok(pool),
+            Ok((Plan::One(target), _)) => Ok(target),
             Ok((Plan::CrossPool(c), _)) => Err(resp::error(&c.to_string())),
+            Ok((Plan::CrossSlot, _)) => Err(resp::error(CROSSSLOT)),
             Ok((Plan::Split(plan), _)) => {
                 let first = plan.parts[0].pool;
                 let second = plan.parts.get(1).map(|p| p.pool).unwrap_or(first);
+                if first == second {
+                    return Err(resp::error(CROSSSLOT));
+                }
                 Err(resp::error(&self.cross_pool(first, second).to_string()))
             }
             Err(denial) => {
@@ -416,7 +433,7 @@ impl Session {
             .single_pool(name, spec, &request)
             .map(|pool| (!self.key_scratch.is_empty()).then_some(pool));
         let mut request = request;
-        if let Ok(Some(pool)) = pool {
+        if let Ok(Some(Target { pool, .. })) = pool {
             let live = self.state.live_arc();
             if let Handling::Forward(Forward {
                 database: Some(database),
@@ -466,7 +483,7 @@ impl Session {
     }
 
     /// Sends one part of a fanned-out request.
-    async fn send_once(
+    pub(super) async fn send_once(
         &mut self,
         pool: PoolId,
         bytes: Bytes,
@@ -475,18 +492,101 @@ impl Session {
         self.send(pool, bytes, reply_to).await.map(|()| rx)
     }
 
+    /// Sends one part of a split request: to its pool, or, on a cluster
+    /// pool, to its slot's master with the redirections followed.
+    async fn send_part(
+        &mut self,
+        pool: PoolId,
+        slot: Option<u16>,
+        bytes: Bytes,
+    ) -> Result<crate::backend::ReplyRx, crate::backend::BackendError> {
+        match self.clusters.get(pool).cloned().flatten() {
+            Some(cluster) if self.client.db != 0 => {
+                Err(crate::backend::BackendError::ClusterDatabase {
+                    pool: cluster.name().to_string(),
+                })
+            }
+            Some(cluster) => Ok(cluster.spawn_request(slot, bytes, 0, self.client.proto)),
+            None => self.send_once(pool, bytes).await,
+        }
+    }
+
     /// Sends the same request to several pools and merges their replies.
+    /// A cluster pool counts as each of its masters.
     pub(super) async fn fanout(&mut self, pools: &[PoolId], bytes: &Bytes, merge: Merge) -> Reply {
         let mut parts = Vec::with_capacity(pools.len());
-        for &pool in pools {
-            let rx = self.send_once(pool, bytes.clone()).await;
-            parts.push(Part::new(pool, rx));
+        for server in self.servers_of(pools).await {
+            let rx = match server {
+                Server::Pool(pool) => self.send_once(pool, bytes.clone()).await,
+                Server::Node(_, ref node) => self.send_node(node, bytes.clone()).await,
+            };
+            parts.push(Part::new(server.pool(), rx));
         }
         Reply::Fanout(Box::new(Fanout {
             parts,
             merge,
             meta: self.meta.clone(),
         }))
+    }
+}
+
+/// One server of a fan-out: a pool, or one master of a cluster pool.
+pub(super) enum Server {
+    Pool(PoolId),
+    Node(PoolId, Arc<crate::backend::Pool>),
+}
+
+impl Server {
+    pub(super) fn pool(&self) -> PoolId {
+        match self {
+            Server::Pool(p) | Server::Node(p, _) => *p,
+        }
+    }
+}
+
+impl Session {
+    /// The servers behind `pools`: each cluster pool as its masters, in
+    /// slot order (waiting briefly for a first map if there is none).
+    pub(super) async fn servers_of(&self, pools: &[PoolId]) -> Vec<Server> {
+        let mut servers = Vec::with_capacity(pools.len());
+        for &pool in pools {
+            let Some(cluster) = self.clusters.get(pool).cloned().flatten() else {
+                servers.push(Server::Pool(pool));
+                continue;
+            };
+            let mut masters = cluster.masters();
+            if masters.is_empty() {
+                let _ = cluster.master_or_wait(None).await;
+                masters = cluster.masters();
+            }
+            if masters.is_empty() {
+                // Asked anyway, so the client sees why it fails.
+                servers.push(Server::Pool(pool));
+            }
+            servers.extend(masters.into_iter().map(|node| Server::Node(pool, node)));
+        }
+        servers
+    }
+
+    /// A one-off request on a cluster node's multiplexed connection.
+    pub(super) async fn send_node(
+        &self,
+        node: &crate::backend::Pool,
+        bytes: Bytes,
+    ) -> Result<crate::backend::ReplyRx, crate::backend::BackendError> {
+        if self.client.db != 0 {
+            return Err(crate::backend::BackendError::ClusterDatabase {
+                pool: node.name().to_string(),
+            });
+        }
+        let conn = node
+            .conn(0, self.client.proto, self.client.id as usize)
+            .await?;
+        conn.request(bytes)
+            .await
+            .ok_or_else(|| crate::backend::BackendError::ConnectionLost {
+                pool: node.name().to_string(),
+            })
     }
 }
 

@@ -4,8 +4,9 @@
 
 use bytes::Bytes;
 
+use super::dispatch::Server;
 use super::merge::{decode_scan_cursor, InfoRequest, Merge};
-use super::reply::Reply;
+use super::reply::{Fanout, Part, Reply};
 use super::Session;
 use crate::command::{Local, Servers};
 use crate::resp::{self, Protocol, ReplyBuf, Request};
@@ -642,7 +643,9 @@ impl Session {
             None => self.all_pools(),
         };
         let pools = self.distinct(pools, true);
-        let count = pools.len();
+        // A cluster pool is scanned master by master, in slot order.
+        let servers = self.servers_of(&pools).await;
+        let count = servers.len();
         if count == 0 {
             return Reply::now(resp::error(
                 "ERR no pool can hold keys matching this pattern",
@@ -653,12 +656,16 @@ impl Session {
         let backend_cursor = backend_cursor.to_string();
         args[1] = backend_cursor.as_bytes();
         let bytes = Request::from_args(&args).bytes().clone();
-        self.fanout(
-            &pools[index..index + 1],
-            &bytes,
-            Merge::Scan { index, count },
-        )
-        .await
+        let server = &servers[index];
+        let rx = match server {
+            Server::Pool(pool) => self.send_once(*pool, bytes).await,
+            Server::Node(_, node) => self.send_node(node, bytes).await,
+        };
+        Reply::Fanout(Box::new(Fanout {
+            parts: vec![Part::new(server.pool(), rx)],
+            merge: Merge::Scan { index, count },
+            meta: self.meta.clone(),
+        }))
     }
 
     async fn info(&mut self, req: &Request) -> Reply {

@@ -161,6 +161,9 @@ pub struct Session {
     /// Per pool, the multiplexed connection for the client's current db and
     /// protocol; cleared when either changes.
     conns: Vec<Option<Conn>>,
+    /// Per pool, its cluster when it is a Redis Cluster pool: requests to
+    /// it go to the node serving their slot instead of `conns`.
+    clusters: Vec<Option<Arc<crate::cluster::Cluster>>>,
     key_scratch: Vec<usize>,
     rd: ClientReader,
     inbuf: BytesMut,
@@ -191,6 +194,14 @@ pub struct Session {
     meta: reply::Meta,
     /// The configuration generation `conns` and `client.user` belong to.
     generation: u64,
+}
+
+fn clusters_of(backends: &crate::backend::Backends) -> Vec<Option<Arc<crate::cluster::Cluster>>> {
+    backends
+        .pools()
+        .iter()
+        .map(|p| p.cluster().cloned())
+        .collect()
 }
 
 pub fn parse_limits(config: &Config) -> ParseLimits {
@@ -262,6 +273,7 @@ async fn serve_stream(
     let kill = CancellationToken::new();
     let mut session = Session {
         conns: vec![None; state.live().backends.pools().len()],
+        clusters: clusters_of(&state.live().backends),
         state: state.clone(),
         client,
         mode: Mode::Normal,
@@ -488,6 +500,10 @@ impl Session {
                 reason: "the configuration was reloaded; retry".to_string(),
             });
         }
+        if let Some(cluster) = self.clusters[pool].clone() {
+            // Boxed: its wait for a first map would enlarge every request.
+            return Box::pin(self.send_to_cluster(cluster, bytes, reply)).await;
+        }
         // Two tries at a closed connection, and one after a failover fence.
         for _ in 0..3 {
             if self.conns[pool].as_ref().is_none_or(Conn::is_closed) {
@@ -522,6 +538,36 @@ impl Session {
         }
         Err(BackendError::ConnectionLost {
             pool: self.state.live().router.pool_name(pool).to_string(),
+        })
+    }
+
+    /// Queues `bytes` on the multiplexed connection to the master serving
+    /// the request's slot (`meta.slot`; keyless: any master).
+    async fn send_to_cluster(
+        &mut self,
+        cluster: Arc<crate::cluster::Cluster>,
+        mut bytes: Bytes,
+        mut reply: ReplyTo,
+    ) -> Result<(), BackendError> {
+        if self.client.db != 0 {
+            return Err(BackendError::ClusterDatabase {
+                pool: cluster.name().to_string(),
+            });
+        }
+        for _ in 0..2 {
+            let node = cluster.master_or_wait(self.meta.slot).await?;
+            let conn = node
+                .conn(0, self.client.proto, self.client.id as usize)
+                .await
+                .inspect_err(|_| cluster.request_refresh())?;
+            match conn.send(bytes, reply).await {
+                Ok(()) => return Ok(()),
+                Err(back) => (bytes, reply) = back,
+            }
+        }
+        cluster.request_refresh();
+        Err(BackendError::ConnectionLost {
+            pool: cluster.name().to_string(),
         })
     }
 
@@ -598,6 +644,7 @@ impl Session {
         }
         self.generation = live.generation;
         self.conns = vec![None; live.backends.pools().len()];
+        self.clusters = clusters_of(&live.backends);
         self.output.configure(&live.config);
         self.idle_timeout_secs = live.config.server.idle_timeout_secs;
         self.client.user = match &self.client.user {

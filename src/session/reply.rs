@@ -71,6 +71,10 @@ pub struct Meta {
     pub proto: crate::resp::Protocol,
     pub read_only: bool,
     pub retried: bool,
+    /// On a cluster pool: the slot of the request's keys (`None`: keyless).
+    pub slot: Option<u16>,
+    /// Cluster redirections followed for this request so far.
+    pub redirects: u8,
 }
 
 pub use crate::command::CacheCount;
@@ -88,6 +92,8 @@ impl Meta {
             proto: crate::resp::Protocol::Resp2,
             read_only: false,
             retried: false,
+            slot: None,
+            redirects: 0,
         }
     }
 
@@ -342,7 +348,9 @@ impl Forwarded {
                 Err(TryRecvError::Closed) => None,
             },
         };
-        if let Some(retry) = failover_retry(state, self.pool, &mut self.meta, got.as_ref()) {
+        let retry = cluster_redirect(state, self.pool, &mut self.meta, got.as_ref())
+            .or_else(|| failover_retry(state, self.pool, &mut self.meta, got.as_ref()));
+        if let Some(retry) = retry {
             self.wait = Wait::Retry(retry);
             return None;
         }
@@ -370,6 +378,33 @@ impl Forwarded {
         record(state, &self.meta, self.pool, &b, false);
         self.wait = Wait::Answered(b);
     }
+}
+
+/// A cluster node's redirection (`MOVED`, `ASK`, `TRYAGAIN`,
+/// `CLUSTERDOWN`): nothing was executed, so the request is sent again
+/// where it says, up to `cluster::MAX_REDIRECTS` times, and the client
+/// sees only the final reply.
+fn cluster_redirect(
+    state: &State,
+    pool: PoolId,
+    meta: &mut Meta,
+    got: Option<&Bytes>,
+) -> Option<ReplyRx> {
+    // Every reply passes here: anything but an error leaves at once.
+    let reply = got.filter(|b| b.first() == Some(&b'-'))?;
+    let redirect = crate::cluster::Redirect::parse(reply)?;
+    if meta.redirects >= crate::cluster::MAX_REDIRECTS || meta.request.is_empty() {
+        return None;
+    }
+    let cluster = state.live().backends.get(pool)?.cluster()?.clone();
+    meta.redirects += 1;
+    Some(cluster.follow_redirect(
+        redirect,
+        meta.request.clone(),
+        meta.slot,
+        meta.db,
+        meta.proto,
+    ))
 }
 
 /// A reply that says the master moved: `-READONLY` (the write was not
@@ -403,6 +438,11 @@ fn failover_retry(
             "read_retried"
         }])
         .inc();
+    if let Some(cluster) = backend.cluster() {
+        // The node went away: ask the slot's master as the map has it now.
+        cluster.request_refresh();
+        return Some(cluster.spawn_request(meta.slot, meta.request.clone(), meta.db, meta.proto));
+    }
     let state = state.self_arc()?;
     // By name: a reload meanwhile may have renumbered or replaced the pools.
     let name = backend.name().to_string();

@@ -9,13 +9,14 @@ use super::reply::Reply;
 use super::{Mode, Session};
 use crate::backend::{BackendError, Dedicated};
 use crate::resp::{self, Request};
-use crate::route::{CrossPool, PoolId};
+use crate::route::{CrossPool, PoolId, Target, CROSSSLOT};
 
 pub(crate) struct Transaction {
-    /// The pool every keyed command so far maps to.
-    pool: Option<PoolId>,
+    /// The pool (and slot, on a cluster pool) every keyed command so far
+    /// maps to.
+    pool: Option<Target>,
     /// The connection holding the WATCHes, with its pool.
-    lease: Option<(PoolId, Dedicated)>,
+    lease: Option<(Target, Dedicated)>,
     multi: bool,
     queued: Vec<Request>,
     /// A queue-time error: EXEC answers EXECABORT.
@@ -84,7 +85,7 @@ impl Session {
     pub(super) fn queue_in_multi(
         &mut self,
         request: Request,
-        pool: Result<Option<PoolId>, Bytes>,
+        pool: Result<Option<Target>, Bytes>,
     ) -> Reply {
         let Some(t) = self.transaction() else {
             return Reply::now(resp::error("ERR EXEC without MULTI"));
@@ -100,9 +101,7 @@ impl Session {
             match t.pool {
                 Some(existing) if existing != pool => {
                     t.aborted = true;
-                    let names = (existing, pool);
-                    let err = self.cross_pool(names.0, names.1);
-                    return Reply::now(resp::error(&err.to_string()));
+                    return Reply::now(self.cross(existing, pool));
                 }
                 _ => t.pool = Some(pool),
             }
@@ -112,11 +111,30 @@ impl Session {
         Reply::now(resp::simple("QUEUED"))
     }
 
-    /// A leased connection to `pool`, taken without holding the
-    /// configuration snapshot across the wait.
-    async fn lease(&self, pool: PoolId) -> Result<Dedicated, BackendError> {
-        let backend = self.state.live().backends.checked(pool)?;
+    /// A leased connection to `target` (on a cluster pool, to its slot's
+    /// master), taken without holding the configuration snapshot across
+    /// the wait.
+    async fn lease(&self, target: Target) -> Result<Dedicated, BackendError> {
+        let backend = self.state.live().backends.checked(target.pool)?;
+        if let Some(cluster) = backend.cluster() {
+            if self.client.db != 0 {
+                return Err(BackendError::ClusterDatabase {
+                    pool: cluster.name().to_string(),
+                });
+            }
+            let node = cluster.master_or_wait(target.slot).await?;
+            return node.lease(0, self.client.proto).await;
+        }
         backend.lease(self.client.db, self.client.proto).await
+    }
+
+    /// The refusal for keys of one transaction in two places: two pools
+    /// (CROSSPOOL), or two slots of a cluster pool (CROSSSLOT).
+    fn cross(&self, first: Target, second: Target) -> Bytes {
+        if first.pool == second.pool {
+            return resp::error(CROSSSLOT);
+        }
+        resp::error(&self.cross_pool(first.pool, second.pool).to_string())
     }
 
     pub(super) fn cross_pool(&self, first: PoolId, second: PoolId) -> CrossPool {
@@ -139,14 +157,14 @@ impl Session {
             return Reply::now(resp::error(EXECABORT));
         }
         self.flush().await;
-        let (pool, mut conn) = match t.lease {
+        let (Target { pool, .. }, mut conn) = match t.lease {
             Some(lease) => lease,
             None => {
-                let pool = t
+                let target = t
                     .pool
-                    .unwrap_or_else(|| self.state.live().router.default_pool());
-                match self.lease(pool).await {
-                    Ok(conn) => (pool, conn),
+                    .unwrap_or_else(|| Target::pool(self.state.live().router.default_pool()));
+                match self.lease(target).await {
+                    Ok(conn) => (target, conn),
                     Err(e) => return self.failed(&e),
                 }
             }
@@ -193,7 +211,7 @@ impl Session {
     }
 
     /// WATCH outside MULTI: leases a connection to the keys' pool at once.
-    pub(super) async fn watch(&mut self, request: &Request, pool: Result<PoolId, Bytes>) -> Reply {
+    pub(super) async fn watch(&mut self, request: &Request, pool: Result<Target, Bytes>) -> Reply {
         if self.in_multi() {
             return Reply::now(resp::error("ERR WATCH inside MULTI is not allowed"));
         }
@@ -209,7 +227,7 @@ impl Session {
         if let Mode::Transaction(t) = &self.mode {
             if let Some((leased, _)) = &t.lease {
                 if *leased != pool {
-                    return Reply::now(resp::error(&self.cross_pool(*leased, pool).to_string()));
+                    return Reply::now(self.cross(*leased, pool));
                 }
             }
         }
@@ -238,7 +256,7 @@ impl Session {
                 Reply::now(frame)
             }
             Err(_) => self.failed(&BackendError::ConnectionLost {
-                pool: self.state.live().router.pool_name(pool).to_string(),
+                pool: self.state.live().router.pool_name(pool.pool).to_string(),
             }),
         }
     }
@@ -246,7 +264,7 @@ impl Session {
     /// UNWATCH outside MULTI: ends the watch and returns the connection.
     pub(super) async fn unwatch(&mut self) -> Reply {
         if let Mode::Transaction(t) = &mut self.mode {
-            if let Some((pool, mut conn)) = t.lease.take() {
+            if let Some((Target { pool, .. }, mut conn)) = t.lease.take() {
                 let clean = conn.send(b"*1\r\n$7\r\nUNWATCH\r\n").await.is_ok()
                     && conn.read_frame().await.is_ok();
                 if clean {

@@ -1,0 +1,39 @@
+//! Which of Redis Cluster's 16,384 hash slots a key belongs to: CRC16
+//! (XMODEM) of the key, or of its `{hash tag}` when it has a non-empty one,
+//! modulo 16,384 — the rule every cluster node applies, so keyway and the
+//! nodes always agree.
+
+pub const SLOTS: usize = 16384;
+
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            // `{}` is no tag: the whole key is hashed.
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16::State::<crc16::XMODEM>::calculate(hashed) & (SLOTS as u16 - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_as_redis_computes_them() {
+        // Values from `CLUSTER KEYSLOT` on Redis 7.0.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"123456789"), 12739);
+        assert_eq!(key_slot(b"{user1000}.following"), 3443);
+        assert_eq!(
+            key_slot(b"{user1000}.following"),
+            key_slot(b"{user1000}.followers")
+        );
+        // Only the first `{` counts, and an empty tag hashes the whole key.
+        assert_eq!(key_slot(b"foo{}{bar}"), 8363);
+        assert_eq!(key_slot(b"foo{{bar}}zap"), 4015);
+        assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
+    }
+}
