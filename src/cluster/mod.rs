@@ -65,6 +65,14 @@ impl SlotMap {
         let index = self.owner.get(usize::from(slot))?.load(Ordering::Relaxed);
         self.masters.get(usize::from(index))
     }
+
+    /// The master serving `slot`; keyless (`None`): slot 0's, or any.
+    pub fn master_of(&self, slot: Option<u16>) -> Option<&Arc<Pool>> {
+        match slot {
+            Some(slot) => self.master(slot),
+            None => self.master(0).or_else(|| self.masters.first()),
+        }
+    }
 }
 
 /// What the cluster's metrics are bound to, once metrics exist.
@@ -143,11 +151,7 @@ impl Cluster {
     /// The master serving `slot` now; a keyless request (`None`) goes to
     /// the master of slot 0's shard, or any master.
     pub fn master(&self, slot: Option<u16>) -> Option<Arc<Pool>> {
-        let map = self.map.load();
-        match slot {
-            Some(slot) => map.master(slot).cloned(),
-            None => map.master(0).or_else(|| map.masters.first()).cloned(),
-        }
+        self.map.load().master_of(slot).cloned()
     }
 
     /// The master for `slot`, waiting (up to the connect timeout) for a

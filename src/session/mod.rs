@@ -164,6 +164,9 @@ pub struct Session {
     /// Per pool, its cluster when it is a Redis Cluster pool: requests to
     /// it go to the node serving their slot instead of `conns`.
     clusters: Vec<Option<Arc<crate::cluster::Cluster>>>,
+    /// The multiplexed connections this client used on cluster nodes, for
+    /// its current db and protocol (a few: one per master).
+    node_conns: Vec<(Arc<crate::backend::Pool>, Conn)>,
     key_scratch: Vec<usize>,
     rd: ClientReader,
     inbuf: BytesMut,
@@ -195,6 +198,9 @@ pub struct Session {
     /// The configuration generation `conns` and `client.user` belong to.
     generation: u64,
 }
+
+/// Cluster node connections a session keeps at most.
+const MAX_NODE_CONNS: usize = 64;
 
 fn clusters_of(backends: &crate::backend::Backends) -> Vec<Option<Arc<crate::cluster::Cluster>>> {
     backends
@@ -274,6 +280,7 @@ async fn serve_stream(
     let mut session = Session {
         conns: vec![None; state.live().backends.pools().len()],
         clusters: clusters_of(&state.live().backends),
+        node_conns: Vec::new(),
         state: state.clone(),
         client,
         mode: Mode::Normal,
@@ -500,7 +507,13 @@ impl Session {
                 reason: "the configuration was reloaded; retry".to_string(),
             });
         }
-        if let Some(cluster) = self.clusters[pool].clone() {
+        if let Some(cluster) = &self.clusters[pool] {
+            // Warm: the slot's master has a connection of this client's.
+            (bytes, reply) = match self.send_to_known_node(cluster, bytes, reply) {
+                Ok(()) => return Ok(()),
+                Err(back) => back,
+            };
+            let cluster = cluster.clone();
             // Boxed: its wait for a first map would enlarge every request.
             return Box::pin(self.send_to_cluster(cluster, bytes, reply)).await;
         }
@@ -541,6 +554,28 @@ impl Session {
         })
     }
 
+    /// The warm path to a cluster: the slot's master is in the map and this
+    /// client has an open connection to it with room. Nothing waits and
+    /// nothing is allocated; anything else gives the request back.
+    fn send_to_known_node(
+        &self,
+        cluster: &crate::cluster::Cluster,
+        bytes: Bytes,
+        reply: ReplyTo,
+    ) -> Result<(), (Bytes, ReplyTo)> {
+        if self.client.db != 0 {
+            return Err((bytes, reply));
+        }
+        let map = cluster.map();
+        let Some(node) = map.master_of(self.meta.slot) else {
+            return Err((bytes, reply));
+        };
+        match self.node_conns.iter().find(|(n, _)| Arc::ptr_eq(n, node)) {
+            Some((_, conn)) => conn.try_send(bytes, reply, false),
+            None => Err((bytes, reply)),
+        }
+    }
+
     /// Queues `bytes` on the multiplexed connection to the master serving
     /// the request's slot (`meta.slot`; keyless: any master).
     async fn send_to_cluster(
@@ -555,12 +590,31 @@ impl Session {
             });
         }
         for _ in 0..2 {
-            let node = cluster.master_or_wait(self.meta.slot).await?;
-            let conn = node
-                .conn(0, self.client.proto, self.client.id as usize)
-                .await
-                .inspect_err(|_| cluster.request_refresh())?;
-            match conn.send(bytes, reply).await {
+            let node = match cluster.master(self.meta.slot) {
+                Some(node) => node,
+                None => cluster.master_or_wait(self.meta.slot).await?,
+            };
+            let cached = self
+                .node_conns
+                .iter()
+                .position(|(n, c)| Arc::ptr_eq(n, &node) && !c.is_closed());
+            let index = match cached {
+                Some(i) => i,
+                None => {
+                    let conn = node
+                        .conn(0, self.client.proto, self.client.id as usize)
+                        .await
+                        .inspect_err(|_| cluster.request_refresh())?;
+                    self.node_conns.retain(|(n, _)| !Arc::ptr_eq(n, &node));
+                    if self.node_conns.len() >= MAX_NODE_CONNS {
+                        // Nodes come and go over a cluster's life: bounded.
+                        self.node_conns.clear();
+                    }
+                    self.node_conns.push((node, conn));
+                    self.node_conns.len() - 1
+                }
+            };
+            match self.node_conns[index].1.send(bytes, reply).await {
                 Ok(()) => return Ok(()),
                 Err(back) => (bytes, reply) = back,
             }
@@ -645,6 +699,7 @@ impl Session {
         self.generation = live.generation;
         self.conns = vec![None; live.backends.pools().len()];
         self.clusters = clusters_of(&live.backends);
+        self.node_conns.clear();
         self.output.configure(&live.config);
         self.idle_timeout_secs = live.config.server.idle_timeout_secs;
         self.client.user = match &self.client.user {
@@ -674,6 +729,7 @@ impl Session {
     /// The db or protocol changed: connections for the old ones no longer fit.
     fn client_changed(&mut self) {
         self.conns.iter_mut().for_each(|c| *c = None);
+        self.node_conns.clear();
         self.register();
     }
 }

@@ -3,6 +3,11 @@
 //! dropped. Nothing here is a mock.
 #![allow(dead_code)]
 
+mod cluster;
+// Only tests/cluster.rs uses it; the other test binaries include this module too.
+#[allow(unused_imports)]
+pub use cluster::*;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
