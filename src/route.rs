@@ -51,7 +51,7 @@ impl CommandPattern {
 
 /// Where a request goes: a pool, and for a cluster pool the hash slot of
 /// its keys (`None`: keyless, any master).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Target {
     pub pool: PoolId,
     pub slot: Option<u16>,

@@ -619,3 +619,93 @@ fn a_migrating_slots_ask_and_tryagain_are_followed_inside_keyway() {
         Some("1")
     );
 }
+
+#[test]
+fn a_sharded_subscription_follows_its_slot_to_another_master() {
+    let cluster = ClusterSetup::start();
+    let session = RedisServer::start();
+    let keyway = keyway_for(&cluster, &session);
+    let mut raw = keyway.raw();
+    raw.send(b"*2\r\n$10\r\nSSUBSCRIBE\r\n$15\r\n{orders}.events\r\n");
+    assert_eq!(
+        raw.read_frame(),
+        b"*3\r\n$10\r\nssubscribe\r\n$15\r\n{orders}.events\r\n:1\r\n"
+    );
+    let mut c = keyway.client();
+    let receivers: i64 = redis::cmd("SPUBLISH")
+        .arg("{orders}.events")
+        .arg("first")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        receivers, 1,
+        "published on the slot's master, where the link is"
+    );
+    assert_eq!(
+        raw.read_frame(),
+        b"*3\r\n$8\r\nsmessage\r\n$15\r\n{orders}.events\r\n$5\r\nfirst\r\n"
+    );
+
+    // The channel's slot moves to another master; its old master drops
+    // the subscription (a `sunsubscribe` push), keyway restores it on the
+    // new one, and the client sees nothing of it.
+    let slot = ClusterSetup::slot_of("{orders}.events");
+    let from = cluster.owner(slot);
+    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+    let (from_id, to_id) = (
+        node_id(&mut cluster.direct(from)),
+        node_id(&mut cluster.direct(to)),
+    );
+    let setslot = |port: u16, state: &str, id: &str| {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(state)
+            .arg(id)
+            .query(&mut cluster.direct(port))
+            .unwrap();
+    };
+    setslot(to, "IMPORTING", &from_id);
+    setslot(from, "MIGRATING", &to_id);
+    for port in [to, from] {
+        setslot(port, "NODE", &to_id);
+    }
+    for port in cluster.masters() {
+        setslot(port, "NODE", &to_id);
+    }
+    let started = Instant::now();
+    let restored = wait_for(Duration::from_secs(10), || {
+        let n: i64 = redis::cmd("SPUBLISH")
+            .arg("{orders}.events")
+            .arg("probe")
+            .query(&mut cluster.direct(to))
+            .unwrap_or(0);
+        n == 1
+    })
+    .expect("the subscription is restored on the slot's new master");
+    println!(
+        "sharded subscription restored on the new master {to} (was {from}) after {restored:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Probes that reached it arrive first; then the message through keyway.
+    let _: i64 = redis::cmd("SPUBLISH")
+        .arg("{orders}.events")
+        .arg("second")
+        .query(&mut c)
+        .unwrap();
+    let mut messages = Vec::new();
+    loop {
+        let frame = raw.read_frame();
+        let done = frame.ends_with(b"$6\r\nsecond\r\n");
+        messages.push(String::from_utf8_lossy(&frame).into_owned());
+        if done {
+            break;
+        }
+    }
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.starts_with("*3\r\n$8\r\nsmessage")),
+        "only messages reach the client, no sunsubscribe: {messages:?}"
+    );
+}

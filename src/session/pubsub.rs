@@ -13,7 +13,7 @@ use super::reply::Reply;
 use super::{Mode, Session};
 use crate::backend::Dedicated;
 use crate::resp::{self, shapes, Protocol, ReplyBuf, Request};
-use crate::route::PoolId;
+use crate::route::{PoolId, Target};
 
 pub(crate) use crate::command::ChannelKind as Kind;
 
@@ -57,21 +57,23 @@ impl LinkCmd {
 }
 
 pub(crate) struct Subscriptions {
-    channels: BTreeMap<Bytes, PoolId>,
-    patterns: BTreeMap<Bytes, Vec<PoolId>>,
-    shards: BTreeMap<Bytes, PoolId>,
-    links: Vec<Option<mpsc::Sender<LinkCmd>>>,
+    channels: BTreeMap<Bytes, Target>,
+    patterns: BTreeMap<Bytes, Vec<Target>>,
+    /// On a cluster pool, a shard channel's target carries its slot: its
+    /// link is to that slot's master.
+    shards: BTreeMap<Bytes, Target>,
+    links: BTreeMap<Target, mpsc::Sender<LinkCmd>>,
     /// Links holding messages until the confirmations are queued.
-    held: Vec<PoolId>,
+    held: Vec<Target>,
 }
 
 impl Subscriptions {
-    fn new(pools: usize) -> Subscriptions {
+    fn new() -> Subscriptions {
         Subscriptions {
             channels: BTreeMap::new(),
             patterns: BTreeMap::new(),
             shards: BTreeMap::new(),
-            links: vec![None; pools],
+            links: BTreeMap::new(),
             held: Vec::new(),
         }
     }
@@ -84,7 +86,7 @@ impl Subscriptions {
     pub fn patterns(&self) -> Arc<[(Bytes, Vec<PoolId>)]> {
         self.patterns
             .iter()
-            .map(|(p, pools)| (p.clone(), pools.clone()))
+            .map(|(p, targets)| (p.clone(), targets.iter().map(|t| t.pool).collect()))
             .collect()
     }
 
@@ -107,7 +109,7 @@ impl Subscriptions {
         }
     }
 
-    fn pools_of(&self, kind: Kind, name: &Bytes) -> Vec<PoolId> {
+    fn pools_of(&self, kind: Kind, name: &Bytes) -> Vec<Target> {
         match kind {
             Kind::Channel => self
                 .channels
@@ -150,21 +152,26 @@ impl Session {
         }
     }
 
-    fn pools_for_subscription(&self, kind: Kind, name: &[u8]) -> Vec<PoolId> {
+    /// Where a subscription goes: its pool (any node of a cluster, which
+    /// broadcasts PUBLISH), or for a shard channel on a cluster pool, the
+    /// master of the channel's slot.
+    fn pools_for_subscription(&self, kind: Kind, name: &[u8]) -> Vec<Target> {
         let router = &self.state.live().router;
+        let db = self.client.db;
         match kind {
-            Kind::Pattern => router.pools_for_pattern(name, b"psubscribe", self.client.db),
-            Kind::Channel => vec![router.pool_for_key(name, b"subscribe", self.client.db)],
-            Kind::Shard => vec![router.pool_for_key(name, b"ssubscribe", self.client.db)],
+            Kind::Pattern => router
+                .pools_for_pattern(name, b"psubscribe", db)
+                .into_iter()
+                .map(Target::pool)
+                .collect(),
+            Kind::Channel => vec![Target::pool(router.pool_for_key(name, b"subscribe", db))],
+            Kind::Shard => vec![router.target_for_key(name, b"ssubscribe", db)],
         }
     }
 
     pub(super) async fn subscribe(&mut self, kind: Kind, request: &Request) -> Reply {
         match &self.mode {
-            Mode::Normal => {
-                self.mode =
-                    Mode::Subscribed(Subscriptions::new(self.state.live().router.pool_count()))
-            }
+            Mode::Normal => self.mode = Mode::Subscribed(Subscriptions::new()),
             Mode::Subscribed(_) => {}
             Mode::Transaction(_) => {
                 return Reply::now(resp::error(
@@ -173,7 +180,7 @@ impl Session {
             }
         }
         let names: Vec<Bytes> = request.args().skip(1).map(Bytes::copy_from_slice).collect();
-        let mut per_pool: BTreeMap<PoolId, Vec<Bytes>> = BTreeMap::new();
+        let mut per_pool: BTreeMap<Target, Vec<Bytes>> = BTreeMap::new();
         let mut pools_by_name = Vec::with_capacity(names.len());
         for name in &names {
             let pools = self.pools_for_subscription(kind, name);
@@ -210,7 +217,7 @@ impl Session {
                 Ok(Outcome::Lost) | Err(_) => {
                     failure = failure.or(Some(resp::error(&format!(
                         "ERR backend '{}' connection lost while subscribing",
-                        self.state.live().router.pool_name(pool)
+                        self.state.live().router.pool_name(pool.pool)
                     ))))
                 }
             }
@@ -287,7 +294,7 @@ impl Session {
                 subs.count_for(kind),
             ));
         }
-        let mut per_pool: BTreeMap<PoolId, Vec<Bytes>> = BTreeMap::new();
+        let mut per_pool: BTreeMap<Target, Vec<Bytes>> = BTreeMap::new();
         for name in &names {
             for p in subs.pools_of(kind, name) {
                 per_pool.entry(p).or_default().push(name.clone());
@@ -295,7 +302,7 @@ impl Session {
         }
         let links: Vec<_> = per_pool
             .into_iter()
-            .filter_map(|(pool, names)| Some((subs.links[pool].clone()?, names)))
+            .filter_map(|(target, names)| Some((subs.links.get(&target)?.clone(), names)))
             .collect();
         let mut waits = Vec::new();
         for (link, pool_names) in links {
@@ -351,7 +358,7 @@ impl Session {
         };
         let links: Vec<_> = std::mem::take(&mut subs.held)
             .into_iter()
-            .filter_map(|pool| subs.links[pool].clone())
+            .filter_map(|target| subs.links.get(&target).cloned())
             .collect();
         for link in links {
             let _ = self.alongside_pushes(link.send(LinkCmd::Release)).await;
@@ -394,41 +401,44 @@ impl Session {
         Reply::now(r.freeze())
     }
 
-    async fn link(&mut self, pool: PoolId) -> Result<mpsc::Sender<LinkCmd>, Reply> {
+    async fn link(&mut self, target: Target) -> Result<mpsc::Sender<LinkCmd>, Reply> {
         let Mode::Subscribed(subs) = &mut self.mode else {
             return Err(Reply::now(resp::error("ERR subscription state lost")));
         };
-        if let Some(link) = &subs.links[pool] {
+        if let Some(link) = subs.links.get(&target) {
             if !link.is_closed() {
                 return Ok(link.clone());
             }
         }
-        let backend = self
-            .state
-            .live()
-            .backends
-            .checked(pool)
-            .map_err(|e| self.failed(&e))?;
-        let conn = backend
-            .lease(self.client.db, self.client.proto)
-            .await
-            .map_err(|e| self.failed(&e))?;
-        let (cmds_tx, cmds_rx) = mpsc::channel(64);
+        // Each shard-channel slot of a cluster pool takes a leased
+        // connection: bounded per client, so one cannot take them all.
+        let slot_links = subs.links.keys().filter(|t| t.slot.is_some()).count();
+        if target.slot.is_some() && slot_links >= MAX_SLOT_LINKS {
+            return Err(Reply::now(resp::error(&format!(
+                "ERR keyway subscribes one client to shard channels in at most {MAX_SLOT_LINKS} slots of a cluster pool"
+            ))));
+        }
         let source = LinkSource {
             state: self.state.clone(),
-            pool: self.state.live().router.pool_name(pool).to_string(),
+            pool: self.state.live().router.pool_name(target.pool).to_string(),
+            slot: target.slot,
             db: self.client.db,
             proto: self.client.proto,
         };
+        let conn = source.lease().await.map_err(|e| self.failed(&e))?;
+        let (cmds_tx, cmds_rx) = mpsc::channel(64);
         let pushes = self.push_sender();
         tokio::spawn(run_link(source, conn, cmds_rx, pushes));
         let Mode::Subscribed(subs) = &mut self.mode else {
             return Err(Reply::now(resp::error("ERR subscription state lost")));
         };
-        subs.links[pool] = Some(cmds_tx.clone());
+        subs.links.insert(target, cmds_tx.clone());
         Ok(cmds_tx)
     }
 }
+
+/// Slots of a cluster pool one client may hold shard-channel links to.
+const MAX_SLOT_LINKS: usize = 16;
 
 /// Messages held between a subscribe's confirmation and its release, at
 /// most; with that many the link stops reading until released.
@@ -467,6 +477,12 @@ fn frame_kind(frame: &[u8]) -> FrameKind {
         | b"sunsubscribe" => FrameKind::Confirmation,
         _ => FrameKind::Other,
     }
+}
+
+fn is_sunsubscribe(frame: &[u8]) -> bool {
+    shapes::elements(frame)
+        .and_then(|e| e.first().and_then(|f| shapes::bulk(f)))
+        .is_some_and(|verb| verb == b"sunsubscribe")
 }
 
 /// The link's own record of what it subscribed, to subscribe again on a
@@ -521,6 +537,8 @@ struct LinkSource {
     state: std::sync::Arc<crate::state::State>,
     /// The pool's name: its identity across reloads, which may renumber pools.
     pool: String,
+    /// A shard channel's slot on a cluster pool: the link follows its master.
+    slot: Option<u16>,
     db: u32,
     proto: Protocol,
 }
@@ -529,22 +547,53 @@ struct LinkSource {
 const RESUBSCRIBE_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl LinkSource {
+    /// A connection for the link: the pool's (any node of a cluster), or
+    /// the connection to the master of a shard channel's slot.
+    async fn lease(&self) -> Result<Dedicated, crate::backend::BackendError> {
+        let backend = self
+            .state
+            .live()
+            .backends
+            .named(&self.pool)
+            .ok_or_else(|| crate::backend::BackendError::Unavailable {
+                pool: self.pool.clone(),
+                reason: "the configuration was reloaded; retry".to_string(),
+            })?;
+        match (backend.cluster(), self.slot) {
+            (Some(cluster), Some(slot)) => {
+                let node = cluster.master_or_wait(Some(slot)).await?;
+                node.lease(0, self.proto).await
+            }
+            _ => backend.lease(self.db, self.proto).await,
+        }
+    }
+
     /// A new connection with every subscription restored (confirmations
     /// consumed here), or `None` after trying for `RESUBSCRIBE_FOR`.
     async fn reconnect(&self, subscribed: &Subscribed) -> Option<Dedicated> {
         let backend = self.state.live().backends.named(&self.pool)?;
+        if let Some(cluster) = backend.cluster() {
+            // A node went, or a slot moved: read the map again first.
+            cluster.request_refresh();
+        }
         let deadline = tokio::time::Instant::now() + RESUBSCRIBE_FOR;
         let mut backoff = crate::backend::Backoff::new(
             std::time::Duration::from_millis(50),
             std::time::Duration::from_secs(1),
         );
         while tokio::time::Instant::now() < deadline {
-            if let Ok(mut conn) = backend.lease(self.db, self.proto).await {
+            if let Ok(mut conn) = self.lease().await {
                 let mut ok = true;
                 for (bytes, confirmations) in subscribed.restore() {
                     ok &= conn.send(&bytes).await.is_ok();
                     for _ in 0..confirmations {
-                        ok &= conn.read_frame().await.is_ok();
+                        // An error (MOVED: the map is not current yet)
+                        // is a failed try: it ends the command's replies.
+                        let frame = conn.read_frame().await;
+                        ok &= frame.is_ok_and(|f| !shapes::is_error(&f));
+                        if !ok {
+                            break;
+                        }
                     }
                 }
                 if ok {
@@ -602,6 +651,9 @@ async fn run_link(
             frame = conn.read_frame(), if !(holding && held.len() >= MAX_HELD) => match frame {
                 Err(_) => true,
                 Ok(frame) => {
+                    // The server dropped shard channels by itself: their
+                    // slot moved to another node, where they are restored.
+                    let mut slot_moved = false;
                     match frame_kind(&frame) {
                         // Messages before a confirmation are on channels the
                         // client was already told of: they go at once.
@@ -611,8 +663,8 @@ async fn run_link(
                                 return;
                             }
                         }
-                        FrameKind::Confirmation => {
-                            if let Some(front) = waiting.front_mut() {
+                        FrameKind::Confirmation => match waiting.front_mut() {
+                            Some(front) => {
                                 front.confirmations = front.confirmations.saturating_sub(1);
                                 if front.confirmations == 0 {
                                     if let Some(w) = waiting.pop_front() {
@@ -621,7 +673,8 @@ async fn run_link(
                                     }
                                 }
                             }
-                        }
+                            None => slot_moved = is_sunsubscribe(&frame),
+                        },
                         // The server refused the oldest command outright.
                         FrameKind::Error => {
                             if let Some(w) = waiting.pop_front() {
@@ -631,7 +684,7 @@ async fn run_link(
                         }
                         FrameKind::Other => {}
                     }
-                    false
+                    slot_moved
                 }
             },
             // The pool moved to a new master (failover): follow it.

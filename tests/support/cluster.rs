@@ -7,9 +7,11 @@
 
 use super::{connect, RedisServer, TempDir};
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Every cluster has this many hash slots.
@@ -23,6 +25,10 @@ const SLOTS: u16 = 16384;
 const PORT_LOW: u16 = 12000;
 const PORT_SPAN: u16 = 10000;
 const BUS_OFFSET: u16 = 10000;
+
+/// Masters refuse to vote for a replica of a master they voted to replace
+/// less than twice the node timeout (2 s) ago.
+const REVOTE_AFTER: Duration = Duration::from_millis(4500);
 
 /// Cluster-mode arguments on top of what `RedisServer` already passes
 /// (`--bind 127.0.0.1 --save "" --appendonly no --dir <own temp dir>`).
@@ -277,13 +283,15 @@ fn start_node(taken: &[u16]) -> RedisServer {
     panic!("could not start a cluster-mode redis-server after 10 tries");
 }
 
-/// Six real cluster nodes; see the module comment. `Sync` (it holds only
-/// processes and ports, never connections), so `move_slots` can run on
-/// another thread while load runs.
+/// Six real cluster nodes; see the module comment. `Sync` (it holds
+/// processes, ports and a mutex, never connections), so `move_slots` can
+/// run on another thread while load runs.
 pub struct ClusterSetup {
     nodes: Vec<RedisServer>,
     /// Ports stopped by `kill`: skipped when asking for the topology.
     killed: Vec<u16>,
+    /// When each master port was last replaced by `failover`; see there.
+    replaced: Mutex<HashMap<u16, Instant>>,
 }
 
 impl ClusterSetup {
@@ -298,6 +306,7 @@ impl ClusterSetup {
         let setup = ClusterSetup {
             nodes,
             killed: Vec::new(),
+            replaced: Mutex::new(HashMap::new()),
         };
         setup.create();
         setup.check_slot_of();
@@ -662,14 +671,25 @@ impl ClusterSetup {
 
     /// Planned failover: `CLUSTER FAILOVER` on `replica`, then waits
     /// (bounded, 15 s) until it is a master, every live node is ok, all
-    /// live nodes agree on the set of masters and every replica (the
-    /// demoted master included) is synced, so a failover back can follow.
+    /// live nodes agree on the topology and every replica (the demoted
+    /// master included) is synced, so a failover back can follow.
     pub fn failover(&self, replica: u16) {
         let mut c = self.direct(replica);
-        assert!(
-            own_line(&mut c, replica).is_replica(),
-            "failover: {replica} is not a replica"
-        );
+        let me = own_line(&mut c, replica);
+        assert!(me.is_replica(), "failover: {replica} is not a replica");
+        let master = me
+            .master_id
+            .as_ref()
+            .and_then(|id| self.view().into_iter().find(|n| &n.id == id))
+            .map(|n| n.port)
+            .unwrap_or_else(|| panic!("failover: the master of {replica} is unknown"));
+        // Failing straight back over (A->B, B->A, A->B) would be refused
+        // by the voters (see REVOTE_AFTER): wait out the window instead of
+        // letting the manual failover time out.
+        let last = self.lock_replaced().get(&master).copied();
+        if let Some(wait) = last.and_then(|at| REVOTE_AFTER.checked_sub(at.elapsed())) {
+            std::thread::sleep(wait);
+        }
         let mut failover = redis::cmd("CLUSTER");
         failover.arg("FAILOVER");
         must(&mut c, replica, &failover, "CLUSTER FAILOVER");
@@ -678,12 +698,13 @@ impl ClusterSetup {
         let mut reissued = false;
         loop {
             let promoted = info_field(replica, "replication", "role").as_deref() == Some("master");
-            if promoted && self.masters_agreed(replica) {
+            if promoted && self.topology_agreed(replica) {
+                self.lock_replaced().insert(master, Instant::now());
                 return;
             }
             // A manual failover gives up after 5 s (e.g. when the master
             // was busy); ask once more before declaring failure.
-            if !promoted && !reissued && start.elapsed() > Duration::from_secs(7) {
+            if !promoted && !reissued && start.elapsed() > Duration::from_secs(6) {
                 reissued = true;
                 if let Some(mut c) = try_connect(replica) {
                     let _ = failover.query::<redis::Value>(&mut c);
@@ -697,10 +718,18 @@ impl ClusterSetup {
         }
     }
 
+    fn lock_replaced(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Instant>> {
+        // A panic elsewhere cannot leave the map half-written: use it anyway.
+        self.replaced.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Every live node is ok, synced if a replica, and sees the same
-    /// masters serving slots, `master` among them.
-    fn masters_agreed(&self, master: u16) -> bool {
-        let mut seen: Option<Vec<u16>> = None;
+    /// topology (who serves slots, which master each replica follows),
+    /// with `master` serving slots. Roles reach other nodes by gossip, so
+    /// without this a view read right after a failover (`replica_of`, a
+    /// voter in the next failover) can still be the old one.
+    fn topology_agreed(&self, master: u16) -> bool {
+        let mut seen: Option<Vec<(u16, bool, Option<u16>)>> = None;
         for port in self.live_ports() {
             if !node_state_ok(port) {
                 return false;
@@ -711,16 +740,22 @@ impl ClusterSetup {
             if !synced(port, &nodes) {
                 return false;
             }
-            let mut masters: Vec<u16> = nodes
+            let port_of = |id: &String| nodes.iter().find(|n| &n.id == id).map(|n| n.port);
+            let mut topology: Vec<(u16, bool, Option<u16>)> = nodes
                 .iter()
-                .filter(|n| n.is_master() && !n.slots.is_empty() && !n.is_unhealthy())
-                .map(|n| n.port)
+                .filter(|n| !n.is_unhealthy() && !self.killed.contains(&n.port))
+                .map(|n| {
+                    let serving = n.is_master() && !n.slots.is_empty();
+                    (n.port, serving, n.master_id.as_ref().and_then(port_of))
+                })
                 .collect();
-            masters.sort_unstable();
-            if !masters.contains(&master) || seen.as_ref().is_some_and(|s| *s != masters) {
+            topology.sort_unstable();
+            if !topology.contains(&(master, true, None))
+                || seen.as_ref().is_some_and(|s| *s != topology)
+            {
                 return false;
             }
-            seen = Some(masters);
+            seen = Some(topology);
         }
         true
     }
