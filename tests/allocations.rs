@@ -53,17 +53,16 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// keyway on a current-thread runtime of its own thread (its default
-/// `worker_threads = 1`), in front of `redis`.
-fn start_keyway(redis: &RedisServer) -> u16 {
+/// `worker_threads = 1`), in front of the pool at `url`.
+fn start_keyway(url: &str) -> u16 {
     let port = support::free_port();
     let admin = support::free_port();
-    // Health probes every 10 minutes: a probe's connection is not part of
-    // any request.
+    // Health probes and cluster topology reads every 10 minutes: their
+    // connections are not part of any request.
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\n\
-         health_interval_ms = 600000\n\
-         [pools.cache]\nurl = \"{}\"\n[routes]\ndefault = \"cache\"\n",
-        redis.url()
+         health_interval_ms = 600000\n[backend]\ncluster_refresh_ms = 600000\n\
+         [pools.cache]\nurl = \"{url}\"\n[routes]\ndefault = \"cache\"\n"
     );
     let config = Config::from_toml(&toml, "allocations test", |_| None).expect("valid config");
     std::thread::spawn(move || {
@@ -121,7 +120,18 @@ fn allocations_during(f: impl FnOnce()) -> u64 {
 #[test]
 fn a_warm_client_forwards_get_and_set_without_allocating() {
     let redis = RedisServer::start();
-    let port = start_keyway(&redis);
+    let port = start_keyway(&redis.url());
+    assert_warm_requests_do_not_allocate(port);
+}
+
+#[test]
+fn a_warm_client_of_a_cluster_pool_does_not_allocate_either() {
+    let cluster = support::ClusterSetup::start();
+    let port = start_keyway(&cluster.seeds_url());
+    assert_warm_requests_do_not_allocate(port);
+}
+
+fn assert_warm_requests_do_not_allocate(port: u16) {
     let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     client.set_nodelay(true).expect("nodelay");
     client
