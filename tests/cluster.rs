@@ -709,3 +709,71 @@ fn a_sharded_subscription_follows_its_slot_to_another_master() {
         "only messages reach the client, no sunsubscribe: {messages:?}"
     );
 }
+
+#[test]
+fn a_transaction_and_a_blocked_client_follow_their_slot_to_another_master() {
+    let cluster = ClusterSetup::start();
+    let session = RedisServer::start();
+    let keyway = keyway_for(&cluster, &session);
+    let mut c = keyway.client();
+    let slot = ClusterSetup::slot_of("{q}");
+    let from = cluster.owner(slot);
+    let to = cluster.masters().into_iter().find(|&m| m != from).unwrap();
+    let (from_id, to_id) = (
+        node_id(&mut cluster.direct(from)),
+        node_id(&mut cluster.direct(to)),
+    );
+    let assign_everywhere = |id: &str| {
+        for port in cluster.masters() {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(id)
+                .query(&mut cluster.direct(port))
+                .unwrap();
+        }
+    };
+
+    // A client blocked on an empty list of the slot; the (empty) slot
+    // moves; the server unblocks it with MOVED, keyway blocks it again on
+    // the new master, and a push there serves it.
+    let port = keyway.port;
+    let waiter = std::thread::spawn(move || {
+        redis::cmd("BLPOP")
+            .arg("{q}.jobs")
+            .arg(10)
+            .query::<Option<(String, String)>>(&mut connect(port))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let moved =
+        || keyway.metric("keyway_cluster_redirections_total{kind=\"moved\",pool=\"cache\"}");
+    let before = moved();
+    assign_everywhere(&to_id);
+    assert!(
+        keyway.wait_until(Duration::from_secs(5), || moved() > before),
+        "the blocked client was redirected"
+    );
+    let _: () = c.rpush("{q}.jobs", "after-the-move").unwrap();
+    let popped = waiter
+        .join()
+        .unwrap()
+        .expect("no error reaches the blocked client");
+    assert_eq!(popped, Some(("{q}.jobs".into(), "after-the-move".into())));
+    assert_eq!(cluster.owner(slot), to);
+
+    // The slot moves back while keyway's map still says `to`: the queued
+    // transaction meets MOVED there, is aborted, and runs on `from`.
+    assign_everywhere(&from_id);
+    let before = moved();
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr("{q}.a", 1)
+        .incr("{q}.b", 2)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!((a, b), (1, 2));
+    assert!(moved() > before, "the transaction met MOVED and ran again");
+    let mut owner = cluster.direct(from);
+    assert_eq!(string(&mut owner, "{q}.b").as_deref(), Some("2"));
+}

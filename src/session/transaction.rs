@@ -157,7 +157,8 @@ impl Session {
             return Reply::now(resp::error(EXECABORT));
         }
         self.flush().await;
-        let (Target { pool, .. }, mut conn) = match t.lease {
+        let watched = t.lease.is_some();
+        let (target, mut conn) = match t.lease {
             Some(lease) => lease,
             None => {
                 let target = t
@@ -169,10 +170,46 @@ impl Session {
                 }
             }
         };
+        let mut tries = 0;
+        loop {
+            let (reply, redirect) = self.run_transaction(target, conn, &t.queued).await;
+            // The slot moved before EXEC reached its master: nothing ran
+            // (EXECABORT), so it runs where the slot is now. Not with
+            // WATCH: the watch was on the old master.
+            let Some(redirect) =
+                redirect.filter(|_| !watched && tries < crate::cluster::MAX_REDIRECTS)
+            else {
+                return reply;
+            };
+            tries += 1;
+            let backend = self.state.live().backends.get(target.pool).cloned();
+            if let Some(cluster) = backend.as_ref().and_then(|b| b.cluster()) {
+                match redirect {
+                    crate::cluster::Redirect::Moved { slot, addr } => cluster.moved(slot, &addr),
+                    // Migrating, or TRYAGAIN: let the migration finish.
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                }
+            }
+            conn = match self.lease(target).await {
+                Ok(conn) => conn,
+                Err(e) => return self.failed(&e),
+            };
+        }
+    }
+
+    /// MULTI, the queued commands and EXEC in one write on `conn`: EXEC's
+    /// reply, and the first cluster redirection among the queued replies.
+    async fn run_transaction(
+        &mut self,
+        Target { pool, slot }: Target,
+        mut conn: Dedicated,
+        queued: &[Request],
+    ) -> (Reply, Option<crate::cluster::Redirect>) {
+        let t_queued = queued;
         let mut bytes =
-            Vec::with_capacity(64 + t.queued.iter().map(|r| r.bytes().len()).sum::<usize>());
+            Vec::with_capacity(64 + t_queued.iter().map(|r| r.bytes().len()).sum::<usize>());
         bytes.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
-        for r in &t.queued {
+        for r in t_queued {
             bytes.extend_from_slice(r.bytes());
         }
         bytes.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
@@ -182,21 +219,29 @@ impl Session {
             })
         };
         if conn.send(&bytes).await.is_err() {
-            return lost();
+            return (lost(), None);
         }
         let mut last = None;
-        for _ in 0..t.queued.len() + 2 {
+        let mut redirect = None;
+        for _ in 0..t_queued.len() + 2 {
             match conn.read_frame().await {
-                Ok(frame) => last = Some(frame),
-                Err(_) => return lost(),
+                Ok(frame) => {
+                    if redirect.is_none() && slot.is_some() {
+                        redirect = crate::cluster::Redirect::parse(&frame);
+                    }
+                    last = Some(frame);
+                }
+                Err(_) => return (lost(), None),
             }
         }
         if let Ok(backend) = self.state.live().backends.checked(pool) {
             backend.release(conn);
         }
         match last {
-            Some(frame) => Reply::now(frame),
-            None => lost(),
+            // Only an aborted EXEC is safe to run again: nothing ran.
+            Some(frame) if frame.starts_with(b"-EXECABORT") => (Reply::now(frame), redirect),
+            Some(frame) => (Reply::now(frame), None),
+            None => (lost(), None),
         }
     }
 
