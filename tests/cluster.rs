@@ -777,3 +777,77 @@ fn a_transaction_and_a_blocked_client_follow_their_slot_to_another_master() {
     let mut owner = cluster.direct(from);
     assert_eq!(string(&mut owner, "{q}.b").as_deref(), Some("2"));
 }
+
+/// `cmdstat_<command>` calls a node counted.
+fn calls(port: u16, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut connect(port))
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn replica_reads_go_to_the_slots_replicas_never_inside_a_transaction() {
+    let cluster = ClusterSetup::start();
+    let session = RedisServer::start();
+    let keyway = Keyway::start(&format!(
+        "[pools.cache]\nurl = \"{}\"\nreplica_reads = true\n[pools.session]\nurl = \"{}\"\n[routes]\ndefault = \"cache\"\n",
+        cluster.seeds_url(),
+        session.url()
+    ));
+    let mut c = keyway.client();
+    for i in 0..100 {
+        let _: () = c.set(format!("r:{i}"), i).unwrap();
+    }
+    // Replication is asynchronous: wait until the replicas have them.
+    let replicas = cluster.replicas();
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let dbsize: i64 = replicas
+                .iter()
+                .map(|&p| redis::cmd("DBSIZE").query::<i64>(&mut connect(p)).unwrap())
+                .sum();
+            dbsize == 100
+        })
+        .is_some(),
+        "replicas caught up"
+    );
+    let replica_gets = || replicas.iter().map(|&p| calls(p, "get")).sum::<u64>();
+    let master_gets = || {
+        cluster
+            .masters()
+            .iter()
+            .map(|&p| calls(p, "get"))
+            .sum::<u64>()
+    };
+    let (r0, m0) = (replica_gets(), master_gets());
+    for i in 0..100 {
+        let v: Option<i64> = c.get(format!("r:{i}")).unwrap();
+        assert_eq!(v, Some(i));
+    }
+    let (r1, m1) = (replica_gets(), master_gets());
+    println!(
+        "100 GETs with replica reads: {} on replicas, {} on masters",
+        r1 - r0,
+        m1 - m0
+    );
+    assert_eq!(r1 - r0, 100);
+    // Writes, and reads inside MULTI, stay on the masters.
+    let (_, v): ((), Option<i64>) = redis::pipe()
+        .atomic()
+        .set("r:1", 11)
+        .get("r:1")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(v, Some(11));
+    assert_eq!(
+        replica_gets(),
+        r1,
+        "no read of the transaction went to a replica"
+    );
+}

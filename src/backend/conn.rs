@@ -165,6 +165,9 @@ pub(super) async fn handshake(
     if db != 0 {
         steps.push(("SELECT", Request::from_args(&["SELECT", &db.to_string()])));
     }
+    if endpoint.readonly {
+        steps.push(("READONLY", Request::from_args(&["READONLY"])));
+    }
     steps.push((
         "CLIENT SETNAME",
         Request::from_args(&["CLIENT", "SETNAME", "keyway"]),

@@ -124,7 +124,8 @@ fn replica_pool(p: &crate::config::Pool, config: &Config) -> Arc<Pool> {
 fn with_replicas(mut pools: Vec<Arc<Pool>>, config: &Config, old: Option<&Backends>) -> Backends {
     let mut replicas = vec![None; pools.len()];
     for (i, p) in config.pools.iter().enumerate() {
-        if p.replica_reads.is_some() {
+        // A cluster pool reads from its replicas itself.
+        if p.replica_reads.is_some() && p.cluster.is_none() {
             let name = format!("{}-replica", p.name);
             let reused = old.and_then(|o| o.pools.iter().find(|x| x.name() == name).cloned());
             replicas[i] = Some(pools.len());
@@ -138,12 +139,18 @@ fn new_pool(p: &crate::config::Pool, config: &Config) -> Arc<Pool> {
     let pool = Pool::new(&p.name, p.endpoint.clone(), config.backend.clone());
     Arc::new(match (&p.sentinel, &p.cluster) {
         (Some(_), _) => pool.with_sentinel(),
-        (None, Some(seeds)) => pool.with_cluster(crate::cluster::Cluster::new(
-            &p.name,
-            p.endpoint.clone(),
-            seeds.clone(),
-            config.backend.clone(),
-        )),
+        (None, Some(seeds)) => {
+            let cluster = crate::cluster::Cluster::new(
+                &p.name,
+                p.endpoint.clone(),
+                seeds.clone(),
+                config.backend.clone(),
+            );
+            pool.with_cluster(match p.replica_reads {
+                Some(_) => cluster.with_replica_reads(),
+                None => cluster,
+            })
+        }
         (None, None) => pool,
     })
 }
@@ -174,6 +181,8 @@ impl Backends {
                     return new_pool(p, config);
                 };
                 let same_kind = existing.is_sentinel_managed() == p.sentinel.is_some()
+                    && existing.cluster().map(|c| c.replica_reads())
+                        == p.cluster.as_ref().map(|_| p.replica_reads.is_some())
                     && existing.cluster().map(|c| c.seeds().collect::<Vec<_>>())
                         == p.cluster.as_ref().map(|seeds| {
                             seeds

@@ -73,6 +73,27 @@ impl SlotMap {
             None => self.master(0).or_else(|| self.masters.first()),
         }
     }
+
+    /// Where a request goes: with `replica` a reachable replica of the
+    /// slot's master (spread by `hint`), else the master.
+    pub fn server_of(&self, slot: Option<u16>, replica: bool, hint: usize) -> Option<&Arc<Pool>> {
+        if replica {
+            let index = match slot {
+                Some(slot) => self.owner.get(usize::from(slot))?.load(Ordering::Relaxed),
+                None => 0,
+            };
+            if let Some(replicas) = self.replicas.get(usize::from(index)) {
+                let up = replicas.iter().filter(|r| r.last_error().is_none()).count();
+                if up > 0 {
+                    return replicas
+                        .iter()
+                        .filter(|r| r.last_error().is_none())
+                        .nth(hint % up);
+                }
+            }
+        }
+        self.master_of(slot)
+    }
 }
 
 /// What the cluster's metrics are bound to, once metrics exist.
@@ -91,6 +112,8 @@ pub struct Cluster {
     template: Endpoint,
     seeds: Vec<NodeAddr>,
     settings: BackendConfig,
+    /// Read-only commands go to a replica of the slot's master.
+    replica_reads: bool,
     map: ArcSwap<SlotMap>,
     /// Every node pool by address, reused across refreshes (connections
     /// and all); bounded by the cluster's size, pruned on each refresh.
@@ -117,6 +140,7 @@ impl Cluster {
                 .map(|(host, port)| NodeAddr { host, port })
                 .collect(),
             settings,
+            replica_reads: false,
             map: ArcSwap::from_pointee(SlotMap::empty()),
             nodes: Mutex::new(HashMap::new()),
             wanted: Notify::new(),
@@ -128,6 +152,16 @@ impl Cluster {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Sends read-only commands outside transactions to replicas.
+    pub fn with_replica_reads(mut self) -> Cluster {
+        self.replica_reads = true;
+        self
+    }
+
+    pub fn replica_reads(&self) -> bool {
+        self.replica_reads
     }
 
     pub fn seeds(&self) -> impl Iterator<Item = String> + '_ {
@@ -183,7 +217,17 @@ impl Cluster {
     /// The node pool for an address, made on first sight (a redirection
     /// may name a node the map does not know yet).
     pub fn node(&self, addr: &NodeAddr) -> Arc<Pool> {
-        let key = addr.address();
+        self.node_as(addr, false)
+    }
+
+    /// A node pool whose connections read from a replica (`READONLY`);
+    /// kept apart from the same node's pool as a master, since a failover
+    /// may turn one into the other.
+    fn node_as(&self, addr: &NodeAddr, readonly: bool) -> Arc<Pool> {
+        let key = match readonly {
+            false => addr.address(),
+            true => format!("{} readonly", addr.address()),
+        };
         let mut nodes = lock(&self.nodes);
         if let Some(node) = nodes.get(&key) {
             return node.clone();
@@ -192,6 +236,7 @@ impl Cluster {
         endpoint.host = addr.host.clone();
         endpoint.port = addr.port;
         endpoint.db = 0;
+        endpoint.readonly = readonly;
         let node = Arc::new(Pool::new(&self.name, endpoint, self.settings.clone()));
         if let Some(h) = self.round_trip.get() {
             node.record_round_trips(h.clone());
@@ -298,7 +343,12 @@ impl Cluster {
         let replicas = topology
             .shards
             .iter()
-            .map(|s| s.replicas.iter().map(|r| self.node(r)).collect())
+            .map(|s| {
+                s.replicas
+                    .iter()
+                    .map(|r| self.node_as(r, self.replica_reads))
+                    .collect()
+            })
             .collect();
         let map = SlotMap {
             owner: (0..SLOTS).map(|_| AtomicU16::new(UNCOVERED)).collect(),
@@ -319,7 +369,8 @@ impl Cluster {
             .flat_map(|s| std::iter::once(&s.master).chain(&s.replicas))
             .map(NodeAddr::address)
             .collect();
-        lock(&self.nodes).retain(|addr, _| named.contains(addr));
+        lock(&self.nodes)
+            .retain(|key, _| named.contains(key.strip_suffix(" readonly").unwrap_or(key)));
         if let Some(m) = self.metrics.get() {
             m.covered.set(covered as i64);
             m.masters.set(map.masters.len() as i64);

@@ -456,6 +456,7 @@ impl SentinelConfig {
             password: self.password.clone(),
             db: 0,
             tls: None,
+            readonly: false,
         }
     }
 }
@@ -610,16 +611,10 @@ impl Config {
                     })
                 }
             };
-            if pool.replica_reads && parsed.cluster.is_some() {
+            if pool.replica_reads && sentinel.is_none() && parsed.cluster.is_none() {
                 return Err(invalid(
                     format!("pools.{name}.replica_reads"),
-                    "replica reads on a redis+cluster:// pool are not supported yet",
-                ));
-            }
-            if pool.replica_reads && sentinel.is_none() {
-                return Err(invalid(
-                    format!("pools.{name}.replica_reads"),
-                    "replica reads need a redis+sentinel:// pool (replicas are found through Sentinel)",
+                    "replica reads need a redis+sentinel:// or redis+cluster:// pool (replicas are found through Sentinel or the cluster)",
                 ));
             }
             pools.push(Pool {

@@ -17,6 +17,8 @@ pub struct Endpoint {
     pub db: u32,
     /// Set for `rediss://`: TLS with server verification.
     pub tls: Option<BackendTls>,
+    /// A cluster replica read from: `READONLY` after the handshake.
+    pub readonly: bool,
 }
 
 /// How a `rediss://` backend is verified.
@@ -221,6 +223,7 @@ pub fn parse_url(url: &str) -> Result<Endpoint, String> {
         password,
         db,
         tls,
+        readonly: false,
     })
 }
 

@@ -567,7 +567,8 @@ impl Session {
             return Err((bytes, reply));
         }
         let map = cluster.map();
-        let Some(node) = map.master_of(self.meta.slot) else {
+        let replica = self.meta.read_only && cluster.replica_reads();
+        let Some(node) = map.server_of(self.meta.slot, replica, self.client.id as usize) else {
             return Err((bytes, reply));
         };
         match self.node_conns.iter().find(|(n, _)| Arc::ptr_eq(n, node)) {
@@ -590,7 +591,12 @@ impl Session {
             });
         }
         for _ in 0..2 {
-            let node = match cluster.master(self.meta.slot) {
+            let replica = self.meta.read_only && cluster.replica_reads();
+            let node = cluster
+                .map()
+                .server_of(self.meta.slot, replica, self.client.id as usize)
+                .cloned();
+            let node = match node {
                 Some(node) => node,
                 None => cluster.master_or_wait(self.meta.slot).await?,
             };
