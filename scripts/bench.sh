@@ -3,7 +3,9 @@
 # in front of it, and its peers in front of the same server: twemproxy
 # (nutcracker), predixy (a C++ RESP proxy) and HAProxy in `mode tcp` (a
 # plain L4 forwarder: no RESP parsing, one backend connection per client),
-# all measured with redis-benchmark. Prints ops/s, latency, the ratios
+# all measured with redis-benchmark. Then the same in front of a Redis
+# Cluster (three masters, three replicas): keyway's cluster pool, predixy's
+# ClusterServerPool and redis-benchmark --cluster straight to the masters. Prints ops/s, latency, the ratios
 # keyway/direct and keyway/each peer, and CPU time per request of each
 # proxy (utime+stime from /proc). Each scenario runs ROUNDS times, the
 # targets one after the other in each round; the table shows the medians.
@@ -12,6 +14,7 @@
 #   scripts/bench.sh [requests] [rounds]      (defaults 200000, 3)
 #   KEYWAY_BIN=/path/to/keyway scripts/bench.sh   (another build, e.g. before a change; no cargo build)
 #   BENCH_PIN=1 scripts/bench.sh   (redis-benchmark on CPU 0; redis-servers and proxies on CPU 1)
+#   BENCH_CLUSTER=0 scripts/bench.sh   (without the Redis Cluster rows)
 #
 # Peers: twemproxy and HAProxy come from Debian's packages (installed when
 # missing). predixy has no package: it is downloaded (a pinned commit, the
@@ -204,7 +207,8 @@ run() {
   local before=0 after=0
   [ "$pid" != - ] && before=$(cpu_ticks "$pid")
   local csv
-  csv=$("${CLIENT[@]}" redis-benchmark -h 127.0.0.1 -p "$p" --csv "$@" 2>/dev/null | tail -n +2)
+  # Only the result rows: --cluster prints the nodes it found first.
+  csv=$("${CLIENT[@]}" redis-benchmark -h 127.0.0.1 -p "$p" --csv "$@" 2>/dev/null | grep '^"' | grep -v '^"test"' || true)
   [ "$pid" != - ] && after=$(cpu_ticks "$pid")
   # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
   echo "$csv" | while IFS=, read -r test rps avg min p50 p95 p99 max; do
@@ -246,6 +250,81 @@ done
 
 kill "$SAMPLER" 2>/dev/null || true
 peak_rss=$(cat "$peak")
+
+# Cluster rows: a Redis Cluster of three masters and three replicas, with
+# keyway's cluster pool, predixy's ClusterServerPool and
+# redis-benchmark --cluster straight to the masters, in the same rounds.
+# BENCH_CLUSTER=0 leaves them out.
+if [ "${BENCH_CLUSTER:-1}" = 1 ]; then
+  # A node's cluster bus is its port + 10000: ports below the ephemeral range.
+  cluster_port() { python3 -c '
+import random, socket
+for _ in range(200):
+    p = random.randrange(12000, 22000)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+        print(p); break
+    except OSError:
+        pass'; }
+  nodes=()
+  for _ in 1 2 3 4 5 6; do
+    p=$(cluster_port)
+    "${SRV[@]}" redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+      --cluster-enabled yes --cluster-config-file "$work/nodes-$p.conf" --repl-diskless-sync-delay 0 >/dev/null &
+    pids+=($!)
+    wait_port "$p"
+    nodes+=("127.0.0.1:$p")
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes </dev/null >"$work/cluster-create.log" 2>&1
+  for _ in $(seq 100); do
+    ok=0
+    for n in "${nodes[@]}"; do
+      redis-cli -p "${n##*:}" cluster info | grep -q 'cluster_state:ok' && ok=$((ok + 1))
+    done
+    [ "$ok" = 6 ] && break
+    sleep 0.1
+  done
+  masters=$(redis-cli -p "${nodes[0]##*:}" cluster nodes | awk '$3 ~ /master/ {split($2, a, "@"); print a[1]}')
+  CL_SEED=${nodes[0]##*:}
+  KWC=$(free_port); KWC_ADMIN=$(free_port)
+  cat > "$work/keyway-cluster.toml" <<TOML
+[pools.cache]
+url = "redis+cluster://${nodes[0]},${nodes[1]},${nodes[2]}"
+[routes]
+default = "cache"
+TOML
+  KEYWAY_LISTEN=127.0.0.1:$KWC KEYWAY_ADMIN=127.0.0.1:$KWC_ADMIN KEYWAY_LOG=warn \
+    "${SRV[@]}" "${KEYWAY_BIN:-./target/release/keyway}" --config "$work/keyway-cluster.toml" 2>"$work/keyway-cluster.log" &
+  KWC_PID=$!
+  pids+=($KWC_PID)
+  wait_port "$KWC"
+  ctargets=("cluster-direct:$CL_SEED:-:--cluster" "cluster-keyway:$KWC:$KWC_PID:")
+  if [ -n "$PREDIXY" ]; then
+    PXC=$(free_port)
+    seeds=$(for m in $masters; do echo "        + $m"; done)
+    python3 -c 'import sys; t = open(sys.argv[1]).read()
+print(t.replace("@LISTEN@", sys.argv[2]).replace("@LOG@", sys.argv[3]).replace("@SEEDS@", sys.argv[4]), end="")' \
+      conf/bench/predixy-cluster.conf "$PXC" "$work/predixy-cluster.log" "$seeds" > "$work/predixy-cluster.conf"
+    before=${#targets[@]}
+    start_peer predixy-cluster "$PXC" "$PREDIXY" "$work/predixy-cluster.conf"
+    if [ ${#targets[@]} -gt "$before" ]; then
+      unset 'targets[-1]'
+      ctargets+=("cluster-predixy:$PXC:${pids[-1]}:")
+    fi
+  fi
+  for round in $(seq "$ROUNDS"); do
+    echo "bench: cluster round $round of $ROUNDS" >&2
+    for scenario in "c50:$((2 * N)):-c 50 -n $N -r 100000 -t get,set" "p16:$((2 * N)):-c 50 -n $N -r 100000 -P 16 -t get,set"; do
+      name=${scenario%%:*}; rest=${scenario#*:}; total=${rest%%:*}; args=${rest#*:}
+      for t in "${ctargets[@]}"; do
+        IFS=: read -r label tport tpid extra <<< "$t"
+        # shellcheck disable=SC2086
+        run "$label/$name" "$tport" "$tpid" "$total" $extra $args >> "$results"
+      done
+    done
+  done
+fi
 
 # Metrics off, same run: what recording costs.
 kill "$KW_PID"; wait "$KW_PID" 2>/dev/null || true
@@ -292,6 +371,24 @@ for scen in ("c50", "p16", "c1"):
             if k[5] != "-" and t[5] != "-" and float(t[5]) > 0:
                 line += f" cpu {float(k[5])/float(t[5]):.2f}"
         print(line)
+if any(k[0].startswith("cluster-keyway/") for k in data):
+    print("cluster pool (3 masters + 3 replicas), keyway/X: ops/s, and cpu us/req:")
+    for scen in ("c50", "p16"):
+        for test in ("SET", "GET"):
+            k = data.get((f"cluster-keyway/{scen}", test))
+            if not k:
+                continue
+            line = f"  {scen:<4} {test}: cpu {k[5]} us/req"
+            d = data.get((f"cluster-direct/{scen}", test))
+            if d:
+                line += f"  /direct --cluster {float(k[2])/float(d[2]):.2f}"
+            p = data.get((f"cluster-predixy/{scen}", test))
+            if p:
+                line += f"  /predixy ops {float(k[2])/float(p[2]):.2f} cpu {float(k[5])/float(p[5]):.2f}"
+            s = data.get((f"keyway/{scen}", test))
+            if s and s[5] != "-":
+                line += f"  cpu /keyway standalone {float(k[5])/float(s[5]):.2f}"
+            print(line)
 print("added latency over direct at c1 (p50 / p99, us):")
 for test in ("SET", "GET"):
     d = data.get(("direct/c1", test))
