@@ -46,7 +46,7 @@ pub enum BackendError {
     #[error("Hash slot not served (cluster pool '{pool}')")]
     ClusterDown { pool: String, slot: Option<u16> },
     /// A database other than 0 on a cluster pool, which has only db 0.
-    #[error("SELECT is not allowed in cluster mode (pool '{pool}')")]
+    #[error("SELECT is not allowed in cluster mode")]
     ClusterDatabase { pool: String },
 }
 
