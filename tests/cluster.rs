@@ -526,6 +526,22 @@ fn readiness_follows_slot_coverage() {
     );
     let (_, stats) = keyway.http("GET", "/stats");
     assert!(stats.contains("\"slots_covered\":16384"), "{stats}");
+    // INFO keyway lists the shards; INFO cluster stays what a plain Redis
+    // says, so clients never switch to cluster mode.
+    let info: String = redis::cmd("INFO")
+        .arg("keyway")
+        .query(&mut keyway.client())
+        .unwrap();
+    assert!(
+        info.contains("pool_cache_cluster:masters=3,slots_covered=16384"),
+        "{info}"
+    );
+    assert_eq!(info.matches("pool_cache_shard").count(), 3, "{info}");
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query(&mut keyway.client())
+        .unwrap();
+    assert!(info.contains("cluster_enabled:0"), "{info}");
 }
 
 fn node_id(conn: &mut redis::Connection) -> String {

@@ -851,6 +851,27 @@ impl Session {
                         &probe.role
                     }
                 ));
+                if let Some(cluster) = pool.cluster() {
+                    // One line per shard: its master, replicas and slots.
+                    let map = cluster.map();
+                    s.push_str(&format!(
+                        "pool_{}_cluster:masters={},slots_covered={}\r\n",
+                        pool.name(),
+                        map.masters.len(),
+                        map.covered()
+                    ));
+                    for (i, (master, replicas)) in map.masters.iter().zip(&map.replicas).enumerate()
+                    {
+                        let replicas: Vec<String> =
+                            replicas.iter().map(|r| r.endpoint().address()).collect();
+                        s.push_str(&format!(
+                            "pool_{}_shard{i}:master={},replicas={}\r\n",
+                            pool.name(),
+                            master.endpoint().address(),
+                            replicas.join("|")
+                        ));
+                    }
+                }
             }
             sections.push(s);
         }
