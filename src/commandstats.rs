@@ -297,6 +297,7 @@ mod tests {
         let m = Metrics::new();
         m.record_command("get", "cache", false, 0.000_010);
         m.record_command("get", "session", true, 0.000_030);
+        crate::metrics::flush_thread_local();
         let e = CommandStats::default();
         e.rejected("get", b"-NOPERM x\r\n");
         let text = render_commandstats(&m, &e);
@@ -308,6 +309,7 @@ mod tests {
         e.reset(&m);
         assert_eq!(render_commandstats(&m, &e), "# Commandstats\r\n");
         m.record_command("get", "cache", false, 0.000_010);
+        crate::metrics::flush_thread_local();
         assert!(render_commandstats(&m, &e).contains("cmdstat_get:calls=1,usec=10,"));
         assert!(
             lat.starts_with("# Latencystats\r\nlatency_percentiles_usec_get:p50="),

@@ -7,11 +7,15 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-/// The series of one command on one pool.
+/// The series of one command on one pool, as this thread's local copies:
+/// recording costs no atomic operation; `flush_thread_local` adds what
+/// they gathered to the shared series once per batch of replies.
 struct CommandSeries {
-    ok: IntCounter,
-    error: IntCounter,
-    duration: prometheus::Histogram,
+    ok: prometheus::local::LocalIntCounter,
+    error: prometheus::local::LocalIntCounter,
+    duration: prometheus::local::LocalHistogram,
+    /// Recorded into since the last flush (listed in `UNFLUSHED`).
+    dirty: std::cell::Cell<bool>,
 }
 
 /// Hits and misses of one pool and route.
@@ -36,6 +40,8 @@ type SeriesCache = std::collections::HashMap<
 
 thread_local! {
     static COMMAND_SERIES: std::cell::RefCell<SeriesCache> = std::cell::RefCell::new(SeriesCache::default());
+    /// The series recorded into since the last flush: (cache key, index).
+    static UNFLUSHED: std::cell::RefCell<Vec<((usize, usize), usize)>> = const { std::cell::RefCell::new(Vec::new()) };
     static CACHE_SERIES: std::cell::RefCell<CacheSeriesCache> = std::cell::RefCell::new(CacheSeriesCache::default());
 }
 
@@ -457,21 +463,34 @@ impl Metrics {
     /// Counts one answered command and observes its duration. The series
     /// handles are looked up once per command and pool on each thread and
     /// kept there, so the hot path does not hash label strings each time.
+    ///
+    /// Recorded into this thread's local series: whoever records must call
+    /// `flush_thread_local` before its task yields (the session does after
+    /// each batch of replies), so a scrape never misses a reply it saw.
     pub fn record_command(&self, command: &'static str, pool: &str, error: bool, seconds: f64) {
         COMMAND_SERIES.with(|cache| {
             let mut cache = cache.borrow_mut();
-            let per_pool = cache
-                .entry((command.as_ptr() as usize, command.len()))
-                .or_default();
+            let key = (command.as_ptr() as usize, command.len());
+            let per_pool = cache.entry(key).or_default();
             let index = match per_pool.iter().position(|(name, _)| name.as_ref() == pool) {
                 Some(i) => i,
                 None => {
                     per_pool.push((
                         pool.into(),
                         CommandSeries {
-                            ok: self.commands.with_label_values(&[command, pool, "ok"]),
-                            error: self.commands.with_label_values(&[command, pool, "error"]),
-                            duration: self.command_duration.with_label_values(&[command, pool]),
+                            ok: self
+                                .commands
+                                .with_label_values(&[command, pool, "ok"])
+                                .local(),
+                            error: self
+                                .commands
+                                .with_label_values(&[command, pool, "error"])
+                                .local(),
+                            duration: self
+                                .command_duration
+                                .with_label_values(&[command, pool])
+                                .local(),
+                            dirty: std::cell::Cell::new(false),
                         },
                     ));
                     per_pool.len() - 1
@@ -484,6 +503,9 @@ impl Metrics {
                 series.ok.inc();
             }
             series.duration.observe(seconds);
+            if !series.dirty.replace(true) {
+                UNFLUSHED.with(|u| u.borrow_mut().push((key, index)));
+            }
         });
     }
 
@@ -527,4 +549,26 @@ impl Metrics {
     pub fn deny(&self, reason: &str, detail: &str) {
         self.denials.with_label_values(&[reason, detail]).inc();
     }
+}
+
+/// Adds what this thread recorded since the last call to the shared
+/// series (what `/metrics` shows). Cheap when nothing was recorded.
+pub fn flush_thread_local() {
+    UNFLUSHED.with(|unflushed| {
+        let mut unflushed = unflushed.borrow_mut();
+        if unflushed.is_empty() {
+            return;
+        }
+        COMMAND_SERIES.with(|cache| {
+            let cache = cache.borrow();
+            for (key, index) in unflushed.drain(..) {
+                if let Some((_, series)) = cache.get(&key).and_then(|p| p.get(index)) {
+                    series.ok.flush();
+                    series.error.flush();
+                    series.duration.flush();
+                    series.dirty.set(false);
+                }
+            }
+        });
+    });
 }

@@ -241,11 +241,13 @@ async fn write_loop(
                 }
             }
         }
+        // One clock read per write: every request in it leaves together.
+        let sent = std::time::Instant::now();
         for out in batch.drain(..) {
             // Registered before the bytes leave, so the reader always finds it.
             let waiting = InFlight {
                 reply: out.reply,
-                sent: std::time::Instant::now(),
+                sent,
                 asking: out.asking,
             };
             if inflight.send(waiting).is_err() {
@@ -294,6 +296,10 @@ async fn read_loop(
     let mut scanner = FrameScanner::default();
     let mut waiting: VecDeque<InFlight> = VecDeque::new();
     let mut writer_gone = false;
+    // Round trips are gathered locally and added to the shared histogram
+    // once per read; every reply of one read arrived at the same moment.
+    let round_trip = round_trip.map(|h| h.local());
+    let mut arrived = std::time::Instant::now();
     loop {
         loop {
             match scanner.next_frame(&buf) {
@@ -315,7 +321,7 @@ async fn read_loop(
                     match waiting.pop_front() {
                         Some(w) => {
                             if let Some(h) = &round_trip {
-                                h.observe(w.sent.elapsed().as_secs_f64());
+                                h.observe(arrived.saturating_duration_since(w.sent).as_secs_f64());
                             }
                             w.reply.send(frame);
                         }
@@ -340,6 +346,9 @@ async fn read_loop(
                 }
             }
         }
+        if let Some(h) = &round_trip {
+            h.flush();
+        }
         if writer_gone && waiting.is_empty() {
             return;
         }
@@ -355,7 +364,7 @@ async fn read_loop(
             biased;
             read = rd.read_buf(&mut buf) => match read {
                 Ok(0) => return,
-                Ok(_) => {}
+                Ok(_) => arrived = std::time::Instant::now(),
                 Err(e) => {
                     tracing::debug!(%pool, %addr, "backend read failed: {e}");
                     return;

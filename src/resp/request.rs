@@ -293,6 +293,16 @@ fn line_int(
     max_line: usize,
 ) -> Result<Option<(i64, usize)>, ProtocolError> {
     let search = &buf[skip.min(buf.len())..];
+    // The one- and two-digit counts and lengths nearly every request has,
+    // without the general loop (canonical: no leading zero but `0` alone).
+    match *search {
+        [d @ b'0'..=b'9', b'\r', b'\n', ..] => return Ok(Some((i64::from(d - b'0'), skip + 3))),
+        [d1 @ b'1'..=b'9', d2 @ b'0'..=b'9', b'\r', b'\n', ..] if max_line >= 2 => {
+            let value = i64::from(d1 - b'0') * 10 + i64::from(d2 - b'0');
+            return Ok(Some((value, skip + 4)));
+        }
+        _ => {}
+    }
     let bad = || {
         if buf.first() == Some(&b'*') {
             ProtocolError::MultibulkLength

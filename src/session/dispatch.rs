@@ -4,7 +4,6 @@
 //! multiplexed backend connections in request order.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -82,7 +81,7 @@ impl Session {
         let cache = entry.map_or(CacheCount::No, |e| e.cache);
         self.meta = Meta {
             command: spec.map(|s| s.name).unwrap_or("other"),
-            started: Instant::now(),
+            started: self.received,
             cache,
             // The route label only counts cache hits and misses.
             route: (cache != CacheCount::No && request.argc() > 1)

@@ -195,6 +195,8 @@ pub struct Session {
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The metrics context of the request being dispatched.
     meta: reply::Meta,
+    /// When the requests being dispatched were read.
+    received: Instant,
     /// The configuration generation `conns` and `client.user` belong to.
     generation: u64,
 }
@@ -301,6 +303,7 @@ async fn serve_stream(
         draining: false,
         idle_timer: None,
         meta: reply::Meta::new(),
+        received: Instant::now(),
         generation: state.live().generation,
     };
     session.register();
@@ -338,6 +341,8 @@ impl Session {
     /// Dispatches every complete request already read while the replies
     /// owed leave room; true when more bytes are needed to go on.
     async fn dispatch_buffered(&mut self, parser: &mut RequestParser) -> bool {
+        // The requests of one read arrived together: one clock read.
+        self.received = Instant::now();
         while self.output.has_room() {
             parser.set_unauthenticated(self.client.user.is_none());
             match parser.next(&mut self.inbuf) {

@@ -177,12 +177,14 @@ impl Output {
 
     /// Moves every reply that is ready, in order, into the write buffer.
     pub fn collect(&mut self, state: &State) {
+        // One clock read for the replies taken in this pass.
+        let now = std::time::Instant::now();
         while self.out.len() < self.limit {
             let Some(front) = self.pending.front_mut() else {
                 break;
             };
             let forwarded = matches!(front, Reply::Backend(_));
-            let Some(bytes) = front.try_ready(state) else {
+            let Some(bytes) = front.try_ready(state, now) else {
                 break;
             };
             self.pending.pop_front();
@@ -193,6 +195,9 @@ impl Output {
             }
             self.took(&bytes);
         }
+        // Before any of these replies is written: a client that reads one
+        // and then scrapes /metrics finds it counted.
+        crate::metrics::flush_thread_local();
         // The stall clock starts when unread replies keep the client from
         // sending more and stops only when it has read everything owed.
         if self.out.is_empty() {
@@ -293,6 +298,7 @@ impl Output {
         if let Some(front) = self.pending.front_mut() {
             if front.waits_elsewhere() {
                 if let Poll::Ready(bytes) = front.poll_ready(cx, state) {
+                    crate::metrics::flush_thread_local();
                     self.pending.pop_front();
                     self.took(&bytes);
                     return Poll::Ready(Ok(()));

@@ -101,7 +101,15 @@ impl Meta {
     /// cache hits and misses; an error reply from a backend also counts
     /// under its kind (keyway's own error replies were counted where they
     /// were made).
-    fn record(&self, state: &State, live: &Live, pool: &str, reply: &[u8], from_backend: bool) {
+    fn record(
+        &self,
+        state: &State,
+        live: &Live,
+        pool: &str,
+        reply: &[u8],
+        from_backend: bool,
+        now: Instant,
+    ) {
         if !live.config.server.metrics {
             return;
         }
@@ -111,7 +119,7 @@ impl Meta {
         } else {
             "ok"
         };
-        let elapsed = self.started.elapsed();
+        let elapsed = now.saturating_duration_since(self.started);
         m.record_command(
             self.command,
             pool,
@@ -276,13 +284,13 @@ impl Reply {
     }
 
     /// The bytes if they are there already, without waiting; counted in
-    /// the metrics as they are taken.
-    pub fn try_ready(&mut self, state: &State) -> Option<Bytes> {
+    /// the metrics as they are taken (`now`: when they are taken).
+    pub fn try_ready(&mut self, state: &State, now: Instant) -> Option<Bytes> {
         match self {
             Reply::Now(b) | Reply::Push(b) | Reply::Close(b) => Some(std::mem::take(b)),
-            Reply::Backend(f) => f.try_ready(state),
+            Reply::Backend(f) => f.try_ready(state, now),
             Reply::Fanout(_) => None,
-            Reply::Silent(inner) => inner.try_ready(state).map(|_| Bytes::new()),
+            Reply::Silent(inner) => inner.try_ready(state, now).map(|_| Bytes::new()),
         }
     }
 
@@ -292,7 +300,7 @@ impl Reply {
         match self {
             Reply::Now(b) | Reply::Push(b) | Reply::Close(b) => Poll::Ready(std::mem::take(b)),
             Reply::Backend(f) => loop {
-                if let Some(b) = f.try_ready(state) {
+                if let Some(b) = f.try_ready(state, Instant::now()) {
                     return Poll::Ready(b);
                 }
                 match &mut f.wait {
@@ -328,7 +336,7 @@ impl Reply {
                     })
                     .collect();
                 let merged = std::mem::replace(merge, Merge::AllOk).merge(state, frames);
-                meta.record(state, &state.live(), "multi", &merged, true);
+                meta.record(state, &state.live(), "multi", &merged, true, Instant::now());
                 Poll::Ready(merged)
             }
             Reply::Silent(inner) => inner.poll_ready(cx, state).map(|_| Bytes::new()),
@@ -337,7 +345,7 @@ impl Reply {
 }
 
 impl Forwarded {
-    fn try_ready(&mut self, state: &State) -> Option<Bytes> {
+    fn try_ready(&mut self, state: &State, now: Instant) -> Option<Bytes> {
         let got = match &mut self.wait {
             Wait::Inbox => return None,
             Wait::Answered(b) => return Some(std::mem::take(b)),
@@ -356,7 +364,7 @@ impl Forwarded {
         }
         let from_backend = got.is_some();
         let b = got.unwrap_or_else(|| lost(state, self.pool));
-        record(state, &self.meta, self.pool, &b, from_backend);
+        record(state, &self.meta, self.pool, &b, from_backend, now);
         Some(b)
     }
 
@@ -375,7 +383,7 @@ impl Forwarded {
             &pool_label(state, self.pool),
             timeout.as_millis()
         ));
-        record(state, &self.meta, self.pool, &b, false);
+        record(state, &self.meta, self.pool, &b, false, Instant::now());
         self.wait = Wait::Answered(b);
     }
 }
@@ -455,13 +463,20 @@ fn failover_retry(
 }
 
 /// Records a forwarded reply under its pool's name, without copying it.
-fn record(state: &State, meta: &Meta, pool: PoolId, reply: &[u8], from_backend: bool) {
+fn record(
+    state: &State,
+    meta: &Meta,
+    pool: PoolId,
+    reply: &[u8],
+    from_backend: bool,
+    now: Instant,
+) {
     let live = state.live();
     let name = match live.backends.get(pool) {
         Some(p) => p.name(),
         None => live.router.pool_name(pool),
     };
-    meta.record(state, &live, name, reply, from_backend);
+    meta.record(state, &live, name, reply, from_backend, now);
 }
 
 /// A pool's name for errors and metric labels, replica pools included.
