@@ -867,3 +867,70 @@ fn replica_reads_go_to_the_slots_replicas_never_inside_a_transaction() {
         "no read of the transaction went to a replica"
     );
 }
+
+#[test]
+fn scan_returns_each_key_once_while_slots_move() {
+    let cluster = ClusterSetup::start();
+    let session = RedisServer::start();
+    let keyway = keyway_for(&cluster, &session);
+    let mut c = keyway.client();
+    let mut pipe = redis::pipe();
+    for i in 0..3000 {
+        pipe.set(format!("k:{i}"), i).ignore();
+    }
+    let () = pipe.query(&mut c).unwrap();
+
+    // A full SCAN, slowly (COUNT 20), while 900 slots with their keys move.
+    let masters = cluster.masters();
+    let cluster = Arc::new(cluster);
+    let mover = std::thread::spawn({
+        let cluster = cluster.clone();
+        move || {
+            vec![
+                cluster.move_slots(masters[0], masters[1], 300),
+                cluster.move_slots(masters[1], masters[2], 300),
+                cluster.move_slots(masters[2], masters[0], 300),
+            ]
+        }
+    });
+    let started = Instant::now();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut cursor = 0u64;
+    let mut calls = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(20)
+            .query(&mut c)
+            .unwrap();
+        calls += 1;
+        for k in keys {
+            *seen.entry(k).or_default() += 1;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let moved = mover.join().unwrap();
+    let twice = seen.values().filter(|&&n| n > 1).count();
+    let missing = (0..3000)
+        .filter(|i| !seen.contains_key(&format!("k:{i}")))
+        .count();
+    println!(
+        "SCAN during a reshard ({moved:?}): {calls} calls in {:?}, {} keys seen, {twice} twice, {missing} missing",
+        started.elapsed(),
+        seen.len()
+    );
+    assert_eq!((twice, missing, seen.len()), (0, 0, 3000));
+
+    // MATCH is applied as Redis applies it.
+    let matched: Vec<String> = c.scan_match::<_, String>("k:1?").unwrap().collect();
+    let mut matched = matched;
+    matched.sort();
+    let mut expected: Vec<String> = (10..20).map(|i| format!("k:{i}")).collect();
+    expected.sort();
+    assert_eq!(matched, expected);
+}

@@ -8,6 +8,7 @@
 //! one refresh in flight, by the pool's follower task (`follow`).
 
 mod redirect;
+mod scan;
 mod slot;
 mod topology;
 
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
 pub use redirect::Redirect;
+pub use scan::{glob_match, ScanArgs};
 pub use slot::{key_slot, SLOTS};
 pub use topology::{NodeAddr, Shard, Topology};
 

@@ -516,7 +516,9 @@ impl Session {
         let mut parts = Vec::with_capacity(pools.len());
         for server in self.servers_of(pools).await {
             let rx = match server {
-                Server::Pool(pool) => self.send_once(pool, bytes.clone()).await,
+                Server::Pool(pool) | Server::Slots(pool, _) => {
+                    self.send_once(pool, bytes.clone()).await
+                }
                 Server::Node(_, ref node) => self.send_node(node, bytes.clone()).await,
             };
             parts.push(Part::new(server.pool(), rx));
@@ -529,16 +531,18 @@ impl Session {
     }
 }
 
-/// One server of a fan-out: a pool, or one master of a cluster pool.
+/// One server of a fan-out: a pool, or one master of a cluster pool; for
+/// SCAN, a cluster pool as a whole, scanned by slot.
 pub(super) enum Server {
     Pool(PoolId),
     Node(PoolId, Arc<crate::backend::Pool>),
+    Slots(PoolId, Arc<crate::cluster::Cluster>),
 }
 
 impl Server {
     pub(super) fn pool(&self) -> PoolId {
         match self {
-            Server::Pool(p) | Server::Node(p, _) => *p,
+            Server::Pool(p) | Server::Node(p, _) | Server::Slots(p, _) => *p,
         }
     }
 }

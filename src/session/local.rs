@@ -643,8 +643,26 @@ impl Session {
             None => self.all_pools(),
         };
         let pools = self.distinct(pools, true);
-        // A cluster pool is scanned master by master, in slot order.
-        let servers = self.servers_of(&pools).await;
+        let option = |name: &[u8]| {
+            (2..req.argc().saturating_sub(1))
+                .find(|&i| req.arg(i).eq_ignore_ascii_case(name))
+                .map(|i| req.arg(i + 1))
+        };
+        // A cluster pool is scanned slot by slot (each key once, even
+        // while slots move), or with TYPE, which needs the servers' own
+        // SCAN, master by master in slot order.
+        let by_type = option(b"TYPE").is_some();
+        let servers: Vec<Server> = if by_type {
+            self.servers_of(&pools).await
+        } else {
+            pools
+                .iter()
+                .map(|&pool| match self.clusters.get(pool).cloned().flatten() {
+                    Some(cluster) => Server::Slots(pool, cluster),
+                    None => Server::Pool(pool),
+                })
+                .collect()
+        };
         let count = servers.len();
         if count == 0 {
             return Reply::now(resp::error(
@@ -652,6 +670,7 @@ impl Session {
             ));
         }
         let (backend_cursor, index) = decode_scan_cursor(cursor, count);
+        let backend_cursor_value = backend_cursor;
         let mut args: Vec<&[u8]> = req.args().collect();
         let backend_cursor = backend_cursor.to_string();
         args[1] = backend_cursor.as_bytes();
@@ -660,6 +679,27 @@ impl Session {
         let rx = match server {
             Server::Pool(pool) => self.send_once(*pool, bytes).await,
             Server::Node(_, node) => self.send_node(node, bytes).await,
+            Server::Slots(_, cluster) if self.client.db != 0 => {
+                Err(crate::backend::BackendError::ClusterDatabase {
+                    pool: cluster.name().to_string(),
+                })
+            }
+            Server::Slots(_, cluster) => {
+                let args = crate::cluster::ScanArgs {
+                    from: usize::try_from(backend_cursor_value).unwrap_or(usize::MAX),
+                    count: option(b"COUNT")
+                        .and_then(resp::decimal)
+                        .and_then(|n| usize::try_from(n).ok())
+                        .unwrap_or(10),
+                    pattern: pattern.map(Bytes::copy_from_slice),
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let (cluster, proto) = (cluster.clone(), self.client.proto);
+                tokio::spawn(async move {
+                    let _ = tx.send(cluster.scan_slots(args, proto).await);
+                });
+                Ok(rx)
+            }
         };
         Reply::Fanout(Box::new(Fanout {
             parts: vec![Part::new(server.pool(), rx)],
