@@ -954,6 +954,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("REDIS_CACHE_URL: bad port"), "{e}");
+        // A pool moved to a Redis Cluster by its environment alone.
+        let cluster = |k: &str| {
+            (k == "REDIS_CACHE_URL")
+                .then(|| "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000".to_string())
+        };
+        let c = Config::from_toml(BASE, "t.toml", cluster).unwrap();
+        let cache = &c.pools[c.pool_index("cache").unwrap()];
+        assert_eq!(cache.cluster.as_ref().map(Vec::len), Some(2));
+        assert_eq!(cache.endpoint.password.as_deref(), Some("pw"));
+        assert_eq!(cache.origin, "REDIS_CACHE_URL");
     }
 
     #[test]
