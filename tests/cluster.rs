@@ -934,3 +934,35 @@ fn scan_returns_each_key_once_while_slots_move() {
     expected.sort();
     assert_eq!(matched, expected);
 }
+
+#[test]
+fn a_pipeline_of_wide_splits_is_answered_in_full_and_in_order() {
+    let cluster = ClusterSetup::start();
+    let session = RedisServer::start();
+    let keyway = keyway_for(&cluster, &session);
+    let mut c = keyway.client();
+    // Each MGET spans ~2,000 slots; each part counts against the client's
+    // window, so 40 of them pipelined stay bounded and all come back.
+    let keys: Vec<String> = (0..2000).map(|i| format!("w:{i}")).collect();
+    let mut pipe = redis::pipe();
+    for k in &keys {
+        pipe.set(k, k).ignore();
+    }
+    let () = pipe.query(&mut c).unwrap();
+    let mut pipe = redis::pipe();
+    for _ in 0..40 {
+        pipe.mget(&keys);
+    }
+    let started = Instant::now();
+    let all: Vec<Vec<String>> = pipe.query(&mut c).unwrap();
+    println!(
+        "40 pipelined MGETs of 2,000 keys over {} slots answered in {:?}",
+        keys.iter()
+            .map(|k| ClusterSetup::slot_of(k))
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        started.elapsed()
+    );
+    assert_eq!(all.len(), 40);
+    assert!(all.iter().all(|values| values == &keys));
+}

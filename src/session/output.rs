@@ -67,6 +67,9 @@ pub(super) struct Output {
     fits: usize,
     /// Replies that may be owed at once: the window, or `fits` if fewer.
     room: usize,
+    /// Backend requests in flight beyond one per reply: a split over many
+    /// pools or hash slots counts each of its parts against `room`.
+    extra_parts: usize,
     /// Half the limit: the reply bytes held before reading stops.
     half_limit: usize,
     limit: usize,
@@ -99,6 +102,7 @@ impl Output {
             window: FIRST_WINDOW,
             fits: 1,
             room: 1,
+            extra_parts: 0,
             half_limit: 1,
             limit: 1,
             max_pipeline: 1,
@@ -136,6 +140,7 @@ impl Output {
 
     pub fn push(&mut self, reply: Reply) {
         self.closing |= reply.closes();
+        self.extra_parts += reply.parts().saturating_sub(1);
         self.pending.push_back(reply);
     }
 
@@ -144,7 +149,7 @@ impl Output {
     /// owed stay near the output limit.
     #[inline]
     pub fn has_room(&self) -> bool {
-        self.pending.len() < self.room && self.bytes_room() && !self.closing
+        self.pending.len() + self.extra_parts < self.room && self.bytes_room() && !self.closing
     }
 
     /// Whether the bytes held for the client leave room for the replies
@@ -299,6 +304,7 @@ impl Output {
             if front.waits_elsewhere() {
                 if let Poll::Ready(bytes) = front.poll_ready(cx, state) {
                     crate::metrics::flush_thread_local();
+                    self.extra_parts -= front.parts().saturating_sub(1).min(self.extra_parts);
                     self.pending.pop_front();
                     self.took(&bytes);
                     return Poll::Ready(Ok(()));

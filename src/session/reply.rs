@@ -247,6 +247,15 @@ impl Reply {
         }
     }
 
+    /// Backend requests this reply waits on (a split's parts).
+    pub fn parts(&self) -> usize {
+        match self {
+            Reply::Fanout(f) => f.parts.len(),
+            Reply::Silent(inner) => inner.parts(),
+            _ => 1,
+        }
+    }
+
     pub fn is_push(&self) -> bool {
         matches!(self, Reply::Push(_))
     }
