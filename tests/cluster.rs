@@ -282,17 +282,6 @@ fn lost_increments(cluster: &ClusterSetup, acked: &HashMap<String, u64>) -> (u64
     (total, lost)
 }
 
-fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if check() {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 #[test]
 fn resharding_under_load_is_invisible_and_loses_no_acknowledged_write() {
     let cluster = ClusterSetup::start();

@@ -114,17 +114,6 @@ fn planned_failover(setup: &SentinelSetup, via: usize) -> u16 {
         .expect("sentinel promoted the replica")
 }
 
-fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if check() {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 #[test]
 fn discovery_with_one_sentinel_down() {
     let Deployment {

@@ -13,11 +13,7 @@ pub struct NodeAddr {
 
 impl NodeAddr {
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        crate::config::host_port(&self.host, self.port)
     }
 
     /// `host:port` as MOVED and ASK name it (`[v6]:port` accepted too).

@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-pub use url::{parse_backend_url, parse_url, BackendTls, BackendUrl, Endpoint, SentinelSpec};
+pub use url::{
+    host_port, parse_backend_url, parse_url, BackendTls, BackendUrl, Endpoint, SentinelSpec,
+};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {

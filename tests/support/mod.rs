@@ -38,6 +38,19 @@ impl Drop for TempDir {
 }
 
 /// A port nothing listens on right now.
+/// Polls `check` every 20 ms until it holds (how long it took) or
+/// `timeout` passes (`None`).
+pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if check() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
