@@ -632,8 +632,13 @@ pub struct SentinelSetup {
     pub sentinels: Vec<Sentinel>,
 }
 
+/// `None` also when the server cannot be reached now: callers poll, and a
+/// node Sentinel is reconfiguring may reset a connection.
 fn info_field(port: u16, section: &str, field: &str) -> Option<String> {
-    let mut c = connect(port);
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .ok()?
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .ok()?;
     let info: String = redis::cmd("INFO").arg(section).query(&mut c).ok()?;
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
