@@ -234,8 +234,9 @@ fn route_table(config: &Config) -> String {
     let router = Router::new(config);
     let addr = |pool: &str| {
         config
-            .pool_index(pool)
-            .map(|i| config.pools[i].endpoint.to_string())
+            .pool_id(pool)
+            .and_then(|id| config.pool(id))
+            .map(|p| p.endpoint.to_string())
             .unwrap_or_default()
     };
     let mut out = format!("configuration {} is valid\n", config.source);
@@ -369,8 +370,8 @@ fn explain_route(config: &Config, key: &str, command: &str, db: u32) -> String {
     let (pool, rule) = router.explain(key.as_bytes(), command.to_ascii_lowercase().as_bytes(), db);
     let name = router.pool_name(pool);
     let backend = config
-        .pool_index(name)
-        .map(|i| config.pools[i].endpoint.to_string())
+        .pool(pool)
+        .map(|p| p.endpoint.to_string())
         .unwrap_or_default();
     format!("key      {key}\ncommand  {}\ndb       {db}\npool     {name}\nrule     {rule}\nbackend  {backend}\n", command.to_uppercase())
 }

@@ -7,8 +7,7 @@ use std::fmt;
 use crate::config::Config;
 use crate::resp::Request;
 
-/// Index of a pool in `Config::pools`.
-pub type PoolId = usize;
+pub use crate::config::PoolId;
 
 #[derive(Debug, Clone)]
 pub struct Router {
@@ -18,8 +17,9 @@ pub struct Router {
     commands: Vec<(CommandPattern, PoolId)>,
     databases: Vec<Option<PoolId>>,
     default: PoolId,
-    pool_names: Vec<String>,
-    /// Per pool: a Redis Cluster, whose keys are also placed by hash slot.
+    /// Per pool id (`PoolId::index`): its name, for the configured pools.
+    pool_names: Vec<Option<String>>,
+    /// Per pool id: a Redis Cluster, whose keys are also placed by hash slot.
     clustered: Vec<bool>,
 }
 
@@ -115,7 +115,26 @@ pub struct SplitPart {
 
 impl Router {
     pub fn new(config: &Config) -> Router {
-        let id = |name: &str| config.pool_index(name).unwrap_or(0);
+        // Validation made every rule name a pool; the first is a safe fallback.
+        let first = config.pools.first().map(|p| p.id);
+        let id = |name: &str| {
+            config
+                .pool_id(name)
+                .or(first)
+                .unwrap_or(PoolId::configured(0))
+        };
+        let slots = config
+            .pools
+            .iter()
+            .map(|p| p.id.replica().index() + 1)
+            .max()
+            .unwrap_or(0);
+        let mut pool_names = vec![None; slots];
+        let mut clustered = vec![false; slots];
+        for p in &config.pools {
+            pool_names[p.id.index()] = Some(p.name.clone());
+            clustered[p.id.index()] = p.cluster.is_some();
+        }
         let mut prefixes: Vec<(Box<[u8]>, PoolId)> = config
             .routes
             .prefixes
@@ -149,21 +168,17 @@ impl Router {
             commands,
             databases,
             default: id(&config.routes.default),
-            pool_names: config.pools.iter().map(|p| p.name.clone()).collect(),
-            clustered: config.pools.iter().map(|p| p.cluster.is_some()).collect(),
+            pool_names,
+            clustered,
         }
     }
 
-    /// A pool's name; `unknown` for an id from before a reload.
+    /// A configured pool's name; `unknown` for a pool a reload removed.
     pub fn pool_name(&self, pool: PoolId) -> &str {
         self.pool_names
-            .get(pool)
-            .map(String::as_str)
+            .get(pool.index())
+            .and_then(Option::as_deref)
             .unwrap_or("unknown")
-    }
-
-    pub fn pool_count(&self) -> usize {
-        self.pool_names.len()
     }
 
     pub fn default_pool(&self) -> PoolId {
@@ -238,7 +253,7 @@ impl Router {
     }
 
     pub fn is_cluster(&self, pool: PoolId) -> bool {
-        self.clustered.get(pool).copied().unwrap_or(false)
+        self.clustered.get(pool.index()).copied().unwrap_or(false)
     }
 
     /// Every pool a glob pattern's keys could live in: the pools of prefixes

@@ -418,12 +418,12 @@ impl Drop for AbortOnDrop {
 
 /// The followers, one per Sentinel-managed pool (its master) and per
 /// cluster pool (its slot map, `cluster::Cluster::follow`), keyed by pool
-/// name and owned here: a reload that replaces a pool replaces its
+/// id and owned here: a reload that replaces a pool replaces its
 /// follower (the old one is stopped), a removed pool's follower stops, and
 /// a kept pool keeps its follower.
 #[derive(Default)]
 pub struct Followers {
-    running: Mutex<HashMap<String, Follower>>,
+    running: Mutex<HashMap<crate::config::PoolId, Follower>>,
 }
 
 struct Follower {
@@ -443,24 +443,26 @@ impl Followers {
         let poll = Duration::from_millis(live.config.backend.sentinel_poll_ms.max(100));
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let mut wanted = HashMap::new();
-        for (id, pool) in live.config.pools.iter().enumerate() {
-            let target = live.backends.pool_arc(id);
+        for pool in &live.config.pools {
+            let Some(target) = live.backends.get(pool.id).cloned() else {
+                continue;
+            };
             if let Some(cluster) = target.cluster() {
                 // A cluster pool's follower reads its slot map.
-                let follower = match running.remove(&pool.name) {
+                let follower = match running.remove(&pool.id) {
                     Some(f) if Arc::ptr_eq(&f.pool, &target) => f,
                     _ => Follower {
                         pool: target.clone(),
                         task: tokio::spawn(cluster.clone().follow()),
                     },
                 };
-                wanted.insert(pool.name.clone(), follower);
+                wanted.insert(pool.id, follower);
                 continue;
             }
             let Some(sentinel) = &pool.sentinel else {
                 continue;
             };
-            let follower = match running.remove(&pool.name) {
+            let follower = match running.remove(&pool.id) {
                 Some(f) if Arc::ptr_eq(&f.pool, &target) => f,
                 _ => Follower {
                     pool: target.clone(),
@@ -470,11 +472,11 @@ impl Followers {
                         pool.endpoint.clone(),
                         sentinel.clone(),
                         poll,
-                        live.backends.replica_pool(id).zip(pool.replica_reads),
+                        live.backends.replica_pool(pool.id).zip(pool.replica_reads),
                     )),
                 },
             };
-            wanted.insert(pool.name.clone(), follower);
+            wanted.insert(pool.id, follower);
         }
         // What is left belongs to pools replaced or removed: dropped, stopped.
         *running = wanted;

@@ -96,8 +96,11 @@ impl Server {
             }
         }
         let mut commands = CommandTable::builtin();
-        let default = &config.pools[crate::route::Router::new(&config).default_pool()];
-        let version = discover(&default.endpoint, &mut commands).await;
+        let default = config.pool(crate::route::Router::new(&config).default_pool());
+        let version = match default {
+            Some(pool) => discover(&pool.endpoint, &mut commands).await,
+            None => None,
+        };
         let state = State::new(config, commands);
         if let Some(v) = version {
             state.redis_version.store(Arc::new(v));

@@ -222,6 +222,7 @@ impl State {
             .and_then(|mut config| {
                 // Port 0 was bound to a port of the system's choosing, kept since.
                 config.keep_bound_ports(&old.config);
+                config.keep_pool_ids(&old.config);
                 if config.listen != old.config.listen || config.admin != old.config.admin {
                     return Err("listen and admin addresses change only with a restart".to_string());
                 }

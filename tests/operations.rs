@@ -414,3 +414,95 @@ fn a_client_that_never_reads_is_bounded_then_disconnected() {
         peak - before
     );
 }
+
+#[test]
+fn a_reload_adding_a_pool_that_sorts_first_moves_nothing_in_flight() {
+    let r = Reference::start();
+    // A transaction (leased from the session pool, WATCHed) and a client
+    // blocked on the realtime pool, both opened before the reload.
+    let mut tx = r.keyway.raw();
+    tx.send(b"WATCH session:tx\r\nMULTI\r\nSET session:tx queued\r\nGET session:tx\r\n");
+    for _ in 0..4 {
+        tx.read_frame();
+    }
+    let mut blocked = r.keyway.raw();
+    blocked.send(b"BLPOP rate:q 10\r\n");
+    // And a reply in flight on the session pool's shared connection: a
+    // script that keeps the server busy for 600 ms.
+    let busy = "local t = redis.call('TIME') local stop = t[1] * 1000000 + t[2] + 600000 \
+                repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= stop \
+                return redis.call('SET', KEYS[1], 'slow')";
+    let mut slow = r.keyway.raw();
+    slow.send(
+        format!(
+            "*4\r\n$4\r\nEVAL\r\n${}\r\n{busy}\r\n$1\r\n1\r\n$12\r\nsession:slow\r\n",
+            busy.len()
+        )
+        .as_bytes(),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+
+    // A pool whose name sorts before every other one, with its own prefix.
+    let extra = RedisServer::start();
+    let config = std::fs::read_to_string(&r.keyway.config_path)
+        .unwrap()
+        .replace(
+            "[pools.session]",
+            &format!("[pools.aaa]\nurl = \"{}\"\n[pools.session]", extra.url()),
+        )
+        .replace(
+            "prefixes = [\n",
+            "prefixes = [\n  { prefix = \"aaa:\", pool = \"aaa\" },\n",
+        );
+    std::fs::write(&r.keyway.config_path, config).unwrap();
+    let (status, body) = r.keyway.http("POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+
+    // The reply in flight is counted under the pool that served it.
+    let reply = String::from_utf8(slow.read_frame()).unwrap();
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let counted = |pool: &str| {
+        r.keyway.metric(&format!(
+            r#"keyway_commands_total{{command="eval",outcome="ok",pool="{pool}"}}"#
+        ))
+    };
+    let (_, exposition) = r.keyway.http("GET", "/metrics");
+    let evals: Vec<&str> = exposition
+        .lines()
+        .filter(|l| l.starts_with("keyway_commands_total") && l.contains("eval"))
+        .collect();
+    assert_eq!(
+        (counted("session"), counted("aaa")),
+        (1.0, 0.0),
+        "{evals:?}"
+    );
+
+    // The transaction commits where it was opened.
+    tx.send(b"EXEC\r\n");
+    let exec = String::from_utf8(tx.read_frame()).unwrap();
+    assert!(exec.contains("queued"), "{exec}");
+    let on_session: Option<String> = r.session.direct().get("session:tx").unwrap();
+    assert_eq!(on_session.as_deref(), Some("queued"));
+    let on_extra: Option<String> = extra.direct().get("session:tx").unwrap();
+    assert_eq!(
+        on_extra, None,
+        "the transaction ran on the pool added by the reload"
+    );
+
+    // The blocked client is woken by a push on its own pool.
+    let _: () = r.realtime.direct().rpush("rate:q", "job").unwrap();
+    let woken = String::from_utf8(blocked.read_frame()).unwrap();
+    assert!(woken.contains("job"), "{woken}");
+
+    // New requests route by the new table, old prefixes to the same servers.
+    let mut app = r.client();
+    let _: () = app.set("aaa:k", 1).unwrap();
+    let _: () = app.set("session:after", 1).unwrap();
+    assert!(extra.direct().exists::<_, bool>("aaa:k").unwrap());
+    assert!(r
+        .session
+        .direct()
+        .exists::<_, bool>("session:after")
+        .unwrap());
+    println!("transaction, blocked client and routes kept their pools across the reload");
+}

@@ -99,12 +99,13 @@ pub enum PoolChange {
     Removed(String),
 }
 
-/// All pools of a configuration, indexed by `PoolId`; the replica pools of
-/// pools with replica reads follow the configured ones.
+/// All pools of a configuration, found by `PoolId`: the configured pools
+/// and, for those with replica reads, their replica pools.
 pub struct Backends {
-    pools: Vec<Arc<Pool>>,
-    /// For each configured pool, the id of its replica pool.
-    replicas: Vec<Option<PoolId>>,
+    /// Configured pools in name order, then replica pools.
+    list: Vec<Arc<Pool>>,
+    /// Per `PoolId::index`: the pool with that id in this configuration.
+    by_id: Vec<Option<Arc<Pool>>>,
 }
 
 fn replica_pool(p: &crate::config::Pool, config: &Config) -> Arc<Pool> {
@@ -121,18 +122,29 @@ fn replica_pool(p: &crate::config::Pool, config: &Config) -> Arc<Pool> {
     )
 }
 
-fn with_replicas(mut pools: Vec<Arc<Pool>>, config: &Config, old: Option<&Backends>) -> Backends {
-    let mut replicas = vec![None; pools.len()];
-    for (i, p) in config.pools.iter().enumerate() {
+/// `pools` are the configured pools, in `config.pools` order.
+fn with_replicas(pools: Vec<Arc<Pool>>, config: &Config, old: Option<&Backends>) -> Backends {
+    let mut list = pools;
+    let mut ids: Vec<PoolId> = config.pools.iter().map(|p| p.id).collect();
+    for p in &config.pools {
         // A cluster pool reads from its replicas itself.
         if p.replica_reads.is_some() && p.cluster.is_none() {
             let name = format!("{}-replica", p.name);
-            let reused = old.and_then(|o| o.pools.iter().find(|x| x.name() == name).cloned());
-            replicas[i] = Some(pools.len());
-            pools.push(reused.unwrap_or_else(|| replica_pool(p, config)));
+            let reused = old.and_then(|o| {
+                o.list
+                    .iter()
+                    .find(|x| x.is_replica_pool() && x.name() == name)
+                    .cloned()
+            });
+            list.push(reused.unwrap_or_else(|| replica_pool(p, config)));
+            ids.push(p.id.replica());
         }
     }
-    Backends { pools, replicas }
+    let mut by_id = vec![None; ids.iter().map(|id| id.index() + 1).max().unwrap_or(0)];
+    for (id, pool) in ids.iter().zip(&list) {
+        by_id[id.index()] = Some(pool.clone());
+    }
+    Backends { list, by_id }
 }
 
 fn new_pool(p: &crate::config::Pool, config: &Config) -> Arc<Pool> {
@@ -164,8 +176,9 @@ impl Backends {
         )
     }
 
-    /// The pools of a reloaded configuration, and what happened to each,
-    /// by name (a pool's identity; its index may change): one with the same
+    /// The pools of a reloaded configuration (whose ids
+    /// `Config::keep_pool_ids` kept), and what happened to each, by name:
+    /// one with the same
     /// settings is kept as it is (connections and all); one whose fixed
     /// address moved is kept and moved (its old connections drain); one
     /// whose kind, credentials, database, TLS or `[backend]` settings
@@ -176,7 +189,7 @@ impl Backends {
             .pools
             .iter()
             .map(|p| {
-                let Some(existing) = old.pools.iter().find(|o| o.name() == p.name) else {
+                let Some(existing) = old.named(&p.name) else {
                     changes.push(PoolChange::Added(p.name.clone()));
                     return new_pool(p, config);
                 };
@@ -226,8 +239,8 @@ impl Backends {
                 existing.clone()
             })
             .collect();
-        for gone in old.pools.iter().filter(|o| !o.is_replica_pool()) {
-            if !config.pools.iter().any(|p| p.name == gone.name()) {
+        for gone in old.list.iter().filter(|o| !o.is_replica_pool()) {
+            if config.pool_id(gone.name()).is_none() {
                 changes.push(PoolChange::Removed(gone.name().to_string()));
             }
         }
@@ -236,51 +249,48 @@ impl Backends {
 
     /// The replica pool of `pool`, when it has one with a replica chosen.
     pub fn replica_of(&self, pool: PoolId) -> Option<PoolId> {
-        let id = (*self.replicas.get(pool)?)?;
-        (!self.pools[id].endpoint().host.is_empty()).then_some(id)
+        let replica = self.get(pool.replica())?;
+        (!replica.endpoint().host.is_empty()).then_some(pool.replica())
     }
 
     /// The replica pool of `pool` whether or not a replica is chosen yet.
     pub fn replica_pool(&self, pool: PoolId) -> Option<Arc<Pool>> {
-        self.replicas
-            .get(pool)
-            .copied()
-            .flatten()
-            .map(|id| self.pools[id].clone())
+        self.get(pool.replica()).cloned()
     }
 
-    pub fn pool(&self, id: PoolId) -> &Pool {
-        &self.pools[id]
-    }
-
-    /// `None` for an id from before a reload that no longer exists.
+    /// `None` for an id a reload removed.
     pub fn get(&self, id: PoolId) -> Option<&Arc<Pool>> {
-        self.pools.get(id)
+        self.by_id.get(id.index())?.as_ref()
     }
 
     /// The pool for an id planned by a session, which may predate a reload
     /// that removed it: then an error to retry, never a wrong pool or a panic.
     pub fn checked(&self, id: PoolId) -> Result<Arc<Pool>, BackendError> {
-        self.pools
-            .get(id)
+        self.get(id)
             .cloned()
             .ok_or_else(|| BackendError::Unavailable {
-                pool: format!("#{id}"),
+                pool: id.to_string(),
                 reason: "the configuration was reloaded; retry".to_string(),
             })
     }
 
-    pub fn pool_arc(&self, id: PoolId) -> Arc<Pool> {
-        self.pools[id].clone()
-    }
-
     /// The pool of this name (not a replica pool).
     pub fn named(&self, name: &str) -> Option<Arc<Pool>> {
-        self.pools().iter().find(|p| p.name() == name).cloned()
+        self.list
+            .iter()
+            .find(|p| p.name() == name && !p.is_replica_pool())
+            .cloned()
     }
 
+    /// Every pool: the configured ones in name order, then replica pools.
     pub fn pools(&self) -> &[Arc<Pool>] {
-        &self.pools
+        &self.list
+    }
+
+    /// Per `PoolId::index`, the pool with that id: the shape of a table
+    /// indexed by pool.
+    pub fn by_index(&self) -> &[Option<Arc<Pool>>] {
+        &self.by_id
     }
 }
 
@@ -300,12 +310,24 @@ mod tests {
             "",
         );
         let old = Backends::new(&before);
-        // a kept, b moved, c removed, d added (and indexes shift).
-        let after = config(
+        // a kept, b moved, c removed, d added (in name order, d takes c's place).
+        let mut after = config(
             "[pools.a]\nurl = \"redis://127.0.0.1:7001\"\n[pools.b]\nurl = \"redis://127.0.0.1:7012\"\n[pools.d]\nurl = \"redis://127.0.0.1:7004\"\n",
             "",
         );
+        after.keep_pool_ids(&before);
         let (new, mut changes) = Backends::reuse(&after, &old);
+        // Ids follow names: b's id finds b in both; c's id finds nothing
+        // now, not d.
+        let id = |c: &Config, name: &str| c.pool_id(name).unwrap();
+        assert_eq!(id(&after, "b"), id(&before, "b"));
+        assert!(Arc::ptr_eq(
+            new.get(id(&after, "b")).unwrap(),
+            old.get(id(&before, "b")).unwrap()
+        ));
+        assert!(new.get(id(&before, "c")).is_none());
+        assert_ne!(id(&after, "d"), id(&before, "c"));
+        assert_eq!(new.get(id(&after, "d")).unwrap().name(), "d");
         changes.sort_by_key(|c| format!("{c:?}"));
         assert_eq!(
             changes,

@@ -416,8 +416,11 @@ pub struct Config {
     pub log_filter: Option<String>,
     pub server: ServerConfig,
     pub backend: BackendConfig,
-    /// Pools in name order; a pool's index is its id everywhere else.
+    /// Pools in name order, each with its `PoolId`.
     pub pools: Vec<Pool>,
+    /// The id the next pool new to the running process gets: ids are never
+    /// given twice, so a removed pool's id never names another pool.
+    pub next_pool_id: u32,
     pub routes: RoutesConfig,
     pub policy: PolicyConfig,
     pub limits: Vec<LimitConfig>,
@@ -475,6 +478,9 @@ impl std::fmt::Debug for Secret {
 
 #[derive(Debug, Clone)]
 pub struct Pool {
+    /// Its identity: given when a pool of this name first appears and kept
+    /// by every reload (`keep_pool_ids`).
+    pub id: PoolId,
     pub name: String,
     /// For a Sentinel pool: credentials and db, host empty until discovered.
     pub endpoint: Endpoint,
@@ -620,6 +626,7 @@ impl Config {
                 ));
             }
             pools.push(Pool {
+                id: PoolId::configured(pools.len() as u32),
                 name: name.clone(),
                 endpoint: parsed.endpoint,
                 sentinel,
@@ -739,13 +746,72 @@ impl Config {
             log_filter: env("KEYWAY_LOG"),
             server: file.server,
             backend: file.backend,
+            next_pool_id: pools.len() as u32,
             pools,
             routes: file.routes,
         })
     }
 
-    pub fn pool_index(&self, name: &str) -> Option<usize> {
-        self.pools.iter().position(|p| p.name == name)
+    /// The id of the pool of this name.
+    pub fn pool_id(&self, name: &str) -> Option<PoolId> {
+        self.pools.iter().find(|p| p.name == name).map(|p| p.id)
+    }
+
+    /// The pool of this id.
+    pub fn pool(&self, id: PoolId) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.id == id)
+    }
+
+    /// A reloaded configuration's pools take the ids their names have in
+    /// the running one; pools new to the process get ids never used before.
+    pub fn keep_pool_ids(&mut self, running: &Config) {
+        let mut next = running.next_pool_id;
+        for pool in &mut self.pools {
+            pool.id = match running.pool_id(&pool.name) {
+                Some(id) => id,
+                None => {
+                    next += 1;
+                    PoolId::configured(next - 1)
+                }
+            };
+        }
+        self.next_pool_id = next;
+    }
+}
+
+/// A pool's identity, independent of the configuration's order: what
+/// outlives a request (a retry, a lease, a pub/sub link, a reply's metric
+/// label) names its pool by id, and a reload that adds or removes other
+/// pools does not change it. A pool with replica reads has a replica pool,
+/// whose id is derived from its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolId(u32);
+
+impl PoolId {
+    /// The `n`th configured pool ever seen by the process.
+    pub const fn configured(n: u32) -> PoolId {
+        PoolId(n * 2)
+    }
+
+    /// The id of this pool's replica pool.
+    pub const fn replica(self) -> PoolId {
+        PoolId(self.0 | 1)
+    }
+
+    pub const fn is_replica(self) -> bool {
+        self.0 & 1 == 1
+    }
+
+    /// Where it sits in tables indexed by pool (dense enough: ids are given
+    /// in order and never reused, and pools are few).
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl std::fmt::Display for PoolId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
     }
 }
 
@@ -946,7 +1012,7 @@ mod tests {
             _ => None,
         };
         let c = Config::from_toml(BASE, "t.toml", env).unwrap();
-        let session = &c.pools[c.pool_index("session").unwrap()];
+        let session = c.pool(c.pool_id("session").unwrap()).unwrap();
         assert_eq!(session.endpoint.port, 7000);
         assert_eq!(session.endpoint.db, 3);
         assert_eq!(session.origin, "REDIS_SESSION_URL");
@@ -962,7 +1028,7 @@ mod tests {
                 .then(|| "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000".to_string())
         };
         let c = Config::from_toml(BASE, "t.toml", cluster).unwrap();
-        let cache = &c.pools[c.pool_index("cache").unwrap()];
+        let cache = c.pool(c.pool_id("cache").unwrap()).unwrap();
         assert_eq!(cache.cluster.as_ref().map(Vec::len), Some(2));
         assert_eq!(cache.endpoint.password.as_deref(), Some("pw"));
         assert_eq!(cache.origin, "REDIS_CACHE_URL");
@@ -990,5 +1056,34 @@ mod tests {
         );
         let bad_listen = format!("{BASE}\n[server]\nlisten = \"localhost\"\n");
         assert!(err(&bad_listen).starts_with("server.listen:"));
+    }
+
+    #[test]
+    fn pool_ids_survive_reloads_and_are_never_given_twice() {
+        let load = |pools: &[&str]| {
+            let mut text = String::new();
+            for (i, p) in pools.iter().enumerate() {
+                text.push_str(&format!(
+                    "[pools.{p}]\nurl = \"redis://127.0.0.1:{}\"\n",
+                    7000 + i
+                ));
+            }
+            text.push_str(&format!("[routes]\ndefault = \"{}\"\n", pools[0]));
+            Config::from_toml(&text, "test", |_| None).expect("valid")
+        };
+        let first = load(&["b", "c"]);
+        // "a" sorts first; b and c keep theirs, a gets a new one.
+        let mut second = load(&["a", "b"]);
+        second.keep_pool_ids(&first);
+        assert_eq!(second.pool_id("b"), first.pool_id("b"));
+        let a = second.pool_id("a").unwrap();
+        assert!(a != first.pool_id("b").unwrap() && a != first.pool_id("c").unwrap());
+        // c comes back: not the id a took, and not a replica's.
+        let mut third = load(&["a", "b", "c"]);
+        third.keep_pool_ids(&second);
+        assert_eq!(third.pool_id("a"), Some(a));
+        let c = third.pool_id("c").unwrap();
+        assert!(!c.is_replica() && c != a && third.pool_id("b") != Some(c));
+        assert_eq!(third.pool(c).map(|p| p.name.as_str()), Some("c"));
     }
 }

@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 pub enum LimitKey {
     Ip(IpAddr),
     User(Arc<str>),
-    Pool(usize),
+    Pool(crate::config::PoolId),
     Command(Arc<str>),
     Global,
 }
@@ -29,7 +29,7 @@ pub struct Limit {
     pub name: String,
     scope: LimitScope,
     commands: Vec<String>,
-    pool: Option<usize>,
+    pool: Option<crate::config::PoolId>,
     pub action: LimitAction,
     pub max_delay: Duration,
     limiter: DefaultKeyedRateLimiter<LimitKey>,
@@ -57,11 +57,14 @@ pub struct Subject<'a> {
     pub ip: IpAddr,
     pub user: &'a Arc<str>,
     pub command: &'a str,
-    pub pool: Option<usize>,
+    pub pool: Option<crate::config::PoolId>,
 }
 
 impl Limit {
-    pub fn new(config: &LimitConfig, pool_index: impl Fn(&str) -> Option<usize>) -> Limit {
+    pub fn new(
+        config: &LimitConfig,
+        pool_id: impl Fn(&str) -> Option<crate::config::PoolId>,
+    ) -> Limit {
         let period = Duration::from_secs_f64(1.0 / config.rate).max(Duration::from_nanos(1));
         let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period)
@@ -75,7 +78,7 @@ impl Limit {
                 .iter()
                 .map(|c| c.to_ascii_lowercase())
                 .collect(),
-            pool: config.pool.as_deref().and_then(pool_index),
+            pool: config.pool.as_deref().and_then(pool_id),
             action: config.action,
             max_delay: Duration::from_millis(config.max_delay_ms),
             limiter: DefaultKeyedRateLimiter::dashmap(quota),

@@ -192,7 +192,7 @@ impl Policy {
             limits: config
                 .limits
                 .iter()
-                .map(|l| Limit::new(l, |name| config.pool_index(name)))
+                .map(|l| Limit::new(l, |name| config.pool_id(name)))
                 .collect(),
             lockout: Lockout::new(per_minute),
         }

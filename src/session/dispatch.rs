@@ -499,7 +499,7 @@ impl Session {
         slot: Option<u16>,
         bytes: Bytes,
     ) -> Result<crate::backend::ReplyRx, crate::backend::BackendError> {
-        match self.clusters.get(pool).cloned().flatten() {
+        match self.clusters.get(pool.index()).cloned().flatten() {
             Some(cluster) if self.client.db != 0 => {
                 Err(crate::backend::BackendError::ClusterDatabase {
                     pool: cluster.name().to_string(),
@@ -553,7 +553,7 @@ impl Session {
     pub(super) async fn servers_of(&self, pools: &[PoolId]) -> Vec<Server> {
         let mut servers = Vec::with_capacity(pools.len());
         for &pool in pools {
-            let Some(cluster) = self.clusters.get(pool).cloned().flatten() else {
+            let Some(cluster) = self.clusters.get(pool.index()).cloned().flatten() else {
                 servers.push(Server::Pool(pool));
                 continue;
             };

@@ -254,7 +254,13 @@ impl Session {
     }
 
     fn all_pools(&self) -> Vec<PoolId> {
-        (0..self.state.live().router.pool_count()).collect()
+        self.state
+            .live()
+            .config
+            .pools
+            .iter()
+            .map(|p| p.id)
+            .collect()
     }
 
     /// An INFO figure of the backends, as the health probe last read it,
@@ -657,10 +663,12 @@ impl Session {
         } else {
             pools
                 .iter()
-                .map(|&pool| match self.clusters.get(pool).cloned().flatten() {
-                    Some(cluster) => Server::Slots(pool, cluster),
-                    None => Server::Pool(pool),
-                })
+                .map(
+                    |&pool| match self.clusters.get(pool.index()).cloned().flatten() {
+                        Some(cluster) => Server::Slots(pool, cluster),
+                        None => Server::Pool(pool),
+                    },
+                )
                 .collect()
         };
         let count = servers.len();

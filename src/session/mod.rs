@@ -206,9 +206,9 @@ const MAX_NODE_CONNS: usize = 64;
 
 fn clusters_of(backends: &crate::backend::Backends) -> Vec<Option<Arc<crate::cluster::Cluster>>> {
     backends
-        .pools()
+        .by_index()
         .iter()
-        .map(|p| p.cluster().cloned())
+        .map(|p| p.as_ref().and_then(|p| p.cluster().cloned()))
         .collect()
 }
 
@@ -280,7 +280,7 @@ async fn serve_stream(
     // CLIENT KILL, or the end of a drain: reading stops.
     let kill = CancellationToken::new();
     let mut session = Session {
-        conns: vec![None; state.live().backends.pools().len()],
+        conns: vec![None; state.live().backends.by_index().len()],
         clusters: clusters_of(&state.live().backends),
         node_conns: Vec::new(),
         state: state.clone(),
@@ -505,14 +505,15 @@ impl Session {
     ) -> Result<(), BackendError> {
         // `conns` has one slot per pool of the configuration the request
         // runs under; connecting checks the pool against the current one.
-        if pool >= self.conns.len() {
-            // A route planned just before a reload that removed the pool.
+        let slot = pool.index();
+        if slot >= self.conns.len() {
+            // A route planned just before a reload that added the pool.
             return Err(BackendError::Unavailable {
                 pool: self.state.live().router.pool_name(pool).to_string(),
                 reason: "the configuration was reloaded; retry".to_string(),
             });
         }
-        if let Some(cluster) = &self.clusters[pool] {
+        if let Some(cluster) = &self.clusters[slot] {
             // Warm: the slot's master has a connection of this client's.
             (bytes, reply) = match self.send_to_known_node(cluster, bytes, reply) {
                 Ok(()) => return Ok(()),
@@ -524,7 +525,7 @@ impl Session {
         }
         // Two tries at a closed connection, and one after a failover fence.
         for _ in 0..3 {
-            if self.conns[pool].as_ref().is_none_or(Conn::is_closed) {
+            if self.conns[slot].as_ref().is_none_or(Conn::is_closed) {
                 // Boxed: taken once per pool and db, it would otherwise
                 // enlarge every client's task by a whole connect.
                 let backend = self.state.live().backends.checked(pool)?;
@@ -534,23 +535,23 @@ impl Session {
                     self.client.id as usize,
                 ))
                 .await?;
-                self.conns[pool] = Some(conn);
+                self.conns[slot] = Some(conn);
             }
-            let Some(conn) = self.conns[pool].as_ref() else {
+            let Some(conn) = self.conns[slot].as_ref() else {
                 continue;
             };
             if conn.fenced() && !self.meta.read_only {
                 // Boxed: rare, and its timer would enlarge every request's future.
                 Box::pin(self.hold_write(pool)).await?;
                 // The master may have moved: take a connection to the current one.
-                self.conns[pool] = None;
+                self.conns[slot] = None;
                 continue;
             }
             match conn.send(bytes, reply).await {
                 Ok(()) => return Ok(()),
                 Err(back) => {
                     (bytes, reply) = back;
-                    self.conns[pool] = None;
+                    self.conns[slot] = None;
                 }
             }
         }
@@ -708,7 +709,7 @@ impl Session {
             return live;
         }
         self.generation = live.generation;
-        self.conns = vec![None; live.backends.pools().len()];
+        self.conns = vec![None; live.backends.by_index().len()];
         self.clusters = clusters_of(&live.backends);
         self.node_conns.clear();
         self.output.configure(&live.config);

@@ -420,7 +420,7 @@ impl Session {
         }
         let source = LinkSource {
             state: self.state.clone(),
-            pool: self.state.live().router.pool_name(target.pool).to_string(),
+            pool: target.pool,
             slot: target.slot,
             db: self.client.db,
             proto: self.client.proto,
@@ -535,8 +535,7 @@ impl Subscribed {
 /// Where a link's connection comes from, to replace it after a failover.
 struct LinkSource {
     state: std::sync::Arc<crate::state::State>,
-    /// The pool's name: its identity across reloads, which may renumber pools.
-    pool: String,
+    pool: PoolId,
     /// A shard channel's slot on a cluster pool: the link follows its master.
     slot: Option<u16>,
     db: u32,
@@ -550,15 +549,7 @@ impl LinkSource {
     /// A connection for the link: the pool's (any node of a cluster), or
     /// the connection to the master of a shard channel's slot.
     async fn lease(&self) -> Result<Dedicated, crate::backend::BackendError> {
-        let backend = self
-            .state
-            .live()
-            .backends
-            .named(&self.pool)
-            .ok_or_else(|| crate::backend::BackendError::Unavailable {
-                pool: self.pool.clone(),
-                reason: "the configuration was reloaded; retry".to_string(),
-            })?;
+        let backend = self.state.live().backends.checked(self.pool)?;
         match (backend.cluster(), self.slot) {
             (Some(cluster), Some(slot)) => {
                 let node = cluster.master_or_wait(Some(slot)).await?;
@@ -571,7 +562,7 @@ impl LinkSource {
     /// A new connection with every subscription restored (confirmations
     /// consumed here), or `None` after trying for `RESUBSCRIBE_FOR`.
     async fn reconnect(&self, subscribed: &Subscribed) -> Option<Dedicated> {
-        let backend = self.state.live().backends.named(&self.pool)?;
+        let backend = self.state.live().backends.get(self.pool)?.clone();
         if let Some(cluster) = backend.cluster() {
             // A node went, or a slot moved: read the map again first.
             cluster.request_refresh();
@@ -613,7 +604,7 @@ async fn run_link(
     mut cmds: mpsc::Receiver<LinkCmd>,
     client: mpsc::Sender<Reply>,
 ) {
-    let Some(origin) = source.state.live().backends.named(&source.pool) else {
+    let Some(origin) = source.state.live().backends.get(source.pool).cloned() else {
         return;
     };
     let pool = origin.name().to_string();

@@ -461,10 +461,9 @@ fn failover_retry(
         return Some(cluster.spawn_request(meta.slot, meta.request.clone(), meta.db, meta.proto));
     }
     let state = state.self_arc()?;
-    // By name: a reload meanwhile may have renumbered or replaced the pools.
-    let name = backend.name().to_string();
+    // By id, at the time it is sent: a reload meanwhile may have replaced the pool.
     Some(crate::backend::resend_after_failover(
-        move || state.live().backends.named(&name),
+        move || state.live().backends.get(pool).cloned(),
         meta.request.clone(),
         meta.db,
         meta.proto,
