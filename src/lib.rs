@@ -1,6 +1,6 @@
 //! keyway: a transparent, prefix-routing RESP proxy. The path of a request:
 //! `session` → `command` → `route` → `backend`, replies back through
-//! `session` in request order. README.md's Layout section is the module map.
+//! `session` in request order. docs/architecture.md is the module map.
 
 #![forbid(unsafe_code)]
 
@@ -20,4 +20,5 @@ pub mod server;
 pub mod session;
 pub mod slowlog;
 pub mod state;
+pub mod supervisor;
 pub mod tls;

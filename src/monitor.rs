@@ -20,7 +20,6 @@ pub async fn run(state: Arc<State>, interval: Duration) {
     loop {
         ticker.tick().await;
         probe_all(&state, interval, &mut totals).await;
-        state.live().policy.purge_idle();
     }
 }
 

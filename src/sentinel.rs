@@ -11,7 +11,7 @@
 //! is demoted; held, they are not.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -413,80 +413,5 @@ struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.iter().for_each(|t| t.abort());
-    }
-}
-
-/// The followers, one per Sentinel-managed pool (its master) and per
-/// cluster pool (its slot map, `cluster::Cluster::follow`), keyed by pool
-/// id and owned here: a reload that replaces a pool replaces its
-/// follower (the old one is stopped), a removed pool's follower stops, and
-/// a kept pool keeps its follower.
-#[derive(Default)]
-pub struct Followers {
-    running: Mutex<HashMap<crate::config::PoolId, Follower>>,
-}
-
-struct Follower {
-    pool: Arc<Pool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Followers {
-    /// Makes the running followers match `live`'s Sentinel pools.
-    pub fn sync(&self, state: &Arc<State>, live: &crate::state::Live) {
-        let poll = Duration::from_millis(live.config.backend.sentinel_poll_ms.max(100));
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let mut wanted = HashMap::new();
-        for pool in &live.config.pools {
-            let Some(target) = live.backends.get(pool.id).cloned() else {
-                continue;
-            };
-            if let Some(cluster) = target.cluster() {
-                // A cluster pool's follower reads its slot map.
-                let follower = match running.remove(&pool.id) {
-                    Some(f) if Arc::ptr_eq(&f.pool, &target) => f,
-                    _ => Follower {
-                        pool: target.clone(),
-                        task: tokio::spawn(cluster.clone().follow()),
-                    },
-                };
-                wanted.insert(pool.id, follower);
-                continue;
-            }
-            let Some(sentinel) = &pool.sentinel else {
-                continue;
-            };
-            let follower = match running.remove(&pool.id) {
-                Some(f) if Arc::ptr_eq(&f.pool, &target) => f,
-                _ => Follower {
-                    pool: target.clone(),
-                    task: tokio::spawn(follow(
-                        state.clone(),
-                        target,
-                        pool.endpoint.clone(),
-                        sentinel.clone(),
-                        poll,
-                        live.backends.replica_pool(pool.id).zip(pool.replica_reads),
-                    )),
-                },
-            };
-            wanted.insert(pool.id, follower);
-        }
-        // What is left belongs to pools replaced or removed: dropped, stopped.
-        *running = wanted;
-    }
-
-    /// Stops every follower (shutdown).
-    pub fn stop_all(&self) {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
     }
 }

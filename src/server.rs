@@ -138,16 +138,7 @@ impl Server {
                 .unwrap_or_default();
             tracing::info!(listen = %live.config.listen, admin = %live.config.admin, tls_listen = %tls, "keyway accepting clients");
         }
-        let interval =
-            Duration::from_millis(self.state.live().config.server.health_interval_ms.max(100));
-        let monitor = tokio::spawn(crate::monitor::run(self.state.clone(), interval));
-        let admin = tokio::spawn(crate::admin::serve(self.state.clone(), self.admin));
-        let clock = tokio::spawn(self.state.clone().tick_clock());
-        let tasks = vec![monitor, admin, clock];
-        self.state
-            .followers
-            .sync(&self.state, &self.state.live_arc());
-        let _tasks = AbortOnDrop(tasks);
+        let supervisor = crate::supervisor::Supervisor::start(&self.state, self.admin);
         let unix = match &self.state.live().config.server.unix_socket {
             Some(path) => {
                 // A stale socket file from a previous run would make bind fail.
@@ -165,81 +156,132 @@ impl Server {
             }
             None => None,
         };
+        let listeners = Listeners {
+            tcp: self.listener,
+            tls: self.tls,
+            unix,
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => {
                     // Closing the listeners first: new clients are refused
                     // by the kernel rather than left waiting in a backlog.
-                    drop(unix);
-                    drop(self.listener);
-                    drop(self.tls);
+                    drop(listeners);
                     drain(&self.state).await;
-                    self.state.followers.stop_all();
+                    drop(supervisor);
                     return;
                 }
-                accepted = accept_unix(&unix) => {
-                    if let Ok((mut socket, _)) = accepted {
-                        let state = self.state.clone();
-                        if !admits(&state) {
-                            tokio::spawn(async move {
-                                let _ = socket.write_all(MAX_CLIENTS_REACHED).await;
-                            });
-                            continue;
-                        }
-                        tokio::spawn(session::serve_unix(state, socket));
+                accepted = listeners.accept() => match accepted {
+                    Ok(client) => {
+                        tokio::spawn(admit(self.state.clone(), client));
                     }
-                }
-                accepted = accept_tls(&self.tls) => {
-                    let Ok((socket, addr)) = accepted else { continue };
-                    let state = self.state.clone();
-                    // Refused before the handshake: nothing can be written yet.
-                    if !admits(&state) {
-                        continue;
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    let Some((_, acceptor)) = &self.tls else { continue };
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        // A client that never finishes its handshake holds nothing for long.
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
-                            Ok(Ok(stream)) => session::serve_tls(state, stream, addr).await,
-                            Ok(Err(e)) => {
-                                state.metrics.errors.with_label_values(&["tls_handshake"]).inc();
-                                tracing::debug!(%addr, "TLS handshake failed: {e}");
-                            }
-                            Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-                        }
-                    });
-                }
-                accepted = accept_tcp(&self.listener) => {
-                    let (mut socket, addr) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off, keep serving.
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let state = self.state.clone();
-                    if !admits(&state) {
-                        tokio::spawn(async move {
-                            let _ = socket.write_all(MAX_CLIENTS_REACHED).await;
-                        });
-                        continue;
-                    }
-                    tokio::spawn(session::serve(state, socket, addr));
-                }
+                },
             }
         }
     }
 }
 
+/// The client listeners: plain TCP (unless TLS serves alone), TLS, Unix.
+struct Listeners {
+    tcp: Option<TcpListener>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    unix: Option<tokio::net::UnixListener>,
+}
+
+/// A connection one of the listeners accepted.
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    /// Before its handshake, which the client's own task runs.
+    Tls(tokio::net::TcpStream, SocketAddr, tokio_rustls::TlsAcceptor),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listeners {
+    /// The next connection, from whichever listener has one.
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        let tcp = async {
+            match &self.tcp {
+                Some(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+                None => std::future::pending().await,
+            }
+        };
+        let tls = async {
+            match &self.tls {
+                Some((l, acceptor)) => l
+                    .accept()
+                    .await
+                    .map(|(s, a)| Accepted::Tls(s, a, acceptor.clone())),
+                None => std::future::pending().await,
+            }
+        };
+        let unix = async {
+            match &self.unix {
+                Some(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            a = tcp => a,
+            a = tls => a,
+            a = unix => a,
+        }
+    }
+}
+
+/// One client, whichever listener took it: counted, held to `max_clients`
+/// (a refused client is told why, as Redis tells it, then closed), served.
+async fn admit(state: Arc<State>, client: Accepted) {
+    let admitted = admits(&state);
+    match client {
+        Accepted::Tcp(mut socket, addr) => match admitted {
+            true => session::serve(state, socket, addr).await,
+            false => refuse(&mut socket).await,
+        },
+        Accepted::Unix(mut socket) => match admitted {
+            true => session::serve_unix(state, socket).await,
+            false => refuse(&mut socket).await,
+        },
+        Accepted::Tls(socket, addr, acceptor) => {
+            // A client that never finishes its handshake holds nothing for long.
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                Ok(Ok(mut stream)) => match admitted {
+                    true => session::serve_tls(state, stream, addr).await,
+                    false => refuse(&mut stream).await,
+                },
+                Ok(Err(e)) => {
+                    state
+                        .metrics
+                        .errors
+                        .with_label_values(&["tls_handshake"])
+                        .inc();
+                    tracing::debug!(%addr, "TLS handshake failed: {e}");
+                }
+                Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// Tells a client over `max_clients` so, without waiting on it for long.
+async fn refuse(socket: &mut (impl tokio::io::AsyncWrite + Unpin)) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        socket.write_all(MAX_CLIENTS_REACHED).await?;
+        socket.shutdown().await
+    })
+    .await;
+}
+
 /// Redis's answer to a client over `maxclients`.
 const MAX_CLIENTS_REACHED: &[u8] = b"-ERR max number of clients reached\r\n";
 
-/// Counts a new connection, whichever listener took it, and whether it
-/// fits under `max_clients` (a refusal is counted).
+/// Counts a new connection and says whether it fits under `max_clients`
+/// (a refusal is counted).
 fn admits(state: &State) -> bool {
     state
         .stats
@@ -286,42 +328,6 @@ async fn drain(state: &State) {
 }
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn accept_tcp(
-    listener: &Option<TcpListener>,
-) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    match listener {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn accept_tls(
-    tls: &Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
-) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    match tls {
-        Some((l, _)) => l.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn accept_unix(
-    listener: &Option<tokio::net::UnixListener>,
-) -> std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)> {
-    match listener {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Background tasks that end with the server.
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.iter().for_each(|t| t.abort());
-    }
-}
 
 /// Learns module commands from `COMMAND` and the version from `INFO server`.
 async fn discover(

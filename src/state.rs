@@ -48,8 +48,9 @@ pub struct State {
     uptime_secs: AtomicU64,
     /// Cancelled when shutdown starts: sessions finish what they read and close.
     pub drain: tokio_util::sync::CancellationToken,
-    /// One Sentinel follower per Sentinel-managed pool of the live configuration.
-    pub followers: crate::sentinel::Followers,
+    /// The generation of the configuration in force, announced on every
+    /// reload (the supervisor applies the pool changes to its tasks).
+    reloaded: tokio::sync::watch::Sender<u64>,
     next_client_id: AtomicU64,
 }
 
@@ -176,7 +177,7 @@ impl State {
             stats: Stats::default(),
             uptime_secs: AtomicU64::new(0),
             drain: tokio_util::sync::CancellationToken::new(),
-            followers: crate::sentinel::Followers::default(),
+            reloaded: tokio::sync::watch::Sender::new(0),
             next_client_id: AtomicU64::new(1),
         });
         state.attach_metrics();
@@ -257,13 +258,15 @@ impl State {
         let live = Arc::new(live);
         self.live.store(live.clone());
         self.attach_metrics();
-        // Replaced Sentinel pools get new followers; removed ones lose theirs.
-        if let Some(state) = self.self_arc() {
-            self.followers.sync(&state, &live);
-        }
+        self.reloaded.send_replace(generation);
         self.metrics.config_reloads.with_label_values(&["ok"]).inc();
         tracing::info!(generation, "configuration reloaded");
         Ok(generation)
+    }
+
+    /// Announces each reload's generation, from now on.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloaded.subscribe()
     }
 
     /// The shared handle, for work that outlives a borrow (a retry task).

@@ -128,6 +128,29 @@ fn redis_cli_tls_talks_to_keyway_beside_the_plain_listener() {
 }
 
 #[test]
+fn a_tls_client_over_max_clients_is_told_why_after_its_handshake() {
+    let pki = Pki::new();
+    let r = Reference::start();
+    let tls_port = free_port();
+    let config = format!(
+        "{}\n{}",
+        reference_config(&r.session.url(), &r.cache.url(), &r.realtime.url())
+            .replace("[backend]\n", "[server]\nmax_clients = 1\n[backend]\n"),
+        tls_section(&pki, tls_port, false, "")
+    );
+    let kw = Keyway::start(&config);
+    wait_tls(tls_port);
+    let mut held = kw.raw();
+    held.send(b"PING\r\n");
+    assert_eq!(held.read_frame(), b"+PONG\r\n");
+    // The same refusal a plain client gets, over TLS: Redis's own words.
+    let (_, out) = tls_cli(tls_port, &pki, false, &["PING"]);
+    assert!(out.contains("max number of clients reached"), "{out}");
+    assert!(kw.metric("keyway_clients_rejected_total") >= 1.0);
+    println!("over max_clients, redis-cli --tls printed: {}", out.trim());
+}
+
+#[test]
 fn client_certificates_are_required_when_configured() {
     let pki = Pki::new();
     let r = Reference::start();
