@@ -2,7 +2,9 @@
 //! takes the address most of them report, confirmed by the node's own
 //! ROLE. A watcher per sentinel subscribes to `+switch-master` (and logs
 //! sdown/odown); a poll is the fallback for a missed event. A confirmed
-//! change swaps the pool's address, off the request path.
+//! change swaps the pool's address, off the request path. The follower's
+//! queries (the master's address, its replicas, ROLE, INFO) go on
+//! connections it keeps (`Queries`), not a new one per poll.
 //!
 //! A failover's start (`+try-failover`) raises the pool's fence: writes
 //! wait until the new master is confirmed (then go there), the failover
@@ -14,100 +16,216 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::backend::Pool;
-use crate::backend::{request_once, Dedicated, MAX_FENCE};
+use crate::backend::{Dedicated, MAX_FENCE};
 use crate::config::{Endpoint, SentinelConfig};
 use crate::resp::{shapes, Request};
 use crate::state::State;
 
 const QUERY_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Asks the sentinels for the master's address and confirms it with ROLE.
-/// Unreachable sentinels are skipped; disagreeing ones are outvoted.
+/// Asks the sentinels for the master's address and confirms it with ROLE,
+/// on connections of its own (discovery at start, `keyway --check`).
 pub async fn discover(cfg: &SentinelConfig, node: &Endpoint) -> Result<(String, u16), String> {
-    let asks: Vec<_> = cfg
-        .spec
-        .sentinels
-        .iter()
-        .map(|(host, port)| {
-            let endpoint = cfg.sentinel_endpoint(host, *port);
-            let master = cfg.spec.master.clone();
-            tokio::spawn(async move {
-                let reply = request_once(
-                    &endpoint,
-                    &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &master],
-                    QUERY_TIMEOUT,
-                )
-                .await?;
-                let parts =
-                    shapes::elements(&reply).ok_or_else(|| "no master known".to_string())?;
-                let host = parts
-                    .first()
-                    .and_then(|p| shapes::bulk(p))
-                    .ok_or("no master known")?;
-                let port = parts
-                    .get(1)
-                    .and_then(|p| shapes::bulk(p))
-                    .ok_or("no master known")?;
-                let port: u16 = std::str::from_utf8(port)
-                    .ok()
-                    .and_then(|p| p.parse().ok())
-                    .ok_or("bad port")?;
-                Ok::<_, String>((String::from_utf8_lossy(host).into_owned(), port))
-            })
-        })
-        .collect();
-    let mut votes: HashMap<(String, u16), usize> = HashMap::new();
-    let mut errors = Vec::new();
-    for ask in asks {
-        match ask.await {
-            Ok(Ok(addr)) => *votes.entry(addr).or_default() += 1,
-            Ok(Err(e)) => errors.push(e),
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    let mut candidates: Vec<((String, u16), usize)> = votes.into_iter().collect();
-    candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    if candidates.is_empty() {
-        return Err(format!(
-            "no sentinel answered for master '{}': {}",
-            cfg.spec.master,
-            errors.join("; ")
-        ));
-    }
-    for ((host, port), _) in &candidates {
-        if confirms_master(node, host, *port).await {
-            return Ok((host.clone(), *port));
-        }
-    }
-    Err(format!(
-        "sentinels report {} for '{}' but none confirms ROLE master",
-        candidates
-            .iter()
-            .map(|((h, p), n)| format!("{h}:{p} ({n} votes)"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        cfg.spec.master
-    ))
+    Queries::default().discover(cfg, node).await
 }
 
-/// Whether the server at `host:port` answers ROLE with `master`.
-async fn confirms_master(node: &Endpoint, host: &str, port: u16) -> bool {
+/// Most connections one follower keeps for its queries: its sentinels and
+/// the few nodes it asks ROLE or INFO.
+const MAX_QUERY_CONNS: usize = 16;
+
+/// A follower's connections for its queries, one per sentinel and per node
+/// asked, opened on first use and kept: a poll costs round trips, not new
+/// connections. A connection whose query failed or timed out is closed, so
+/// a late reply never answers the next query.
+#[derive(Default)]
+struct Queries {
+    conns: HashMap<(Peer, String), Dedicated>,
+}
+
+/// Who a query connection talks to (a sentinel and a node never share one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Peer {
+    Sentinel,
+    Node,
+}
+
+/// One query on `conn` (or a new connection when there is none): the
+/// reply, and the connection when it may serve the next query.
+async fn ask_on(
+    conn: Option<Dedicated>,
+    endpoint: &Endpoint,
+    args: &[&str],
+) -> (Option<Dedicated>, Result<Bytes, String>) {
+    let mut conn = match conn {
+        Some(c) => c,
+        None => match Dedicated::connect(endpoint, QUERY_TIMEOUT).await {
+            Ok(c) => c,
+            Err(e) => return (None, Err(e)),
+        },
+    };
+    let request = Request::from_args(args);
+    let asked = tokio::time::timeout(QUERY_TIMEOUT, async {
+        conn.send(request.bytes()).await?;
+        conn.read_frame().await
+    })
+    .await;
+    match asked {
+        Ok(Ok(reply)) => (Some(conn), Ok(reply)),
+        Ok(Err(e)) => (None, Err(e.to_string())),
+        Err(_) => (
+            None,
+            Err(format!("no reply within {}ms", QUERY_TIMEOUT.as_millis())),
+        ),
+    }
+}
+
+impl Queries {
+    async fn ask(
+        &mut self,
+        peer: Peer,
+        endpoint: &Endpoint,
+        args: &[&str],
+    ) -> Result<Bytes, String> {
+        let key = (peer, endpoint.address());
+        let (conn, reply) = ask_on(self.conns.remove(&key), endpoint, args).await;
+        self.keep(key, conn);
+        reply
+    }
+
+    fn keep(&mut self, key: (Peer, String), conn: Option<Dedicated>) {
+        let Some(conn) = conn else { return };
+        if self.conns.len() >= MAX_QUERY_CONNS {
+            // Nodes come and go with failovers; sentinels stay.
+            self.conns.retain(|(peer, _), _| *peer == Peer::Sentinel);
+        }
+        if self.conns.len() < MAX_QUERY_CONNS {
+            self.conns.insert(key, conn);
+        }
+    }
+
+    /// Asks every sentinel side by side, so one that is down delays no other.
+    async fn ask_sentinels(
+        &mut self,
+        cfg: &SentinelConfig,
+        args: &[&str],
+    ) -> Vec<Result<Bytes, String>> {
+        let asks: Vec<_> = cfg
+            .spec
+            .sentinels
+            .iter()
+            .map(|(host, port)| {
+                let endpoint = cfg.sentinel_endpoint(host, *port);
+                let key = (Peer::Sentinel, endpoint.address());
+                let conn = self.conns.remove(&key);
+                let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+                let task = tokio::spawn(async move {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    ask_on(conn, &endpoint, &args).await
+                });
+                (key, task)
+            })
+            .collect();
+        let mut replies = Vec::with_capacity(asks.len());
+        for (key, task) in asks {
+            match task.await {
+                Ok((conn, reply)) => {
+                    self.keep(key, conn);
+                    replies.push(reply);
+                }
+                Err(e) => replies.push(Err(e.to_string())),
+            }
+        }
+        replies
+    }
+
+    /// Asks the sentinels for the master's address and confirms it with
+    /// ROLE. Unreachable sentinels are skipped; disagreeing ones are outvoted.
+    async fn discover(
+        &mut self,
+        cfg: &SentinelConfig,
+        node: &Endpoint,
+    ) -> Result<(String, u16), String> {
+        let ask = [
+            "SENTINEL",
+            "GET-MASTER-ADDR-BY-NAME",
+            cfg.spec.master.as_str(),
+        ];
+        let mut votes: HashMap<(String, u16), usize> = HashMap::new();
+        let mut errors = Vec::new();
+        for reply in self.ask_sentinels(cfg, &ask).await {
+            match reply.and_then(|r| master_addr(&r)) {
+                Ok(addr) => *votes.entry(addr).or_default() += 1,
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut candidates: Vec<((String, u16), usize)> = votes.into_iter().collect();
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        if candidates.is_empty() {
+            return Err(format!(
+                "no sentinel answered for master '{}': {}",
+                cfg.spec.master,
+                errors.join("; ")
+            ));
+        }
+        for ((host, port), _) in &candidates {
+            if self.confirms_master(node, host, *port).await {
+                return Ok((host.clone(), *port));
+            }
+        }
+        Err(format!(
+            "sentinels report {} for '{}' but none confirms ROLE master",
+            candidates
+                .iter()
+                .map(|((h, p), n)| format!("{h}:{p} ({n} votes)"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            cfg.spec.master
+        ))
+    }
+
+    /// Whether the server at `host:port` answers ROLE with `master`.
+    async fn confirms_master(&mut self, node: &Endpoint, host: &str, port: u16) -> bool {
+        let Ok(role) = self.ask(Peer::Node, &at(node, host, port), &["ROLE"]).await else {
+            return false;
+        };
+        shapes::elements(&role)
+            .and_then(|e| {
+                e.first()
+                    .and_then(|f| shapes::bulk(f).map(|b| b == b"master"))
+            })
+            .unwrap_or(false)
+    }
+}
+
+/// `node`'s credentials at another address, in db 0.
+fn at(node: &Endpoint, host: &str, port: u16) -> Endpoint {
     let mut endpoint = node.clone();
     endpoint.host = host.to_string();
     endpoint.port = port;
     endpoint.db = 0;
-    let Ok(role) = request_once(&endpoint, &["ROLE"], QUERY_TIMEOUT).await else {
-        return false;
-    };
-    shapes::elements(&role)
-        .and_then(|e| {
-            e.first()
-                .and_then(|f| shapes::bulk(f).map(|b| b == b"master"))
-        })
-        .unwrap_or(false)
+    endpoint
+}
+
+/// The address in a `SENTINEL GET-MASTER-ADDR-BY-NAME` reply.
+fn master_addr(reply: &[u8]) -> Result<(String, u16), String> {
+    let parts = shapes::elements(reply).ok_or("no master known")?;
+    let host = parts
+        .first()
+        .and_then(|p| shapes::bulk(p))
+        .ok_or("no master known")?;
+    let port = parts
+        .get(1)
+        .and_then(|p| shapes::bulk(p))
+        .ok_or("no master known")?;
+    let port: u16 = std::str::from_utf8(port)
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .ok_or("bad port")?;
+    Ok((String::from_utf8_lossy(host).into_owned(), port))
 }
 
 /// What a sentinel announced about the followed master.
@@ -142,7 +260,8 @@ impl Switch {
 
 /// A replica fit to read from: up as Sentinel sees it, its link to the
 /// master up, and heard from the master within `max_lag_secs`.
-pub async fn healthy_replica(
+async fn healthy_replica(
+    queries: &mut Queries,
     cfg: &SentinelConfig,
     node: &Endpoint,
     max_lag_secs: u64,
@@ -150,12 +269,13 @@ pub async fn healthy_replica(
     let mut listed = None;
     for (host, port) in &cfg.spec.sentinels {
         let endpoint = cfg.sentinel_endpoint(host, *port);
-        if let Ok(reply) = request_once(
-            &endpoint,
-            &["SENTINEL", "REPLICAS", &cfg.spec.master],
-            QUERY_TIMEOUT,
-        )
-        .await
+        if let Ok(reply) = queries
+            .ask(
+                Peer::Sentinel,
+                &endpoint,
+                &["SENTINEL", "REPLICAS", &cfg.spec.master],
+            )
+            .await
         {
             listed = Some(reply);
             break;
@@ -189,11 +309,9 @@ pub async fn healthy_replica(
     }
     candidates.sort();
     for (host, port) in candidates {
-        let mut endpoint = node.clone();
-        endpoint.host = host.clone();
-        endpoint.port = port;
-        endpoint.db = 0;
-        let Ok(info) = request_once(&endpoint, &["INFO", "replication"], QUERY_TIMEOUT).await
+        let Ok(info) = queries
+            .ask(Peer::Node, &at(node, &host, port), &["INFO", "replication"])
+            .await
         else {
             continue;
         };
@@ -232,6 +350,7 @@ pub async fn follow(
         )));
     }
     let _watchers = AbortOnDrop(watchers);
+    let mut queries = Queries::default();
     let fence = pool.fence().clone();
     let mut fence_until: Option<tokio::time::Instant> = None;
     loop {
@@ -269,13 +388,15 @@ pub async fn follow(
         // The announcing sentinel names the new master; the others may
         // still vote for the old one for a while, so ROLE alone decides.
         let announced = match switch.and_then(|s| s.to) {
-            Some((host, port)) if confirms_master(&node, &host, port).await => Some((host, port)),
+            Some((host, port)) if queries.confirms_master(&node, &host, port).await => {
+                Some((host, port))
+            }
             _ => None,
         };
         let confirmed_switch = announced.is_some();
         let found = match announced {
             Some(addr) => Ok(addr),
-            None => discover(&cfg, &node).await,
+            None => queries.discover(&cfg, &node).await,
         };
         match found {
             Ok((host, port)) => {
@@ -310,7 +431,7 @@ pub async fn follow(
             Err(e) => tracing::debug!(pool = %pool.name(), "discovery failed: {e}"),
         }
         if let Some((replica_pool, max_lag)) = &replica {
-            match healthy_replica(&cfg, &node, *max_lag).await {
+            match healthy_replica(&mut queries, &cfg, &node, *max_lag).await {
                 Some((host, port)) => {
                     if replica_pool.set_address(&host, port) {
                         tracing::info!(pool = %pool.name(), replica = %format!("{host}:{port}"), "reading from replica");

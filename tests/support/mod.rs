@@ -634,7 +634,7 @@ pub struct SentinelSetup {
 
 /// `None` also when the server cannot be reached now: callers poll, and a
 /// node Sentinel is reconfiguring may reset a connection.
-fn info_field(port: u16, section: &str, field: &str) -> Option<String> {
+pub fn info_field(port: u16, section: &str, field: &str) -> Option<String> {
     let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
         .ok()?
         .get_connection_with_timeout(Duration::from_secs(5))
