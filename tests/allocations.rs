@@ -1,7 +1,9 @@
 //! Forwarding a GET or SET allocates nothing once a client is warm. A
 //! counting global allocator counts the allocations made on keyway's own
 //! event-loop thread (keyway runs in-process, in front of a real Redis)
-//! while a plain TCP client on another thread drives it.
+//! while a plain TCP client on another thread drives it. Each keyway has a
+//! counter of its own: the tests run in parallel, and one keyway warming
+//! up must not be counted in another's measurement.
 
 mod support;
 
@@ -18,16 +20,14 @@ use support::RedisServer;
 
 struct Counting;
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
 thread_local! {
-    /// Set on keyway's event-loop thread only.
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
+    /// Set on a keyway event-loop thread only: that keyway's counter.
+    static COUNTER: Cell<Option<&'static AtomicU64>> = const { Cell::new(None) };
 }
 
 fn count() {
-    if COUNTED.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    if let Some(counter) = COUNTER.with(Cell::get) {
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -53,8 +53,9 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// keyway on a current-thread runtime of its own thread (its default
-/// `worker_threads = 1`), in front of the pool at `url`.
-fn start_keyway(url: &str) -> u16 {
+/// `worker_threads = 1`), in front of the pool at `url`: its port and the
+/// counter of the allocations made on its thread.
+fn start_keyway(url: &str) -> (u16, &'static AtomicU64) {
     let port = support::free_port();
     let admin = support::free_port();
     // Health probes and cluster topology reads every 10 minutes: their
@@ -65,8 +66,9 @@ fn start_keyway(url: &str) -> u16 {
          [pools.cache]\nurl = \"{url}\"\n[routes]\ndefault = \"cache\"\n"
     );
     let config = Config::from_toml(&toml, "allocations test", |_| None).expect("valid config");
+    let counter: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
     std::thread::spawn(move || {
-        COUNTED.with(|c| c.set(true));
+        COUNTER.with(|c| c.set(Some(counter)));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -78,7 +80,7 @@ fn start_keyway(url: &str) -> u16 {
     });
     for _ in 0..200 {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return port;
+            return (port, counter);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -111,27 +113,27 @@ fn drive(client: &mut TcpStream, batches: usize, depth: usize) {
     }
 }
 
-fn allocations_during(f: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+fn allocations_during(counter: &AtomicU64, f: impl FnOnce()) -> u64 {
+    let before = counter.load(Ordering::Relaxed);
     f();
-    ALLOCATIONS.load(Ordering::Relaxed) - before
+    counter.load(Ordering::Relaxed) - before
 }
 
 #[test]
 fn a_warm_client_forwards_get_and_set_without_allocating() {
     let redis = RedisServer::start();
-    let port = start_keyway(&redis.url());
-    assert_warm_requests_do_not_allocate(port);
+    let (port, counter) = start_keyway(&redis.url());
+    assert_warm_requests_do_not_allocate(port, counter);
 }
 
 #[test]
 fn a_warm_client_of_a_cluster_pool_does_not_allocate_either() {
     let cluster = support::ClusterSetup::start();
-    let port = start_keyway(&cluster.seeds_url());
-    assert_warm_requests_do_not_allocate(port);
+    let (port, counter) = start_keyway(&cluster.seeds_url());
+    assert_warm_requests_do_not_allocate(port, counter);
 }
 
-fn assert_warm_requests_do_not_allocate(port: u16) {
+fn assert_warm_requests_do_not_allocate(port: u16, counter: &AtomicU64) {
     let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     client.set_nodelay(true).expect("nodelay");
     client
@@ -142,8 +144,8 @@ fn assert_warm_requests_do_not_allocate(port: u16) {
     drive(&mut client, 2_000, 1);
     drive(&mut client, 200, 16);
 
-    let unpipelined = allocations_during(|| drive(&mut client, 5_000, 1));
-    let pipelined = allocations_during(|| drive(&mut client, 500, 16));
+    let unpipelined = allocations_during(counter, || drive(&mut client, 5_000, 1));
+    let pipelined = allocations_during(counter, || drive(&mut client, 500, 16));
     println!(
         "allocations on keyway's thread: {unpipelined} for 10,000 unpipelined requests, \
          {pipelined} for 16,000 in pipelines of 32"
