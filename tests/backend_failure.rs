@@ -119,6 +119,12 @@ fn a_connection_lost_mid_pipeline_fails_only_its_in_flight_requests() {
         lost > 0,
         "killing the backend mid-pipeline failed no request"
     );
+    assert_eq!(
+        r.keyway
+            .metric(r#"keyway_errors_total{kind="connection_lost"}"#),
+        lost as f64,
+        "each lost reply is counted once"
+    );
     let v: String = r.cache.direct().get("user:39").unwrap();
     assert_eq!(v, "39");
 }

@@ -92,7 +92,7 @@ impl Session {
             db: self.client.db,
             proto: self.client.proto,
             read_only: spec.is_some_and(|s| s.flags.contains(Flags::READONLY)),
-            retried: false,
+            retried: None,
             slot: None,
             redirects: 0,
         };
@@ -179,13 +179,13 @@ impl Session {
                 let reply = self.local(local, &request).await;
                 // Answered here: the slow log still sees it, as Redis's would.
                 if spec.is_some_and(|s| !s.flags.contains(Flags::SKIP_SLOWLOG)) {
-                    self.meta.log_if_slow(&state, "keyway");
+                    super::observe::answered_locally(&state, &self.meta);
                 }
                 reply
             }
             Handling::Servers(servers) => {
                 let reply = Box::pin(self.servers(servers, name, &request)).await;
-                self.meta.log_if_slow(&state, "keyway");
+                super::observe::answered_locally(&state, &self.meta);
                 reply
             }
             Handling::Transaction(TransactionVerb::Watch) => {
@@ -476,6 +476,7 @@ impl Session {
                 seq,
                 wait: Wait::Inbox,
                 meta: self.meta.clone(),
+                source: super::reply::Source::Backend,
             }),
             Err(e) => self.failed(&e),
         }

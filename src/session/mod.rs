@@ -9,6 +9,7 @@ pub use blocking::{UnblockHow, Unblocker};
 mod dispatch;
 mod local;
 mod merge;
+mod observe;
 mod output;
 mod pubsub;
 mod reply;

@@ -21,6 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_write_buf;
 
+use super::observe::Observer;
 use super::reply::Reply;
 use super::ClientWriter;
 use crate::backend::{Arrival, Inbox, ReplyTo};
@@ -182,27 +183,30 @@ impl Output {
 
     /// Moves every reply that is ready, in order, into the write buffer.
     pub fn collect(&mut self, state: &State) {
-        // One clock read for the replies taken in this pass.
-        let now = std::time::Instant::now();
+        // Counts this pass's replies; added to the shared series when it
+        // goes, before any of them is written.
+        let observer = Observer::new(state);
         while self.out.len() < self.limit {
             let Some(front) = self.pending.front_mut() else {
                 break;
             };
             let forwarded = matches!(front, Reply::Backend(_));
-            let Some(bytes) = front.try_ready(state, now) else {
+            let Some(bytes) = front.try_ready(state) else {
                 break;
             };
+            if let Some(seen) = front.observed() {
+                observer.reply(seen, &bytes);
+            }
+            let silent = front.is_silent();
             self.pending.pop_front();
             if forwarded {
                 // What arrived leaves the count as it is taken (a retried
                 // or timed-out reply may differ: the count only floors).
                 self.arrived_bytes = self.arrived_bytes.saturating_sub(bytes.len());
             }
-            self.took(&bytes);
+            self.took(if silent { &[] } else { &bytes });
         }
-        // Before any of these replies is written: a client that reads one
-        // and then scrapes /metrics finds it counted.
-        crate::metrics::flush_thread_local();
+        drop(observer);
         // The stall clock starts when unread replies keep the client from
         // sending more and stops only when it has read everything owed.
         if self.out.is_empty() {
@@ -303,10 +307,13 @@ impl Output {
         if let Some(front) = self.pending.front_mut() {
             if front.waits_elsewhere() {
                 if let Poll::Ready(bytes) = front.poll_ready(cx, state) {
-                    crate::metrics::flush_thread_local();
+                    if let Some(seen) = front.observed() {
+                        Observer::new(state).reply(seen, &bytes);
+                    }
+                    let silent = front.is_silent();
                     self.extra_parts -= front.parts().saturating_sub(1).min(self.extra_parts);
                     self.pending.pop_front();
-                    self.took(&bytes);
+                    self.took(if silent { &[] } else { &bytes });
                     return Poll::Ready(Ok(()));
                 }
             }

@@ -1,6 +1,8 @@
 //! Replies on their way back: the reply to each request as a `Reply`, in
 //! whatever state it is in, and how it resolves into the bytes the client
-//! gets (metrics recorded, a failover retried, a late backend timed out).
+//! gets (a redirection followed, a failover retried, a late backend timed
+//! out). Resolving records nothing: `Output` hands each completed reply to
+//! the `observe::Observer`, once.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +16,7 @@ use super::merge::Merge;
 use crate::backend::{BackendError, ReplyRx};
 use crate::resp::{self, shapes};
 use crate::route::PoolId;
-use crate::state::{Live, State};
+use crate::state::State;
 
 /// The reply to one request, in whatever state it is in.
 pub enum Reply {
@@ -41,6 +43,35 @@ pub struct Forwarded {
     pub seq: u64,
     pub wait: Wait,
     pub meta: Meta,
+    /// Once resolved: whose the reply is.
+    pub source: Source,
+}
+
+/// Whose a resolved reply is: the backend's, or keyway's own error for a
+/// request whose reply never came. The observer counts each kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Backend,
+    TimedOut,
+    ConnectionLost,
+}
+
+/// Why a request was sent a second time (counted by the observer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// `-READONLY`: the write was refused by a demoted master.
+    Readonly,
+    /// The connection was lost with a read in flight.
+    LostRead,
+}
+
+impl Retry {
+    pub fn label(self) -> &'static str {
+        match self {
+            Retry::Readonly => "readonly_retried",
+            Retry::LostRead => "read_retried",
+        }
+    }
 }
 
 pub enum Wait {
@@ -50,7 +81,7 @@ pub enum Wait {
     Retry(ReplyRx),
     /// Arrived; `None` when the connection was lost with it in flight.
     Arrived(Option<Bytes>),
-    /// Answered by keyway instead (timed out), already counted.
+    /// Answered by keyway instead (timed out).
     Answered(Bytes),
 }
 
@@ -70,7 +101,8 @@ pub struct Meta {
     pub db: u32,
     pub proto: crate::resp::Protocol,
     pub read_only: bool,
-    pub retried: bool,
+    /// Set once the request was sent again after a failover.
+    pub retried: Option<Retry>,
     /// On a cluster pool: the slot of the request's keys (`None`: keyless).
     pub slot: Option<u16>,
     /// Cluster redirections followed for this request so far.
@@ -91,111 +123,10 @@ impl Meta {
             db: 0,
             proto: crate::resp::Protocol::Resp2,
             read_only: false,
-            retried: false,
+            retried: None,
             slot: None,
             redirects: 0,
         }
-    }
-
-    /// Counts a reply: the command, its outcome and duration, the slow log,
-    /// cache hits and misses; an error reply from a backend also counts
-    /// under its kind (keyway's own error replies were counted where they
-    /// were made).
-    fn record(
-        &self,
-        state: &State,
-        live: &Live,
-        pool: &str,
-        reply: &[u8],
-        from_backend: bool,
-        now: Instant,
-    ) {
-        if !live.config.server.metrics {
-            return;
-        }
-        let m = &state.metrics;
-        let outcome = if shapes::is_error(reply) {
-            "error"
-        } else {
-            "ok"
-        };
-        let elapsed = now.saturating_duration_since(self.started);
-        m.record_command(
-            self.command,
-            pool,
-            outcome == "error",
-            elapsed.as_secs_f64(),
-        );
-        if outcome == "error" {
-            state.stats.commands.error_reply(reply);
-        }
-        if state.slowlog.logs(elapsed) {
-            self.record_slow(state, pool, elapsed);
-        }
-        if outcome == "error" && from_backend {
-            m.errors
-                .with_label_values(&[crate::metrics::error_reply_kind(reply)])
-                .inc();
-        }
-        let (hits, misses) = match self.cache {
-            CacheCount::No => return,
-            CacheCount::Single if outcome == "ok" => {
-                if resp::is_nil(reply) {
-                    (0, 1)
-                } else {
-                    (1, 0)
-                }
-            }
-            CacheCount::Single => return,
-            CacheCount::PerElement => match shapes::elements(reply) {
-                Some(e) => {
-                    let nil = e.iter().filter(|f| resp::is_nil(f)).count() as u64;
-                    (e.len() as u64 - nil, nil)
-                }
-                None => return,
-            },
-        };
-        m.record_cache(
-            pool,
-            (live.generation, self.route),
-            || live.router.route_label(self.route).into_owned(),
-            hits,
-            misses,
-        );
-    }
-}
-
-impl Meta {
-    /// A command keyway answered itself goes to the slow log like any other.
-    pub fn log_if_slow(&self, state: &State, pool: &str) {
-        let elapsed = self.started.elapsed();
-        if state.slowlog.logs(elapsed) {
-            self.record_slow(state, pool, elapsed);
-        }
-    }
-
-    fn record_slow(&self, state: &State, pool: &str, elapsed: std::time::Duration) {
-        state.metrics.slow_commands.with_label_values(&[pool]).inc();
-        let mut parser = crate::resp::RequestParser::default();
-        let mut buf = bytes::BytesMut::from(&self.request[..]);
-        let args = match parser.next(&mut buf) {
-            Ok(Some(r)) => crate::slowlog::trim_args(r.args()),
-            _ => Vec::new(),
-        };
-        let (addr, name) = state
-            .clients
-            .get(&self.client)
-            .map(|c| (c.addr.to_string(), c.name.clone()))
-            .unwrap_or_default();
-        state.slowlog.record(crate::slowlog::Entry {
-            id: 0,
-            unix_time: 0,
-            duration: elapsed,
-            args,
-            client_addr: addr,
-            client_name: name,
-            pool: pool.to_string(),
-        });
     }
 }
 
@@ -203,6 +134,14 @@ impl Default for Meta {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A resolved reply, as the observer sees it.
+pub struct Observed<'a> {
+    pub meta: &'a Meta,
+    /// The pool that answered; `None` for a reply merged from several.
+    pub pool: Option<PoolId>,
+    pub source: Source,
 }
 
 /// Kept behind a box: most replies in a client's queue are forwarded ones,
@@ -292,14 +231,38 @@ impl Reply {
         }
     }
 
-    /// The bytes if they are there already, without waiting; counted in
-    /// the metrics as they are taken (`now`: when they are taken).
-    pub fn try_ready(&mut self, state: &State, now: Instant) -> Option<Bytes> {
+    /// The bytes if they are there already, without waiting (for a
+    /// `Silent` reply too: `is_silent` says they are not written).
+    pub fn try_ready(&mut self, state: &State) -> Option<Bytes> {
         match self {
             Reply::Now(b) | Reply::Push(b) | Reply::Close(b) => Some(std::mem::take(b)),
-            Reply::Backend(f) => f.try_ready(state, now),
+            Reply::Backend(f) => f.try_ready(state),
             Reply::Fanout(_) => None,
-            Reply::Silent(inner) => inner.try_ready(state, now).map(|_| Bytes::new()),
+            Reply::Silent(inner) => inner.try_ready(state),
+        }
+    }
+
+    /// Resolved but not written (CLIENT REPLY OFF / SKIP).
+    pub fn is_silent(&self) -> bool {
+        matches!(self, Reply::Silent(_))
+    }
+
+    /// What the observer needs of a resolved reply that went to the
+    /// backends; `None` for keyway's own (counted where they were made).
+    pub fn observed(&self) -> Option<Observed<'_>> {
+        match self {
+            Reply::Backend(f) => Some(Observed {
+                meta: &f.meta,
+                pool: Some(f.pool),
+                source: f.source,
+            }),
+            Reply::Fanout(f) => Some(Observed {
+                meta: &f.meta,
+                pool: None,
+                source: Source::Backend,
+            }),
+            Reply::Silent(inner) => inner.observed(),
+            Reply::Now(_) | Reply::Push(_) | Reply::Close(_) => None,
         }
     }
 
@@ -309,7 +272,7 @@ impl Reply {
         match self {
             Reply::Now(b) | Reply::Push(b) | Reply::Close(b) => Poll::Ready(std::mem::take(b)),
             Reply::Backend(f) => loop {
-                if let Some(b) = f.try_ready(state, Instant::now()) {
+                if let Some(b) = f.try_ready(state) {
                     return Poll::Ready(b);
                 }
                 match &mut f.wait {
@@ -322,7 +285,7 @@ impl Reply {
                 }
             },
             Reply::Fanout(fanout) => {
-                let Fanout { parts, merge, meta } = fanout.as_mut();
+                let Fanout { parts, merge, .. } = fanout.as_mut();
                 for part in parts.iter_mut().filter(|p| p.got.is_none()) {
                     let got = match &mut part.rx {
                         Ok(rx) => match Pin::new(rx).poll(cx) {
@@ -344,20 +307,21 @@ impl Reply {
                         )
                     })
                     .collect();
-                let merged = std::mem::replace(merge, Merge::AllOk).merge(state, frames);
-                meta.record(state, &state.live(), "multi", &merged, true, Instant::now());
-                Poll::Ready(merged)
+                Poll::Ready(std::mem::replace(merge, Merge::AllOk).merge(state, frames))
             }
-            Reply::Silent(inner) => inner.poll_ready(cx, state).map(|_| Bytes::new()),
+            Reply::Silent(inner) => inner.poll_ready(cx, state),
         }
     }
 }
 
 impl Forwarded {
-    fn try_ready(&mut self, state: &State, now: Instant) -> Option<Bytes> {
+    fn try_ready(&mut self, state: &State) -> Option<Bytes> {
         let got = match &mut self.wait {
             Wait::Inbox => return None,
-            Wait::Answered(b) => return Some(std::mem::take(b)),
+            Wait::Answered(b) => {
+                self.source = Source::TimedOut;
+                return Some(std::mem::take(b));
+            }
             Wait::Arrived(got) => got.take(),
             Wait::Retry(rx) => match rx.try_recv() {
                 Ok(b) => Some(b),
@@ -371,10 +335,16 @@ impl Forwarded {
             self.wait = Wait::Retry(retry);
             return None;
         }
-        let from_backend = got.is_some();
-        let b = got.unwrap_or_else(|| lost(state, self.pool));
-        record(state, &self.meta, self.pool, &b, from_backend, now);
-        Some(b)
+        match got {
+            Some(reply) => {
+                self.source = Source::Backend;
+                Some(reply)
+            }
+            None => {
+                self.source = Source::ConnectionLost;
+                Some(connection_lost(state, self.pool).to_resp())
+            }
+        }
     }
 
     /// Whether the reply is still awaited from a backend.
@@ -386,13 +356,11 @@ impl Forwarded {
     /// reply is dropped when it arrives; the connection's FIFO order is
     /// unaffected.
     pub fn time_out(&mut self, state: &State, timeout: std::time::Duration) {
-        state.metrics.errors.with_label_values(&["timeout"]).inc();
         let b = resp::error(&format!(
             "ERR backend '{}' timed out after {}ms",
             &pool_label(state, self.pool),
             timeout.as_millis()
         ));
-        record(state, &self.meta, self.pool, &b, false, Instant::now());
         self.wait = Wait::Answered(b);
     }
 }
@@ -436,7 +404,7 @@ fn failover_retry(
 ) -> Option<ReplyRx> {
     let readonly = got.is_some_and(|b| b.starts_with(b"-READONLY"));
     // Every reply passes here: an ordinary one leaves at once.
-    if meta.retried || meta.request.is_empty() || (got.is_some() && !readonly) {
+    if meta.retried.is_some() || meta.request.is_empty() || (got.is_some() && !readonly) {
         return None;
     }
     let backend = state.live().backends.get(pool)?.clone();
@@ -445,16 +413,11 @@ fn failover_retry(
     if !(demoted || lost_read) {
         return None;
     }
-    meta.retried = true;
-    state
-        .metrics
-        .errors
-        .with_label_values(&[if readonly {
-            "readonly_retried"
-        } else {
-            "read_retried"
-        }])
-        .inc();
+    meta.retried = Some(if readonly {
+        Retry::Readonly
+    } else {
+        Retry::LostRead
+    });
     if let Some(cluster) = backend.cluster() {
         // The node went away: ask the slot's master as the map has it now.
         cluster.request_refresh();
@@ -470,23 +433,6 @@ fn failover_retry(
     ))
 }
 
-/// Records a forwarded reply under its pool's name, without copying it.
-fn record(
-    state: &State,
-    meta: &Meta,
-    pool: PoolId,
-    reply: &[u8],
-    from_backend: bool,
-    now: Instant,
-) {
-    let live = state.live();
-    let name = match live.backends.get(pool) {
-        Some(p) => p.name(),
-        None => live.router.pool_name(pool),
-    };
-    meta.record(state, &live, name, reply, from_backend, now);
-}
-
 /// A pool's name for errors and metric labels, replica pools included.
 fn pool_label(state: &State, pool: PoolId) -> String {
     let live = state.live();
@@ -500,13 +446,4 @@ pub fn connection_lost(state: &State, pool: PoolId) -> BackendError {
     BackendError::ConnectionLost {
         pool: pool_label(state, pool),
     }
-}
-
-fn lost(state: &State, pool: PoolId) -> Bytes {
-    state
-        .metrics
-        .errors
-        .with_label_values(&["connection_lost"])
-        .inc();
-    connection_lost(state, pool).to_resp()
 }

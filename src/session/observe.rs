@@ -1,0 +1,132 @@
+//! The one place a completed reply is counted: the command's outcome and
+//! latency, INFO's error stats, error kinds, cache hits and misses, and the
+//! slow log. Replies resolve without side effects; `Output` hands each one
+//! here once, as it takes it for the client, and an `Observer` lives for
+//! one batch of replies: its series are the thread's own, added to the
+//! shared ones when it ends, before the batch is written.
+
+use std::time::{Duration, Instant};
+
+use arc_swap::Guard;
+use std::sync::Arc;
+
+use super::reply::{CacheCount, Meta, Observed, Source};
+use crate::resp::{self, shapes};
+use crate::state::{Live, State};
+
+pub struct Observer<'a> {
+    state: &'a State,
+    /// One look at the configuration for the whole batch.
+    live: Guard<Arc<Live>>,
+    /// One clock read for the whole batch.
+    now: Instant,
+}
+
+impl<'a> Observer<'a> {
+    pub fn new(state: &'a State) -> Observer<'a> {
+        Observer {
+            state,
+            live: state.live(),
+            now: Instant::now(),
+        }
+    }
+
+    /// A reply that went to the backends, as the client will get it.
+    pub fn reply(&self, seen: Observed<'_>, reply: &[u8]) {
+        if !self.live.config.server.metrics {
+            return;
+        }
+        let pool = match seen.pool {
+            // Replica pools are found by id too; a pool a reload removed
+            // keeps the name the router last gave it.
+            Some(id) => match self.live.backends.get(id) {
+                Some(p) => p.name(),
+                None => self.live.router.pool_name(id),
+            },
+            None => "multi",
+        };
+        let meta = seen.meta;
+        let m = &self.state.metrics;
+        let error = shapes::is_error(reply);
+        let elapsed = self.now.saturating_duration_since(meta.started);
+        m.record_command(meta.command, pool, error, elapsed.as_secs_f64());
+        if let Some(retry) = meta.retried {
+            m.errors.with_label_values(&[retry.label()]).inc();
+        }
+        if error {
+            self.state.stats.commands.error_reply(reply);
+            let kind = match seen.source {
+                Source::Backend => crate::metrics::error_reply_kind(reply),
+                Source::TimedOut => "timeout",
+                Source::ConnectionLost => "connection_lost",
+            };
+            m.errors.with_label_values(&[kind]).inc();
+        }
+        if self.state.slowlog.logs(elapsed) {
+            slow(self.state, meta, pool, elapsed);
+        }
+        let (hits, misses) = match meta.cache {
+            CacheCount::No => return,
+            CacheCount::Single if !error => match resp::is_nil(reply) {
+                true => (0, 1),
+                false => (1, 0),
+            },
+            CacheCount::Single => return,
+            CacheCount::PerElement => match shapes::elements(reply) {
+                Some(e) => {
+                    let nil = e.iter().filter(|f| resp::is_nil(f)).count() as u64;
+                    (e.len() as u64 - nil, nil)
+                }
+                None => return,
+            },
+        };
+        let live = &self.live;
+        m.record_cache(
+            pool,
+            (live.generation, meta.route),
+            || live.router.route_label(meta.route).into_owned(),
+            hits,
+            misses,
+        );
+    }
+}
+
+impl Drop for Observer<'_> {
+    fn drop(&mut self) {
+        // Before any of the batch is written: a client that reads a reply
+        // and then scrapes /metrics finds it counted.
+        crate::metrics::flush_thread_local();
+    }
+}
+
+/// A command keyway answered itself goes to the slow log like any other.
+pub fn answered_locally(state: &State, meta: &Meta) {
+    let elapsed = meta.started.elapsed();
+    if state.slowlog.logs(elapsed) {
+        slow(state, meta, "keyway", elapsed);
+    }
+}
+
+fn slow(state: &State, meta: &Meta, pool: &str, elapsed: Duration) {
+    state.metrics.slow_commands.with_label_values(&[pool]).inc();
+    let mut parser = crate::resp::RequestParser::default();
+    let mut buf = bytes::BytesMut::from(&meta.request[..]);
+    let args = match parser.next(&mut buf) {
+        Ok(Some(r)) => crate::slowlog::trim_args(r.args()),
+        _ => Vec::new(),
+    };
+    let (addr, name) = state
+        .clients
+        .get(&meta.client)
+        .map(|c| (c.addr.to_string(), c.name.clone()))
+        .unwrap_or_default();
+    state.slowlog.record(crate::slowlog::Entry {
+        id: 0,
+        unix_time: 0,
+        duration: elapsed,
+        args,
+        client_addr: addr,
+        client_name: name,
+        pool: pool.to_string(),
+    });
+}
