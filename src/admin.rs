@@ -101,9 +101,9 @@ fn readyz(state: &State) -> Response<Full<Bytes>> {
         };
         ready &= problem.is_none() || !required;
         let endpoint = pool.endpoint();
-        let address = match endpoint.host.is_empty() {
-            true => serde_json::Value::Null,
-            false => endpoint.address().into(),
+        let address = match &endpoint.addr {
+            None => serde_json::Value::Null,
+            Some(addr) => addr.to_string().into(),
         };
         pools.insert(
             pool.name().to_string(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use keyway::config::Config;
+use keyway::config::{Addr, Config};
 use keyway::route::Router;
 use keyway::server::Server;
 
@@ -199,13 +199,13 @@ fn current_master(
         Err(e) => return format!("unknown ({e})"),
     };
     match runtime.block_on(keyway::sentinel::discover(sentinel, node)) {
-        Ok((host, port)) => format!("{host}:{port} (confirmed by ROLE)"),
+        Ok(master) => format!("{master} (confirmed by ROLE)"),
         Err(e) => format!("none confirmed ({e})"),
     }
 }
 
 /// Reads a cluster pool's topology now; `--check` shows what it found.
-fn cluster_shape(config: &Config, pool: &keyway::config::Pool, seeds: &[(String, u16)]) -> String {
+fn cluster_shape(config: &Config, pool: &keyway::config::Pool, seeds: &[Addr]) -> String {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -246,10 +246,7 @@ fn route_table(config: &Config) -> String {
     ));
     for p in &config.pools {
         if let Some(seeds) = &p.cluster {
-            let nodes: Vec<String> = seeds
-                .iter()
-                .map(|(h, port)| format!("{h}:{port}"))
-                .collect();
+            let nodes: Vec<String> = seeds.iter().map(Addr::to_string).collect();
             out.push_str(&format!(
                 "  {:<12} redis cluster via {}  (from {})\n  {:<12} currently: {}\n",
                 p.name,
@@ -266,12 +263,7 @@ fn route_table(config: &Config) -> String {
                 p.name, p.endpoint, p.origin
             )),
             Some(s) => {
-                let sentinels: Vec<String> = s
-                    .spec
-                    .sentinels
-                    .iter()
-                    .map(|(h, port)| format!("{h}:{port}"))
-                    .collect();
+                let sentinels: Vec<String> = s.spec.sentinels.iter().map(Addr::to_string).collect();
                 out.push_str(&format!(
                     "  {:<12} sentinel master '{}' via {}  (from {})\n  {:<12} currently reported master: {}\n",
                     p.name,

@@ -32,7 +32,7 @@ pub async fn probe_all(state: &Arc<State>, timeout: Duration, totals: &mut Total
         .backends
         .pools()
         .iter()
-        .filter(|p| !(p.is_replica_pool() && p.endpoint().host.is_empty()))
+        .filter(|p| !(p.is_replica_pool() && p.endpoint().addr.is_none()))
         .cloned()
         .collect();
     let handles: Vec<_> = pools

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::Pool;
 use crate::backend::{Dedicated, MAX_FENCE};
-use crate::config::{Endpoint, SentinelConfig};
+use crate::config::{Addr, Endpoint, SentinelConfig};
 use crate::resp::{shapes, Request};
 use crate::state::State;
 
@@ -29,7 +29,7 @@ const QUERY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Asks the sentinels for the master's address and confirms it with ROLE,
 /// on connections of its own (discovery at start, `keyway --check`).
-pub async fn discover(cfg: &SentinelConfig, node: &Endpoint) -> Result<(String, u16), String> {
+pub async fn discover(cfg: &SentinelConfig, node: &Endpoint) -> Result<Addr, String> {
     Queries::default().discover(cfg, node).await
 }
 
@@ -43,7 +43,7 @@ const MAX_QUERY_CONNS: usize = 16;
 /// a late reply never answers the next query.
 #[derive(Default)]
 struct Queries {
-    conns: HashMap<(Peer, String), Dedicated>,
+    conns: HashMap<(Peer, Addr), Dedicated>,
 }
 
 /// Who a query connection talks to (a sentinel and a node never share one).
@@ -90,13 +90,16 @@ impl Queries {
         endpoint: &Endpoint,
         args: &[&str],
     ) -> Result<Bytes, String> {
-        let key = (peer, endpoint.address());
+        let Some(addr) = endpoint.addr.clone() else {
+            return Err("no address".to_string());
+        };
+        let key = (peer, addr);
         let (conn, reply) = ask_on(self.conns.remove(&key), endpoint, args).await;
         self.keep(key, conn);
         reply
     }
 
-    fn keep(&mut self, key: (Peer, String), conn: Option<Dedicated>) {
+    fn keep(&mut self, key: (Peer, Addr), conn: Option<Dedicated>) {
         let Some(conn) = conn else { return };
         if self.conns.len() >= MAX_QUERY_CONNS {
             // Nodes come and go with failovers; sentinels stay.
@@ -117,9 +120,9 @@ impl Queries {
             .spec
             .sentinels
             .iter()
-            .map(|(host, port)| {
-                let endpoint = cfg.sentinel_endpoint(host, *port);
-                let key = (Peer::Sentinel, endpoint.address());
+            .map(|sentinel| {
+                let endpoint = cfg.sentinel_endpoint(sentinel);
+                let key = (Peer::Sentinel, sentinel.clone());
                 let conn = self.conns.remove(&key);
                 let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
                 let task = tokio::spawn(async move {
@@ -144,17 +147,13 @@ impl Queries {
 
     /// Asks the sentinels for the master's address and confirms it with
     /// ROLE. Unreachable sentinels are skipped; disagreeing ones are outvoted.
-    async fn discover(
-        &mut self,
-        cfg: &SentinelConfig,
-        node: &Endpoint,
-    ) -> Result<(String, u16), String> {
+    async fn discover(&mut self, cfg: &SentinelConfig, node: &Endpoint) -> Result<Addr, String> {
         let ask = [
             "SENTINEL",
             "GET-MASTER-ADDR-BY-NAME",
             cfg.spec.master.as_str(),
         ];
-        let mut votes: HashMap<(String, u16), usize> = HashMap::new();
+        let mut votes: HashMap<Addr, usize> = HashMap::new();
         let mut errors = Vec::new();
         for reply in self.ask_sentinels(cfg, &ask).await {
             match reply.and_then(|r| master_addr(&r)) {
@@ -162,7 +161,7 @@ impl Queries {
                 Err(e) => errors.push(e),
             }
         }
-        let mut candidates: Vec<((String, u16), usize)> = votes.into_iter().collect();
+        let mut candidates: Vec<(Addr, usize)> = votes.into_iter().collect();
         candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         if candidates.is_empty() {
             return Err(format!(
@@ -171,25 +170,25 @@ impl Queries {
                 errors.join("; ")
             ));
         }
-        for ((host, port), _) in &candidates {
-            if self.confirms_master(node, host, *port).await {
-                return Ok((host.clone(), *port));
+        for (addr, _) in &candidates {
+            if self.confirms_master(node, addr).await {
+                return Ok(addr.clone());
             }
         }
         Err(format!(
             "sentinels report {} for '{}' but none confirms ROLE master",
             candidates
                 .iter()
-                .map(|((h, p), n)| format!("{h}:{p} ({n} votes)"))
+                .map(|(addr, n)| format!("{addr} ({n} votes)"))
                 .collect::<Vec<_>>()
                 .join(", "),
             cfg.spec.master
         ))
     }
 
-    /// Whether the server at `host:port` answers ROLE with `master`.
-    async fn confirms_master(&mut self, node: &Endpoint, host: &str, port: u16) -> bool {
-        let Ok(role) = self.ask(Peer::Node, &at(node, host, port), &["ROLE"]).await else {
+    /// Whether the server at `addr` answers ROLE with `master`.
+    async fn confirms_master(&mut self, node: &Endpoint, addr: &Addr) -> bool {
+        let Ok(role) = self.ask(Peer::Node, &at(node, addr), &["ROLE"]).await else {
             return false;
         };
         shapes::elements(&role)
@@ -202,16 +201,15 @@ impl Queries {
 }
 
 /// `node`'s credentials at another address, in db 0.
-fn at(node: &Endpoint, host: &str, port: u16) -> Endpoint {
+fn at(node: &Endpoint, addr: &Addr) -> Endpoint {
     let mut endpoint = node.clone();
-    endpoint.host = host.to_string();
-    endpoint.port = port;
+    endpoint.addr = Some(addr.clone());
     endpoint.db = 0;
     endpoint
 }
 
 /// The address in a `SENTINEL GET-MASTER-ADDR-BY-NAME` reply.
-fn master_addr(reply: &[u8]) -> Result<(String, u16), String> {
+fn master_addr(reply: &[u8]) -> Result<Addr, String> {
     let parts = shapes::elements(reply).ok_or("no master known")?;
     let host = parts
         .first()
@@ -225,7 +223,7 @@ fn master_addr(reply: &[u8]) -> Result<(String, u16), String> {
         .ok()
         .and_then(|p| p.parse().ok())
         .ok_or("bad port")?;
-    Ok((String::from_utf8_lossy(host).into_owned(), port))
+    Ok(Addr::new(String::from_utf8_lossy(host), port))
 }
 
 /// What a sentinel announced about the followed master.
@@ -241,14 +239,14 @@ enum Event {
 /// (`<name> <old-ip> <old-port> <new-ip> <new-port>`).
 struct Switch {
     at: Instant,
-    to: Option<(String, u16)>,
+    to: Option<Addr>,
 }
 
 impl Switch {
     fn parse(payload: &str) -> Switch {
         let words: Vec<&str> = payload.split(' ').collect();
         let to = match words.as_slice() {
-            [_, _, _, host, port] => port.parse().ok().map(|p| (host.to_string(), p)),
+            [_, _, _, host, port] => port.parse().ok().map(|p| Addr::new(*host, p)),
             _ => None,
         };
         Switch {
@@ -265,10 +263,10 @@ async fn healthy_replica(
     cfg: &SentinelConfig,
     node: &Endpoint,
     max_lag_secs: u64,
-) -> Option<(String, u16)> {
+) -> Option<Addr> {
     let mut listed = None;
-    for (host, port) in &cfg.spec.sentinels {
-        let endpoint = cfg.sentinel_endpoint(host, *port);
+    for sentinel in &cfg.spec.sentinels {
+        let endpoint = cfg.sentinel_endpoint(sentinel);
         if let Ok(reply) = queries
             .ask(
                 Peer::Sentinel,
@@ -304,13 +302,13 @@ async fn healthy_replica(
         if let (Some(ip), Some(port)) =
             (text("ip"), text("port").and_then(|p| p.parse::<u16>().ok()))
         {
-            candidates.push((ip, port));
+            candidates.push(Addr::new(ip, port));
         }
     }
     candidates.sort();
-    for (host, port) in candidates {
+    for addr in candidates {
         let Ok(info) = queries
-            .ask(Peer::Node, &at(node, &host, port), &["INFO", "replication"])
+            .ask(Peer::Node, &at(node, &addr), &["INFO", "replication"])
             .await
         else {
             continue;
@@ -324,7 +322,7 @@ async fn healthy_replica(
             .and_then(|s| s.parse::<i64>().ok())
             .is_some_and(|s| (0..=max_lag_secs as i64).contains(&s));
         if link_up && fresh {
-            return Some((host, port));
+            return Some(addr);
         }
     }
     None
@@ -342,9 +340,9 @@ pub async fn follow(
 ) {
     let (events_tx, mut events) = mpsc::channel::<Event>(16);
     let mut watchers = Vec::new();
-    for (host, port) in &cfg.spec.sentinels {
+    for sentinel in &cfg.spec.sentinels {
         watchers.push(tokio::spawn(watch_sentinel(
-            cfg.sentinel_endpoint(host, *port),
+            cfg.sentinel_endpoint(sentinel),
             cfg.spec.master.clone(),
             events_tx.clone(),
         )));
@@ -388,9 +386,7 @@ pub async fn follow(
         // The announcing sentinel names the new master; the others may
         // still vote for the old one for a while, so ROLE alone decides.
         let announced = match switch.and_then(|s| s.to) {
-            Some((host, port)) if queries.confirms_master(&node, &host, port).await => {
-                Some((host, port))
-            }
+            Some(addr) if queries.confirms_master(&node, &addr).await => Some(addr),
             _ => None,
         };
         let confirmed_switch = announced.is_some();
@@ -399,20 +395,17 @@ pub async fn follow(
             None => queries.discover(&cfg, &node).await,
         };
         match found {
-            Ok((host, port)) => {
-                let current = pool.endpoint();
-                if confirmed_switch && current.host == host && current.port == port {
+            Ok(master) => {
+                let old = pool.endpoint().addr.clone();
+                if confirmed_switch && old.as_ref() == Some(&master) {
                     // Already there (a poll got ahead of the event): the
                     // announced master is confirmed, so held writes may go.
                     fence.lift();
                     fence_until = None;
                 }
-                let old = pool.endpoint().address();
-                if pool.set_address(&host, port) {
+                if pool.set_address(Some(master.clone())) {
                     let name = pool.name().to_string();
-                    if old == ":0" {
-                        tracing::info!(pool = %name, master = %format!("{host}:{port}"), "master discovered");
-                    } else {
+                    if let Some(old) = old {
                         state.metrics.failovers.with_label_values(&[&name]).inc();
                         if let Some(at) = switch_seen {
                             state
@@ -421,7 +414,9 @@ pub async fn follow(
                                 .with_label_values(&[&name])
                                 .observe(at.elapsed().as_secs_f64());
                         }
-                        tracing::warn!(pool = %name, old = %old, new = %format!("{host}:{port}"), "master changed: following the failover");
+                        tracing::warn!(pool = %name, old = %old, new = %master, "master changed: following the failover");
+                    } else {
+                        tracing::info!(pool = %name, master = %master, "master discovered");
                     }
                     // Held writes now go to the new master.
                     fence.lift();
@@ -432,16 +427,15 @@ pub async fn follow(
         }
         if let Some((replica_pool, max_lag)) = &replica {
             match healthy_replica(&mut queries, &cfg, &node, *max_lag).await {
-                Some((host, port)) => {
-                    if replica_pool.set_address(&host, port) {
-                        tracing::info!(pool = %pool.name(), replica = %format!("{host}:{port}"), "reading from replica");
+                Some(chosen) => {
+                    if replica_pool.set_address(Some(chosen.clone())) {
+                        tracing::info!(pool = %pool.name(), replica = %chosen, "reading from replica");
                     }
                 }
                 None => {
-                    if !replica_pool.endpoint().host.is_empty() {
+                    if replica_pool.set_address(None) {
                         tracing::warn!(pool = %pool.name(), "no healthy replica; reads go to the master");
                     }
-                    replica_pool.clear_address();
                 }
             }
         }

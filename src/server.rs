@@ -85,10 +85,9 @@ impl Server {
                 continue;
             };
             match crate::sentinel::discover(sentinel, &pool.endpoint).await {
-                Ok((host, port)) => {
-                    tracing::info!(pool = %pool.name, master = %format!("{host}:{port}"), "master discovered through Sentinel");
-                    pool.endpoint.host = host;
-                    pool.endpoint.port = port;
+                Ok(master) => {
+                    tracing::info!(pool = %pool.name, master = %master, "master discovered through Sentinel");
+                    pool.endpoint.addr = Some(master);
                 }
                 Err(e) => {
                     tracing::warn!(pool = %pool.name, "no master confirmed yet (pool not ready): {e}")

@@ -14,7 +14,8 @@ pub struct Dedicated {
     stream: BackendStream,
     buf: BytesMut,
     scanner: FrameScanner,
-    pub(super) address: String,
+    /// Where it is connected (what a failover compares on its way back).
+    pub(super) addr: Option<crate::config::Addr>,
     pub(super) db: u32,
     pub(super) proto: Protocol,
     /// The connection's own `CLIENT ID` on the server, once asked: what
@@ -28,14 +29,14 @@ pub struct Dedicated {
 impl Dedicated {
     pub(super) fn new(
         stream: BackendStream,
-        address: String,
+        addr: Option<crate::config::Addr>,
         db: u32,
         proto: Protocol,
         permit: OwnedSemaphorePermit,
     ) -> Dedicated {
         Dedicated {
             stream,
-            address,
+            addr,
             buf: BytesMut::with_capacity(16 * 1024),
             scanner: FrameScanner::default(),
             db,
@@ -59,7 +60,7 @@ impl Dedicated {
             stream,
             buf: BytesMut::with_capacity(4096),
             scanner: FrameScanner::default(),
-            address: endpoint.address(),
+            addr: endpoint.addr.clone(),
             db: 0,
             proto: Protocol::Resp2,
             backend_id: None,

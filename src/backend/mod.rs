@@ -110,8 +110,7 @@ pub struct Backends {
 
 fn replica_pool(p: &crate::config::Pool, config: &Config) -> Arc<Pool> {
     let mut endpoint = p.endpoint.clone();
-    endpoint.host.clear();
-    endpoint.port = 0;
+    endpoint.addr = None;
     Arc::new(
         Pool::new(
             &format!("{}-replica", p.name),
@@ -196,19 +195,7 @@ impl Backends {
                 let same_kind = existing.is_sentinel_managed() == p.sentinel.is_some()
                     && existing.cluster().map(|c| c.replica_reads())
                         == p.cluster.as_ref().map(|_| p.replica_reads.is_some())
-                    && existing.cluster().map(|c| c.seeds().collect::<Vec<_>>())
-                        == p.cluster.as_ref().map(|seeds| {
-                            seeds
-                                .iter()
-                                .map(|(h, port)| {
-                                    crate::cluster::NodeAddr {
-                                        host: h.clone(),
-                                        port: *port,
-                                    }
-                                    .address()
-                                })
-                                .collect()
-                        });
+                    && existing.cluster().map(|c| c.seeds()) == p.cluster.as_deref();
                 let configured = existing.configured();
                 let same_node = configured.username == p.endpoint.username
                     && configured.password == p.endpoint.password
@@ -220,17 +207,12 @@ impl Backends {
                     if same_kind && p.sentinel.is_some() {
                         // Serves at once on the master the old pool followed;
                         // its own follower takes over from there.
-                        let current = existing.endpoint();
-                        if !current.host.is_empty() {
-                            replacement.set_address(&current.host, current.port);
-                        }
+                        replacement.set_address(existing.endpoint().addr.clone());
                     }
                     return replacement;
                 }
                 let moved = p.sentinel.is_none() && p.cluster.is_none() && {
-                    let from = existing.endpoint().address();
-                    existing.set_address(&p.endpoint.host, p.endpoint.port);
-                    from != p.endpoint.address()
+                    existing.set_address(p.endpoint.addr.clone())
                 };
                 changes.push(match moved {
                     true => PoolChange::Moved(p.name.clone()),
@@ -250,7 +232,7 @@ impl Backends {
     /// The replica pool of `pool`, when it has one with a replica chosen.
     pub fn replica_of(&self, pool: PoolId) -> Option<PoolId> {
         let replica = self.get(pool.replica())?;
-        (!replica.endpoint().host.is_empty()).then_some(pool.replica())
+        replica.endpoint().addr.is_some().then_some(pool.replica())
     }
 
     /// The replica pool of `pool` whether or not a replica is chosen yet.

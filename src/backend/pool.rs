@@ -142,17 +142,17 @@ impl Pool {
         self.endpoint.load_full()
     }
 
-    /// Moves the pool to a new master address. Multiplexed connections to
-    /// the old one finish what is in flight and close; idle leased ones are
-    /// dropped. Returns false when the address did not change.
-    pub fn set_address(&self, host: &str, port: u16) -> bool {
+    /// Moves the pool to a new master address (`None`: to none, as a
+    /// replica pool left without a healthy replica). Multiplexed connections
+    /// to the old one finish what is in flight and close; idle leased ones
+    /// are dropped. Returns false when the address did not change.
+    pub fn set_address(&self, addr: Option<crate::config::Addr>) -> bool {
         let current = self.endpoint.load_full();
-        if current.host == host && current.port == port {
+        if current.addr == addr {
             return false;
         }
         let mut next = (*current).clone();
-        next.host = host.to_string();
-        next.port = port;
+        next.addr = addr;
         self.endpoint.store(Arc::new(next));
         lock(&self.slots).clear();
         lock(&self.idle).clear();
@@ -194,13 +194,6 @@ impl Pool {
         self.rediscover.notified().await
     }
 
-    /// Stops using any address (no healthy replica): the pool is unresolved.
-    pub fn clear_address(&self) {
-        if !self.endpoint.load().host.is_empty() {
-            self.set_address("", 0);
-        }
-    }
-
     /// Changes whenever the pool moves to another address.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
@@ -209,8 +202,8 @@ impl Pool {
     /// A Sentinel pool whose master is not known yet has no address.
     fn unresolved(&self, endpoint: &Endpoint) -> Option<BackendError> {
         endpoint
-            .host
-            .is_empty()
+            .addr
+            .is_none()
             .then(|| self.unavailable("no master discovered yet".to_string()))
     }
 
@@ -358,7 +351,7 @@ impl Pool {
                 self.mark_up();
                 Ok(Dedicated::new(
                     stream,
-                    endpoint.address(),
+                    endpoint.addr.clone(),
                     db,
                     proto,
                     permit,
@@ -373,13 +366,13 @@ impl Pool {
     /// DISCARD, a blocking command answered). Anything else is just dropped.
     pub fn release(&self, conn: Dedicated) {
         if let Some(cluster) = &self.cluster {
-            if let Some(node) = cluster.node_at(&conn.address) {
+            if let Some(node) = conn.addr.as_ref().and_then(|a| cluster.node_at(a)) {
                 node.release(conn);
             }
             return;
         }
         // A connection to an address the pool no longer uses (failover) is dropped.
-        if !conn.is_clean() || conn.address != self.endpoint.load().address() {
+        if !conn.is_clean() || conn.addr != self.endpoint.load().addr {
             return;
         }
         let mut idle = lock(&self.idle);

@@ -32,7 +32,10 @@ pub async fn open(endpoint: &Endpoint, db: u32, proto: Protocol) -> Result<Backe
 
 /// Opens a connection to `endpoint`, with TLS when its URL was `rediss://`.
 async fn connect(endpoint: &Endpoint) -> Result<BackendStream, String> {
-    let tcp = TcpStream::connect(endpoint.address())
+    let Some(addr) = &endpoint.addr else {
+        return Err("no address known yet".to_string());
+    };
+    let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
         .await
         .map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -40,16 +43,13 @@ async fn connect(endpoint: &Endpoint) -> Result<BackendStream, String> {
         return Ok(BackendStream::Plain(tcp));
     };
     let connector = TlsConnector::from(tls.client.get_or_build(|| client_config(tls))?);
-    let name = tls
-        .server_name
-        .clone()
-        .unwrap_or_else(|| endpoint.host.clone());
+    let name = tls.server_name.clone().unwrap_or_else(|| addr.host.clone());
     let server_name = ServerName::try_from(name.clone())
         .map_err(|_| format!("'{name}' is not a valid TLS server name"))?;
     let stream = connector
         .connect(server_name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake with {}: {e}", endpoint.address()))?;
+        .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
     Ok(BackendStream::Tls(Box::new(stream)))
 }
 

@@ -24,10 +24,10 @@ use tokio::sync::{watch, Notify};
 pub use redirect::Redirect;
 pub use scan::{glob_match, ScanArgs};
 pub use slot::{key_slot, SLOTS};
-pub use topology::{NodeAddr, Shard, Topology};
+pub use topology::{Shard, Topology};
 
 use crate::backend::{BackendError, Pool, ReplyRx, ReplyTo};
-use crate::config::{BackendConfig, Endpoint};
+use crate::config::{Addr, BackendConfig, Endpoint};
 use crate::resp::Protocol;
 
 /// No master serves the slot.
@@ -112,14 +112,15 @@ pub struct Cluster {
     name: String,
     /// Credentials and TLS for every node; its address is a seed's.
     template: Endpoint,
-    seeds: Vec<NodeAddr>,
+    seeds: Vec<Addr>,
     settings: BackendConfig,
     /// Read-only commands go to a replica of the slot's master.
     replica_reads: bool,
     map: ArcSwap<SlotMap>,
     /// Every node pool by address, reused across refreshes (connections
     /// and all); bounded by the cluster's size, pruned on each refresh.
-    nodes: Mutex<HashMap<String, Arc<Pool>>>,
+    /// Keyed by address and by whether the pool reads from a replica.
+    nodes: Mutex<HashMap<(Addr, bool), Arc<Pool>>>,
     wanted: Notify,
     /// Bumped after each refresh, so a request waiting for a map wakes.
     refreshed: watch::Sender<u64>,
@@ -131,16 +132,13 @@ impl Cluster {
     pub fn new(
         name: &str,
         template: Endpoint,
-        seeds: Vec<(String, u16)>,
+        seeds: Vec<Addr>,
         settings: BackendConfig,
     ) -> Cluster {
         Cluster {
             name: name.to_string(),
             template,
-            seeds: seeds
-                .into_iter()
-                .map(|(host, port)| NodeAddr { host, port })
-                .collect(),
+            seeds,
             settings,
             replica_reads: false,
             map: ArcSwap::from_pointee(SlotMap::empty()),
@@ -166,8 +164,8 @@ impl Cluster {
         self.replica_reads
     }
 
-    pub fn seeds(&self) -> impl Iterator<Item = String> + '_ {
-        self.seeds.iter().map(NodeAddr::address)
+    pub fn seeds(&self) -> &[Addr] {
+        &self.seeds
     }
 
     pub fn attach_metrics(&self, metrics: ClusterMetrics, round_trip: prometheus::Histogram) {
@@ -218,25 +216,21 @@ impl Cluster {
 
     /// The node pool for an address, made on first sight (a redirection
     /// may name a node the map does not know yet).
-    pub fn node(&self, addr: &NodeAddr) -> Arc<Pool> {
+    pub fn node(&self, addr: &Addr) -> Arc<Pool> {
         self.node_as(addr, false)
     }
 
     /// A node pool whose connections read from a replica (`READONLY`);
     /// kept apart from the same node's pool as a master, since a failover
     /// may turn one into the other.
-    fn node_as(&self, addr: &NodeAddr, readonly: bool) -> Arc<Pool> {
-        let key = match readonly {
-            false => addr.address(),
-            true => format!("{} readonly", addr.address()),
-        };
+    fn node_as(&self, addr: &Addr, readonly: bool) -> Arc<Pool> {
+        let key = (addr.clone(), readonly);
         let mut nodes = lock(&self.nodes);
         if let Some(node) = nodes.get(&key) {
             return node.clone();
         }
         let mut endpoint = self.template.clone();
-        endpoint.host = addr.host.clone();
-        endpoint.port = addr.port;
+        endpoint.addr = Some(addr.clone());
         endpoint.db = 0;
         endpoint.readonly = readonly;
         let node = Arc::new(Pool::new(&self.name, endpoint, self.settings.clone()));
@@ -247,23 +241,22 @@ impl Cluster {
         node
     }
 
-    /// Node pools by address, for the leases and stats that name one.
-    pub fn node_at(&self, address: &str) -> Option<Arc<Pool>> {
-        lock(&self.nodes).get(address).cloned()
+    /// A node's pool (as a master) by address, for the leases that name one.
+    pub fn node_at(&self, addr: &Addr) -> Option<Arc<Pool>> {
+        lock(&self.nodes).get(&(addr.clone(), false)).cloned()
     }
 
     /// A `MOVED`: the slot is served by `addr` from now on (in place when
     /// the map knows that master), and the whole map is read again soon.
-    pub fn moved(&self, slot: u16, addr: &NodeAddr) {
+    pub fn moved(&self, slot: u16, addr: &Addr) {
         if let Some(m) = self.metrics.get() {
             m.moved.inc();
         }
         let map = self.map.load();
-        let address = addr.address();
         if let Some(index) = map
             .masters
             .iter()
-            .position(|m| m.endpoint().address() == address)
+            .position(|m| m.endpoint().addr.as_ref() == Some(addr))
         {
             if let Some(owner) = map.owner.get(usize::from(slot)) {
                 owner.store(index as u16, Ordering::Relaxed);
@@ -286,16 +279,10 @@ impl Cluster {
     /// Reads the topology from the first node that answers (known masters
     /// first, then the seeds) and swaps the map in.
     pub async fn refresh(&self) -> Result<usize, String> {
-        let mut candidates: Vec<NodeAddr> = self
+        let mut candidates: Vec<Addr> = self
             .masters()
             .iter()
-            .map(|m| {
-                let e = m.endpoint();
-                NodeAddr {
-                    host: e.host.clone(),
-                    port: e.port,
-                }
-            })
+            .filter_map(|m| m.endpoint().addr.clone())
             .collect();
         candidates.extend(self.seeds.iter().cloned());
         let timeout = self
@@ -305,8 +292,7 @@ impl Cluster {
         let mut last = String::from("no node to ask");
         for addr in candidates {
             let mut endpoint = self.template.clone();
-            endpoint.host = addr.host.clone();
-            endpoint.port = addr.port;
+            endpoint.addr = Some(addr.clone());
             endpoint.db = 0;
             match read_topology(&endpoint, timeout).await {
                 Ok(topology) if !topology.shards.is_empty() => {
@@ -316,8 +302,8 @@ impl Cluster {
                     }
                     return Ok(covered);
                 }
-                Ok(_) => last = format!("{}: no slots assigned", addr.address()),
-                Err(e) => last = format!("{}: {e}", addr.address()),
+                Ok(_) => last = format!("{addr}: no slots assigned"),
+                Err(e) => last = format!("{addr}: {e}"),
             }
         }
         if let Some(m) = self.metrics.get() {
@@ -365,14 +351,12 @@ impl Cluster {
             }
         }
         let covered = map.covered();
-        let named: std::collections::HashSet<String> = topology
+        let named: std::collections::HashSet<&Addr> = topology
             .shards
             .iter()
             .flat_map(|s| std::iter::once(&s.master).chain(&s.replicas))
-            .map(NodeAddr::address)
             .collect();
-        lock(&self.nodes)
-            .retain(|key, _| named.contains(key.strip_suffix(" readonly").unwrap_or(key)));
+        lock(&self.nodes).retain(|(addr, _), _| named.contains(addr));
         if let Some(m) = self.metrics.get() {
             m.covered.set(covered as i64);
             m.masters.set(map.masters.len() as i64);
@@ -406,11 +390,6 @@ impl Cluster {
             tokio::time::sleep(MIN_REFRESH_GAP).await;
             let _ = tokio::time::timeout(every, self.wanted.notified()).await;
         }
-    }
-
-    /// Whether `address` is one of the nodes (for a lease's way back).
-    pub fn knows(&self, address: &str) -> bool {
-        lock(&self.nodes).contains_key(address)
     }
 
     /// Sends `request` again as a redirection says. Sent at once on an

@@ -4,12 +4,12 @@
 //! during a migration) and `-CLUSTERDOWN`. keyway follows them; a client
 //! sees one only when following failed.
 
-use super::NodeAddr;
+use crate::config::Addr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redirect {
-    Moved { slot: u16, addr: NodeAddr },
-    Ask { slot: u16, addr: NodeAddr },
+    Moved { slot: u16, addr: Addr },
+    Ask { slot: u16, addr: Addr },
     TryAgain,
     Down,
 }
@@ -24,9 +24,9 @@ impl Redirect {
         let line = std::str::from_utf8(line).ok()?;
         let mut words = line.split(' ');
         let kind = words.next()?;
-        let mut target = || -> Option<(u16, NodeAddr)> {
+        let mut target = || -> Option<(u16, Addr)> {
             let slot = words.next()?.parse().ok()?;
-            let addr = NodeAddr::parse(words.next()?)?;
+            let addr = Addr::parse(words.next()?)?;
             Some((slot, addr))
         };
         match kind {
@@ -49,7 +49,7 @@ mod tests {
             Redirect::parse(b"-MOVED 3999 127.0.0.1:6381\r\n"),
             Some(Redirect::Moved {
                 slot: 3999,
-                addr: NodeAddr {
+                addr: Addr {
                     host: "127.0.0.1".into(),
                     port: 6381
                 }

@@ -2,35 +2,13 @@
 //! or `CLUSTER SLOTS` from older servers. Both become a `Topology`: per
 //! shard, its master, its replicas and the slot ranges it serves.
 
+use crate::config::Addr;
 use crate::resp::shapes;
-
-/// A node as clients reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeAddr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl NodeAddr {
-    pub fn address(&self) -> String {
-        crate::config::host_port(&self.host, self.port)
-    }
-
-    /// `host:port` as MOVED and ASK name it (`[v6]:port` accepted too).
-    pub fn parse(text: &str) -> Option<NodeAddr> {
-        let (host, port) = text.rsplit_once(':')?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        Some(NodeAddr {
-            host: host.to_string(),
-            port: port.parse().ok().filter(|&p| p != 0)?,
-        })
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
-    pub master: NodeAddr,
-    pub replicas: Vec<NodeAddr>,
+    pub master: Addr,
+    pub replicas: Vec<Addr>,
     /// Inclusive ranges.
     pub ranges: Vec<(u16, u16)>,
 }
@@ -84,7 +62,7 @@ impl Topology {
                 let host = text(b"endpoint")
                     .filter(|e| !e.is_empty() && e != "?")
                     .or_else(|| text(b"ip"))?;
-                let addr = NodeAddr { host, port };
+                let addr = Addr { host, port };
                 let failed = text(b"health").is_some_and(|h| h == "fail");
                 match text(b"role").as_deref() {
                     Some("master") if master.is_none() => master = Some(addr),
@@ -117,10 +95,10 @@ impl Topology {
                 let n = shapes::elements(n)?;
                 let host = String::from_utf8_lossy(shapes::bulk(n.first()?)?).into_owned();
                 let port = u16::try_from(shapes::integer(n.get(1)?)?).ok()?;
-                Some(NodeAddr { host, port })
+                Some(Addr { host, port })
             });
             let master = nodes.next()?;
-            let replicas: Vec<NodeAddr> = nodes.collect();
+            let replicas: Vec<Addr> = nodes.collect();
             match shards.iter_mut().find(|s| s.master == master) {
                 Some(shard) => shard.ranges.push((start, end)),
                 None => shards.push(Shard {
@@ -215,7 +193,7 @@ mod tests {
         );
         let t = Topology::from_shards(reply.as_bytes()).expect("parsed");
         assert_eq!(t.shards.len(), 2, "the shard without slots serves nothing");
-        assert_eq!(t.shards[0].master.address(), "127.0.0.1:7001");
+        assert_eq!(t.shards[0].master.to_string(), "127.0.0.1:7001");
         assert_eq!(t.shards[0].replicas[0].port, 7004);
         assert_eq!(t.shards[1].master.port, 7002);
         assert!(
@@ -248,11 +226,8 @@ mod tests {
 
     #[test]
     fn redirect_addresses() {
-        assert_eq!(
-            NodeAddr::parse("127.0.0.1:7002").map(|a| a.port),
-            Some(7002)
-        );
-        assert_eq!(NodeAddr::parse("[::1]:7002").unwrap().host, "::1");
-        assert!(NodeAddr::parse("nonsense").is_none());
+        assert_eq!(Addr::parse("127.0.0.1:7002").map(|a| a.port), Some(7002));
+        assert_eq!(Addr::parse("[::1]:7002").unwrap().host, "::1");
+        assert!(Addr::parse("nonsense").is_none());
     }
 }

@@ -2,6 +2,7 @@
 //! (`KEYWAY_*`, applications' `REDIS_<POOL>_URL`), and validation that names the
 //! bad field. A `Config` that exists is valid; keyway never starts half-set.
 
+mod addr;
 mod url;
 
 use std::collections::{BTreeMap, HashSet};
@@ -12,9 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-pub use url::{
-    host_port, parse_backend_url, parse_url, BackendTls, BackendUrl, Endpoint, SentinelSpec,
-};
+pub use addr::Addr;
+pub use url::{parse_backend_url, parse_url, BackendTls, BackendUrl, Endpoint, SentinelSpec};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -453,10 +453,9 @@ impl std::fmt::Debug for SentinelConfig {
 
 impl SentinelConfig {
     /// An endpoint for talking to one sentinel with its credentials.
-    pub fn sentinel_endpoint(&self, host: &str, port: u16) -> Endpoint {
+    pub fn sentinel_endpoint(&self, sentinel: &Addr) -> Endpoint {
         Endpoint {
-            host: host.to_string(),
-            port,
+            addr: Some(sentinel.clone()),
             username: self.username.clone(),
             password: self.password.clone(),
             db: 0,
@@ -482,13 +481,13 @@ pub struct Pool {
     /// by every reload (`keep_pool_ids`).
     pub id: PoolId,
     pub name: String,
-    /// For a Sentinel pool: credentials and db, host empty until discovered.
+    /// For a Sentinel pool: credentials and db, no address until discovered.
     pub endpoint: Endpoint,
     pub sentinel: Option<SentinelConfig>,
     /// Some(max lag in seconds) when reads may go to a replica.
     pub replica_reads: Option<u64>,
     /// A Redis Cluster pool: its seed nodes.
-    pub cluster: Option<Vec<(String, u16)>>,
+    pub cluster: Option<Vec<Addr>>,
     /// Where the endpoint came from: the file field or the env variable.
     pub origin: String,
     /// `/readyz` fails while it is down.
@@ -1013,7 +1012,7 @@ mod tests {
         };
         let c = Config::from_toml(BASE, "t.toml", env).unwrap();
         let session = c.pool(c.pool_id("session").unwrap()).unwrap();
-        assert_eq!(session.endpoint.port, 7000);
+        assert_eq!(session.endpoint.addr, Some(Addr::new("10.0.0.1", 7000)));
         assert_eq!(session.endpoint.db, 3);
         assert_eq!(session.origin, "REDIS_SESSION_URL");
         assert_eq!(c.listen.port(), 7777);

@@ -8,10 +8,13 @@
 
 use std::fmt;
 
+use super::Addr;
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
+    /// `None` until known: a Sentinel master not discovered yet, a replica
+    /// pool with no healthy replica chosen.
+    pub addr: Option<Addr>,
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: u32,
@@ -34,17 +37,12 @@ pub struct BackendTls {
 }
 
 impl Endpoint {
+    /// The address for logs and reports: `host:port`, or `(unresolved)`.
     pub fn address(&self) -> String {
-        host_port(&self.host, self.port)
-    }
-}
-
-/// `host:port`, with an IPv6 host in brackets.
-pub fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
+        match &self.addr {
+            Some(addr) => addr.to_string(),
+            None => "(unresolved)".to_string(),
+        }
     }
 }
 
@@ -80,7 +78,7 @@ impl fmt::Debug for Endpoint {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SentinelSpec {
     pub master: String,
-    pub sentinels: Vec<(String, u16)>,
+    pub sentinels: Vec<Addr>,
 }
 
 /// What a pool URL names: a fixed address, or a Sentinel master whose
@@ -91,7 +89,7 @@ pub struct BackendUrl {
     pub sentinel: Option<SentinelSpec>,
     /// A Redis Cluster's seed nodes (any one reachable is enough); the
     /// endpoint then carries the credentials and TLS, and a seed's address.
-    pub cluster: Option<Vec<(String, u16)>>,
+    pub cluster: Option<Vec<Addr>>,
 }
 
 /// `redis+cluster://[user:pass@]h1:p1,h2:p2[,...]`, or `rediss+cluster://`.
@@ -110,7 +108,7 @@ fn parse_cluster_url(url: &str, rest: &str, scheme: &str) -> Result<BackendUrl, 
     for hostport in hosts.split(',').filter(|h| !h.is_empty()) {
         seeds.push(split_host_port(hostport, 6379)?);
     }
-    let Some((host, port)) = seeds.first().cloned() else {
+    let Some(first) = seeds.first().cloned() else {
         return Err(format!(
             "'{url}' names no node: {scheme}host:port[,host:port...]"
         ));
@@ -125,8 +123,7 @@ fn parse_cluster_url(url: &str, rest: &str, scheme: &str) -> Result<BackendUrl, 
         None => format!("{plain}seed:1"),
     };
     let mut endpoint = parse_url(&node)?;
-    endpoint.host = host;
-    endpoint.port = port;
+    endpoint.addr = Some(first);
     Ok(BackendUrl {
         endpoint,
         sentinel: None,
@@ -158,8 +155,7 @@ pub fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
     };
     let mut sentinels = Vec::new();
     for hostport in hosts.split(',').filter(|h| !h.is_empty()) {
-        let (host, port) = split_host_port(hostport, 26379)?;
-        sentinels.push((host, port));
+        sentinels.push(split_host_port(hostport, 26379)?);
     }
     if sentinels.is_empty() {
         return Err(format!("'{url}' names no sentinel"));
@@ -177,8 +173,7 @@ pub fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
         (None, None) => "redis://unresolved:1".to_string(),
     };
     let mut endpoint = parse_url(&node)?;
-    endpoint.host = String::new();
-    endpoint.port = 0;
+    endpoint.addr = None;
     Ok(BackendUrl {
         endpoint,
         sentinel: Some(SentinelSpec { master, sentinels }),
@@ -214,7 +209,7 @@ pub fn parse_url(url: &str) -> Result<Endpoint, String> {
             None => (non_empty(percent_decode(u)?), None),
         },
     };
-    let (host, port) = split_host_port(hostport, 6379)?;
+    let addr = split_host_port(hostport, 6379)?;
     let db = match path.trim_end_matches('/') {
         "" => 0,
         d => d
@@ -222,8 +217,7 @@ pub fn parse_url(url: &str) -> Result<Endpoint, String> {
             .map_err(|_| format!("database '{d}' in '{url}' is not a number"))?,
     };
     Ok(Endpoint {
-        host,
-        port,
+        addr: Some(addr),
         username,
         password,
         db,
@@ -232,7 +226,7 @@ pub fn parse_url(url: &str) -> Result<Endpoint, String> {
     })
 }
 
-fn split_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), String> {
+fn split_host_port(hostport: &str, default_port: u16) -> Result<Addr, String> {
     let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
         let (h, p) = rest
             .split_once(']')
@@ -256,7 +250,7 @@ fn split_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), S
     if port == 0 {
         return Err(format!("bad port 0 in '{hostport}'"));
     }
-    Ok((host.to_string(), port))
+    Ok(Addr::new(host, port))
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -290,7 +284,8 @@ mod tests {
     #[test]
     fn parses_the_seed_forms() {
         let e = parse_url("redis://127.0.0.1:6380").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.db), ("127.0.0.1", 6380, 0));
+        assert_eq!(e.addr, Some(Addr::new("127.0.0.1", 6380)));
+        assert_eq!(e.db, 0);
         let e = parse_url("redis://app:p%40ss@redis-session:6379/2").unwrap();
         assert_eq!(e.username.as_deref(), Some("app"));
         assert_eq!(e.password.as_deref(), Some("p@ss"));
@@ -298,8 +293,8 @@ mod tests {
         assert_eq!(e.to_string(), "redis://app:***@redis-session:6379/2");
         let e = parse_url("redis://:secret@[::1]:7000").unwrap();
         assert_eq!(
-            (e.username, e.password.as_deref(), e.port),
-            (None, Some("secret"), 7000)
+            (e.username, e.password.as_deref(), e.addr),
+            (None, Some("secret"), Some(Addr::new("::1", 7000)))
         );
     }
 
@@ -313,14 +308,18 @@ mod tests {
         assert_eq!(
             s.sentinels,
             [
-                ("127.0.0.1".into(), 26379),
-                ("127.0.0.1".into(), 26380),
-                ("h3".into(), 26379)
+                Addr::new("127.0.0.1", 26379),
+                Addr::new("127.0.0.1", 26380),
+                Addr::new("h3", 26379)
             ]
         );
         assert_eq!(
             (u.endpoint.password.as_deref(), u.endpoint.db),
             (Some("pw"), 2)
+        );
+        assert_eq!(
+            u.endpoint.addr, None,
+            "the master is discovered, not configured"
         );
         assert!(parse_backend_url("redis+sentinel://h1:1").is_err());
         assert!(parse_backend_url("redis+sentinel://h1:1/").is_err());
@@ -333,9 +332,9 @@ mod tests {
         assert_eq!(
             u.cluster.unwrap(),
             [
-                ("10.0.0.1".into(), 7000),
-                ("10.0.0.2".into(), 7001),
-                ("h3".into(), 6379)
+                Addr::new("10.0.0.1", 7000),
+                Addr::new("10.0.0.2", 7001),
+                Addr::new("h3", 6379)
             ]
         );
         assert_eq!(u.endpoint.password.as_deref(), Some("pw"));

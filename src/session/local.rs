@@ -197,14 +197,14 @@ impl Session {
     /// pools is subscribed on each of their servers, and each counts it.
     fn own_pattern_duplicates(&self) -> i64 {
         let live = self.state.live();
-        let mut servers: std::collections::HashMap<Bytes, std::collections::HashSet<String>> =
+        let mut servers: std::collections::HashMap<Bytes, std::collections::HashSet<_>> =
             std::collections::HashMap::new();
         for client in self.state.clients.iter() {
             for (pattern, pools) in client.patterns.iter() {
                 let entry = servers.entry(pattern.clone()).or_default();
                 for &pool in pools {
                     if let Ok(backend) = live.backends.checked(pool) {
-                        entry.insert(backend.endpoint().address());
+                        entry.insert(backend.endpoint().addr.clone());
                     }
                 }
             }
@@ -289,24 +289,23 @@ impl Session {
     /// (keys), or not (what is per server: scripts, channels, INFO).
     fn distinct(&self, pools: Vec<PoolId>, per_db: bool) -> Vec<PoolId> {
         let live = self.state.live();
-        let mut seen: Vec<(String, u32)> = Vec::with_capacity(pools.len());
+        let mut seen: Vec<(crate::config::Addr, u32)> = Vec::with_capacity(pools.len());
         pools
             .into_iter()
             .filter(|&id| {
                 let Ok(pool) = live.backends.checked(id) else {
                     return true;
                 };
-                let endpoint = pool.endpoint();
-                if endpoint.host.is_empty() {
+                let Some(addr) = pool.endpoint().addr.clone() else {
                     // Not resolved yet: asked, so the client sees why it fails.
                     return true;
-                }
+                };
                 let db = if per_db {
                     pool.backend_db(self.client.db)
                 } else {
                     0
                 };
-                let key = (endpoint.address(), db);
+                let key = (addr, db);
                 if seen.contains(&key) {
                     return false;
                 }
