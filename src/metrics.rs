@@ -24,16 +24,21 @@ struct CacheSeries {
     misses: IntCounter,
 }
 
-/// (configuration generation, route rule) → pool → series.
+/// (metrics instance, configuration generation, route rule) → pool → series.
 type CacheSeriesCache = std::collections::HashMap<
-    (u64, Option<usize>),
+    (u64, u64, Option<usize>),
     Vec<(Box<str>, CacheSeries)>,
     foldhash::fast::RandomState,
 >;
 
-/// Command (by its static name's address and length) → pool → series.
+/// A metrics instance and a command (by its static name's address and
+/// length).
+type SeriesKey = (u64, usize, usize);
+
+/// (metrics instance, command) → pool → series. The instance keeps two keyways in one process (tests)
+/// from counting into each other's series.
 type SeriesCache = std::collections::HashMap<
-    (usize, usize),
+    SeriesKey,
     Vec<(Box<str>, CommandSeries)>,
     foldhash::fast::RandomState,
 >;
@@ -41,7 +46,7 @@ type SeriesCache = std::collections::HashMap<
 thread_local! {
     static COMMAND_SERIES: std::cell::RefCell<SeriesCache> = std::cell::RefCell::new(SeriesCache::default());
     /// The series recorded into since the last flush: (cache key, index).
-    static UNFLUSHED: std::cell::RefCell<Vec<((usize, usize), usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static UNFLUSHED: std::cell::RefCell<Vec<(SeriesKey, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
     static CACHE_SERIES: std::cell::RefCell<CacheSeriesCache> = std::cell::RefCell::new(CacheSeriesCache::default());
 }
 
@@ -147,6 +152,8 @@ pub const ERROR_KINDS: &[&str] = &[
 ];
 
 pub struct Metrics {
+    /// This instance among the process's, for the thread-local series.
+    instance: u64,
     pub registry: Registry,
     pub commands: IntCounterVec,
     pub command_duration: HistogramVec,
@@ -263,7 +270,10 @@ impl Metrics {
         }
         r.register(Box::new(clients_connected.clone()))
             .expect("registered once");
+        // Never 0 and never given twice.
+        static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Metrics {
+            instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             cluster_redirections: counter_vec(
                 &r,
                 "keyway_cluster_redirections_total",
@@ -470,7 +480,7 @@ impl Metrics {
     pub fn record_command(&self, command: &'static str, pool: &str, error: bool, seconds: f64) {
         COMMAND_SERIES.with(|cache| {
             let mut cache = cache.borrow_mut();
-            let key = (command.as_ptr() as usize, command.len());
+            let key = (self.instance, command.as_ptr() as usize, command.len());
             let per_pool = cache.entry(key).or_default();
             let index = match per_pool.iter().position(|(name, _)| name.as_ref() == pool) {
                 Some(i) => i,
@@ -521,7 +531,7 @@ impl Metrics {
     ) {
         CACHE_SERIES.with(|cache| {
             let mut cache = cache.borrow_mut();
-            let per_pool = cache.entry(route).or_default();
+            let per_pool = cache.entry((self.instance, route.0, route.1)).or_default();
             let index = match per_pool.iter().position(|(name, _)| name.as_ref() == pool) {
                 Some(i) => i,
                 None => {
@@ -571,4 +581,25 @@ pub fn flush_thread_local() {
             }
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_instances_on_one_thread_count_apart() {
+        let (one, two) = (Metrics::new(), Metrics::new());
+        one.record_command("get", "cache", false, 0.001);
+        two.record_command("get", "cache", false, 0.001);
+        two.record_command("get", "cache", true, 0.001);
+        flush_thread_local();
+        let count = |m: &Metrics, outcome: &str| {
+            m.commands
+                .with_label_values(&["get", "cache", outcome])
+                .get()
+        };
+        assert_eq!((count(&one, "ok"), count(&one, "error")), (1, 0));
+        assert_eq!((count(&two, "ok"), count(&two, "error")), (1, 1));
+    }
 }
