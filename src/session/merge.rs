@@ -52,9 +52,14 @@ type Frames = Vec<(PoolId, Result<Bytes, BackendError>)>;
 
 impl Merge {
     pub fn merge(self, state: &State, frames: Frames) -> Bytes {
-        if let Merge::Info(req) = self {
-            return merge_info(state, req, frames);
+        match self {
+            Merge::Info(req) => merge_info(state, req, frames),
+            other => other.combine(frames),
         }
+    }
+
+    /// Every merge but INFO's: a function of the parts alone.
+    fn combine(self, frames: Frames) -> Bytes {
         let mut ok = Vec::with_capacity(frames.len());
         for (_, f) in frames {
             match f {
@@ -449,4 +454,159 @@ fn human(n: i64) -> String {
         }
     }
     format!("{}B", n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(replies: &[&str]) -> Frames {
+        replies
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    PoolId::configured(i as u32),
+                    Ok(Bytes::copy_from_slice(r.as_bytes())),
+                )
+            })
+            .collect()
+    }
+
+    fn merged(merge: Merge, replies: &[&str]) -> String {
+        String::from_utf8(merge.combine(parts(replies)).to_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn mget_values_go_back_where_their_keys_were_asked() {
+        // MGET a b c d: a and c on one pool, b and d on the other.
+        let merge = Merge::Mget {
+            keys: 4,
+            positions: vec![vec![0, 2], vec![1, 3]],
+        };
+        assert_eq!(
+            merged(
+                merge,
+                &["*2\r\n$1\r\nA\r\n$-1\r\n", "*2\r\n$1\r\nB\r\n$1\r\nD\r\n"]
+            ),
+            "*4\r\n$1\r\nA\r\n$1\r\nB\r\n$-1\r\n$1\r\nD\r\n"
+        );
+        let short = Merge::Mget {
+            keys: 2,
+            positions: vec![vec![0, 1]],
+        };
+        assert!(merged(short, &["*1\r\n$1\r\nA\r\n"]).starts_with("-ERR keyway could not merge"));
+    }
+
+    #[test]
+    fn counts_are_summed_and_never_below_zero() {
+        assert_eq!(merged(Merge::SumIntegers, &[":2\r\n", ":3\r\n"]), ":5\r\n");
+        assert_eq!(merged(Merge::SumLess(1), &[":2\r\n", ":3\r\n"]), ":4\r\n");
+        assert_eq!(merged(Merge::SumLess(9), &[":2\r\n"]), ":0\r\n");
+        assert_eq!(
+            merged(
+                Merge::SumPairs,
+                &[
+                    "*4\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n:0\r\n",
+                    "*4\r\n$1\r\na\r\n:2\r\n$1\r\nb\r\n:5\r\n"
+                ]
+            ),
+            "*4\r\n$1\r\na\r\n:3\r\n$1\r\nb\r\n:5\r\n"
+        );
+    }
+
+    #[test]
+    fn ok_everywhere_any_ok_and_all_exist() {
+        assert_eq!(merged(Merge::AllOk, &["+OK\r\n", "+OK\r\n"]), "+OK\r\n");
+        assert_eq!(
+            merged(Merge::AllOk, &["+OK\r\n", "+QUEUED\r\n"]),
+            "+QUEUED\r\n"
+        );
+        assert_eq!(
+            merged(
+                Merge::AnyOk,
+                &["-NOTBUSY No scripts in execution right now.\r\n", "+OK\r\n"]
+            ),
+            "+OK\r\n"
+        );
+        assert_eq!(
+            merged(
+                Merge::AllExist,
+                &["*2\r\n:1\r\n:1\r\n", "*2\r\n:1\r\n:0\r\n"]
+            ),
+            "*2\r\n:1\r\n:0\r\n"
+        );
+    }
+
+    #[test]
+    fn a_server_error_or_a_lost_part_is_the_answer() {
+        let wrongtype = "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
+        assert_eq!(
+            merged(Merge::SumIntegers, &[":1\r\n", wrongtype]),
+            wrongtype
+        );
+        let mut frames = parts(&[":1\r\n"]);
+        frames.push((
+            PoolId::configured(1),
+            Err(BackendError::ConnectionLost {
+                pool: "cache".to_string(),
+            }),
+        ));
+        assert_eq!(
+            Merge::SumIntegers.combine(frames).as_ref(),
+            b"-ERR backend 'cache' connection lost\r\n"
+        );
+    }
+
+    #[test]
+    fn arrays_are_joined_and_the_first_value_found_stands() {
+        assert_eq!(
+            merged(
+                Merge::ConcatArrays,
+                &["*1\r\n$1\r\na\r\n", "*0\r\n", "*1\r\n$1\r\nb\r\n"]
+            ),
+            "*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+        );
+        assert_eq!(
+            merged(Merge::FirstNonNil, &["$-1\r\n", "$1\r\nv\r\n"]),
+            "$1\r\nv\r\n"
+        );
+        assert_eq!(
+            merged(Merge::FirstNonNil, &["$-1\r\n", "$-1\r\n"]),
+            "$-1\r\n"
+        );
+    }
+
+    #[test]
+    fn a_scan_cursor_says_which_pool_comes_next() {
+        let page =
+            |cursor: &str| format!("*2\r\n${}\r\n{cursor}\r\n*1\r\n$1\r\nk\r\n", cursor.len());
+        // Pool 0 of 3 has more: its cursor 7 is encoded with the pool.
+        let next = merged(Merge::Scan { index: 0, count: 3 }, &[&page("7")]);
+        assert!(next.starts_with("*2\r\n$2\r\n21\r\n"), "{next}");
+        assert_eq!(decode_scan_cursor(21, 3), (7, 0));
+        // Pool 1 is done: the next call starts pool 2.
+        let next = merged(Merge::Scan { index: 1, count: 3 }, &[&page("0")]);
+        assert!(next.starts_with("*2\r\n$1\r\n2\r\n"), "{next}");
+        // The last pool done: the whole scan is.
+        let next = merged(Merge::Scan { index: 2, count: 3 }, &[&page("0")]);
+        assert!(next.starts_with("*2\r\n$1\r\n0\r\n"), "{next}");
+        assert_eq!(encode_scan_cursor(u64::MAX, 1, 3), None);
+    }
+
+    #[test]
+    fn info_fields_are_summed_where_a_sum_means_something() {
+        let mut info = BackendInfo::default();
+        let (a, b) = (PoolId::configured(0), PoolId::configured(1));
+        info.add("memory", "used_memory", a, "1024");
+        info.add("memory", "used_memory", b, "2048");
+        info.add("memory", "used_memory_human", a, "1.00K");
+        info.add("memory", "mem_fragmentation_ratio", a, "1.5");
+        info.add("memory", "mem_fragmentation_ratio", b, "9.0");
+        let text = info.complete("# Memory\r\nused_memory:1\r\n", b);
+        assert_eq!(
+            text,
+            "# Memory\r\nused_memory:3072\r\nused_memory_human:3.00K\r\nmem_fragmentation_ratio:9.0\r\n"
+        );
+    }
 }
