@@ -23,7 +23,7 @@ fn a_blocked_client_does_not_delay_others() {
             .unwrap();
         got
     });
-    std::thread::sleep(Duration::from_millis(200));
+    r.cache.wait_blocked(1);
     let mut c = r.client();
     let started = Instant::now();
     for i in 0..100 {
@@ -78,7 +78,7 @@ fn timeouts_behave_as_in_redis() {
             .unwrap();
         got.1
     });
-    std::thread::sleep(Duration::from_millis(300));
+    r.session.wait_blocked(1);
     let _: () = c.lpush("session:forever", "late").unwrap();
     assert_eq!(waiter.join().unwrap(), "late");
 }
@@ -89,9 +89,9 @@ fn a_client_leaving_while_blocked_steals_nothing() {
     {
         let mut raw = r.keyway.raw();
         raw.send(b"BLPOP user:jobs 0\r\n");
-        std::thread::sleep(Duration::from_millis(200));
+        r.cache.wait_blocked(1);
     } // the blocked client disconnects
-    std::thread::sleep(Duration::from_millis(200));
+    r.cache.wait_blocked(0);
     let mut c = r.client();
     let _: () = c.rpush("user:jobs", "precious").unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -123,7 +123,7 @@ fn exhausted_leases_are_a_clear_error() {
         raw.send(b"BLPOP session:never 5\r\n");
         blocked.push(raw);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    session.wait_blocked(2);
     let mut c = kw.client();
     let err = redis::cmd("BLPOP")
         .arg("session:never")

@@ -172,6 +172,20 @@ impl RedisServer {
         connect(self.port)
     }
 
+    /// Waits (at most 5 s) until exactly `n` clients are blocked on this
+    /// server (INFO's `blocked_clients`); panics otherwise.
+    pub fn wait_blocked(&self, n: usize) {
+        let want = n.to_string();
+        let reached = wait_for(Duration::from_secs(5), || {
+            info_field(self.port, "clients", "blocked_clients").as_deref() == Some(want.as_str())
+        });
+        assert!(
+            reached.is_some(),
+            "{n} blocked clients never seen on :{}",
+            self.port
+        );
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
