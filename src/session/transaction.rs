@@ -23,6 +23,26 @@ pub(crate) struct Transaction {
     aborted: bool,
 }
 
+/// Why a command between MULTI and EXEC was not queued. Either way the
+/// transaction is aborted: EXEC answers EXECABORT, as Redis does after a
+/// queue-time error.
+#[derive(Debug, PartialEq)]
+enum NotQueued {
+    /// Refused before queueing (arity, permissions, limits): its error.
+    Refused(Bytes),
+    /// Its keys are elsewhere than the transaction's earlier keys.
+    Elsewhere { first: Target, then: Target },
+}
+
+/// What EXEC runs: the queued commands, on the WATCH lease or else on a
+/// connection to `target` (`None`: no command had keys).
+struct Run {
+    target: Option<Target>,
+    lease: Option<(Target, Dedicated)>,
+    queued: Vec<Request>,
+}
+
+/// The state's own rules; `Session` does the I/O around them.
 impl Transaction {
     fn new() -> Transaction {
         Transaction {
@@ -41,6 +61,74 @@ impl Transaction {
     pub fn queued_len(&self) -> usize {
         self.queued.len()
     }
+
+    /// MULTI. Refused when already queueing (nothing changes: Redis does
+    /// not abort a transaction for a nested MULTI).
+    fn begin(&mut self) -> Result<(), &'static str> {
+        if self.multi {
+            return Err("ERR MULTI calls can not be nested");
+        }
+        self.multi = true;
+        Ok(())
+    }
+
+    /// A command between MULTI and EXEC, with where its keys are (`None`:
+    /// keyless) or why it was refused.
+    fn queue(
+        &mut self,
+        request: Request,
+        target: Result<Option<Target>, Bytes>,
+    ) -> Result<(), NotQueued> {
+        let target = target.map_err(|error| {
+            self.aborted = true;
+            NotQueued::Refused(error)
+        })?;
+        if let Some(target) = target {
+            match self.pool {
+                Some(first) if first != target => {
+                    self.aborted = true;
+                    return Err(NotQueued::Elsewhere {
+                        first,
+                        then: target,
+                    });
+                }
+                _ => self.pool = Some(target),
+            }
+        }
+        self.queued.push(request);
+        Ok(())
+    }
+
+    /// WATCH on `target`: every WATCH of a transaction is on one lease.
+    fn may_watch(&self, target: Target) -> Result<(), NotQueued> {
+        match &self.lease {
+            Some((leased, _)) if *leased != target => Err(NotQueued::Elsewhere {
+                first: *leased,
+                then: target,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The lease a WATCH answered on: keys queued later must be there too.
+    fn watching(&mut self, target: Target, conn: Dedicated) {
+        self.pool = Some(target);
+        self.lease = Some((target, conn));
+    }
+
+    /// EXEC: the transaction ends; `None` when a queue-time error came
+    /// first and nothing runs.
+    fn exec(self) -> Option<Run> {
+        if self.aborted {
+            // Dropping the lease closes it, which also forgets its WATCHes.
+            return None;
+        }
+        Some(Run {
+            target: self.pool,
+            lease: self.lease,
+            queued: self.queued,
+        })
+    }
 }
 
 const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
@@ -58,24 +146,22 @@ impl Session {
     }
 
     pub(super) fn multi(&mut self) -> Reply {
-        match &mut self.mode {
-            Mode::Transaction(t) if t.multi => {
-                Reply::now(resp::error("ERR MULTI calls can not be nested"))
-            }
-            Mode::Transaction(t) => {
-                t.multi = true;
-                Reply::now(resp::simple("OK"))
-            }
+        let began = match &mut self.mode {
+            Mode::Transaction(t) => t.begin(),
             Mode::Normal => {
                 let mut t = Transaction::new();
-                t.multi = true;
+                let began = t.begin();
                 self.mode = Mode::Transaction(t);
                 self.register();
-                Reply::now(resp::simple("OK"))
+                began
             }
-            Mode::Subscribed(_) => Reply::now(resp::error(
-                "ERR keyway does not support MULTI on a connection with subscriptions",
-            )),
+            Mode::Subscribed(_) => {
+                Err("ERR keyway does not support MULTI on a connection with subscriptions")
+            }
+        };
+        match began {
+            Ok(()) => Reply::now(resp::simple("OK")),
+            Err(error) => Reply::now(resp::error(error)),
         }
     }
 
@@ -90,25 +176,20 @@ impl Session {
         let Some(t) = self.transaction() else {
             return Reply::now(resp::error("ERR EXEC without MULTI"));
         };
-        let pool = match pool {
-            Ok(p) => p,
-            Err(error) => {
-                t.aborted = true;
-                return Reply::now(error);
+        match t.queue(request, pool) {
+            Ok(()) => {
+                self.register();
+                Reply::now(resp::simple("QUEUED"))
             }
-        };
-        if let Some(pool) = pool {
-            match t.pool {
-                Some(existing) if existing != pool => {
-                    t.aborted = true;
-                    return Reply::now(self.cross(existing, pool));
-                }
-                _ => t.pool = Some(pool),
-            }
+            Err(not_queued) => Reply::now(self.refusal(not_queued)),
         }
-        t.queued.push(request);
-        self.register();
-        Reply::now(resp::simple("QUEUED"))
+    }
+
+    fn refusal(&self, not_queued: NotQueued) -> Bytes {
+        match not_queued {
+            NotQueued::Refused(error) => error,
+            NotQueued::Elsewhere { first, then } => self.cross(first, then),
+        }
     }
 
     /// A leased connection to `target` (on a cluster pool, to its slot's
@@ -152,18 +233,21 @@ impl Session {
             return Reply::now(resp::error("ERR EXEC without MULTI"));
         };
         self.register();
-        if t.aborted {
-            // Dropping the lease closes it, which also forgets its WATCHes.
+        let Some(Run {
+            target,
+            lease,
+            queued,
+        }) = t.exec()
+        else {
             return Reply::now(resp::error(EXECABORT));
-        }
+        };
         self.flush().await;
-        let watched = t.lease.is_some();
-        let (target, mut conn) = match t.lease {
+        let watched = lease.is_some();
+        let (target, mut conn) = match lease {
             Some(lease) => lease,
             None => {
-                let target = t
-                    .pool
-                    .unwrap_or_else(|| Target::pool(self.state.live().router.default_pool()));
+                let target =
+                    target.unwrap_or_else(|| Target::pool(self.state.live().router.default_pool()));
                 match self.lease(target).await {
                     Ok(conn) => (target, conn),
                     Err(e) => return self.failed(&e),
@@ -172,7 +256,7 @@ impl Session {
         };
         let mut tries = 0;
         loop {
-            let (reply, redirect) = self.run_transaction(target, conn, &t.queued).await;
+            let (reply, redirect) = self.run_transaction(target, conn, &queued).await;
             // The slot moved before EXEC reached its master: nothing ran
             // (EXECABORT), so it runs where the slot is now. Not with
             // WATCH: the watch was on the old master.
@@ -270,10 +354,8 @@ impl Session {
             Err(error) => return Reply::now(error),
         };
         if let Mode::Transaction(t) = &self.mode {
-            if let Some((leased, _)) = &t.lease {
-                if *leased != pool {
-                    return Reply::now(self.cross(*leased, pool));
-                }
+            if let Err(elsewhere) = t.may_watch(pool) {
+                return Reply::now(self.refusal(elsewhere));
             }
         }
         self.flush().await;
@@ -294,8 +376,7 @@ impl Session {
         };
         match reply {
             Ok(frame) => {
-                t.pool = Some(pool);
-                t.lease = Some((pool, conn));
+                t.watching(pool, conn);
                 self.mode = Mode::Transaction(t);
                 self.register();
                 Reply::now(frame)
@@ -322,5 +403,73 @@ impl Session {
             self.register();
         }
         Reply::now(resp::simple("OK"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(pool: u32, slot: Option<u16>) -> Option<Target> {
+        Some(Target {
+            pool: PoolId::configured(pool),
+            slot,
+        })
+    }
+
+    fn get(key: &str) -> Request {
+        Request::from_args(&["GET", key])
+    }
+
+    fn queued(run: Option<Run>) -> Option<(Option<Target>, usize)> {
+        run.map(|r| (r.target, r.queued.len()))
+    }
+
+    #[test]
+    fn queued_commands_run_where_their_keys_are() {
+        let mut t = Transaction::new();
+        assert_eq!(t.begin(), Ok(()));
+        assert_eq!(t.begin(), Err("ERR MULTI calls can not be nested"));
+        assert_eq!(t.queue(Request::from_args(&["PING"]), Ok(None)), Ok(()));
+        assert_eq!(t.queue(get("user:1"), Ok(at(1, None))), Ok(()));
+        assert_eq!(t.queue(get("user:2"), Ok(at(1, None))), Ok(()));
+        assert_eq!(queued(t.exec()), Some((at(1, None), 3)));
+    }
+
+    #[test]
+    fn keys_in_two_places_abort_the_transaction() {
+        let mut t = Transaction::new();
+        t.begin().unwrap();
+        t.queue(get("user:1"), Ok(at(1, None))).unwrap();
+        assert!(matches!(
+            t.queue(get("session:1"), Ok(at(0, None))),
+            Err(NotQueued::Elsewhere { .. })
+        ));
+        assert!(queued(t.exec()).is_none(), "EXEC answers EXECABORT");
+
+        // Two slots of one cluster pool: also elsewhere (CROSSSLOT).
+        let mut t = Transaction::new();
+        t.begin().unwrap();
+        t.queue(get("a"), Ok(at(2, Some(15495)))).unwrap();
+        assert_eq!(
+            t.queue(get("b"), Ok(at(2, Some(3300)))),
+            Err(NotQueued::Elsewhere {
+                first: at(2, Some(15495)).unwrap(),
+                then: at(2, Some(3300)).unwrap()
+            })
+        );
+    }
+
+    #[test]
+    fn a_refused_command_aborts_too() {
+        let mut t = Transaction::new();
+        t.begin().unwrap();
+        let error = Bytes::from_static(b"-ERR wrong number of arguments for 'get' command\r\n");
+        assert_eq!(
+            t.queue(get("user:1"), Err(error.clone())),
+            Err(NotQueued::Refused(error))
+        );
+        t.queue(get("user:2"), Ok(at(1, None))).unwrap();
+        assert!(queued(t.exec()).is_none());
     }
 }
