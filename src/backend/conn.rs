@@ -24,6 +24,32 @@ struct InFlight {
     asking: bool,
 }
 
+/// Requests written and not answered yet, handed from the writer to the
+/// reader a batch at a time: one lock per write and one per read that
+/// finds its queue empty, instead of a channel operation per request.
+#[derive(Default)]
+struct Handoff(std::sync::Mutex<VecDeque<InFlight>>);
+
+impl Handoff {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<InFlight>> {
+        // Neither side panics holding it; a poisoned queue is still in order.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Moves everything handed over to the back of `waiting`.
+    fn take_into(&self, waiting: &mut VecDeque<InFlight>) {
+        let mut handed = self.queue();
+        if waiting.is_empty() {
+            // The usual case: trade buffers, no element moved or allocated.
+            std::mem::swap(waiting, &mut *handed);
+        } else {
+            waiting.append(&mut handed);
+        }
+    }
+}
+
 struct Outbound {
     bytes: Bytes,
     reply: ReplyTo,
@@ -64,12 +90,13 @@ impl Conn {
         let stream = super::stream::open(endpoint, db, proto).await?;
         let (rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::channel(QUEUE);
-        let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
+        let handoff = std::sync::Arc::new(Handoff::default());
+        let reader_handoff = handoff.clone();
         // Dropped with the writer: tells the reader without a wake-up per
-        // request, as waiting on `inflight_rx` would cost.
+        // request (the handoff has no wake-up of its own).
         let (writer_alive, writer_gone) = oneshot::channel::<()>();
         let writer = tokio::spawn(async move {
-            write_loop(wr, rx, inflight_tx, retire).await;
+            write_loop(wr, rx, &handoff, retire).await;
             drop(writer_alive);
         });
         let origin = Origin {
@@ -77,7 +104,10 @@ impl Conn {
             addr: endpoint.address(),
         };
         tokio::spawn(async move {
-            read_loop(rd, inflight_rx, writer_gone, round_trip, origin).await;
+            read_loop(rd, &reader_handoff, writer_gone, round_trip, origin).await;
+            // Whatever is still in flight fails now, not once the writer's
+            // abort is processed.
+            reader_handoff.queue().clear();
             // Stop the writer so senders see a closed connection at once.
             writer.abort();
         });
@@ -202,10 +232,12 @@ pub(super) async fn handshake(
 async fn write_loop(
     mut wr: WriteHalf<BackendStream>,
     mut rx: mpsc::Receiver<Outbound>,
-    inflight: mpsc::UnboundedSender<InFlight>,
+    handoff: &Handoff,
     mut retire: watch::Receiver<u64>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    // The batch's requests, once their replies are handed to the reader.
+    let mut requests: Vec<(Bytes, bool)> = Vec::with_capacity(BATCH);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;
@@ -243,29 +275,32 @@ async fn write_loop(
         }
         // One clock read per write: every request in it leaves together.
         let sent = std::time::Instant::now();
-        for out in batch.drain(..) {
-            // Registered before the bytes leave, so the reader always finds it.
-            let waiting = InFlight {
-                reply: out.reply,
-                sent,
-                asking: out.asking,
-            };
-            if inflight.send(waiting).is_err() {
-                return;
+        {
+            // Registered before the bytes leave, so the reader always finds them.
+            let mut queue = handoff.queue();
+            for out in batch.drain(..) {
+                queue.push_back(InFlight {
+                    reply: out.reply,
+                    sent,
+                    asking: out.asking,
+                });
+                requests.push((out.bytes, out.asking));
             }
-            if out.asking {
+        }
+        for (bytes, asking) in requests.drain(..) {
+            if asking {
                 buf.extend_from_slice(ASKING);
             }
-            if out.bytes.len() >= COPY_LIMIT {
+            if bytes.len() >= COPY_LIMIT {
                 if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
                     return;
                 }
                 buf.clear();
-                if wr.write_all(&out.bytes).await.is_err() {
+                if wr.write_all(&bytes).await.is_err() {
                     return;
                 }
             } else {
-                buf.extend_from_slice(&out.bytes);
+                buf.extend_from_slice(&bytes);
             }
         }
         if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
@@ -286,7 +321,7 @@ struct Origin {
 /// (a retired connection drains, then closes).
 async fn read_loop(
     mut rd: ReadHalf<BackendStream>,
-    mut inflight_rx: mpsc::UnboundedReceiver<InFlight>,
+    handoff: &Handoff,
     mut writer_done: oneshot::Receiver<()>,
     round_trip: Option<prometheus::Histogram>,
     origin: Origin,
@@ -310,8 +345,8 @@ async fn read_loop(
                         tracing::debug!(%pool, %addr, "dropped a push frame on a multiplexed connection");
                         continue;
                     }
-                    while let Ok(reply) = inflight_rx.try_recv() {
-                        waiting.push_back(reply);
+                    if waiting.is_empty() {
+                        handoff.take_into(&mut waiting);
                     }
                     if let Some(w) = waiting.front_mut().filter(|w| w.asking) {
                         // ASKING's own reply.
@@ -359,8 +394,7 @@ async fn read_loop(
             buf.reserve(READ_CHUNK / 4);
         }
         tokio::select! {
-            // Fixed order, no random draw per read: replies matched to
-            // requests not yet received are matched after a `try_recv`.
+            // Fixed order, no random draw per read.
             biased;
             read = rd.read_buf(&mut buf) => match read {
                 Ok(0) => return,
@@ -374,9 +408,7 @@ async fn read_loop(
             // the writer's end matters here.
             _ = &mut writer_done, if !writer_gone => {
                 writer_gone = true;
-                while let Ok(reply) = inflight_rx.try_recv() {
-                    waiting.push_back(reply);
-                }
+                handoff.take_into(&mut waiting);
             }
         }
     }
