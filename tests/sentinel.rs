@@ -327,6 +327,19 @@ fn a_restarted_sentinel_is_resubscribed() {
     assert!(clients.lines().any(|l| l.contains(" sub=8 ")), "{clients}");
 }
 
+/// The reference configuration with the Sentinel pool reading from replicas.
+fn with_replica_reads(
+    setup: &SentinelSetup,
+    cache: &RedisServer,
+    realtime: &RedisServer,
+) -> String {
+    let url = setup.url();
+    reference_config(&url, &cache.url(), &realtime.url()).replace(
+        &format!("url = \"{url}\"\n"),
+        &format!("url = \"{url}\"\nreplica_reads = true\n"),
+    )
+}
+
 #[test]
 fn replica_reads_go_to_a_healthy_replica() {
     let Deployment {
@@ -334,12 +347,7 @@ fn replica_reads_go_to_a_healthy_replica() {
         cache,
         realtime,
     } = Deployment::start();
-    let url = setup.url();
-    let config = reference_config(&url, &cache.url(), &realtime.url())
-        .replace(
-            &format!("url = \"{url}\"\n"),
-            &format!("url = \"{url}\"\nreplica_reads = true\n"),
-        )
+    let config = with_replica_reads(&setup, &cache, &realtime)
         .replace("[backend]\n", "[backend]\nsentinel_poll_ms = 300\n");
     let kw = Keyway::start(&config);
     assert!(
@@ -520,18 +528,12 @@ fn polls_reuse_the_followers_connections() {
         cache,
         realtime,
     } = Deployment::start();
-    let url = setup.url();
     // A poll every 100 ms, with replica reads (SENTINEL REPLICAS and INFO
     // on each poll too); no health probes in the window measured.
-    let config = reference_config(&url, &cache.url(), &realtime.url())
-        .replace(
-            &format!("url = \"{url}\"\n"),
-            &format!("url = \"{url}\"\nreplica_reads = true\n"),
-        )
-        .replace(
-            "[backend]\n",
-            "[server]\nhealth_interval_ms = 60000\n[backend]\nsentinel_poll_ms = 100\n",
-        );
+    let config = with_replica_reads(&setup, &cache, &realtime).replace(
+        "[backend]\n",
+        "[server]\nhealth_interval_ms = 60000\n[backend]\nsentinel_poll_ms = 100\n",
+    );
     let kw = Keyway::start(&config);
     assert!(
         kw.wait_until(Duration::from_secs(10), || kw
