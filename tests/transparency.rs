@@ -46,6 +46,41 @@ fn subscribe_confirmations_arrive_under_client_reply_off() {
     }
 }
 
+/// A subscriber's and a transaction's refusals come in Redis's order
+/// (arity before the mode's own rules) and with Redis's texts.
+#[test]
+fn subscriber_and_transaction_refusals_match_redis() {
+    let (_behind, direct, keyway) = one_pool();
+    let sessions: &[&[u8]] = &[
+        // RESP2 subscriber: wrong arity, unknown, not allowed, PING.
+        b"SUBSCRIBE ch\r\nGET\r\nNOSUCHCMD x\r\nGET k\r\nPING hi\r\nPING a b\r\nMULTI\r\nRESET\r\n",
+        // Between MULTI and EXEC: wrong arity aborts, WATCH does not.
+        b"MULTI\r\nWATCH k\r\nSET k v\r\nGET\r\nEXEC\r\nGET k\r\n",
+        b"MULTI\r\nNOSUCHCMD\r\nSET k v\r\nEXEC\r\nMULTI\r\nMULTI\r\nDISCARD\r\nDISCARD\r\nEXEC\r\n",
+    ];
+    for session in sessions {
+        // One reply per line: each SUBSCRIBE has one channel.
+        let replies = session
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        let mut seen = Vec::new();
+        for port in [direct.port, keyway.port] {
+            redis_cli(port, &["DEL", "k"]);
+            let mut c = RawClient::connect(port);
+            c.send(session);
+            let frames: Vec<String> = (0..replies)
+                .map(|_| String::from_utf8_lossy(&c.read_frame()).into_owned())
+                .collect();
+            seen.push(frames);
+        }
+        for (d, k) in seen[0].iter().zip(&seen[1]) {
+            println!("{} | {}", d.escape_debug(), k.escape_debug());
+        }
+        assert_eq!(seen[0], seen[1], "direct, then through keyway");
+    }
+}
+
 #[test]
 fn copy_and_move_into_another_pools_database_are_refused() {
     let r = Reference::start();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::merge::Merge;
+use super::mode::{Gate, ModeRefusal};
 use super::reply::{Fanout, Forwarded, Meta, Part, Reply, Wait};
 use super::Session;
 use crate::command::{
@@ -15,7 +16,7 @@ use crate::command::{
     SubscriptionVerb, TransactionVerb,
 };
 use crate::policy::{Denial, Subject};
-use crate::resp::{self, Protocol, Request};
+use crate::resp::{self, Request};
 use crate::route::{Plan, PoolId, Target, CROSSSLOT};
 
 /// Command names longer than this are not in any table.
@@ -105,18 +106,6 @@ impl Session {
         if self.client.user.is_none() && !no_auth {
             return self.deny(Denial::NoAuth);
         }
-        // RESP2 subscriber mode allows only the subscription commands.
-        if self.client.proto == Protocol::Resp2 && self.subscriptions().is_some() {
-            if handling == Handling::Local(Local::Ping) {
-                return self.subscriber_ping(&request);
-            }
-            if !handling.allowed_when_subscribed() {
-                return error(&format!(
-                    "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
-                    spec.map(|s| s.name.to_string()).unwrap_or_else(|| String::from_utf8_lossy(name).into_owned())
-                ));
-            }
-        }
         if let Some(spec) = spec {
             if !spec.arity_ok(request.argc()) {
                 return self.wrong_arity(spec, handling);
@@ -134,6 +123,14 @@ impl Session {
                     }
                 }
             }
+        }
+        // The connection's mode: what runs, what is queued, what it refuses
+        // (in Redis's order: after arity and permissions).
+        let gate = self.mode.gate(handling, spec.is_some(), self.client.proto);
+        match gate {
+            Gate::SubscriberPing => return self.subscriber_ping(&request),
+            Gate::Refuse(refusal) => return self.refused_in_mode(refusal, name, spec, &request),
+            Gate::Run | Gate::Queue => {}
         }
 
         // The connection's own verbs are never limited or queued.
@@ -153,7 +150,7 @@ impl Session {
                 return self.deny(denial);
             }
         }
-        if self.in_multi() {
+        if gate == Gate::Queue {
             drop(args);
             return Box::pin(self.queue_command(name, spec, handling, request)).await;
         }
@@ -207,6 +204,37 @@ impl Session {
                 "ERR '{}' is not supported by keyway: {what}",
                 upper(raw_name)
             )),
+        }
+    }
+
+    /// A command the connection's mode does not run, answered as Redis
+    /// does; between MULTI and EXEC most refusals abort the transaction.
+    fn refused_in_mode(
+        &mut self,
+        refusal: ModeRefusal,
+        name: &[u8],
+        spec: Option<&Spec>,
+        request: &Request,
+    ) -> Reply {
+        let reply = match refusal {
+            ModeRefusal::SubscriberOnly => resp::error(&format!(
+                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                spec.map_or_else(|| String::from_utf8_lossy(name).into_owned(), |s| s.name.to_string())
+            )),
+            ModeRefusal::Unknown => unknown_command(request),
+            ModeRefusal::WatchInMulti => resp::error(super::mode::WATCH_IN_MULTI),
+            ModeRefusal::NotInMulti => resp::error(&format!(
+                "ERR '{}' inside MULTI is not supported by keyway",
+                upper(name)
+            )),
+            ModeRefusal::Unsupported(what) => resp::error(&format!(
+                "ERR '{}' is not supported by keyway: {what}",
+                upper(name)
+            )),
+        };
+        match refusal.aborts() {
+            true => self.refuse_in_multi(reply),
+            false => Reply::now(reply),
         }
     }
 
@@ -409,24 +437,6 @@ impl Session {
         handling: Handling,
         request: Request,
     ) -> Reply {
-        if handling == Handling::Transaction(TransactionVerb::Watch) {
-            return error("ERR WATCH inside MULTI is not allowed");
-        }
-        if handling.refused_in_multi() {
-            return self.refuse_in_multi(resp::error(&format!(
-                "ERR '{}' inside MULTI is not supported by keyway",
-                upper(name)
-            )));
-        }
-        if let Handling::Refused(what) = handling {
-            return self.refuse_in_multi(resp::error(&format!(
-                "ERR '{}' is not supported by keyway: {what}",
-                upper(name)
-            )));
-        }
-        if spec.is_none() {
-            return self.refuse_in_multi(unknown_command(&request));
-        }
         // Keyless commands (PING, TIME ...) run wherever the transaction does.
         let pool = self
             .single_pool(name, spec, &request)

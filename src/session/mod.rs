@@ -9,6 +9,7 @@ pub use blocking::{UnblockHow, Unblocker};
 mod dispatch;
 mod local;
 mod merge;
+mod mode;
 mod observe;
 mod output;
 mod pubsub;
@@ -38,9 +39,8 @@ use crate::state::{Activity, ClientInfo, State};
 
 pub use reply::Reply;
 
+use mode::Mode;
 use output::Output;
-use pubsub::Subscriptions;
-use transaction::Transaction;
 
 /// Read buffers start small (most clients are idle most of the time) and
 /// grow to this while a client keeps them full.
@@ -77,10 +77,6 @@ impl ClientState {
         unblocker: &Arc<Unblocker>,
         activity: &Arc<Activity>,
     ) -> ClientInfo {
-        let (sub, psub, ssub) = match mode {
-            Mode::Subscribed(s) => s.counts(),
-            _ => (0, 0, 0),
-        };
         ClientInfo {
             id: self.id,
             addr: self.addr,
@@ -96,25 +92,13 @@ impl ClientState {
                 .as_ref()
                 .map(|u| u.name.to_string())
                 .unwrap_or_default(),
-            subscriptions: (sub, psub, ssub),
-            patterns: match mode {
-                Mode::Subscribed(s) => s.patterns(),
-                _ => Arc::new([]),
-            },
+            subscriptions: mode.subscription_counts(),
+            patterns: mode.patterns(),
             kill: kill.clone(),
             unblocker: unblocker.clone(),
             activity: activity.clone(),
         }
     }
-}
-
-/// What the connection is doing, as Redis distinguishes it.
-pub(crate) enum Mode {
-    Normal,
-    /// After WATCH or MULTI, until EXEC, DISCARD, UNWATCH or RESET.
-    Transaction(Transaction),
-    /// With at least one subscription.
-    Subscribed(Subscriptions),
 }
 
 /// CLIENT REPLY: whether replies are written.
@@ -395,7 +379,7 @@ impl Session {
         // while shutting down, every client that is owed nothing is idle.
         let idle = match (&self.mode, self.output.is_empty()) {
             (_, true) if self.draining => Some(DRAIN_IDLE),
-            (Mode::Normal, true) if self.idle_timeout_secs > 0 => {
+            (mode, true) if mode.idles() && self.idle_timeout_secs > 0 => {
                 Some(std::time::Duration::from_secs(self.idle_timeout_secs))
             }
             _ => None,
@@ -727,12 +711,8 @@ impl Session {
     /// each request.
     #[inline]
     fn publish_buffers(&self) {
-        let multi = match &self.mode {
-            Mode::Transaction(t) if t.in_multi() => t.queued_len() as i64,
-            _ => -1,
-        };
         self.activity.buffers(
-            multi,
+            self.mode.multi_len(),
             self.inbuf.len(),
             self.inbuf.capacity() - self.inbuf.len(),
             self.output.owed_bytes(),

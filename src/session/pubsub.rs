@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::reply::Reply;
-use super::{Mode, Session};
+use super::Session;
 use crate::backend::Dedicated;
 use crate::resp::{self, shapes, Protocol, ReplyBuf, Request};
 use crate::route::{PoolId, Target};
@@ -68,7 +68,7 @@ pub(crate) struct Subscriptions {
 }
 
 impl Subscriptions {
-    fn new() -> Subscriptions {
+    pub(super) fn new() -> Subscriptions {
         Subscriptions {
             channels: BTreeMap::new(),
             patterns: BTreeMap::new(),
@@ -97,7 +97,7 @@ impl Subscriptions {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.counts() == (0, 0, 0)
     }
 
@@ -145,13 +145,6 @@ fn command(verb: &str, names: &[Bytes]) -> Bytes {
 }
 
 impl Session {
-    pub(super) fn subscriptions(&self) -> Option<&Subscriptions> {
-        match &self.mode {
-            Mode::Subscribed(s) => Some(s),
-            _ => None,
-        }
-    }
-
     /// Where a subscription goes: its pool (any node of a cluster, which
     /// broadcasts PUBLISH), or for a shard channel on a cluster pool, the
     /// master of the channel's slot.
@@ -170,14 +163,8 @@ impl Session {
     }
 
     pub(super) async fn subscribe(&mut self, kind: Kind, request: &Request) -> Reply {
-        match &self.mode {
-            Mode::Normal => self.mode = Mode::Subscribed(Subscriptions::new()),
-            Mode::Subscribed(_) => {}
-            Mode::Transaction(_) => {
-                return Reply::now(resp::error(
-                    "ERR keyway does not support subscribing during a transaction",
-                ))
-            }
+        if let Err(error) = self.mode.subscribe() {
+            return Reply::now(resp::error(error));
         }
         let names: Vec<Bytes> = request.args().skip(1).map(Bytes::copy_from_slice).collect();
         let mut per_pool: BTreeMap<Target, Vec<Bytes>> = BTreeMap::new();
@@ -194,7 +181,7 @@ impl Session {
             let link = match self.link(*pool).await {
                 Ok(link) => link,
                 Err(reply) => {
-                    self.leave_if_empty();
+                    self.mode.leave_if_unsubscribed();
                     return reply;
                 }
             };
@@ -203,7 +190,7 @@ impl Session {
             let _ = self.alongside_pushes(link.send(cmd)).await;
             // Released after this request's reply is queued, whatever the
             // outcome: a link left holding would never forward again.
-            if let Mode::Subscribed(subs) = &mut self.mode {
+            if let Some(subs) = self.mode.subscriptions_mut() {
                 subs.held.push(*pool);
             }
             waits.push((*pool, wait));
@@ -237,11 +224,11 @@ impl Session {
                     let _ = self.alongside_pushes(wait).await;
                 }
             }
-            self.leave_if_empty();
+            self.mode.leave_if_unsubscribed();
             return Reply::now(error);
         }
         let proto = self.client.proto;
-        let Mode::Subscribed(subs) = &mut self.mode else {
+        let Some(subs) = self.mode.subscriptions_mut() else {
             return Reply::now(resp::error("ERR subscription state lost"));
         };
         let mut out = Vec::new();
@@ -270,7 +257,7 @@ impl Session {
 
     pub(super) async fn unsubscribe(&mut self, kind: Kind, request: &Request) -> Reply {
         let proto = self.client.proto;
-        let Mode::Subscribed(subs) = &mut self.mode else {
+        let Some(subs) = self.mode.subscriptions_mut() else {
             // Not subscribed: Redis still confirms, with a count of zero.
             let mut out = Vec::new();
             if request.argc() == 1 {
@@ -314,7 +301,7 @@ impl Session {
         for wait in waits {
             let _ = self.alongside_pushes(wait).await;
         }
-        let Mode::Subscribed(subs) = &mut self.mode else {
+        let Some(subs) = self.mode.subscriptions_mut() else {
             return Reply::now(resp::error("ERR subscription state lost"));
         };
         let mut out = Vec::new();
@@ -337,23 +324,15 @@ impl Session {
                 subs.count_for(kind),
             ));
         }
-        self.leave_if_empty();
+        self.mode.leave_if_unsubscribed();
         self.register();
         Reply::now(Bytes::from(out))
-    }
-
-    /// With no subscription left the connection is an ordinary one again;
-    /// dropping the links closes their leased connections.
-    fn leave_if_empty(&mut self) {
-        if matches!(&self.mode, Mode::Subscribed(s) if s.is_empty()) {
-            self.mode = Mode::Normal;
-        }
     }
 
     /// Lets links forward messages that arrived while the confirmations
     /// were being queued, so a client never sees a message first.
     pub(super) async fn release_held_messages(&mut self) {
-        let Mode::Subscribed(subs) = &mut self.mode else {
+        let Some(subs) = self.mode.subscriptions_mut() else {
             return;
         };
         let links: Vec<_> = std::mem::take(&mut subs.held)
@@ -392,6 +371,11 @@ impl Session {
 
     /// PING in RESP2 subscriber mode answers `["pong", msg]`.
     pub(super) fn subscriber_ping(&self, request: &Request) -> Reply {
+        if request.argc() > 2 {
+            return Reply::now(resp::error(
+                "ERR wrong number of arguments for 'ping' command",
+            ));
+        }
         let mut r = ReplyBuf::new(Protocol::Resp2);
         r.array(2).bulk(b"pong").bulk(if request.argc() > 1 {
             request.arg(1)
@@ -402,7 +386,7 @@ impl Session {
     }
 
     async fn link(&mut self, target: Target) -> Result<mpsc::Sender<LinkCmd>, Reply> {
-        let Mode::Subscribed(subs) = &mut self.mode else {
+        let Some(subs) = self.mode.subscriptions_mut() else {
             return Err(Reply::now(resp::error("ERR subscription state lost")));
         };
         if let Some(link) = subs.links.get(&target) {
@@ -429,7 +413,7 @@ impl Session {
         let (cmds_tx, cmds_rx) = mpsc::channel(64);
         let pushes = self.push_sender();
         tokio::spawn(run_link(source, conn, cmds_rx, pushes));
-        let Mode::Subscribed(subs) = &mut self.mode else {
+        let Some(subs) = self.mode.subscriptions_mut() else {
             return Err(Reply::now(resp::error("ERR subscription state lost")));
         };
         subs.links.insert(target, cmds_tx.clone());

@@ -5,8 +5,9 @@
 
 use bytes::Bytes;
 
+use super::mode::Mode;
 use super::reply::Reply;
-use super::{Mode, Session};
+use super::Session;
 use crate::backend::{BackendError, Dedicated};
 use crate::resp::{self, Request};
 use crate::route::{CrossPool, PoolId, Target, CROSSSLOT};
@@ -44,7 +45,7 @@ struct Run {
 
 /// The state's own rules; `Session` does the I/O around them.
 impl Transaction {
-    fn new() -> Transaction {
+    pub(super) fn new() -> Transaction {
         Transaction {
             pool: None,
             lease: None,
@@ -64,7 +65,7 @@ impl Transaction {
 
     /// MULTI. Refused when already queueing (nothing changes: Redis does
     /// not abort a transaction for a nested MULTI).
-    fn begin(&mut self) -> Result<(), &'static str> {
+    pub(super) fn begin(&mut self) -> Result<(), &'static str> {
         if self.multi {
             return Err("ERR MULTI calls can not be nested");
         }
@@ -135,32 +136,17 @@ const EXECABORT: &str = "EXECABORT Transaction discarded because of previous err
 
 impl Session {
     pub(super) fn in_multi(&self) -> bool {
-        matches!(&self.mode, Mode::Transaction(t) if t.multi)
-    }
-
-    fn transaction(&mut self) -> Option<&mut Transaction> {
-        match &mut self.mode {
-            Mode::Transaction(t) => Some(t),
-            _ => None,
-        }
+        self.mode.in_multi()
     }
 
     pub(super) fn multi(&mut self) -> Reply {
-        let began = match &mut self.mode {
-            Mode::Transaction(t) => t.begin(),
-            Mode::Normal => {
-                let mut t = Transaction::new();
-                let began = t.begin();
-                self.mode = Mode::Transaction(t);
-                self.register();
-                began
+        match self.mode.begin_multi() {
+            Ok(changed) => {
+                if changed {
+                    self.register();
+                }
+                Reply::now(resp::simple("OK"))
             }
-            Mode::Subscribed(_) => {
-                Err("ERR keyway does not support MULTI on a connection with subscriptions")
-            }
-        };
-        match began {
-            Ok(()) => Reply::now(resp::simple("OK")),
             Err(error) => Reply::now(resp::error(error)),
         }
     }
@@ -173,7 +159,7 @@ impl Session {
         request: Request,
         pool: Result<Option<Target>, Bytes>,
     ) -> Reply {
-        let Some(t) = self.transaction() else {
+        let Some(t) = self.mode.transaction_mut() else {
             return Reply::now(resp::error("ERR EXEC without MULTI"));
         };
         match t.queue(request, pool) {
@@ -226,10 +212,7 @@ impl Session {
     }
 
     pub(super) async fn exec(&mut self) -> Reply {
-        if !self.in_multi() {
-            return Reply::now(resp::error("ERR EXEC without MULTI"));
-        }
-        let Mode::Transaction(t) = std::mem::replace(&mut self.mode, Mode::Normal) else {
+        let Some(t) = self.mode.end_multi() else {
             return Reply::now(resp::error("ERR EXEC without MULTI"));
         };
         self.register();
@@ -330,38 +313,34 @@ impl Session {
     }
 
     pub(super) fn discard(&mut self) -> Reply {
-        if !self.in_multi() {
+        // The lease, if any, closes with the transaction: DISCARD also
+        // forgets WATCHes.
+        if self.mode.end_multi().is_none() {
             return Reply::now(resp::error("ERR DISCARD without MULTI"));
         }
-        // The lease, if any, closes: DISCARD also forgets WATCHes.
-        self.mode = Mode::Normal;
         self.register();
         Reply::now(resp::simple("OK"))
     }
 
     /// WATCH outside MULTI: leases a connection to the keys' pool at once.
     pub(super) async fn watch(&mut self, request: &Request, pool: Result<Target, Bytes>) -> Reply {
-        if self.in_multi() {
-            return Reply::now(resp::error("ERR WATCH inside MULTI is not allowed"));
-        }
-        if matches!(self.mode, Mode::Subscribed(_)) {
-            return Reply::now(resp::error(
-                "ERR keyway does not support WATCH on a connection with subscriptions",
-            ));
+        if let Err(error) = self.mode.may_watch() {
+            return Reply::now(resp::error(error));
         }
         let pool = match pool {
             Ok(p) => p,
             Err(error) => return Reply::now(error),
         };
-        if let Mode::Transaction(t) = &self.mode {
+        if let Some(t) = self.mode.transaction() {
             if let Err(elsewhere) = t.may_watch(pool) {
                 return Reply::now(self.refusal(elsewhere));
             }
         }
         self.flush().await;
-        let mut t = match std::mem::replace(&mut self.mode, Mode::Normal) {
-            Mode::Transaction(t) => t,
-            _ => Transaction::new(),
+        // Checked above; flushing replies changes no mode.
+        let mut t = match self.mode.take_for_watch() {
+            Ok(t) => t,
+            Err(error) => return Reply::now(resp::error(error)),
         };
         let mut conn = match t.lease.take() {
             Some((_, conn)) => conn,
@@ -389,7 +368,7 @@ impl Session {
 
     /// UNWATCH outside MULTI: ends the watch and returns the connection.
     pub(super) async fn unwatch(&mut self) -> Reply {
-        if let Mode::Transaction(t) = &mut self.mode {
+        if let Some(mut t) = self.mode.end_watch() {
             if let Some((Target { pool, .. }, mut conn)) = t.lease.take() {
                 let clean = conn.send(b"*1\r\n$7\r\nUNWATCH\r\n").await.is_ok()
                     && conn.read_frame().await.is_ok();
@@ -399,7 +378,6 @@ impl Session {
                     }
                 }
             }
-            self.mode = Mode::Normal;
             self.register();
         }
         Reply::now(resp::simple("OK"))
