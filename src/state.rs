@@ -51,6 +51,9 @@ pub struct State {
     /// The generation of the configuration in force, announced on every
     /// reload (the supervisor applies the pool changes to its tasks).
     reloaded: tokio::sync::watch::Sender<u64>,
+    /// The same generation, for sessions to compare before each request:
+    /// a plain load, where loading `live` costs atomic operations.
+    generation: AtomicU64,
     next_client_id: AtomicU64,
 }
 
@@ -178,6 +181,7 @@ impl State {
             uptime_secs: AtomicU64::new(0),
             drain: tokio_util::sync::CancellationToken::new(),
             reloaded: tokio::sync::watch::Sender::new(0),
+            generation: AtomicU64::new(0),
             next_client_id: AtomicU64::new(1),
         });
         state.attach_metrics();
@@ -210,6 +214,11 @@ impl State {
 
     pub fn live_arc(&self) -> Arc<Live> {
         self.live.load_full()
+    }
+
+    /// The generation of the configuration in force.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Re-reads the configuration file and the environment and swaps in
@@ -257,6 +266,7 @@ impl State {
         let generation = live.generation;
         let live = Arc::new(live);
         self.live.store(live.clone());
+        self.generation.store(generation, Ordering::Release);
         self.attach_metrics();
         self.reloaded.send_replace(generation);
         self.metrics.config_reloads.with_label_values(&["ok"]).inc();

@@ -716,6 +716,8 @@ impl Session {
     }
 
     async fn info(&mut self, req: &Request) -> Reply {
+        // This INFO and the requests read with it count already.
+        self.count_commands();
         let asked: Vec<String> = req
             .args()
             .skip(1)

@@ -184,6 +184,9 @@ pub struct Session {
     received: Instant,
     /// The configuration generation `conns` and `client.user` belong to.
     generation: u64,
+    /// Requests dispatched and not yet added to INFO's
+    /// `total_commands_processed` (added once per read of requests).
+    commands_processed: u64,
 }
 
 /// Cluster node connections a session keeps at most.
@@ -290,6 +293,7 @@ async fn serve_stream(
         meta: reply::Meta::new(),
         received: Instant::now(),
         generation: state.live().generation,
+        commands_processed: 0,
     };
     session.register();
     session.run().await;
@@ -326,13 +330,24 @@ impl Session {
     /// Dispatches every complete request already read while the replies
     /// owed leave room; true when more bytes are needed to go on.
     async fn dispatch_buffered(&mut self, parser: &mut RequestParser) -> bool {
-        // The requests of one read arrived together: one clock read.
+        // The requests of one read arrived together: one clock read, and
+        // one reference each to the state and the configuration.
         self.received = Instant::now();
-        while self.output.has_room() {
+        let state = Arc::clone(&self.state);
+        let mut live = self.follow_reload();
+        let needs_bytes = loop {
+            if !self.output.has_room() {
+                break false;
+            }
             parser.set_unauthenticated(self.client.user.is_none());
             match parser.next(&mut self.inbuf) {
                 Ok(Some(request)) => {
-                    let reply = self.dispatch(request).await;
+                    // A request waits (a blocking command) or a reload
+                    // lands between two requests of one read.
+                    if state.generation() != self.generation {
+                        live = self.follow_reload();
+                    }
+                    let reply = self.dispatch(&state, &live, request).await;
                     // The replies keep their own copy; this one would keep
                     // the read buffer from being reused.
                     self.meta.request = Bytes::new();
@@ -340,7 +355,7 @@ impl Session {
                     self.publish_buffers();
                     self.release_held_messages().await;
                 }
-                Ok(None) => return true,
+                Ok(None) => break true,
                 Err(e) => {
                     tracing::debug!(client = self.client.id, "protocol error: {e}");
                     self.state
@@ -350,11 +365,23 @@ impl Session {
                         .inc();
                     let reply = crate::resp::error(&format!("ERR Protocol error: {e}"));
                     self.output.push(Reply::close(reply));
-                    return false;
+                    break false;
                 }
             }
+        };
+        self.count_commands();
+        needs_bytes
+    }
+
+    /// Adds the requests dispatched since the last call to INFO's
+    /// `total_commands_processed`.
+    pub(super) fn count_commands(&mut self) {
+        if self.commands_processed > 0 {
+            self.state.stats.commands_processed.fetch_add(
+                std::mem::take(&mut self.commands_processed),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
-        false
     }
 
     /// Waits for the next thing to do: client bytes (when more are

@@ -112,6 +112,16 @@ pub struct Meta {
 pub use crate::command::CacheCount;
 
 impl Meta {
+    /// The context for this request's reply, the request's bytes moved
+    /// into it (an empty `Bytes` is cloned without an atomic operation).
+    pub fn take(&mut self) -> Meta {
+        let request = std::mem::take(&mut self.request);
+        Meta {
+            request,
+            ..self.clone()
+        }
+    }
+
     pub fn new() -> Meta {
         Meta {
             command: "other",
