@@ -177,15 +177,20 @@ impl Session {
             }
             Handling::Local(local) => {
                 let reply = self.local(local, &request).await;
-                // Answered here: the slow log still sees it, as Redis's would.
-                if spec.is_some_and(|s| !s.flags.contains(Flags::SKIP_SLOWLOG)) {
+                // Answered here: the slow log still sees it, as Redis's
+                // would. One passed on to a backend is observed with its
+                // reply (which took the request's bytes along).
+                let forwarded = matches!(reply, Reply::Backend(_));
+                if !forwarded && spec.is_some_and(|s| !s.flags.contains(Flags::SKIP_SLOWLOG)) {
                     super::observe::answered_locally(state, &self.meta);
                 }
                 reply
             }
             Handling::Servers(servers) => {
                 let reply = Box::pin(self.servers(servers, name, &request)).await;
-                super::observe::answered_locally(state, &self.meta);
+                if !matches!(reply, Reply::Backend(_)) {
+                    super::observe::answered_locally(state, &self.meta);
+                }
                 reply
             }
             Handling::Transaction(TransactionVerb::Watch) => {
