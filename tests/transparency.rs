@@ -79,6 +79,17 @@ fn subscriber_and_transaction_refusals_match_redis() {
         }
         assert_eq!(seen[0], seen[1], "direct, then through keyway");
     }
+    // keyway's own refusals count; Redis's refusals of a mode do not.
+    let mut c = RawClient::connect(keyway.port);
+    c.send(b"MULTI\r\nKEYS *\r\nDISCARD\r\nMONITOR\r\n");
+    let replies: Vec<Vec<u8>> = (0..4).map(|_| c.read_frame()).collect();
+    assert!(replies[1].starts_with(b"-ERR 'KEYS' inside MULTI is not supported by keyway"));
+    assert!(replies[3].starts_with(b"-ERR 'MONITOR' is not supported by keyway"));
+    for command in ["keys", "monitor"] {
+        let series = format!(r#"keyway_denials_total{{detail="{command}",reason="unsupported"}}"#);
+        println!("{series} {}", keyway.metric(&series));
+        assert_eq!(keyway.metric(&series), 1.0);
+    }
 }
 
 #[test]

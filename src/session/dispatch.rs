@@ -208,10 +208,16 @@ impl Session {
             Handling::Subscription(SubscriptionVerb::Unsubscribe(kind)) => {
                 Box::pin(self.unsubscribe(kind, &request)).await.pushed()
             }
-            Handling::Refused(what) => error(&format!(
-                "ERR '{}' is not supported by keyway: {what}",
-                upper(raw_name)
-            )),
+            Handling::Refused(what) => {
+                let command = spec.map_or("other", |s| s.name);
+                self.state.metrics.deny("unsupported", command);
+                let reply = resp::error(&format!(
+                    "ERR '{}' is not supported by keyway: {what}",
+                    upper(raw_name)
+                ));
+                self.state.stats.commands.rejected(command, &reply);
+                Reply::now(reply)
+            }
         }
     }
 
@@ -240,6 +246,16 @@ impl Session {
                 upper(name)
             )),
         };
+        // Counted as Redis counts a rejected call (INFO's errorstats and
+        // rejected_calls); keyway's own refusals also as denials.
+        let command = spec.map_or("other", |s| s.name);
+        if matches!(
+            refusal,
+            ModeRefusal::NotInMulti | ModeRefusal::Unsupported(_)
+        ) {
+            self.state.metrics.deny("unsupported", command);
+        }
+        self.state.stats.commands.rejected(command, &reply);
         match refusal.aborts() {
             true => self.refuse_in_multi(reply),
             false => Reply::now(reply),

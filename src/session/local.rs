@@ -512,16 +512,20 @@ impl Session {
             },
             ("kill", _) => Some(self.client_kill(req)),
             ("unblock", 3 | 4) => Some(self.client_unblock(req)),
-            ("tracking" | "caching" | "getredir" | "trackinginfo", _) => err(&format!(
-                "ERR CLIENT {} is not supported by keyway (client-side caching needs one backend connection per client)",
-                sub.to_ascii_uppercase()
-            )),
-            ("no-touch", _) => err(
-                "ERR CLIENT NO-TOUCH is not supported by keyway (it would apply to a shared backend connection)",
+            ("tracking" | "caching" | "getredir" | "trackinginfo", _) => {
+                self.state.metrics.deny("unsupported", "client");
+                err(&format!(
+                    "ERR CLIENT {} is not supported by keyway (client-side caching needs one backend connection per client)",
+                    sub.to_ascii_uppercase()
+                ))
+            }
+            ("no-touch", _) => {
+                self.state.metrics.deny("unsupported", "client");
+                err("ERR CLIENT NO-TOUCH is not supported by keyway (it would apply to a shared backend connection)")
+            }
+            ("id" | "getname" | "info" | "setname" | "setinfo" | "no-evict" | "reply", _) => err(
+                &format!("ERR wrong number of arguments for 'client|{sub}' command"),
             ),
-            ("id" | "getname" | "info" | "setname" | "setinfo" | "no-evict" | "reply", _) => err(&format!(
-                "ERR wrong number of arguments for 'client|{sub}' command"
-            )),
             ("help", _) => None,
             _ => err(&format!(
                 "ERR CLIENT {} is not supported by keyway",
