@@ -130,7 +130,7 @@ type Labels<'a> = [(&'a str, &'a str)];
 /// Sums a counter family's samples whose labels match `filter`.
 fn sum_samples(state: &State, family: &str, filter: &dyn Fn(&Labels) -> bool) -> f64 {
     let mut total = 0.0;
-    for mf in state.metrics.registry.gather() {
+    for mf in state.metrics.gather() {
         if mf.name() != family {
             continue;
         }
@@ -219,7 +219,7 @@ fn stats(state: &State) -> Value {
 fn latency(state: &State, pool: &str) -> Value {
     let mut buckets: Vec<(f64, u64)> = Vec::new();
     let mut count = 0u64;
-    for mf in state.metrics.registry.gather() {
+    for mf in state.metrics.gather() {
         if mf.name() != "keyway_command_duration_seconds" {
             continue;
         }

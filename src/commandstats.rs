@@ -146,6 +146,8 @@ fn label<'a>(metric: &'a prometheus::proto::Metric, name: &str) -> &'a str {
 }
 
 fn figures(metrics: &Metrics) -> BTreeMap<String, CommandFigures> {
+    // INFO runs on a session's thread: what it recorded counts too.
+    crate::metrics::flush_thread_local();
     let mut all: BTreeMap<String, CommandFigures> = BTreeMap::new();
     for family in metrics.commands.collect() {
         for m in family.get_metric() {

@@ -9,7 +9,10 @@ use prometheus::{
 
 /// The series of one command on one pool, as this thread's local copies:
 /// recording costs no atomic operation; `flush_thread_local` adds what
-/// they gathered to the shared series once per batch of replies.
+/// they gathered to the shared series. On the one-thread runtime (the
+/// default) that is done by whoever reads the shared series (`gather`,
+/// INFO), on the same thread, so a read always sees every reply written;
+/// on several worker threads, by the session after each batch of replies.
 struct CommandSeries {
     ok: prometheus::local::LocalIntCounter,
     error: prometheus::local::LocalIntCounter,
@@ -443,18 +446,24 @@ impl Metrics {
         }
     }
 
+    /// Every family, with what this thread recorded added first.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        flush_thread_local();
+        self.registry.gather()
+    }
+
     /// The Prometheus text exposition of every family.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&self.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 
     /// Cache hits and misses over every pool and route (for INFO).
     pub fn cache_totals(&self) -> (u64, u64) {
+        let families = self.gather();
         let sum = |family: &str| -> u64 {
-            self.registry
-                .gather()
+            families
                 .iter()
                 .filter(|mf| mf.name() == family)
                 .flat_map(|mf| {
@@ -474,9 +483,8 @@ impl Metrics {
     /// handles are looked up once per command and pool on each thread and
     /// kept there, so the hot path does not hash label strings each time.
     ///
-    /// Recorded into this thread's local series: whoever records must call
-    /// `flush_thread_local` before its task yields (the session does after
-    /// each batch of replies), so a scrape never misses a reply it saw.
+    /// Recorded into this thread's local series, added to the shared ones
+    /// by `flush_thread_local` (see `CommandSeries`).
     pub fn record_command(&self, command: &'static str, pool: &str, error: bool, seconds: f64) {
         COMMAND_SERIES.with(|cache| {
             let mut cache = cache.borrow_mut();

@@ -96,6 +96,12 @@ impl ReplyTo {
         ReplyTo(Some(Destination::Inbox(Arc::clone(inbox), seq)))
     }
 
+    /// Forgets the destination without a reply: for a request that was
+    /// never sent, so no loss is reported.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+
     pub fn send(mut self, reply: Bytes) {
         match self.0.take() {
             Some(Destination::Once(tx)) => {

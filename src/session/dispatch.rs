@@ -54,30 +54,72 @@ fn unknown_command(request: &Request) -> Bytes {
     resp::error_bytes(&msg)
 }
 
+/// A command name as configuration names it: lowercased, on the stack.
+pub(super) struct Name {
+    buf: [u8; MAX_NAME],
+    len: usize,
+}
+
+impl Name {
+    fn of(raw: &[u8]) -> Name {
+        let mut buf = [0u8; MAX_NAME];
+        for (d, s) in buf.iter_mut().zip(raw) {
+            *d = s.to_ascii_lowercase();
+        }
+        Name {
+            buf,
+            len: raw.len().min(MAX_NAME),
+        }
+    }
+
+    fn get(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// What the checks of one request decided.
+pub(super) enum Checked<'s> {
+    /// Answered: refused, done locally or forwarded, all without waiting.
+    Done(Reply),
+    /// The rest awaits something (a limit, a connection, a lease, a
+    /// server-wide fan-out): `execute` does it.
+    Execute(Execution<'s>),
+}
+
+/// A checked request whose execution awaits.
+pub(super) struct Execution<'s> {
+    name: Name,
+    spec: Option<&'s Spec>,
+    handling: Handling,
+    gate: Gate,
+    request: Request,
+}
+
 impl Session {
     /// One request, in a fixed order: *check* (authentication, subscriber
     /// mode, arity, the user's permissions), *admit* (rate limits), then
-    /// *execute* by the command's handling, one `match`.
+    /// *execute* by the command's handling (`execute`).
     ///
     /// `state` and `live` are the session's, taken once per read of
     /// requests (each a reference count, an atomic operation, which per
     /// pipelined request was a measurable share of keyway's CPU).
-    pub(super) async fn dispatch(
+    ///
+    /// Everything about a request that needs no waiting: the checks, the
+    /// connection's own verbs, and the common forward (one pool, no
+    /// limit, an open connection). Kept out of the awaited part because
+    /// every awaited call builds and moves a future the size of all it
+    /// might await: measured, several copies per request.
+    pub(super) fn check<'s>(
         &mut self,
-        state: &Arc<crate::state::State>,
-        live: &Arc<crate::state::Live>,
+        state: &'s crate::state::State,
+        live: &crate::state::Live,
         request: Request,
-    ) -> Reply {
+    ) -> Checked<'s> {
         self.commands_processed += 1;
-        let mut name_buf = [0u8; MAX_NAME];
         let raw_name = request.arg(0);
-        let name_len = raw_name.len().min(MAX_NAME);
-        for (d, s) in name_buf.iter_mut().zip(raw_name) {
-            *d = s.to_ascii_lowercase();
-        }
         // Only for what configuration names commands by (command rules,
         // blocklists, limits): how keyway handles it comes from the table.
-        let name = &name_buf[..name_len];
+        let name = Name::of(raw_name);
         // Found once: the command lookup and the key positions both read them.
         let args = request.arg_vec();
         let entry = state.commands.lookup(&args);
@@ -108,43 +150,90 @@ impl Session {
         // Check. An unauthenticated client may only authenticate (or leave).
         let no_auth = spec.is_some_and(|s| s.flags.contains(Flags::NO_AUTH));
         if self.client.user.is_none() && !no_auth {
-            return self.deny(Denial::NoAuth);
+            return Checked::Done(self.deny(Denial::NoAuth));
         }
         if let Some(spec) = spec {
             if !spec.arity_ok(request.argc()) {
-                return self.wrong_arity(spec, handling);
+                return Checked::Done(self.wrong_arity(spec, handling));
             }
         }
         if let (Some(user), false) = (&self.client.user, no_auth) {
             let sub = (request.argc() > 1).then(|| request.arg(1));
             let permitted = live
                 .policy
-                .check_command(user, name, spec, sub)
+                .check_command(user, name.get(), spec, sub)
                 .and_then(|()| match (spec, user.has_prefixes()) {
                     (Some(spec), true) => live.policy.check_reach(user, spec, &args),
                     _ => Ok(()),
                 });
             if let Err(denial) = permitted {
-                return self.deny(denial);
+                return Checked::Done(self.deny(denial));
             }
         }
         // The connection's mode: what runs, what is queued, what it refuses
         // (in Redis's order: after arity and permissions).
         let gate = self.mode.gate(handling, spec.is_some(), self.client.proto);
         match gate {
-            Gate::SubscriberPing => return self.subscriber_ping(&request),
-            Gate::Refuse(refusal) => return self.refused_in_mode(refusal, name, spec, &request),
+            Gate::SubscriberPing => return Checked::Done(self.subscriber_ping(&request)),
+            Gate::Refuse(refusal) => {
+                return Checked::Done(self.refused_in_mode(refusal, name.get(), spec, &request))
+            }
             Gate::Run | Gate::Queue => {}
         }
 
         // The connection's own verbs are never limited or queued.
         match handling {
-            Handling::Transaction(TransactionVerb::Multi) => return self.multi(),
-            Handling::Transaction(TransactionVerb::Exec) => return Box::pin(self.exec()).await,
-            Handling::Transaction(TransactionVerb::Discard) => return self.discard(),
-            Handling::Local(Local::Quit) => return Reply::close(resp::simple("OK")),
-            Handling::Local(Local::Reset) => return self.reset(),
+            Handling::Transaction(TransactionVerb::Multi) => return Checked::Done(self.multi()),
+            Handling::Transaction(TransactionVerb::Discard) => {
+                return Checked::Done(self.discard())
+            }
+            Handling::Local(Local::Quit) => return Checked::Done(Reply::close(resp::simple("OK"))),
+            Handling::Local(Local::Reset) => return Checked::Done(self.reset()),
             _ => {}
+        }
+
+        // The common forward, when nothing needs waiting for.
+        if let (Handling::Forward(forward), Some(spec), true) = (
+            handling,
+            spec,
+            gate == Gate::Run && !live.policy.has_limits(false),
+        ) {
+            let plan = match self.plan(live, name.get(), spec, forward.split, &request, &args) {
+                Ok((plan, _)) => plan,
+                Err(denial) => return Checked::Done(self.deny(denial)),
+            };
+            if let Some(reply) = self.forward_now(live, spec, forward, &plan, &request) {
+                return Checked::Done(reply);
+            }
+        }
+        drop(args);
+        Checked::Execute(Execution {
+            name,
+            spec,
+            handling,
+            gate,
+            request,
+        })
+    }
+
+    /// The part of a request that awaits: *admit* (rate limits), then
+    /// *execute* by the command's handling, one `match`.
+    pub(super) async fn execute(
+        &mut self,
+        state: &Arc<crate::state::State>,
+        live: &Arc<crate::state::Live>,
+        execution: Execution<'_>,
+    ) -> Reply {
+        let Execution {
+            name,
+            spec,
+            handling,
+            gate,
+            request,
+        } = execution;
+        let name = name.get();
+        if handling == Handling::Transaction(TransactionVerb::Exec) {
+            return Box::pin(self.exec()).await;
         }
 
         // Admit. Queued commands count against limits as they are queued:
@@ -155,7 +244,6 @@ impl Session {
             }
         }
         if gate == Gate::Queue {
-            drop(args);
             return Box::pin(self.queue_command(name, spec, handling, request)).await;
         }
 
@@ -168,6 +256,7 @@ impl Session {
                     let pool = live.router.fallback_pool(name, self.client.db);
                     return self.forward(pool, request.bytes().clone()).await;
                 };
+                let args = request.arg_vec();
                 let plan = match self.plan(live, name, spec, forward.split, &request, &args) {
                     Ok((plan, _)) => plan,
                     Err(denial) => return self.deny(denial),
@@ -198,7 +287,7 @@ impl Session {
                 Box::pin(self.watch(&request, pool)).await
             }
             Handling::Transaction(TransactionVerb::Unwatch) => Box::pin(self.unwatch()).await,
-            // Answered before admission.
+            // Answered above, or by `check`.
             Handling::Transaction(
                 TransactionVerb::Multi | TransactionVerb::Exec | TransactionVerb::Discard,
             ) => error("ERR internal: transaction verb out of order"),
@@ -213,7 +302,7 @@ impl Session {
                 self.state.metrics.deny("unsupported", command);
                 let reply = resp::error(&format!(
                     "ERR '{}' is not supported by keyway: {what}",
-                    upper(raw_name)
+                    upper(request.arg(0))
                 ));
                 self.state.stats.commands.rejected(command, &reply);
                 Reply::now(reply)
@@ -364,6 +453,50 @@ impl Session {
                 }))
             }
         }
+    }
+
+    /// `execute_plan`'s common case done without awaiting anything: one
+    /// pool, no pool-scoped limit, not blocking, no other database, and the
+    /// client's connection to the pool (or to the slot's cluster node) open
+    /// and with room. `None`: not that case, nothing done. Kept apart
+    /// because each awaited call builds and moves a future the size of
+    /// everything it might await (measured: several copies per request).
+    fn forward_now(
+        &mut self,
+        live: &crate::state::Live,
+        spec: &Spec,
+        forward: Forward,
+        plan: &Plan,
+        request: &Request,
+    ) -> Option<Reply> {
+        let Plan::One(target) = plan else {
+            return None;
+        };
+        if (forward.pairs && request.argc().is_multiple_of(2))
+            || forward.database.is_some()
+            || blocks(forward.blocking, request)
+            || live.policy.has_limits(true)
+        {
+            return None;
+        }
+        let pool = match spec.flags.contains(Flags::READONLY) {
+            true => live.backends.replica_of(target.pool).unwrap_or(target.pool),
+            false => target.pool,
+        };
+        self.meta.slot = target.slot;
+        let (reply_to, seq) = self.output.reply_to_next();
+        if let Err((_, reply_to)) = self.send_now(pool, request.bytes().clone(), reply_to) {
+            // Nothing was sent: the awaited path sends it, under the same seq.
+            reply_to.disarm();
+            return None;
+        }
+        Some(Reply::Backend(Forwarded {
+            pool,
+            seq,
+            wait: Wait::Inbox,
+            meta: self.meta.take(),
+            source: super::reply::Source::Backend,
+        }))
     }
 
     /// The rate limits that apply before (`pool` None) or after routing.

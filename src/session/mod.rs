@@ -15,6 +15,7 @@ mod output;
 mod pubsub;
 mod reply;
 mod transaction;
+mod watched;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::io::poll_read_buf;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendError, Conn, ReplyTo};
 use crate::config::Config;
@@ -41,6 +42,7 @@ pub use reply::Reply;
 
 use mode::Mode;
 use output::Output;
+use watched::Watched;
 
 /// Read buffers start small (most clients are idle most of the time) and
 /// grow to this while a client keeps them full.
@@ -110,34 +112,6 @@ enum ReplyMode {
     Skip(u8),
 }
 
-/// A cancellation token a hand-polled task waits on: its future is polled
-/// once, which registers the task's waker; after that the flag is enough.
-struct Watched {
-    token: CancellationToken,
-    future: Pin<Box<WaitForCancellationFutureOwned>>,
-    registered: bool,
-}
-
-impl Watched {
-    fn new(token: CancellationToken) -> Watched {
-        Watched {
-            future: Box::pin(token.clone().cancelled_owned()),
-            token,
-            registered: false,
-        }
-    }
-
-    /// Whether the token was cancelled; registers the waker the first time.
-    #[inline]
-    fn fired(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.registered {
-            return self.token.is_cancelled();
-        }
-        self.registered = true;
-        self.future.as_mut().poll(cx).is_ready()
-    }
-}
-
 pub struct Session {
     state: Arc<State>,
     client: ClientState,
@@ -182,7 +156,10 @@ pub struct Session {
     meta: reply::Meta,
     /// When the requests being dispatched were read.
     received: Instant,
-    /// The configuration generation `conns` and `client.user` belong to.
+    /// The configuration `conns` and `client.user` belong to, and its
+    /// generation: compared with the state's before each request, a plain
+    /// load where taking the configuration is several atomic operations.
+    live: Arc<crate::state::Live>,
     generation: u64,
     /// Requests dispatched and not yet added to INFO's
     /// `total_commands_processed` (added once per read of requests).
@@ -267,9 +244,10 @@ async fn serve_stream(
     state.metrics.clients_total.inc();
     // CLIENT KILL, or the end of a drain: reading stops.
     let kill = CancellationToken::new();
+    let live = state.live_arc();
     let mut session = Session {
-        conns: vec![None; state.live().backends.by_index().len()],
-        clusters: clusters_of(&state.live().backends),
+        conns: vec![None; live.backends.by_index().len()],
+        clusters: clusters_of(&live.backends),
         node_conns: Vec::new(),
         state: state.clone(),
         client,
@@ -279,9 +257,9 @@ async fn serve_stream(
         rd,
         inbuf: BytesMut::new(),
         read_chunk: FIRST_READ / 2,
-        idle_timeout_secs: state.live().config.server.idle_timeout_secs,
+        idle_timeout_secs: live.config.server.idle_timeout_secs,
         input_closed: false,
-        output: Output::new(wr, &state.live().config),
+        output: Output::new(wr, &live.config),
         pushes: None,
         kill: kill.clone(),
         unblocker: Arc::default(),
@@ -292,7 +270,8 @@ async fn serve_stream(
         idle_timer: None,
         meta: reply::Meta::new(),
         received: Instant::now(),
-        generation: state.live().generation,
+        generation: live.generation,
+        live,
         commands_processed: 0,
     };
     session.register();
@@ -312,7 +291,7 @@ impl Session {
         let mut parser = RequestParser::new(parse_limits(&self.state.live().config));
         loop {
             let needs_bytes = self.dispatch_buffered(&mut parser).await;
-            self.output.collect(&self.state);
+            self.output.collect(&self.state, &self.live);
             if self.output.gone().is_some() {
                 return;
             }
@@ -330,9 +309,10 @@ impl Session {
     /// Dispatches every complete request already read while the replies
     /// owed leave room; true when more bytes are needed to go on.
     async fn dispatch_buffered(&mut self, parser: &mut RequestParser) -> bool {
-        // The requests of one read arrived together: one clock read, and
-        // one reference each to the state and the configuration.
-        self.received = Instant::now();
+        // The requests of one read arrived together: one clock read (with
+        // the first of them), and one reference each to the state and the
+        // configuration.
+        let mut clock_read = false;
         let state = Arc::clone(&self.state);
         let mut live = self.follow_reload();
         let needs_bytes = loop {
@@ -342,12 +322,20 @@ impl Session {
             parser.set_unauthenticated(self.client.user.is_none());
             match parser.next(&mut self.inbuf) {
                 Ok(Some(request)) => {
+                    if !clock_read {
+                        self.received = Instant::now();
+                        clock_read = true;
+                    }
                     // A request waits (a blocking command) or a reload
                     // lands between two requests of one read.
                     if state.generation() != self.generation {
                         live = self.follow_reload();
                     }
-                    let reply = self.dispatch(&state, &live, request).await;
+                    // Checked, and most often forwarded, without awaiting.
+                    let reply = match self.check(&state, &live, request) {
+                        dispatch::Checked::Done(reply) => reply,
+                        dispatch::Checked::Execute(rest) => self.execute(&state, &live, rest).await,
+                    };
                     // The replies keep their own copy; this one would keep
                     // the read buffer from being reused.
                     self.meta.request = Bytes::new();
@@ -441,7 +429,7 @@ impl Session {
     /// request and keeps no future of its own.
     fn poll_wait(&mut self, cx: &mut Context<'_>, reading: bool) -> Poll<bool> {
         if !self.output.is_empty() {
-            if let Poll::Ready(progress) = self.output.poll_progress(cx, &self.state) {
+            if let Poll::Ready(progress) = self.output.poll_progress(cx, &self.state, &self.live) {
                 return Poll::Ready(progress.is_ok());
             }
         }
@@ -503,7 +491,7 @@ impl Session {
     /// leased connection runs after the client's earlier commands; false
     /// when the client can no longer be written to.
     async fn flush(&mut self) -> bool {
-        self.output.flush(&self.state).await.is_ok()
+        self.output.flush(&self.state, &self.live).await.is_ok()
     }
 
     /// Queues `bytes` on the pool's multiplexed connection for this client,
@@ -575,6 +563,22 @@ impl Session {
     /// The warm path to a cluster: the slot's master is in the map and this
     /// client has an open connection to it with room. Nothing waits and
     /// nothing is allocated; anything else gives the request back.
+    /// Queues `bytes` on the client's open connection to `pool` (or to
+    /// its slot's cluster node) without waiting; gives both back when
+    /// there is none, it is fenced for a write, or its queue is full.
+    fn send_now(&self, pool: PoolId, bytes: Bytes, reply: ReplyTo) -> Result<(), (Bytes, ReplyTo)> {
+        let slot = pool.index();
+        if let Some(Some(cluster)) = self.clusters.get(slot) {
+            return self.send_to_known_node(cluster, bytes, reply);
+        }
+        match self.conns.get(slot).and_then(Option::as_ref) {
+            Some(conn) if !conn.fenced() || self.meta.read_only => {
+                conn.try_send(bytes, reply, false)
+            }
+            _ => Err((bytes, reply)),
+        }
+    }
+
     fn send_to_known_node(
         &self,
         cluster: &crate::cluster::Cluster,
@@ -716,10 +720,11 @@ impl Session {
     /// Returns the configuration this request runs under, loaded once so the
     /// request sees one configuration throughout.
     pub(super) fn follow_reload(&mut self) -> Arc<crate::state::Live> {
-        let live = self.state.live_arc();
-        if live.generation == self.generation {
-            return live;
+        if self.state.generation() == self.generation {
+            return Arc::clone(&self.live);
         }
+        let live = self.state.live_arc();
+        self.live = Arc::clone(&live);
         self.generation = live.generation;
         self.conns = vec![None; live.backends.by_index().len()];
         self.clusters = clusters_of(&live.backends);

@@ -3,12 +3,9 @@
 //! slow log. Replies resolve without side effects; `Output` hands each one
 //! here once, as it takes it for the client, and an `Observer` lives for
 //! one batch of replies: its series are the thread's own, added to the
-//! shared ones when it ends, before the batch is written.
+//! shared ones before they are read (see `metrics::CommandSeries`).
 
 use std::time::{Duration, Instant};
-
-use arc_swap::Guard;
-use std::sync::Arc;
 
 use super::reply::{CacheCount, Meta, Observed, Source};
 use crate::resp::{self, shapes};
@@ -16,23 +13,27 @@ use crate::state::{Live, State};
 
 pub struct Observer<'a> {
     state: &'a State,
-    /// One look at the configuration for the whole batch.
-    live: Guard<Arc<Live>>,
-    /// One clock read for the whole batch.
-    now: Instant,
+    /// The configuration the session runs under.
+    live: &'a Live,
+    /// One clock read for the whole batch, taken with its first reply.
+    now: Option<Instant>,
+    /// Adds the thread's series to the shared ones when the batch ends
+    /// (several worker threads: nobody else can; see `metrics`).
+    flush: bool,
 }
 
 impl<'a> Observer<'a> {
-    pub fn new(state: &'a State) -> Observer<'a> {
+    pub fn new(state: &'a State, live: &'a Live, flush: bool) -> Observer<'a> {
         Observer {
             state,
-            live: state.live(),
-            now: Instant::now(),
+            live,
+            now: None,
+            flush,
         }
     }
 
     /// A reply that went to the backends, as the client will get it.
-    pub fn reply(&self, seen: Observed<'_>, reply: &[u8]) {
+    pub fn reply(&mut self, seen: Observed<'_>, reply: &[u8]) {
         if !self.live.config.server.metrics {
             return;
         }
@@ -48,7 +49,8 @@ impl<'a> Observer<'a> {
         let meta = seen.meta;
         let m = &self.state.metrics;
         let error = shapes::is_error(reply);
-        let elapsed = self.now.saturating_duration_since(meta.started);
+        let now = *self.now.get_or_insert_with(Instant::now);
+        let elapsed = now.saturating_duration_since(meta.started);
         m.record_command(meta.command, pool, error, elapsed.as_secs_f64());
         if let Some(retry) = meta.retried {
             m.errors.with_label_values(&[retry.label()]).inc();
@@ -80,7 +82,7 @@ impl<'a> Observer<'a> {
                 None => return,
             },
         };
-        let live = &self.live;
+        let live = self.live;
         m.record_cache(
             pool,
             (live.generation, meta.route),
@@ -95,7 +97,9 @@ impl Drop for Observer<'_> {
     fn drop(&mut self) {
         // Before any of the batch is written: a client that reads a reply
         // and then scrapes /metrics finds it counted.
-        crate::metrics::flush_thread_local();
+        if self.flush {
+            crate::metrics::flush_thread_local();
+        }
     }
 }
 

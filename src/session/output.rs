@@ -26,7 +26,7 @@ use super::reply::Reply;
 use super::ClientWriter;
 use crate::backend::{Arrival, Inbox, ReplyTo};
 use crate::config::Config;
-use crate::state::State;
+use crate::state::{Live, State};
 
 /// Why the client can no longer be written to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,9 @@ pub(super) struct Output {
     /// A reply that closes the connection is queued: nothing more will be.
     closing: bool,
     gone: Option<Gone>,
+    /// Several worker threads: each batch's metrics are added to the shared
+    /// series before it is written (on one thread, readers do it).
+    flush_metrics: bool,
 }
 
 impl Output {
@@ -114,6 +117,8 @@ impl Output {
             deadline_armed: false,
             closing: false,
             gone: None,
+            flush_metrics: tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread),
         };
         output.configure(config);
         output
@@ -182,10 +187,9 @@ impl Output {
     }
 
     /// Moves every reply that is ready, in order, into the write buffer.
-    pub fn collect(&mut self, state: &State) {
-        // Counts this pass's replies; added to the shared series when it
-        // goes, before any of them is written.
-        let observer = Observer::new(state);
+    pub fn collect(&mut self, state: &State, live: &Live) {
+        // Counts this pass's replies, before any of them is written.
+        let mut observer = Observer::new(state, live, self.flush_metrics);
         while self.out.len() < self.limit {
             let Some(front) = self.pending.front_mut() else {
                 break;
@@ -249,7 +253,12 @@ impl Output {
     /// resolved or timed out. Ready once `collect` may have work, or with
     /// an error once the client cannot be written to. Polled by hand, not
     /// through `select!`, because it runs several times per request.
-    pub fn poll_progress(&mut self, cx: &mut Context<'_>, state: &State) -> Poll<Result<(), Gone>> {
+    pub fn poll_progress(
+        &mut self,
+        cx: &mut Context<'_>,
+        state: &State,
+        live: &Live,
+    ) -> Poll<Result<(), Gone>> {
         if let Some(gone) = self.gone {
             return Poll::Ready(Err(gone));
         }
@@ -290,7 +299,7 @@ impl Output {
             self.take_arrivals();
             // Most arrivals complete the front reply: write it in this same
             // wake-up rather than on the next turn of the session's loop.
-            self.collect(state);
+            self.collect(state, live);
             if !self.out.is_empty() {
                 if let Poll::Ready(written) =
                     poll_write_buf(Pin::new(&mut self.wr), cx, &mut self.out)
@@ -299,7 +308,7 @@ impl Output {
                         return Poll::Ready(Err(self.set_gone(Gone::WriteFailed)));
                     }
                     self.client_read();
-                    self.collect(state);
+                    self.collect(state, live);
                 }
             }
             return Poll::Ready(Ok(()));
@@ -308,7 +317,7 @@ impl Output {
             if front.waits_elsewhere() {
                 if let Poll::Ready(bytes) = front.poll_ready(cx, state) {
                     if let Some(seen) = front.observed() {
-                        Observer::new(state).reply(seen, &bytes);
+                        Observer::new(state, live, self.flush_metrics).reply(seen, &bytes);
                     }
                     let silent = front.is_silent();
                     self.extra_parts -= front.parts().saturating_sub(1).min(self.extra_parts);
@@ -418,13 +427,13 @@ impl Output {
     }
 
     /// Writes what is owed until nothing is, or the client is gone.
-    pub async fn flush(&mut self, state: &State) -> Result<(), Gone> {
+    pub async fn flush(&mut self, state: &State, live: &Live) -> Result<(), Gone> {
         loop {
-            self.collect(state);
+            self.collect(state, live);
             if self.is_empty() {
                 return Ok(());
             }
-            std::future::poll_fn(|cx| self.poll_progress(cx, state)).await?;
+            std::future::poll_fn(|cx| self.poll_progress(cx, state, live)).await?;
         }
     }
 
