@@ -12,8 +12,9 @@ const NAME_BUF: usize = 64;
 
 #[derive(Debug, Clone, Default)]
 pub struct Blocklist {
-    /// Lowercase canonical command name → what of it is blocked.
-    rules: HashMap<String, Rule, foldhash::fast::RandomState>,
+    /// Lowercase canonical command name → what of it is blocked. Bytes,
+    /// so the per-request lookup needs no UTF-8 check.
+    rules: HashMap<Vec<u8>, Rule, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,10 +26,10 @@ enum Rule {
     Except(HashSet<String>),
 }
 
-/// Commands that are one command under two names.
-fn canonical(name: &str) -> &str {
+/// Commands that are one command under two names (lowercase).
+fn canonical(name: &[u8]) -> &[u8] {
     match name {
-        "slaveof" => "replicaof",
+        b"slaveof" => b"replicaof",
         other => other,
     }
 }
@@ -43,17 +44,8 @@ fn is_admin_class(entry: &str) -> bool {
 fn parse(entry: &str) -> (String, Option<String>) {
     let mut words = entry.split_whitespace().map(|w| w.to_ascii_lowercase());
     let command = words.next().unwrap_or_default();
-    (canonical(&command).to_string(), words.next())
-}
-
-/// `bytes` lowercased into `buf`, as text; `None` when it cannot name a
-/// command (too long, not UTF-8).
-fn lowercase<'a>(bytes: &[u8], buf: &'a mut [u8; NAME_BUF]) -> Option<&'a str> {
-    let out = buf.get_mut(..bytes.len())?;
-    for (d, s) in out.iter_mut().zip(bytes) {
-        *d = s.to_ascii_lowercase();
-    }
-    std::str::from_utf8(out).ok()
+    let command = String::from_utf8_lossy(canonical(command.as_bytes())).into_owned();
+    (command, words.next())
 }
 
 impl Blocklist {
@@ -72,12 +64,12 @@ impl Blocklist {
         }
         let (command, sub) = parse(entry);
         let Some(sub) = sub else {
-            self.rules.insert(command, Rule::Whole);
+            self.rules.insert(command.into_bytes(), Rule::Whole);
             return;
         };
         match self
             .rules
-            .entry(command)
+            .entry(command.into_bytes())
             .or_insert_with(|| Rule::Only(HashSet::new()))
         {
             Rule::Whole => {}
@@ -97,10 +89,10 @@ impl Blocklist {
         }
         let (command, sub) = parse(entry);
         let Some(sub) = sub else {
-            self.rules.remove(&command);
+            self.rules.remove(command.as_bytes());
             return;
         };
-        let Some(rule) = self.rules.get_mut(&command) else {
+        let Some(rule) = self.rules.get_mut(command.as_bytes()) else {
             return;
         };
         match rule {
@@ -112,7 +104,7 @@ impl Blocklist {
             Rule::Only(subs) => {
                 subs.remove(&sub);
                 if subs.is_empty() {
-                    self.rules.remove(&command);
+                    self.rules.remove(command.as_bytes());
                 }
             }
         }
@@ -136,8 +128,14 @@ impl Blocklist {
             return None;
         }
         let mut buf = [0u8; NAME_BUF];
-        let command = canonical(lowercase(command, &mut buf)?);
-        let rule = self.rules.get(command)?;
+        let lower = buf.get_mut(..command.len())?;
+        for (d, s) in lower.iter_mut().zip(command) {
+            *d = s.to_ascii_lowercase();
+        }
+        let lower = canonical(lower);
+        let rule = self.rules.get(lower)?;
+        // Blocked, or a subcommand rule to look at: rare, so text from here.
+        let command = std::str::from_utf8(lower).ok()?;
         let sub_named = || {
             let sub = String::from_utf8_lossy(sub.unwrap_or_default()).to_ascii_lowercase();
             let blocked = match rule {
