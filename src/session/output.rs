@@ -23,6 +23,7 @@ use tokio_util::io::poll_write_buf;
 
 use super::observe::Observer;
 use super::reply::Reply;
+use super::watched::WakeFlag;
 use super::ClientWriter;
 use crate::backend::{Arrival, Inbox, ReplyTo};
 use crate::config::Config;
@@ -84,6 +85,9 @@ pub(super) struct Output {
     /// re-armed only when it fires, so a reply costs no timer.
     deadline: Option<Pin<Box<Sleep>>>,
     deadline_armed: bool,
+    /// Raised when the deadline timer wakes the task: until then it is
+    /// not polled (a timer poll re-registers its waker each time).
+    deadline_flag: Option<WakeFlag>,
     /// A reply that closes the connection is queued: nothing more will be.
     closing: bool,
     gone: Option<Gone>,
@@ -115,6 +119,7 @@ impl Output {
             request_timeout: None,
             deadline: None,
             deadline_armed: false,
+            deadline_flag: None,
             closing: false,
             gone: None,
             flush_metrics: tokio::runtime::Handle::try_current()
@@ -330,7 +335,15 @@ impl Output {
         self.arm_deadline();
         if self.deadline_armed {
             if let Some(timer) = self.deadline.as_mut() {
-                if timer.as_mut().poll(cx).is_ready() {
+                let due = match &self.deadline_flag {
+                    Some(flag) if !flag.raised() => false,
+                    _ => {
+                        let (due, flag) = WakeFlag::poll(timer.as_mut(), cx);
+                        self.deadline_flag = Some(flag);
+                        due
+                    }
+                };
+                if due {
                     self.deadline_armed = false;
                     self.expire_front(state);
                     return Poll::Ready(Ok(()));
@@ -410,6 +423,8 @@ impl Output {
             None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
         }
         self.deadline_armed = true;
+        // Polled (and so registered) afresh at its new deadline.
+        self.deadline_flag = None;
     }
 
     /// Times out the front reply if its deadline passed; only the front

@@ -1,8 +1,9 @@
-//! A cancellation token as a hand-polled session waits on it: checked on
-//! every wait, so the check must cost less than the token's own
-//! `is_cancelled` (a mutex). The token's future is polled once, with a
-//! waker that raises a flag and wakes the session's task; after that a
-//! wait only reads the flag.
+//! What a hand-polled session waits on besides its sockets, checked on
+//! every wait: a future is polled with a `WakeFlag`, a waker that raises
+//! a flag and wakes the session's task, and is polled again only once
+//! the flag is up. `Watched` is a cancellation token so watched (its own
+//! `is_cancelled` takes a mutex); `Output` polls its deadline timer the
+//! same way.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,12 +21,14 @@ pub(super) struct Watched {
 enum WatchState {
     /// Not polled yet: no task is registered.
     Unregistered,
-    /// Polled with `Flag`'s waker, which the cancellation raises.
-    Waiting(Arc<Flag>),
+    /// Polled with a `WakeFlag`, which the cancellation raises.
+    Waiting(WakeFlag),
     Fired,
 }
 
-/// Raised when the token's future wakes; wakes the task that watches it.
+/// A waker that raises a flag, then wakes the task it was made for.
+pub(super) struct WakeFlag(Arc<Flag>);
+
 struct Flag {
     raised: AtomicBool,
     task: Waker,
@@ -42,6 +45,38 @@ impl Wake for Flag {
     }
 }
 
+impl WakeFlag {
+    pub(super) fn new(task: &Waker) -> WakeFlag {
+        WakeFlag(Arc::new(Flag {
+            raised: AtomicBool::new(false),
+            task: task.clone(),
+        }))
+    }
+
+    /// Whatever was polled with `waker` may be ready now.
+    #[inline]
+    pub(super) fn raised(&self) -> bool {
+        self.0.raised.load(Ordering::Acquire)
+    }
+
+    pub(super) fn waker(&self) -> Waker {
+        Waker::from(Arc::clone(&self.0))
+    }
+
+    /// Polls `future` with a new flag for `cx`'s task; the flag comes
+    /// back for the next check.
+    pub(super) fn poll<F: Future + ?Sized>(
+        future: Pin<&mut F>,
+        cx: &Context<'_>,
+    ) -> (bool, WakeFlag) {
+        let flag = WakeFlag::new(cx.waker());
+        let ready = future
+            .poll(&mut Context::from_waker(&flag.waker()))
+            .is_ready();
+        (ready, flag)
+    }
+}
+
 impl Watched {
     pub(super) fn new(token: CancellationToken) -> Watched {
         Watched {
@@ -55,7 +90,7 @@ impl Watched {
     #[inline]
     pub(super) fn fired(&mut self, cx: &mut Context<'_>) -> bool {
         match &self.state {
-            WatchState::Waiting(flag) if !flag.raised.load(Ordering::Acquire) => false,
+            WatchState::Waiting(flag) if !flag.raised() => false,
             WatchState::Fired => true,
             // Raised (or first time): the future itself says.
             _ => self.poll(cx),
@@ -64,16 +99,7 @@ impl Watched {
 
     #[cold]
     fn poll(&mut self, cx: &mut Context<'_>) -> bool {
-        let flag = Arc::new(Flag {
-            raised: AtomicBool::new(false),
-            task: cx.waker().clone(),
-        });
-        let waker = Waker::from(Arc::clone(&flag));
-        let ready = self
-            .future
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_ready();
+        let (ready, flag) = WakeFlag::poll(self.future.as_mut(), cx);
         self.state = match ready {
             true => WatchState::Fired,
             false => WatchState::Waiting(flag),
