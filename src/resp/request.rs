@@ -84,6 +84,11 @@ fn offset(n: usize) -> u32 {
 pub type ArgSlices<'a> = SmallVec<[&'a [u8]; 8]>;
 
 impl Request {
+    /// The request's bytes, without another reference count.
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
     }

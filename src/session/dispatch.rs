@@ -113,7 +113,7 @@ impl Session {
         &mut self,
         state: &'s crate::state::State,
         live: &crate::state::Live,
-        request: Request,
+        mut request: Request,
     ) -> Checked<'s> {
         self.commands_processed += 1;
         let raw_name = request.arg(0);
@@ -134,7 +134,10 @@ impl Session {
             route: (cache != CacheCount::No && request.argc() > 1)
                 .then(|| live.router.prefix_rule(request.arg(1)))
                 .flatten(),
-            request: request.bytes().clone(),
+            // Filled in once the request is forwarded or awaited: a
+            // reference count (an atomic operation) spared on refusals,
+            // and moved rather than counted on the common forward.
+            request: Bytes::new(),
             client: self.client.id,
             db: self.client.db,
             proto: self.client.proto,
@@ -193,20 +196,26 @@ impl Session {
         }
 
         // The common forward, when nothing needs waiting for.
-        if let (Handling::Forward(forward), Some(spec), true) = (
-            handling,
-            spec,
-            gate == Gate::Run && !live.policy.has_limits(false),
-        ) {
-            let plan = match self.plan(live, name.get(), spec, forward.split, &request, &args) {
-                Ok((plan, _)) => plan,
-                Err(denial) => return Checked::Done(self.deny(denial)),
-            };
-            if let Some(reply) = self.forward_now(live, spec, forward, &plan, &request) {
-                return Checked::Done(reply);
+        let fast = match (handling, spec) {
+            (Handling::Forward(forward), Some(spec))
+                if gate == Gate::Run && !live.policy.has_limits(false) =>
+            {
+                match self.plan(live, name.get(), spec, forward.split, &request, &args) {
+                    Ok((plan, _)) => Some((forward, spec, plan)),
+                    Err(denial) => return Checked::Done(self.deny(denial)),
+                }
             }
-        }
+            _ => None,
+        };
         drop(args);
+        if let Some((forward, spec, plan)) = fast {
+            request = match self.forward_now(live, spec, forward, &plan, request) {
+                Ok(reply) => return Checked::Done(reply),
+                Err(request) => request,
+            };
+        }
+        // The reply's context keeps the request (slow log, retries).
+        self.meta.request = request.bytes().clone();
         Checked::Execute(Execution {
             name,
             spec,
@@ -458,26 +467,27 @@ impl Session {
     /// `execute_plan`'s common case done without awaiting anything: one
     /// pool, no pool-scoped limit, not blocking, no other database, and the
     /// client's connection to the pool (or to the slot's cluster node) open
-    /// and with room. `None`: not that case, nothing done. Kept apart
-    /// because each awaited call builds and moves a future the size of
-    /// everything it might await (measured: several copies per request).
+    /// and with room. `Err`: not that case, nothing done, the request
+    /// given back. Kept apart because each awaited call builds and moves
+    /// a future the size of everything it might await (measured: several
+    /// copies per request).
     fn forward_now(
         &mut self,
         live: &crate::state::Live,
         spec: &Spec,
         forward: Forward,
         plan: &Plan,
-        request: &Request,
-    ) -> Option<Reply> {
+        request: Request,
+    ) -> Result<Reply, Request> {
         let Plan::One(target) = plan else {
-            return None;
+            return Err(request);
         };
         if (forward.pairs && request.argc().is_multiple_of(2))
             || forward.database.is_some()
-            || blocks(forward.blocking, request)
+            || blocks(forward.blocking, &request)
             || live.policy.has_limits(true)
         {
-            return None;
+            return Err(request);
         }
         let pool = match spec.flags.contains(Flags::READONLY) {
             true => live.backends.replica_of(target.pool).unwrap_or(target.pool),
@@ -488,9 +498,10 @@ impl Session {
         if let Err((_, reply_to)) = self.send_now(pool, request.bytes().clone(), reply_to) {
             // Nothing was sent: the awaited path sends it, under the same seq.
             reply_to.disarm();
-            return None;
+            return Err(request);
         }
-        Some(Reply::Backend(Forwarded {
+        self.meta.request = request.into_bytes();
+        Ok(Reply::Backend(Forwarded {
             pool,
             seq,
             wait: Wait::Inbox,
