@@ -9,6 +9,8 @@
 #
 #   scripts/instructions.sh [requests]      (default 20000 per test)
 #   KEYWAY_BIN=/path/to/keyway scripts/instructions.sh   (another build)
+#   PREDIXY_BIN=/path/to/predixy scripts/instructions.sh (a predixy column;
+#     by default the one scripts/bench.sh built into target/peers/, if any)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-20000}
@@ -40,7 +42,23 @@ valgrind --tool=callgrind --callgrind-out-file="$work/cg.twemproxy" \
 TW_PID=$!
 pids+=($TW_PID)
 
-for p in "$KW" "$TW"; do
+# predixy, when bench.sh built one (or PREDIXY_BIN names one): same
+# configuration as bench.sh's row, one worker thread.
+PREDIXY=${PREDIXY_BIN:-$(ls target/peers/predixy-*/src/predixy 2>/dev/null | head -1)}
+PX=""
+if [ -n "$PREDIXY" ] && [ -x "$PREDIXY" ]; then
+  PX=$(free_port)
+  sed -e "s|@LISTEN@|$PX|" -e "s|@BACKEND@|$RP|" -e "s|@LOG@|$work/predixy.log|" \
+    conf/bench/predixy.conf > "$work/predixy.conf"
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.predixy" \
+    "$PREDIXY" "$work/predixy.conf" >/dev/null 2>&1 &
+  PX_PID=$!
+  pids+=($PX_PID)
+else
+  echo "instructions: no predixy column (build one with scripts/bench.sh, or set PREDIXY_BIN)" >&2
+fi
+
+for p in "$KW" "$TW" ${PX:+"$PX"}; do
   for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -60,7 +78,7 @@ measure() {
   echo $((total / requests))
 }
 
-printf '%-6s %12s %12s %8s\n' test keyway twemproxy ratio
+printf '%-6s %12s %12s %8s %12s %8s\n' test keyway twemproxy ratio predixy ratio
 for scenario in "c50:-c 50 -n $N -t get,set" "p16:-c 50 -n $((5 * N)) -P 16 -t get,set" "c1:-c 1 -n $((N / 4)) -t get,set"; do
   name=${scenario%%:*}; args=${scenario#*:}
   n=$(echo "$args" | sed -E 's/.*-n ([0-9]+).*/\1/')
@@ -68,5 +86,11 @@ for scenario in "c50:-c 50 -n $N -t get,set" "p16:-c 50 -n $((5 * N)) -P 16 -t g
   k=$(measure keyway "$KW" "$KW_PID" $((2 * n)) $args)
   # shellcheck disable=SC2086
   t=$(measure twemproxy "$TW" "$TW_PID" $((2 * n)) $args)
-  printf '%-6s %12s %12s %8s\n' "$name" "$k" "$t" "$(python3 -c "print(f'{$k/$t:.2f}')")"
+  x=- xr=-
+  if [ -n "$PX" ]; then
+    # shellcheck disable=SC2086
+    x=$(measure predixy "$PX" "$PX_PID" $((2 * n)) $args)
+    xr=$(python3 -c "print(f'{$k/$x:.2f}')")
+  fi
+  printf '%-6s %12s %12s %8s %12s %8s\n' "$name" "$k" "$t" "$(python3 -c "print(f'{$k/$t:.2f}')")" "$x" "$xr"
 done
