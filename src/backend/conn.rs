@@ -9,7 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::io::{ReadHalf, WriteHalf};
 
 use super::stream::BackendStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
+
+use super::outbox::{self, Refused};
 
 use super::inbox::ReplyTo;
 use crate::config::Endpoint;
@@ -68,7 +70,7 @@ const READ_CHUNK: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct Conn {
-    tx: mpsc::Sender<Outbound>,
+    tx: outbox::Sender<Outbound>,
     /// The pool's: raised while its master is being moved.
     fence: std::sync::Arc<super::Fence>,
 }
@@ -89,7 +91,7 @@ impl Conn {
     ) -> Result<Conn, String> {
         let stream = super::stream::open(endpoint, db, proto).await?;
         let (rd, wr) = tokio::io::split(stream);
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = outbox::outbox(QUEUE);
         let handoff = std::sync::Arc::new(Handoff::default());
         let reader_handoff = handoff.clone();
         // Dropped with the writer: tells the reader without a wake-up per
@@ -135,13 +137,13 @@ impl Conn {
             asking: false,
         }) {
             Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Full(outbound)) => outbound,
-            Err(mpsc::error::TrySendError::Closed(o)) => return Err((o.bytes, o.reply)),
+            Err(Refused::Full(outbound)) => outbound,
+            Err(Refused::Closed(o)) => return Err((o.bytes, o.reply)),
         };
         // Full: wait for room, boxed since it is rare.
         match Box::pin(self.tx.send(outbound)).await {
             Ok(()) => Ok(()),
-            Err(e) => Err((e.0.bytes, e.0.reply)),
+            Err(o) => Err((o.bytes, o.reply)),
         }
     }
 
@@ -160,10 +162,7 @@ impl Conn {
                 reply,
                 asking,
             })
-            .map_err(|e| {
-                let o = e.into_inner();
-                (o.bytes, o.reply)
-            })
+            .map_err(|(Refused::Full(o) | Refused::Closed(o))| (o.bytes, o.reply))
     }
 
     /// Queues a one-off request and returns where its reply arrives.
@@ -231,7 +230,7 @@ pub(super) async fn handshake(
 
 async fn write_loop(
     mut wr: WriteHalf<BackendStream>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: outbox::Receiver<Outbound>,
     handoff: &Handoff,
     mut retire: watch::Receiver<u64>,
 ) {
@@ -266,12 +265,8 @@ async fn write_loop(
         // current-thread scheduler queues it behind them already.
         if batch.len() < BATCH && multi_thread {
             tokio::task::yield_now().await;
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(out) => batch.push(out),
-                    Err(_) => break,
-                }
-            }
+            let room = BATCH - batch.len();
+            rx.try_recv_many(&mut batch, room);
         }
         // One clock read per write: every request in it leaves together.
         let sent = std::time::Instant::now();

@@ -46,8 +46,16 @@ impl Inbox {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
-        self.arrived().push_back(Arrival { seq, reply });
-        self.waker.wake();
+        let was_empty = {
+            let mut arrived = self.arrived();
+            arrived.push_back(Arrival { seq, reply });
+            arrived.len() == 1
+        };
+        // The session takes every arrival at once, so a non-empty queue
+        // already has its wake-up on the way.
+        if was_empty {
+            self.waker.wake();
+        }
     }
 
     /// Called when the client goes: frees what arrived and drops what

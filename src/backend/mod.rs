@@ -7,6 +7,7 @@ mod conn;
 mod dedicated;
 mod fence;
 mod inbox;
+mod outbox;
 mod pool;
 mod retry;
 mod stream;

@@ -1,0 +1,250 @@
+//! The queue of requests waiting for one backend connection's writer.
+//! Clients push under a short lock; the writer takes everything queued in
+//! one go. The writer is woken only when the queue turns non-empty, since
+//! it always empties it: a busy pipeline costs one lock per request and
+//! one wake-up per write, not a channel's several atomic steps per request.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
+use tokio::sync::Notify;
+
+/// Why a request was given back instead of queued.
+pub enum Refused<T> {
+    /// The queue holds its limit: wait for room or go elsewhere.
+    Full(T),
+    /// The connection stopped taking requests (retired, or its writer ended).
+    Closed(T),
+}
+
+struct Queue<T> {
+    items: VecDeque<T>,
+    /// A sender found the queue full and waits on `room`.
+    awaited: bool,
+}
+
+/// Shared by a connection's senders and its writer.
+pub struct Outbox<T> {
+    queue: Mutex<Queue<T>>,
+    limit: usize,
+    /// Set under the lock, so a push never lands after the writer's last look.
+    closed: AtomicBool,
+    senders: AtomicUsize,
+    writer: AtomicWaker,
+    room: Notify,
+}
+
+/// One handle of the sending side; the writer ends once every handle is
+/// gone and the queue is empty.
+pub struct Sender<T>(Arc<Outbox<T>>);
+
+/// The writer's side. Dropping it closes the queue and drops what is still
+/// queued, which reports each loss to its client.
+pub struct Receiver<T>(Arc<Outbox<T>>);
+
+pub fn outbox<T>(limit: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Outbox {
+        queue: Mutex::new(Queue {
+            items: VecDeque::new(),
+            awaited: false,
+        }),
+        limit,
+        closed: AtomicBool::new(false),
+        senders: AtomicUsize::new(1),
+        writer: AtomicWaker::new(),
+        room: Notify::new(),
+    });
+    (Sender(shared.clone()), Receiver(shared))
+}
+
+impl<T> Outbox<T> {
+    fn queue(&self) -> MutexGuard<'_, Queue<T>> {
+        // Nothing panics while holding it; a poisoned queue is still in order.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops taking requests; returns what was queued, to be dropped by the
+    /// caller outside the lock.
+    fn close(&self) -> VecDeque<T> {
+        let left = {
+            let mut queue = self.queue();
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut queue.items)
+        };
+        self.room.notify_waiters();
+        left
+    }
+}
+
+impl<T> Sender<T> {
+    /// Queues `item` without waiting.
+    pub fn try_send(&self, item: T) -> Result<(), Refused<T>> {
+        let was_empty = {
+            let mut queue = self.0.queue();
+            if self.0.closed.load(Ordering::Relaxed) {
+                return Err(Refused::Closed(item));
+            }
+            if queue.items.len() >= self.0.limit {
+                queue.awaited = true;
+                return Err(Refused::Full(item));
+            }
+            queue.items.push_back(item);
+            queue.items.len() == 1
+        };
+        if was_empty {
+            self.0.writer.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues `item`, waiting for room; `Err` gives it back once closed.
+    pub async fn send(&self, mut item: T) -> Result<(), T> {
+        loop {
+            let room = self.0.room.notified();
+            tokio::pin!(room);
+            // Registered before trying, so room made in between is not missed.
+            room.as_mut().enable();
+            match self.try_send(item) {
+                Ok(()) => return Ok(()),
+                Err(Refused::Closed(back)) => return Err(back),
+                Err(Refused::Full(back)) => item = back,
+            }
+            room.await;
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire)
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.0.senders.fetch_add(1, Ordering::Relaxed);
+        Sender(self.0.clone())
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.writer.wake();
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Waits for requests and moves up to `limit` of them to `into`;
+    /// 0 once the queue is closed or has no senders, and is empty.
+    pub async fn recv_many(&mut self, into: &mut Vec<T>, limit: usize) -> usize {
+        poll_fn(|cx| {
+            self.0.writer.register(cx.waker());
+            match self.try_recv_many(into, limit) {
+                0 if self.0.closed.load(Ordering::Acquire)
+                    || self.0.senders.load(Ordering::Acquire) == 0 =>
+                {
+                    // Queued after the look above? Closed queues take nothing.
+                    Poll::Ready(self.try_recv_many(into, limit))
+                }
+                0 => Poll::Pending,
+                n => Poll::Ready(n),
+            }
+        })
+        .await
+    }
+
+    /// Moves up to `limit` queued requests to `into` without waiting.
+    pub fn try_recv_many(&mut self, into: &mut Vec<T>, limit: usize) -> usize {
+        let (taken, awaited) = {
+            let mut queue = self.0.queue();
+            let n = queue.items.len().min(limit);
+            into.extend(queue.items.drain(..n));
+            (n, n > 0 && std::mem::take(&mut queue.awaited))
+        };
+        if awaited {
+            self.0.room.notify_waiters();
+        }
+        taken
+    }
+
+    /// Stops taking new requests; those queued are still received.
+    pub fn close(&mut self) {
+        {
+            let _queue = self.0.queue();
+            self.0.closed.store(true, Ordering::Release);
+        }
+        self.0.room.notify_waiters();
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        drop(self.0.close());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_writer_takes_in_order_and_ends_with_its_senders() {
+        let (tx, mut rx) = outbox::<u32>(8);
+        let tx2 = tx.clone();
+        for i in 0..3 {
+            assert!(tx.try_send(i).is_ok());
+        }
+        assert!(tx2.try_send(3).is_ok());
+        let mut got = Vec::new();
+        assert_eq!(rx.recv_many(&mut got, 2).await, 2);
+        assert_eq!(rx.recv_many(&mut got, 10).await, 2);
+        assert_eq!(got, vec![0, 1, 2, 3]);
+        drop(tx);
+        drop(tx2);
+        assert_eq!(rx.recv_many(&mut got, 10).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_then_admits_a_waiting_sender() {
+        let (tx, mut rx) = outbox::<u32>(2);
+        assert!(tx.try_send(1).is_ok());
+        assert!(tx.try_send(2).is_ok());
+        assert!(matches!(tx.try_send(3), Err(Refused::Full(3))));
+        let waiting = tokio::spawn(async move { tx.send(3).await.is_ok() });
+        tokio::task::yield_now().await;
+        let mut got = Vec::new();
+        rx.recv_many(&mut got, 10).await;
+        assert!(waiting.await.unwrap_or(false));
+        rx.recv_many(&mut got, 10).await;
+        assert_eq!(got, vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn closing_refuses_new_requests_but_keeps_those_queued() {
+        let (tx, mut rx) = outbox::<u32>(4);
+        assert!(tx.try_send(1).is_ok());
+        rx.close();
+        assert!(tx.is_closed());
+        assert!(matches!(tx.try_send(2), Err(Refused::Closed(2))));
+        let mut got = Vec::new();
+        assert_eq!(rx.recv_many(&mut got, 10).await, 1);
+        assert_eq!(rx.recv_many(&mut got, 10).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_writer_drops_what_was_queued_and_closes() {
+        let (tx, rx) = outbox::<Arc<()>>(4);
+        let item = Arc::new(());
+        assert!(tx.try_send(item.clone()).is_ok());
+        drop(rx);
+        assert_eq!(Arc::strong_count(&item), 1);
+        assert!(tx.is_closed());
+        assert!(matches!(tx.try_send(item), Err(Refused::Closed(_))));
+    }
+}
