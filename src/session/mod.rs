@@ -309,6 +309,12 @@ impl Session {
     /// Dispatches every complete request already read while the replies
     /// owed leave room; true when more bytes are needed to go on.
     async fn dispatch_buffered(&mut self, parser: &mut RequestParser) -> bool {
+        if self.inbuf.is_empty() {
+            // Woken for a reply, not a request: nothing to parse, and no
+            // references to take (each an atomic operation).
+            self.count_commands();
+            return self.output.has_room();
+        }
         // The requests of one read arrived together: one clock read (with
         // the first of them), and one reference each to the state and the
         // configuration.
