@@ -7,8 +7,10 @@
 # Cluster (three masters, three replicas): keyway's cluster pool, predixy's
 # ClusterServerPool and redis-benchmark --cluster straight to the masters. Prints ops/s, latency, the ratios
 # keyway/direct and keyway/each peer, and CPU time per request of each
-# proxy (utime+stime from /proc). Each scenario runs ROUNDS times, the
-# targets one after the other in each round; the table shows the medians.
+# proxy (the run time of its threads from /proc/PID/task/*/schedstat, in
+# nanoseconds). Each scenario runs ROUNDS times, the targets one after the
+# other in each round; the table shows the medians, and the range of the
+# CPU figure over the rounds.
 # Stops every process it started, by PID.
 #
 #   scripts/bench.sh [requests] [rounds]      (defaults 200000, 3)
@@ -197,25 +199,34 @@ if [ -n "$HAPROXY" ]; then
   start_peer haproxy "$HA" "$HAPROXY" -db -f "$work/haproxy.cfg"
 fi
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU time of a process in nanoseconds: the run time of each of its
+# threads from /proc/PID/task/*/schedstat (exact, where /proc/PID/stat
+# counts 10 ms ticks, 5% of a pipelined run); ticks where it is missing.
 TICK=$(getconf CLK_TCK)
+cpu_ns() {
+  if [ -r "/proc/$1/schedstat" ]; then
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ns += $1} END {printf "%.0f\n", ns}'
+  else
+    awk -v tick="$TICK" '{printf "%.0f\n", ($14 + $15) * 1e9 / tick}' "/proc/$1/stat"
+  fi
+}
 
 # run LABEL PORT PID(or -) REQUESTS ARGS... -> "label|test|rps|p50|p99|cpu_us_per_req"
 # REQUESTS is how many requests the whole run sends (for CPU per request).
 run() {
   local label=$1 p=$2 pid=$3 total=$4; shift 4
   local before=0 after=0
-  [ "$pid" != - ] && before=$(cpu_ticks "$pid")
+  [ "$pid" != - ] && before=$(cpu_ns "$pid")
   local csv
   # Only the result rows: --cluster prints the nodes it found first.
   csv=$("${CLIENT[@]}" redis-benchmark -h 127.0.0.1 -p "$p" --csv "$@" 2>/dev/null | grep '^"' | grep -v '^"test"' || true)
-  [ "$pid" != - ] && after=$(cpu_ticks "$pid")
+  [ "$pid" != - ] && after=$(cpu_ns "$pid")
   # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
   echo "$csv" | while IFS=, read -r test rps avg min p50 p95 p99 max; do
     [ -n "$rps" ] || continue # the run failed: no row
     local cpu="-"
     if [ "$pid" != - ]; then
-      cpu=$(python3 -c "print(round(($after-$before)/$TICK*1e6/$total, 2))")
+      cpu=$(python3 -c "print(round(($after-$before)/1e3/$total, 3))")
     fi
     printf '%s|%s|%s|%s|%s|%s\n' "$label" "${test//\"/}" "${rps//\"/}" "${p50//\"/}" "${p99//\"/}" "$cpu"
   done
@@ -347,13 +358,22 @@ def median(values):
         return "-"
     return f"{statistics.median(float(v) for v in values):g}"
 
-# The median of each column over the rounds (a row per target and test).
+def spread(values):
+    if "-" in values or len(values) < 2:
+        return ""
+    v = [float(x) for x in values]
+    return f"{min(v):.3g}-{max(v):.3g}"
+
+# The median of each column over the rounds (a row per target and test),
+# and the range of the CPU figures over the rounds.
 rows = [[k[0], k[1]] + [median([r[i] for r in rs]) for i in range(2, 6)] for k, rs in runs.items()]
+spreads = {(k[0], k[1]): spread([r[5] for r in rs]) for k, rs in runs.items()}
 data = {(r[0], r[1]): r for r in rows}
 print(f"medians of {sys.argv[3]} rounds; pinned: {sys.argv[5]}")
-print(f"{'target':<24} {'test':<6} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10}")
+print(f"{'target':<24} {'test':<6} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10}  cpu range over rounds")
 for r in rows:
-    print(f"{r[0]:<24} {r[1][:6]:<6} {float(r[2]):>10.0f} {r[3]:>8} {r[4]:>8} {r[5]:>10}")
+    cpu = r[5] if r[5] == "-" else f"{float(r[5]):.3g}"
+    print(f"{r[0]:<24} {r[1][:6]:<6} {float(r[2]):>10.0f} {r[3]:>8} {r[4]:>8} {cpu:>10}  {spreads[(r[0], r[1])]}")
 print()
 peers = [p for p in ("twemproxy", "predixy", "haproxy") if any(k[0].startswith(p + "/") for k in data)]
 print("ratios keyway/X (same run, medians): ops/s, and cpu us/req for the proxies:")
