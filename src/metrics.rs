@@ -2,6 +2,11 @@
 //! (base units, `_total` counters, `_seconds` histograms). Label values are
 //! bounded: commands outside the table are `other`, routes are rule names.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::route::PoolId;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -22,6 +27,7 @@ struct CommandSeries {
 }
 
 /// Hits and misses of one pool and route.
+#[derive(Clone)]
 struct CacheSeries {
     hits: IntCounter,
     misses: IntCounter,
@@ -42,15 +48,39 @@ type SeriesKey = (u64, usize, usize);
 /// from counting into each other's series.
 type SeriesCache = std::collections::HashMap<
     SeriesKey,
-    Vec<(Box<str>, CommandSeries)>,
+    Vec<(Box<str>, Rc<CommandSeries>)>,
     foldhash::fast::RandomState,
 >;
 
+/// Which pool a reply came from, as the hot path knows it: the
+/// configuration's generation and the pool's id. Within one generation an
+/// id names one pool, so series found by it need no name compared.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PoolKey {
+    pub generation: u64,
+    pub id: PoolId,
+}
+
+/// The series a thread used recently, found without hashing or comparing
+/// names: a direct-mapped table (a collision replaces the entry, which is
+/// found again by name next time). Entries share the series of the maps.
+const RECENT: usize = 64;
+type RecentCommand = Option<((u64, usize, usize, PoolKey), Rc<CommandSeries>)>;
+type RecentCache = Option<((u64, Option<usize>, PoolKey), CacheSeries)>;
+
 thread_local! {
-    static COMMAND_SERIES: std::cell::RefCell<SeriesCache> = std::cell::RefCell::new(SeriesCache::default());
-    /// The series recorded into since the last flush: (cache key, index).
-    static UNFLUSHED: std::cell::RefCell<Vec<(SeriesKey, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
-    static CACHE_SERIES: std::cell::RefCell<CacheSeriesCache> = std::cell::RefCell::new(CacheSeriesCache::default());
+    static COMMAND_SERIES: RefCell<SeriesCache> = RefCell::new(SeriesCache::default());
+    /// The series recorded into since the last flush.
+    static UNFLUSHED: RefCell<Vec<Rc<CommandSeries>>> = const { RefCell::new(Vec::new()) };
+    static CACHE_SERIES: RefCell<CacheSeriesCache> = RefCell::new(CacheSeriesCache::default());
+    static RECENT_COMMANDS: RefCell<[RecentCommand; RECENT]> = const { RefCell::new([const { None }; RECENT]) };
+    static RECENT_CACHE: RefCell<[RecentCache; RECENT]> = const { RefCell::new([const { None }; RECENT]) };
+}
+
+/// A slot of the recent tables for a command (by address) and a pool.
+fn recent_slot(command: usize, pool: PoolKey) -> usize {
+    // Static names are at least byte-aligned apart; ids are small.
+    ((command >> 2) ^ (pool.id.index().wrapping_mul(0x9e37))) % RECENT
 }
 
 /// Error replies with which Redis says it cannot serve now (memory,
@@ -486,45 +516,66 @@ impl Metrics {
     /// Recorded into this thread's local series, added to the shared ones
     /// by `flush_thread_local` (see `CommandSeries`).
     pub fn record_command(&self, command: &'static str, pool: &str, error: bool, seconds: f64) {
+        record_into(&self.command_series(command, pool), error, seconds);
+    }
+
+    /// `record_command` for a reply of a known pool (`pool` is its name):
+    /// the series is most often found in the recent table by its key.
+    pub fn record_reply(
+        &self,
+        command: &'static str,
+        pool: PoolKey,
+        name: &str,
+        error: bool,
+        seconds: f64,
+    ) {
+        let key = (
+            self.instance,
+            command.as_ptr() as usize,
+            command.len(),
+            pool,
+        );
+        RECENT_COMMANDS.with(|recent| {
+            let mut recent = recent.borrow_mut();
+            let entry = &mut recent[recent_slot(key.1, pool)];
+            match entry {
+                Some((k, series)) if *k == key => record_into(series, error, seconds),
+                _ => {
+                    let series = self.command_series(command, name);
+                    record_into(&series, error, seconds);
+                    *entry = Some((key, series));
+                }
+            }
+        });
+    }
+
+    /// This thread's series of `command` on the pool named `pool`.
+    fn command_series(&self, command: &'static str, pool: &str) -> Rc<CommandSeries> {
         COMMAND_SERIES.with(|cache| {
             let mut cache = cache.borrow_mut();
             let key = (self.instance, command.as_ptr() as usize, command.len());
             let per_pool = cache.entry(key).or_default();
-            let index = match per_pool.iter().position(|(name, _)| name.as_ref() == pool) {
-                Some(i) => i,
-                None => {
-                    per_pool.push((
-                        pool.into(),
-                        CommandSeries {
-                            ok: self
-                                .commands
-                                .with_label_values(&[command, pool, "ok"])
-                                .local(),
-                            error: self
-                                .commands
-                                .with_label_values(&[command, pool, "error"])
-                                .local(),
-                            duration: self
-                                .command_duration
-                                .with_label_values(&[command, pool])
-                                .local(),
-                            dirty: std::cell::Cell::new(false),
-                        },
-                    ));
-                    per_pool.len() - 1
-                }
-            };
-            let series = &per_pool[index].1;
-            if error {
-                series.error.inc();
-            } else {
-                series.ok.inc();
+            if let Some((_, series)) = per_pool.iter().find(|(name, _)| name.as_ref() == pool) {
+                return Rc::clone(series);
             }
-            series.duration.observe(seconds);
-            if !series.dirty.replace(true) {
-                UNFLUSHED.with(|u| u.borrow_mut().push((key, index)));
-            }
-        });
+            let series = Rc::new(CommandSeries {
+                ok: self
+                    .commands
+                    .with_label_values(&[command, pool, "ok"])
+                    .local(),
+                error: self
+                    .commands
+                    .with_label_values(&[command, pool, "error"])
+                    .local(),
+                duration: self
+                    .command_duration
+                    .with_label_values(&[command, pool])
+                    .local(),
+                dirty: std::cell::Cell::new(false),
+            });
+            per_pool.push((pool.into(), Rc::clone(&series)));
+            series
+        })
     }
 
     /// Counts cache hits and misses of a pool and route rule; `route_label`
@@ -532,36 +583,60 @@ impl Metrics {
     pub fn record_cache(
         &self,
         pool: &str,
+        key: Option<PoolKey>,
         route: (u64, Option<usize>),
         route_label: impl FnOnce() -> String,
         hits: u64,
         misses: u64,
     ) {
-        CACHE_SERIES.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            let per_pool = cache.entry((self.instance, route.0, route.1)).or_default();
-            let index = match per_pool.iter().position(|(name, _)| name.as_ref() == pool) {
-                Some(i) => i,
-                None => {
-                    let label = route_label();
-                    per_pool.push((
-                        pool.into(),
-                        CacheSeries {
-                            hits: self.cache_hits.with_label_values(&[pool, &label]),
-                            misses: self.cache_misses.with_label_values(&[pool, &label]),
-                        },
-                    ));
-                    per_pool.len() - 1
-                }
-            };
-            let series = &per_pool[index].1;
+        let count = |series: &CacheSeries| {
             if hits > 0 {
                 series.hits.inc_by(hits);
             }
             if misses > 0 {
                 series.misses.inc_by(misses);
             }
+        };
+        // The route's generation is the pool key's: one configuration.
+        let Some(pool_key) = key.filter(|k| k.generation == route.0) else {
+            return count(&self.cache_series(pool, route, route_label));
+        };
+        let key = (self.instance, route.1, pool_key);
+        RECENT_CACHE.with(|recent| {
+            let mut recent = recent.borrow_mut();
+            let slot = recent_slot(route.1.map_or(usize::MAX, |r| r << 3), pool_key);
+            let entry = &mut recent[slot];
+            match entry {
+                Some((k, series)) if *k == key => count(series),
+                _ => {
+                    let series = self.cache_series(pool, route, route_label);
+                    count(&series);
+                    *entry = Some((key, series));
+                }
+            }
         });
+    }
+
+    fn cache_series(
+        &self,
+        pool: &str,
+        route: (u64, Option<usize>),
+        route_label: impl FnOnce() -> String,
+    ) -> CacheSeries {
+        CACHE_SERIES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let per_pool = cache.entry((self.instance, route.0, route.1)).or_default();
+            if let Some((_, series)) = per_pool.iter().find(|(name, _)| name.as_ref() == pool) {
+                return series.clone();
+            }
+            let label = route_label();
+            let series = CacheSeries {
+                hits: self.cache_hits.with_label_values(&[pool, &label]),
+                misses: self.cache_misses.with_label_values(&[pool, &label]),
+            };
+            per_pool.push((pool.into(), series.clone()));
+            series
+        })
     }
 
     pub fn deny(&self, reason: &str, detail: &str) {
@@ -577,18 +652,27 @@ pub fn flush_thread_local() {
         if unflushed.is_empty() {
             return;
         }
-        COMMAND_SERIES.with(|cache| {
-            let cache = cache.borrow();
-            for (key, index) in unflushed.drain(..) {
-                if let Some((_, series)) = cache.get(&key).and_then(|p| p.get(index)) {
-                    series.ok.flush();
-                    series.error.flush();
-                    series.duration.flush();
-                    series.dirty.set(false);
-                }
-            }
-        });
+        for series in unflushed.drain(..) {
+            series.ok.flush();
+            series.error.flush();
+            series.duration.flush();
+            series.dirty.set(false);
+        }
     });
+}
+
+/// Counts a reply into a thread's series and lists the series for the
+/// next flush the first time since the last one.
+fn record_into(series: &Rc<CommandSeries>, error: bool, seconds: f64) {
+    if error {
+        series.error.inc();
+    } else {
+        series.ok.inc();
+    }
+    series.duration.observe(seconds);
+    if !series.dirty.replace(true) {
+        UNFLUSHED.with(|u| u.borrow_mut().push(Rc::clone(series)));
+    }
 }
 
 #[cfg(test)]
@@ -609,5 +693,38 @@ mod tests {
         };
         assert_eq!((count(&one, "ok"), count(&one, "error")), (1, 0));
         assert_eq!((count(&two, "ok"), count(&two, "error")), (1, 1));
+    }
+
+    #[test]
+    fn replies_found_by_pool_key_count_under_the_name_of_their_generation() {
+        let m = Metrics::new();
+        let key = |generation| PoolKey {
+            generation,
+            id: PoolId::configured(0),
+        };
+        // The same id named differently by two configurations, and more
+        // commands than the recent table has slots (collisions).
+        let commands: Vec<&'static str> = (0..3 * RECENT)
+            .map(|i| &*Box::leak(format!("command{i}").into_boxed_str()))
+            .collect();
+        for _ in 0..3 {
+            m.record_reply("get", key(1), "cache", false, 0.001);
+            m.record_reply("get", key(2), "session", true, 0.001);
+            for command in &commands {
+                m.record_reply(command, key(1), "cache", false, 0.001);
+            }
+        }
+        flush_thread_local();
+        let count = |command: &str, pool: &str, outcome: &str| {
+            m.commands
+                .with_label_values(&[command, pool, outcome])
+                .get()
+        };
+        assert_eq!(count("get", "cache", "ok"), 3);
+        assert_eq!(count("get", "session", "error"), 3);
+        assert_eq!(count("get", "session", "ok"), 0);
+        for command in &commands {
+            assert_eq!(count(command, "cache", "ok"), 3, "{command}");
+        }
     }
 }

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use super::reply::{CacheCount, Meta, Observed, Source};
+use crate::metrics::PoolKey;
 use crate::resp::{self, shapes};
 use crate::state::{Live, State};
 
@@ -46,12 +47,19 @@ impl<'a> Observer<'a> {
             },
             None => "multi",
         };
+        let key = seen.pool.map(|id| PoolKey {
+            generation: self.live.generation,
+            id,
+        });
         let meta = seen.meta;
         let m = &self.state.metrics;
         let error = shapes::is_error(reply);
         let now = *self.now.get_or_insert_with(Instant::now);
         let elapsed = now.saturating_duration_since(meta.started);
-        m.record_command(meta.command, pool, error, elapsed.as_secs_f64());
+        match key {
+            Some(key) => m.record_reply(meta.command, key, pool, error, elapsed.as_secs_f64()),
+            None => m.record_command(meta.command, pool, error, elapsed.as_secs_f64()),
+        }
         if let Some(retry) = meta.retried {
             m.errors.with_label_values(&[retry.label()]).inc();
         }
@@ -85,6 +93,7 @@ impl<'a> Observer<'a> {
         let live = self.live;
         m.record_cache(
             pool,
+            key,
             (live.generation, meta.route),
             || live.router.route_label(meta.route).into_owned(),
             hits,
