@@ -183,6 +183,9 @@ impl RequestParser {
                         Inline::Incomplete => return Ok(None),
                     }
                 }
+                if let Some(request) = self.whole(buf) {
+                    return Ok(Some(request));
+                }
                 let Some((count, header_len)) = line_int(buf, 1, self.limits.max_inline)? else {
                     return Ok(None);
                 };
@@ -204,6 +207,46 @@ impl RequestParser {
             }
             return self.multibulk(buf);
         }
+    }
+
+    /// The common request in one pass: a multibulk already complete in
+    /// `buf`, with few arguments and short lengths, that every check
+    /// passes. Anything else (incomplete, long, unusual, refused) is left
+    /// to the resumable parser, which reads it again from the start and
+    /// decides; so this path accepts nothing that one would not.
+    fn whole(&self, buf: &mut BytesMut) -> Option<Request> {
+        let bytes = &buf[..];
+        let (count, mut pos) = short_number(bytes, 1)?;
+        let most = if self.unauthenticated {
+            UNAUTHENTICATED_MAX_ARGS as usize
+        } else {
+            WHOLE_MAX_ARGS
+        };
+        if count == 0 || count > most || count > self.limits.max_args {
+            return None;
+        }
+        let mut args = ArgRanges::with_capacity(count);
+        for _ in 0..count {
+            if *bytes.get(pos)? != b'$' {
+                return None;
+            }
+            let (len, start) = short_number(bytes, pos + 1)?;
+            if len > self.limits.max_bulk_len
+                || (self.unauthenticated && len as i64 > UNAUTHENTICATED_MAX_BULK)
+            {
+                return None;
+            }
+            let end = start + len;
+            if bytes.get(end..end + 2)? != b"\r\n" {
+                return None;
+            }
+            args.push(offset(start)..offset(end));
+            pos = end + 2;
+        }
+        Some(Request {
+            bytes: buf.split_to(pos).freeze(),
+            args,
+        })
     }
 
     fn multibulk(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
@@ -287,6 +330,30 @@ enum Inline {
     Request(Request),
     Blank,
     Incomplete,
+}
+
+/// Arguments a request may have to take the one-pass path.
+const WHOLE_MAX_ARGS: usize = 64;
+
+/// `<digits>\r\n` at `at`, written as Redis reads a length (no sign, no
+/// leading zero but `0` alone), below 100,000: the value and where the
+/// line ends. `None` for anything else, complete or not.
+fn short_number(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
+    let mut value = 0;
+    let mut i = at;
+    loop {
+        match *bytes.get(i)? {
+            d @ b'0'..=b'9' if i - at < 5 => value = value * 10 + usize::from(d - b'0'),
+            b'\r' => break,
+            _ => return None,
+        }
+        i += 1;
+    }
+    let digits = i - at;
+    if digits == 0 || (digits > 1 && bytes[at] == b'0') || *bytes.get(i + 1)? != b'\n' {
+        return None;
+    }
+    Some((value, i + 2))
 }
 
 /// Parses `<marker><integer>\r\n` at the start of `buf`; returns the value
