@@ -79,6 +79,9 @@ impl Name {
 
 /// What the checks of one request decided.
 pub(super) enum Checked<'s> {
+    /// Forwarded, its reply queued in place (the common case: a reply is
+    /// large, and every return it passes through copies it).
+    Queued,
     /// Answered: refused, done locally or forwarded, all without waiting.
     Done(Reply),
     /// The rest awaits something (a limit, a connection, a lease, a
@@ -210,7 +213,7 @@ impl Session {
         drop(args);
         if let Some((forward, spec, plan)) = fast {
             request = match self.forward_now(live, spec, forward, &plan, request) {
-                Ok(reply) => return Checked::Done(reply),
+                Ok(()) => return Checked::Queued,
                 Err(request) => request,
             };
         }
@@ -478,7 +481,7 @@ impl Session {
         forward: Forward,
         plan: &Plan,
         request: Request,
-    ) -> Result<Reply, Request> {
+    ) -> Result<(), Request> {
         let Plan::One(target) = plan else {
             return Err(request);
         };
@@ -501,13 +504,15 @@ impl Session {
             return Err(request);
         }
         self.meta.request = request.into_bytes();
-        Ok(Reply::Backend(Forwarded {
+        let meta = self.meta.take();
+        self.queue(Reply::Backend(Forwarded {
             pool,
             seq,
             wait: Wait::Inbox,
-            meta: self.meta.take(),
+            meta,
             source: super::reply::Source::Backend,
-        }))
+        }));
+        Ok(())
     }
 
     /// The rate limits that apply before (`pool` None) or after routing.

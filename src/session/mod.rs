@@ -338,14 +338,17 @@ impl Session {
                         live = self.follow_reload();
                     }
                     // Checked, and most often forwarded, without awaiting.
-                    let reply = match self.check(&state, &live, request) {
-                        dispatch::Checked::Done(reply) => reply,
-                        dispatch::Checked::Execute(rest) => self.execute(&state, &live, rest).await,
-                    };
+                    match self.check(&state, &live, request) {
+                        dispatch::Checked::Queued => {}
+                        dispatch::Checked::Done(reply) => self.queue(reply),
+                        dispatch::Checked::Execute(rest) => {
+                            let reply = self.execute(&state, &live, rest).await;
+                            self.queue(reply);
+                        }
+                    }
                     // The replies keep their own copy; this one would keep
                     // the read buffer from being reused.
                     self.meta.request = Bytes::new();
-                    self.queue(reply);
                     self.publish_buffers();
                     self.release_held_messages().await;
                 }
@@ -476,7 +479,8 @@ impl Session {
     }
 
     /// Queues a reply, honouring CLIENT REPLY.
-    fn queue(&mut self, reply: Reply) {
+    #[inline]
+    pub(super) fn queue(&mut self, reply: Reply) {
         let reply = match self.reply_mode {
             ReplyMode::On => reply,
             _ if reply.is_push() => reply,
