@@ -338,7 +338,16 @@ const WHOLE_MAX_ARGS: usize = 64;
 /// `<digits>\r\n` at `at`, written as Redis reads a length (no sign, no
 /// leading zero but `0` alone), below 100,000: the value and where the
 /// line ends. `None` for anything else, complete or not.
+#[inline]
 fn short_number(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
+    // One and two digits, as nearly every count and length is.
+    match *bytes.get(at..)? {
+        [d @ b'0'..=b'9', b'\r', b'\n', ..] => return Some((usize::from(d - b'0'), at + 3)),
+        [d1 @ b'1'..=b'9', d2 @ b'0'..=b'9', b'\r', b'\n', ..] => {
+            return Some((usize::from(d1 - b'0') * 10 + usize::from(d2 - b'0'), at + 4))
+        }
+        _ => {}
+    }
     let mut value = 0;
     let mut i = at;
     loop {
