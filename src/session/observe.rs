@@ -18,6 +18,9 @@ pub struct Observer<'a> {
     live: &'a Live,
     /// One clock read for the whole batch, taken with its first reply.
     now: Option<Instant>,
+    /// The last reply's start and time taken: the requests of one read
+    /// share their start, so most of a batch reuses it.
+    last: Option<(Instant, Duration)>,
     /// Adds the thread's series to the shared ones when the batch ends
     /// (several worker threads: nobody else can; see `metrics`).
     flush: bool,
@@ -29,6 +32,7 @@ impl<'a> Observer<'a> {
             state,
             live,
             now: None,
+            last: None,
             flush,
         }
     }
@@ -54,8 +58,15 @@ impl<'a> Observer<'a> {
         let meta = seen.meta;
         let m = &self.state.metrics;
         let error = shapes::is_error(reply);
-        let now = *self.now.get_or_insert_with(Instant::now);
-        let elapsed = now.saturating_duration_since(meta.started);
+        let elapsed = match self.last {
+            Some((started, elapsed)) if started == meta.started => elapsed,
+            _ => {
+                let now = *self.now.get_or_insert_with(Instant::now);
+                let elapsed = now.saturating_duration_since(meta.started);
+                self.last = Some((meta.started, elapsed));
+                elapsed
+            }
+        };
         match key {
             Some(key) => m.record_reply(meta.command, key, pool, error, elapsed.as_secs_f64()),
             None => m.record_command(meta.command, pool, error, elapsed.as_secs_f64()),
