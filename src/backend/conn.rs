@@ -330,6 +330,8 @@ async fn read_loop(
     // once per read; every reply of one read arrived at the same moment.
     let round_trip = round_trip.map(|h| h.local());
     let mut arrived = std::time::Instant::now();
+    // The last round trip computed in this read, by when its request left.
+    let mut last: Option<(std::time::Instant, f64)> = None;
     loop {
         loop {
             match scanner.next_frame(&buf) {
@@ -351,7 +353,18 @@ async fn read_loop(
                     match waiting.pop_front() {
                         Some(w) => {
                             if let Some(h) = &round_trip {
-                                h.observe(arrived.saturating_duration_since(w.sent).as_secs_f64());
+                                // Requests written together, answered in one read:
+                                // one subtraction for the run.
+                                let took = match last {
+                                    Some((sent, took)) if sent == w.sent => took,
+                                    _ => {
+                                        let took =
+                                            arrived.saturating_duration_since(w.sent).as_secs_f64();
+                                        last = Some((w.sent, took));
+                                        took
+                                    }
+                                };
+                                h.observe(took);
                             }
                             w.reply.send(frame);
                         }
@@ -393,7 +406,10 @@ async fn read_loop(
             biased;
             read = rd.read_buf(&mut buf) => match read {
                 Ok(0) => return,
-                Ok(_) => arrived = std::time::Instant::now(),
+                Ok(_) => {
+                    arrived = std::time::Instant::now();
+                    last = None;
+                }
                 Err(e) => {
                     tracing::debug!(%pool, %addr, "backend read failed: {e}");
                     return;
