@@ -34,6 +34,26 @@ pub struct CommandTable {
     /// Looked up for every request: a fast hash, not SipHash (the names
     /// are the command table's own, so flooding is not a concern).
     by_name: HashMap<Box<[u8]>, Entry, foldhash::fast::RandomState>,
+    /// The entries of names up to 15 bytes (nearly every command) again,
+    /// keyed by the name packed into one integer: hashed and compared
+    /// without a byte loop or a `memcmp` call.
+    short: HashMap<u128, Entry, foldhash::fast::RandomState>,
+}
+
+/// A lowercase name of at most 15 bytes as one integer: its bytes, then
+/// its length in the last byte, so a name with NUL bytes never equals a
+/// shorter one.
+fn packed(name: &[u8]) -> Option<u128> {
+    let mut bytes = [0u8; 16];
+    let len = name.len();
+    if len > 15 {
+        return None;
+    }
+    for (d, s) in bytes.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    bytes[15] = len as u8;
+    Some(u128::from_le_bytes(bytes))
 }
 
 /// A command as keyway knows it: Redis's specification and how keyway
@@ -71,11 +91,34 @@ impl Default for CommandTable {
 
 impl CommandTable {
     pub fn builtin() -> Self {
-        let by_name = table::BUILTIN
-            .iter()
-            .map(|s| (s.name.as_bytes().into(), Entry::new(s.clone())))
-            .collect();
-        CommandTable { by_name }
+        let mut table = CommandTable {
+            by_name: HashMap::default(),
+            short: HashMap::default(),
+        };
+        for spec in table::BUILTIN {
+            table.insert(Entry::new(spec.clone()));
+        }
+        table
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let name = entry.spec.name.as_bytes();
+        if let Some(key) = packed(name) {
+            self.short.insert(key, entry.clone());
+        }
+        self.by_name.insert(name.into(), entry);
+    }
+
+    /// The entry of a name as a client wrote it (any case).
+    fn find(&self, name: &[u8]) -> Option<&Entry> {
+        match packed(name) {
+            Some(key) => self.short.get(&key),
+            None => {
+                let mut buf = [0u8; MAX_NAME];
+                let len = lowercase_into(name, &mut buf)?;
+                self.by_name.get(&buf[..len])
+            }
+        }
     }
 
     /// The table name whose text starts at `address` (what CLIENT LIST
@@ -99,19 +142,20 @@ impl CommandTable {
     /// command has subcommands (OBJECT ENCODING, XINFO STREAM, ...).
     pub fn lookup<A: AsRef<[u8]>>(&self, args: &[A]) -> Option<&Entry> {
         let name = args.first()?.as_ref();
-        let mut buf = [0u8; MAX_NAME];
-        let len = lowercase_into(name, &mut buf)?;
-        let spec = self.by_name.get(&buf[..len])?;
+        let spec = self.find(name)?;
         if !spec.has_subcommands || args.len() < 2 {
             return Some(spec);
         }
         let sub = args[1].as_ref();
+        let len = name.len();
         if len + 1 + sub.len() > MAX_NAME {
             return Some(spec);
         }
+        let mut buf = [0u8; MAX_NAME];
+        lowercase_into(name, &mut buf)?;
         buf[len] = b'|';
         let sub_len = lowercase_into(sub, &mut buf[len + 1..])?;
-        Some(self.by_name.get(&buf[..len + 1 + sub_len]).unwrap_or(spec))
+        Some(self.find(&buf[..len + 1 + sub_len]).unwrap_or(spec))
     }
 
     /// Argument indexes of the keys (and routed channels) of a request.
@@ -146,8 +190,7 @@ impl CommandTable {
         for entry in entries {
             if let Some(spec) = spec_from_frame(entry) {
                 if !self.by_name.contains_key(spec.name.as_bytes()) {
-                    self.by_name
-                        .insert(spec.name.as_bytes().into(), Entry::new(spec));
+                    self.insert(Entry::new(spec));
                     added += 1;
                 }
             }
@@ -341,6 +384,33 @@ mod tests {
         assert_eq!(keys("MIGRATE h 1  0 5 KEYS a b"), ["a", "b"]);
         assert_eq!(keys("SORT src BY w_* LIMIT 0 1 STORE dst"), ["src", "dst"]);
         assert_eq!(keys("SORT src GET store"), ["src"]);
+    }
+
+    #[test]
+    fn names_are_found_in_any_case_short_or_long_and_only_exactly() {
+        let table = CommandTable::builtin();
+        let name = |args: &[&[u8]]| table.lookup(args).map(|e| e.spec.name);
+        assert_eq!(name(&[b"GeT"]), Some("get"));
+        assert_eq!(
+            name(&[b"georadiusbymember_RO"]),
+            Some("georadiusbymember_ro")
+        );
+        assert_eq!(name(&[b"Config", b"SET"]), Some("config|set"));
+        assert_eq!(name(&[b"config", b"no-such"]), Some("config"));
+        // Padding, a NUL or a near miss is another name.
+        assert_eq!(name(&[b"get\0"]), None);
+        assert_eq!(name(&[b"\0get"]), None);
+        assert_eq!(name(&[b"ge"]), None);
+        assert_eq!(name(&[b"getx"]), None);
+        assert_eq!(name(&[&[b'g'; 65]]), None);
+        // Every builtin name is found through whichever map holds it.
+        for spec in table::BUILTIN {
+            let found = match spec.name.split_once('|') {
+                Some((cmd, sub)) => name(&[cmd.as_bytes(), sub.as_bytes()]),
+                None => name(&[spec.name.as_bytes()]),
+            };
+            assert_eq!(found, Some(spec.name));
+        }
     }
 
     #[test]
