@@ -40,10 +40,10 @@ pub struct CommandTable {
     short: HashMap<u128, Entry, foldhash::fast::RandomState>,
 }
 
-/// A lowercase name of at most 15 bytes as one integer: its bytes, then
-/// its length in the last byte, so a name with NUL bytes never equals a
-/// shorter one.
-fn packed(name: &[u8]) -> Option<u128> {
+/// A name of at most 15 bytes, lowercased, as one integer: its bytes,
+/// then its length in the last byte, so a name with NUL bytes never
+/// equals a shorter one.
+pub fn packed(name: &[u8]) -> Option<u128> {
     let mut bytes = [0u8; 16];
     let len = name.len();
     if len > 15 {

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::command::server_wide_entries;
+use crate::command::{packed, server_wide_entries};
 
 /// Every request is checked, so a command that is not blocked is found
 /// not to be without allocating: names are lowercased on the stack.
@@ -15,6 +15,10 @@ pub struct Blocklist {
     /// Lowercase canonical command name → what of it is blocked. Bytes,
     /// so the per-request lookup needs no UTF-8 check.
     rules: HashMap<Vec<u8>, Rule, foldhash::fast::RandomState>,
+    /// Every short name a rule was made for, and its aliases, packed
+    /// (`command::packed`): most requests are found not blocked by one
+    /// integer lookup. Never shrinks; a name found here is checked above.
+    named: HashSet<u128, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +36,11 @@ fn canonical(name: &[u8]) -> &[u8] {
         b"slaveof" => b"replicaof",
         other => other,
     }
+}
+
+/// The other names of a canonical name.
+fn aliases(name: &str) -> Option<&'static str> {
+    (name == "replicaof").then_some("slaveof")
 }
 
 /// `@admin`: every command that changes the server for all tenants, as
@@ -63,6 +72,11 @@ impl Blocklist {
             return;
         }
         let (command, sub) = parse(entry);
+        for name in std::iter::once(command.as_str()).chain(aliases(&command)) {
+            if let Some(key) = packed(name.as_bytes()) {
+                self.named.insert(key);
+            }
+        }
         let Some(sub) = sub else {
             self.rules.insert(command.into_bytes(), Rule::Whole);
             return;
@@ -125,6 +139,9 @@ impl Blocklist {
     /// The blocked entry that matches, as the client should see it named.
     pub fn blocked(&self, command: &[u8], sub: Option<&[u8]>) -> Option<String> {
         if self.rules.is_empty() {
+            return None;
+        }
+        if packed(command).is_some_and(|key| !self.named.contains(&key)) {
             return None;
         }
         let mut buf = [0u8; NAME_BUF];

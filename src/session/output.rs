@@ -149,6 +149,7 @@ impl Output {
         (ReplyTo::inbox(&self.inbox, seq), seq)
     }
 
+    #[inline]
     pub fn push(&mut self, reply: Reply) {
         self.closing |= reply.closes();
         self.extra_parts += reply.parts().saturating_sub(1);
