@@ -22,3 +22,4 @@ pub mod slowlog;
 pub mod state;
 pub mod supervisor;
 pub mod tls;
+pub mod wake_flag;

@@ -16,6 +16,8 @@ use super::outbox::{self, Refused};
 use super::inbox::ReplyTo;
 use crate::config::Endpoint;
 use crate::resp::{FrameScanner, Protocol, Request};
+use crate::wake_flag::WakeFlag;
+use std::task::Poll;
 
 /// A request written and waiting for its reply, with when it left.
 struct InFlight {
@@ -241,23 +243,35 @@ async fn write_loop(
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;
     // One future for the whole connection: it stays registered instead of
-    // being built and dropped for every batch.
+    // being built and dropped for every batch, and is polled again only
+    // once its flag says it may be ready (re-entering it costs a lock).
     let retired = retire.changed();
     tokio::pin!(retired);
+    let mut retire_flag: Option<WakeFlag> = None;
     let mut retiring = false;
     loop {
-        tokio::select! {
-            // Fixed order, no random draw per batch; retirement first so a
-            // busy connection still notices it.
-            biased;
-            // Retired: senders see the channel closed and go elsewhere;
+        let next = std::future::poll_fn(|cx| {
+            // Retirement first, so a busy connection still notices it.
+            if !retiring && retire_flag.as_ref().is_none_or(WakeFlag::raised) {
+                let (ready, flag) = WakeFlag::poll(retired.as_mut(), cx);
+                if ready {
+                    return Poll::Ready(None);
+                }
+                retire_flag = Some(flag);
+            }
+            rx.poll_recv_many(cx, &mut batch, BATCH).map(Some)
+        })
+        .await;
+        match next {
+            // Retired: senders see the queue closed and go elsewhere;
             // what they queued already is still written, so none is lost.
-            _ = &mut retired, if !retiring => {
+            None => {
                 retiring = true;
                 rx.close();
                 continue;
             }
-            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+            Some(0) => return,
+            Some(_) => {}
         }
         // On the multi-threaded scheduler the writer, just woken, runs
         // before the other ready clients: let them go first, so their

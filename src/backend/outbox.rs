@@ -5,10 +5,9 @@
 //! one wake-up per write, not a channel's several atomic steps per request.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
@@ -142,21 +141,29 @@ impl<T> Drop for Sender<T> {
 impl<T> Receiver<T> {
     /// Waits for requests and moves up to `limit` of them to `into`;
     /// 0 once the queue is closed or has no senders, and is empty.
+    #[cfg(test)]
     pub async fn recv_many(&mut self, into: &mut Vec<T>, limit: usize) -> usize {
-        poll_fn(|cx| {
-            self.0.writer.register(cx.waker());
-            match self.try_recv_many(into, limit) {
-                0 if self.0.closed.load(Ordering::Acquire)
-                    || self.0.senders.load(Ordering::Acquire) == 0 =>
-                {
-                    // Queued after the look above? Closed queues take nothing.
-                    Poll::Ready(self.try_recv_many(into, limit))
-                }
-                0 => Poll::Pending,
-                n => Poll::Ready(n),
+        std::future::poll_fn(|cx| self.poll_recv_many(cx, into, limit)).await
+    }
+
+    /// `recv_many` as a poll, for a writer that waits on more than this.
+    pub fn poll_recv_many(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut Vec<T>,
+        limit: usize,
+    ) -> Poll<usize> {
+        self.0.writer.register(cx.waker());
+        match self.try_recv_many(into, limit) {
+            0 if self.0.closed.load(Ordering::Acquire)
+                || self.0.senders.load(Ordering::Acquire) == 0 =>
+            {
+                // Queued after the look above? Closed queues take nothing.
+                Poll::Ready(self.try_recv_many(into, limit))
             }
-        })
-        .await
+            0 => Poll::Pending,
+            n => Poll::Ready(n),
+        }
     }
 
     /// Moves up to `limit` queued requests to `into` without waiting.

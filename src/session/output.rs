@@ -23,11 +23,11 @@ use tokio_util::io::poll_write_buf;
 
 use super::observe::Observer;
 use super::reply::Reply;
-use super::watched::WakeFlag;
 use super::ClientWriter;
 use crate::backend::{Arrival, Inbox, ReplyTo};
 use crate::config::Config;
 use crate::state::{Live, State};
+use crate::wake_flag::WakeFlag;
 
 /// Why the client can no longer be written to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

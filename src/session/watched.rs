@@ -1,17 +1,15 @@
 //! What a hand-polled session waits on besides its sockets, checked on
-//! every wait: a future is polled with a `WakeFlag`, a waker that raises
-//! a flag and wakes the session's task, and is polled again only once
-//! the flag is up. `Watched` is a cancellation token so watched (its own
-//! `is_cancelled` takes a mutex); `Output` polls its deadline timer the
-//! same way.
+//! every wait: a future is polled with a `WakeFlag` (`crate::wake_flag`)
+//! and polled again only once the flag is up. `Watched` is a
+//! cancellation token so watched (its own `is_cancelled` takes a mutex);
+//! `Output` polls its deadline timer the same way.
 
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Wake, Waker};
+use std::task::Context;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::wake_flag::WakeFlag;
 
 pub(super) struct Watched {
     future: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -24,57 +22,6 @@ enum WatchState {
     /// Polled with a `WakeFlag`, which the cancellation raises.
     Waiting(WakeFlag),
     Fired,
-}
-
-/// A waker that raises a flag, then wakes the task it was made for.
-pub(super) struct WakeFlag(Arc<Flag>);
-
-struct Flag {
-    raised: AtomicBool,
-    task: Waker,
-}
-
-impl Wake for Flag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.raised.store(true, Ordering::Release);
-        self.task.wake_by_ref();
-    }
-}
-
-impl WakeFlag {
-    pub(super) fn new(task: &Waker) -> WakeFlag {
-        WakeFlag(Arc::new(Flag {
-            raised: AtomicBool::new(false),
-            task: task.clone(),
-        }))
-    }
-
-    /// Whatever was polled with `waker` may be ready now.
-    #[inline]
-    pub(super) fn raised(&self) -> bool {
-        self.0.raised.load(Ordering::Acquire)
-    }
-
-    pub(super) fn waker(&self) -> Waker {
-        Waker::from(Arc::clone(&self.0))
-    }
-
-    /// Polls `future` with a new flag for `cx`'s task; the flag comes
-    /// back for the next check.
-    pub(super) fn poll<F: Future + ?Sized>(
-        future: Pin<&mut F>,
-        cx: &Context<'_>,
-    ) -> (bool, WakeFlag) {
-        let flag = WakeFlag::new(cx.waker());
-        let ready = future
-            .poll(&mut Context::from_waker(&flag.waker()))
-            .is_ready();
-        (ready, flag)
-    }
 }
 
 impl Watched {
@@ -112,7 +59,7 @@ impl Watched {
 mod tests {
     use super::*;
     use std::future::poll_fn;
-    use std::task::Poll;
+    use std::task::{Poll, Waker};
 
     #[tokio::test]
     async fn fires_once_cancelled_and_wakes_the_task() {
