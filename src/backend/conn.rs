@@ -6,9 +6,8 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::io::{ReadHalf, WriteHalf};
 
-use super::stream::BackendStream;
+use super::stream::{BackendReader, BackendStream, BackendWriter};
 use tokio::sync::{oneshot, watch};
 
 use super::outbox::{self, Refused};
@@ -92,7 +91,7 @@ impl Conn {
         fence: std::sync::Arc<super::Fence>,
     ) -> Result<Conn, String> {
         let stream = super::stream::open(endpoint, db, proto).await?;
-        let (rd, wr) = tokio::io::split(stream);
+        let (rd, wr) = stream.into_split();
         let (tx, rx) = outbox::outbox(QUEUE);
         let handoff = std::sync::Arc::new(Handoff::default());
         let reader_handoff = handoff.clone();
@@ -231,7 +230,7 @@ pub(super) async fn handshake(
 }
 
 async fn write_loop(
-    mut wr: WriteHalf<BackendStream>,
+    mut wr: BackendWriter,
     mut rx: outbox::Receiver<Outbound>,
     handoff: &Handoff,
     mut retire: watch::Receiver<u64>,
@@ -329,7 +328,7 @@ struct Origin {
 /// backend closes, or once the writer is gone and nothing is in flight
 /// (a retired connection drains, then closes).
 async fn read_loop(
-    mut rd: ReadHalf<BackendStream>,
+    mut rd: BackendReader,
     handoff: &Handoff,
     mut writer_done: oneshot::Receiver<()>,
     round_trip: Option<prometheus::Histogram>,

@@ -6,7 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -109,6 +110,98 @@ impl AsyncWrite for BackendStream {
         match self.get_mut() {
             BackendStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The reading half of a backend connection. A plain TCP stream splits
+/// into owned halves that share nothing; TLS keeps one session, so its
+/// halves take turns through tokio's lock.
+pub enum BackendReader {
+    Plain(OwnedReadHalf),
+    Tls(ReadHalf<BackendStream>),
+}
+
+/// The writing half of a backend connection (see `BackendReader`).
+/// Dropped, it leaves the connection open for the reader: a retiring
+/// connection's writer ends first, and a half-close would make Redis drop
+/// the replies still owed (an owned TCP half shuts its side down when
+/// dropped, unless forgotten).
+pub enum BackendWriter {
+    Plain(Option<OwnedWriteHalf>),
+    Tls(WriteHalf<BackendStream>),
+}
+
+impl Drop for BackendWriter {
+    fn drop(&mut self) {
+        if let BackendWriter::Plain(half) = self {
+            if let Some(half) = half.take() {
+                // Closed once the reading half is dropped too.
+                half.forget();
+            }
+        }
+    }
+}
+
+fn taken() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "backend connection closed")
+}
+
+impl BackendStream {
+    /// Halves for a reader task and a writer task.
+    pub fn into_split(self) -> (BackendReader, BackendWriter) {
+        match self {
+            BackendStream::Plain(tcp) => {
+                let (rd, wr) = tcp.into_split();
+                (BackendReader::Plain(rd), BackendWriter::Plain(Some(wr)))
+            }
+            tls => {
+                let (rd, wr) = tokio::io::split(tls);
+                (BackendReader::Tls(rd), BackendWriter::Tls(wr))
+            }
+        }
+    }
+}
+
+impl AsyncRead for BackendReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendReader::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            BackendReader::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendWriter::Plain(Some(s)) => Pin::new(s).poll_write(cx, buf),
+            BackendWriter::Plain(None) => Poll::Ready(Err(taken())),
+            BackendWriter::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendWriter::Plain(Some(s)) => Pin::new(s).poll_flush(cx),
+            BackendWriter::Plain(None) => Poll::Ready(Err(taken())),
+            BackendWriter::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendWriter::Plain(Some(s)) => Pin::new(s).poll_shutdown(cx),
+            BackendWriter::Plain(None) => Poll::Ready(Err(taken())),
+            BackendWriter::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

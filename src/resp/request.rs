@@ -97,17 +97,20 @@ impl Request {
         self.args.len()
     }
 
+    #[inline]
     pub fn arg(&self, i: usize) -> &[u8] {
         let r = &self.args[i];
         &self.bytes[r.start as usize..r.end as usize]
     }
 
+    #[inline]
     pub fn args(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
         self.args
             .iter()
             .map(|r| &self.bytes[r.start as usize..r.end as usize])
     }
 
+    #[inline]
     pub fn arg_vec(&self) -> ArgSlices<'_> {
         self.args().collect()
     }
