@@ -6,8 +6,9 @@
 pub const SLOTS: usize = 16384;
 
 pub fn key_slot(key: &[u8]) -> u16 {
-    let hashed = match key.iter().position(|&b| b == b'{') {
-        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+    // Found with memchr: every key routed to a cluster is scanned for a tag.
+    let hashed = match memchr::memchr(b'{', key) {
+        Some(open) => match memchr::memchr(b'}', &key[open + 1..]) {
             // `{}` is no tag: the whole key is hashed.
             Some(len) if len > 0 => &key[open + 1..open + 1 + len],
             _ => key,
