@@ -13,6 +13,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 use crate::config::{BackendTls, Endpoint};
 use crate::resp::Protocol;
@@ -117,62 +118,48 @@ impl AsyncWrite for BackendStream {
 /// The reading half of a backend connection. A plain TCP stream splits
 /// into owned halves that share nothing; TLS keeps one session, so its
 /// halves take turns through tokio's lock.
-pub enum BackendReader {
-    Plain(OwnedReadHalf),
-    Tls(ReadHalf<BackendStream>),
-}
+pub type BackendReader = Either<OwnedReadHalf, ReadHalf<BackendStream>>;
 
 /// The writing half of a backend connection (see `BackendReader`).
 /// Dropped, it leaves the connection open for the reader: a retiring
 /// connection's writer ends first, and a half-close would make Redis drop
 /// the replies still owed (an owned TCP half shuts its side down when
 /// dropped, unless forgotten).
-pub enum BackendWriter {
-    Plain(Option<OwnedWriteHalf>),
-    Tls(WriteHalf<BackendStream>),
-}
+pub struct BackendWriter(Option<Either<OwnedWriteHalf, WriteHalf<BackendStream>>>);
 
 impl Drop for BackendWriter {
     fn drop(&mut self) {
-        if let BackendWriter::Plain(half) = self {
-            if let Some(half) = half.take() {
-                // Closed once the reading half is dropped too.
-                half.forget();
-            }
+        if let Some(Either::Left(half)) = self.0.take() {
+            // Closed once the reading half is dropped too.
+            half.forget();
         }
     }
-}
-
-fn taken() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "backend connection closed")
 }
 
 impl BackendStream {
     /// Halves for a reader task and a writer task.
     pub fn into_split(self) -> (BackendReader, BackendWriter) {
-        match self {
+        let (rd, wr) = match self {
             BackendStream::Plain(tcp) => {
                 let (rd, wr) = tcp.into_split();
-                (BackendReader::Plain(rd), BackendWriter::Plain(Some(wr)))
+                (Either::Left(rd), Either::Left(wr))
             }
             tls => {
                 let (rd, wr) = tokio::io::split(tls);
-                (BackendReader::Tls(rd), BackendWriter::Tls(wr))
+                (Either::Right(rd), Either::Right(wr))
             }
-        }
+        };
+        (rd, BackendWriter(Some(wr)))
     }
 }
 
-impl AsyncRead for BackendReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendReader::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            BackendReader::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
+impl BackendWriter {
+    /// The half, present until the writer is dropped.
+    fn half(&mut self) -> io::Result<Pin<&mut Either<OwnedWriteHalf, WriteHalf<BackendStream>>>> {
+        self.0
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "backend connection closed"))
     }
 }
 
@@ -182,26 +169,23 @@ impl AsyncWrite for BackendWriter {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            BackendWriter::Plain(Some(s)) => Pin::new(s).poll_write(cx, buf),
-            BackendWriter::Plain(None) => Poll::Ready(Err(taken())),
-            BackendWriter::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        match self.get_mut().half() {
+            Ok(half) => half.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendWriter::Plain(Some(s)) => Pin::new(s).poll_flush(cx),
-            BackendWriter::Plain(None) => Poll::Ready(Err(taken())),
-            BackendWriter::Tls(s) => Pin::new(s).poll_flush(cx),
+        match self.get_mut().half() {
+            Ok(half) => half.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendWriter::Plain(Some(s)) => Pin::new(s).poll_shutdown(cx),
-            BackendWriter::Plain(None) => Poll::Ready(Err(taken())),
-            BackendWriter::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        match self.get_mut().half() {
+            Ok(half) => half.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 }
