@@ -82,6 +82,31 @@ fn keys_dbsize_randomkey_and_info_keyspace_cover_all_pools() {
     assert!(k.is_some());
     let info: String = redis::cmd("INFO").arg("keyspace").query(&mut c).unwrap();
     assert!(info.contains("db0:keys=40,expires=0"), "{info}");
+    // Redis's average TTL, over the keys that expire, as one server says it.
+    let _: () = redis::cmd("EXPIRE")
+        .arg(&keys[0])
+        .arg(1000)
+        .query(&mut c)
+        .unwrap();
+    let avg_ttl = |c: &mut redis::Connection| {
+        let info: String = redis::cmd("INFO").arg("keyspace").query(c).unwrap();
+        let avg_ttl: u64 = info
+            .split("avg_ttl=")
+            .nth(1)
+            .and_then(|rest| rest.split(|ch: char| !ch.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no avg_ttl in {info}"));
+        assert!(info.contains("db0:keys=40,expires=1,"), "{info}");
+        avg_ttl
+    };
+    // Redis estimates it in its expiry cycle, a moment after the EXPIRE.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut seen = avg_ttl(&mut c);
+    while seen == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        seen = avg_ttl(&mut c);
+    }
+    assert!((900_000..=1_000_000).contains(&seen), "avg_ttl={seen}");
 }
 
 #[test]

@@ -245,9 +245,66 @@ fn merge_scan(index: usize, count: usize, reply: Option<&Bytes>) -> Bytes {
     out.freeze()
 }
 
+/// One database's `INFO keyspace` line summed over the servers that have
+/// it: counts add up, `avg_ttl` is averaged over the keys that expire (as
+/// one server holding all of them would report it). Fields keep the order
+/// the first server wrote them in, so newer servers' fields (`subexpiry`)
+/// pass through.
+#[derive(Default)]
+struct KeyspaceLine {
+    fields: Vec<(String, u64)>,
+    /// Sum of `avg_ttl` × `expires` over the servers.
+    ttl_weight: u128,
+}
+
+impl KeyspaceLine {
+    fn add(&mut self, value: &str) {
+        let pairs: Vec<(&str, u64)> = value
+            .split(',')
+            .filter_map(|f| f.split_once('='))
+            .filter_map(|(name, v)| Some((name, v.parse::<u64>().ok()?)))
+            .collect();
+        let expires = pairs
+            .iter()
+            .find(|(name, _)| *name == "expires")
+            .map_or(0, |&(_, n)| n);
+        for (name, n) in pairs {
+            if name == "avg_ttl" {
+                self.ttl_weight += u128::from(n) * u128::from(expires);
+            }
+            match self.fields.iter_mut().find(|(f, _)| f == name) {
+                Some((_, total)) => *total = total.saturating_add(n),
+                None => self.fields.push((name.to_string(), n)),
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for KeyspaceLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let expires = self
+            .fields
+            .iter()
+            .find(|(name, _)| name == "expires")
+            .map_or(0, |&(_, n)| n);
+        for (i, (name, n)) in self.fields.iter().enumerate() {
+            let n = match name.as_str() {
+                "avg_ttl" if expires > 0 => {
+                    u64::try_from(self.ttl_weight / u128::from(expires)).unwrap_or(u64::MAX)
+                }
+                "avg_ttl" => 0,
+                _ => *n,
+            };
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{name}={n}")?;
+        }
+        Ok(())
+    }
+}
+
 fn merge_info(state: &State, req: InfoRequest, frames: Frames) -> Bytes {
     let mut version = None;
-    let mut dbs: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+    let mut dbs: std::collections::BTreeMap<u32, KeyspaceLine> = Default::default();
     let mut backends = BackendInfo::default();
     for (pool, frame) in &frames {
         let Ok(frame) = frame else { continue };
@@ -258,23 +315,11 @@ fn merge_info(state: &State, req: InfoRequest, frames: Frames) -> Bytes {
             if field.name == "redis_version" && (*pool == req.default_pool || version.is_none()) {
                 version = Some(field.value.to_string());
             }
-            if let Some(rest) = field.value.strip_prefix("keys=") {
+            if field.value.starts_with("keys=") {
                 let Some(db) = field.name.strip_prefix("db").and_then(|d| d.parse().ok()) else {
                     continue;
                 };
-                let keys = rest
-                    .split(',')
-                    .next()
-                    .and_then(|k| k.parse::<u64>().ok())
-                    .unwrap_or(0);
-                let expires = rest
-                    .split(',')
-                    .find_map(|f| f.strip_prefix("expires="))
-                    .and_then(|e| e.parse::<u64>().ok())
-                    .unwrap_or(0);
-                let entry = dbs.entry(db).or_default();
-                entry.0 += keys;
-                entry.1 += expires;
+                dbs.entry(db).or_default().add(field.value);
             } else {
                 let section = field.section.to_ascii_lowercase();
                 backends.add(&section, field.name, *pool, field.value);
@@ -291,10 +336,8 @@ fn merge_info(state: &State, req: InfoRequest, frames: Frames) -> Bytes {
             text.push_str("\r\n");
         }
         text.push_str("# Keyspace\r\n");
-        for (db, (keys, expires)) in dbs {
-            text.push_str(&format!(
-                "db{db}:keys={keys},expires={expires},avg_ttl=0\r\n"
-            ));
+        for (db, line) in dbs {
+            text.push_str(&format!("db{db}:{line}\r\n"));
         }
     }
     let mut out = ReplyBuf::new(req.proto);
@@ -459,6 +502,21 @@ fn human(n: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyspace_lines_add_counts_and_average_ttls_over_expiring_keys() {
+        let mut line = KeyspaceLine::default();
+        line.add("keys=10,expires=1,avg_ttl=9000,subexpiry=0");
+        line.add("keys=5,expires=3,avg_ttl=1000,subexpiry=2");
+        line.add("keys=2,expires=0,avg_ttl=0");
+        assert_eq!(
+            line.to_string(),
+            "keys=17,expires=4,avg_ttl=3000,subexpiry=2"
+        );
+        let mut none = KeyspaceLine::default();
+        none.add("keys=3,expires=0,avg_ttl=0");
+        assert_eq!(none.to_string(), "keys=3,expires=0,avg_ttl=0");
+    }
 
     fn parts(replies: &[&str]) -> Frames {
         replies
