@@ -955,3 +955,58 @@ fn a_pipeline_of_wide_splits_is_answered_in_full_and_in_order() {
     assert_eq!(all.len(), 40);
     assert!(all.iter().all(|values| values == &keys));
 }
+
+/// keyway's connections on each master that carried GET or SET.
+fn traffic_connections(cluster: &ClusterSetup) -> Vec<usize> {
+    cluster
+        .masters()
+        .into_iter()
+        .map(|port| {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query(&mut cluster.direct(port))
+                .unwrap();
+            list.lines()
+                .filter(|l| l.contains(" name=keyway "))
+                .filter(|l| l.contains(" cmd=get ") || l.contains(" cmd=set "))
+                .count()
+        })
+        .collect()
+}
+
+/// `connections` is the pool's, shared out over its masters (at least one
+/// each): a three-master pool with the default two holds one per master,
+/// not six where a standalone pool holds two.
+#[test]
+fn a_cluster_pool_shares_its_connections_out_over_its_masters() {
+    let cluster = ClusterSetup::start();
+    for (connections, per_master) in [(2, 1), (6, 2)] {
+        let keyway = Keyway::start(&format!(
+            "[backend]\nconnections = {connections}\n[pools.cache]\nurl = \"{}\"\n[routes]\ndefault = \"cache\"\n",
+            cluster.seeds_url()
+        ));
+        // Eight clients over every slot: each client keeps to one of a
+        // node's connections, so all of them are used.
+        let mut clients: Vec<redis::Connection> = (0..8).map(|_| keyway.client()).collect();
+        for (c, client) in clients.iter_mut().enumerate() {
+            for i in 0..64 {
+                let key = format!("conn{c}:{i}");
+                let _: () = client.set(&key, i).unwrap();
+                assert_eq!(client.get::<_, i64>(&key).unwrap(), i);
+            }
+        }
+        let counts = traffic_connections(&cluster);
+        println!("connections = {connections}: keyway's connections per master {counts:?}");
+        assert_eq!(counts, vec![per_master; 3]);
+        drop(clients);
+        drop(keyway);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while traffic_connections(&cluster).iter().sum::<usize>() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "keyway's connections stayed open"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

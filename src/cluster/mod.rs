@@ -217,13 +217,14 @@ impl Cluster {
     /// The node pool for an address, made on first sight (a redirection
     /// may name a node the map does not know yet).
     pub fn node(&self, addr: &Addr) -> Arc<Pool> {
-        self.node_as(addr, false)
+        let masters = self.map.load().masters.len();
+        self.node_as(addr, false, masters)
     }
 
     /// A node pool whose connections read from a replica (`READONLY`);
     /// kept apart from the same node's pool as a master, since a failover
     /// may turn one into the other.
-    fn node_as(&self, addr: &Addr, readonly: bool) -> Arc<Pool> {
+    fn node_as(&self, addr: &Addr, readonly: bool, masters: usize) -> Arc<Pool> {
         let key = (addr.clone(), readonly);
         let mut nodes = lock(&self.nodes);
         if let Some(node) = nodes.get(&key) {
@@ -233,12 +234,23 @@ impl Cluster {
         endpoint.addr = Some(addr.clone());
         endpoint.db = 0;
         endpoint.readonly = readonly;
-        let node = Arc::new(Pool::new(&self.name, endpoint, self.settings.clone()));
+        let node = Arc::new(Pool::new(&self.name, endpoint, self.node_settings(masters)));
         if let Some(h) = self.round_trip.get() {
             node.record_round_trips(h.clone());
         }
         nodes.insert(key, node.clone());
         node
+    }
+
+    /// A node's settings: the pool's `connections` are shared out over its
+    /// masters, at least one each. Spread over three masters, two
+    /// connections per node would be six writes where a standalone pool
+    /// makes two, for the same requests; and a huge reply still holds up
+    /// only the clients of one node's connection, a third of the pool.
+    fn node_settings(&self, masters: usize) -> BackendConfig {
+        let mut settings = self.settings.clone();
+        settings.connections = self.settings.connections.div_ceil(masters.max(1)).max(1);
+        settings
     }
 
     /// A node's pool (as a master) by address, for the leases that name one.
@@ -323,10 +335,11 @@ impl Cluster {
             .shards
             .sort_by_key(|s| s.ranges.iter().map(|r| r.0).min().unwrap_or(u16::MAX));
         let topology = &topology;
+        let count = topology.shards.len();
         let masters: Vec<Arc<Pool>> = topology
             .shards
             .iter()
-            .map(|s| self.node(&s.master))
+            .map(|s| self.node_as(&s.master, false, count))
             .collect();
         let replicas = topology
             .shards
@@ -334,7 +347,7 @@ impl Cluster {
             .map(|s| {
                 s.replicas
                     .iter()
-                    .map(|r| self.node_as(r, self.replica_reads))
+                    .map(|r| self.node_as(r, self.replica_reads, count))
                     .collect()
             })
             .collect();
