@@ -19,7 +19,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, Sleep};
-use tokio_util::io::poll_write_buf;
 
 use super::observe::Observer;
 use super::reply::Reply;
@@ -292,7 +291,7 @@ impl Output {
         }
         // Writing owed bytes first keeps the buffer small.
         if !self.out.is_empty() {
-            match poll_write_buf(Pin::new(&mut self.wr), cx, &mut self.out) {
+            match poll_write_out(Pin::new(&mut self.wr), cx, &mut self.out) {
                 Poll::Ready(Ok(n)) if n > 0 => {
                     self.client_read();
                     return Poll::Ready(Ok(()));
@@ -308,7 +307,7 @@ impl Output {
             self.collect(state, live);
             if !self.out.is_empty() {
                 if let Poll::Ready(written) =
-                    poll_write_buf(Pin::new(&mut self.wr), cx, &mut self.out)
+                    poll_write_out(Pin::new(&mut self.wr), cx, &mut self.out)
                 {
                     if !matches!(written, Ok(n) if n > 0) {
                         return Poll::Ready(Err(self.set_gone(Gone::WriteFailed)));
@@ -464,4 +463,17 @@ impl Drop for Output {
     fn drop(&mut self) {
         self.inbox.close();
     }
+}
+
+/// Writes from the front of `out`, one contiguous buffer: a plain write.
+/// tokio-util's `poll_write_buf` would make it a vectored one and ready 64
+/// slices for it on every call (a kilobyte of stores per reply).
+fn poll_write_out(
+    wr: Pin<&mut ClientWriter>,
+    cx: &mut Context<'_>,
+    out: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    let written = std::task::ready!(tokio::io::AsyncWrite::poll_write(wr, cx, &out[..]))?;
+    bytes::Buf::advance(out, written);
+    Poll::Ready(Ok(written))
 }
