@@ -474,6 +474,12 @@ fn poll_write_out(
     out: &mut BytesMut,
 ) -> Poll<std::io::Result<usize>> {
     let written = std::task::ready!(tokio::io::AsyncWrite::poll_write(wr, cx, &out[..]))?;
-    bytes::Buf::advance(out, written);
+    if written == out.len() {
+        // Emptied in place: the next reply is copied to the start, not
+        // after a consumed front that `reserve` would first move back.
+        out.clear();
+    } else {
+        bytes::Buf::advance(out, written);
+    }
     Poll::Ready(Ok(written))
 }
