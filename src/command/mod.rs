@@ -5,6 +5,7 @@
 mod effect;
 mod handling;
 mod keys;
+mod name;
 mod spec;
 mod table;
 
@@ -24,10 +25,11 @@ pub fn is_builtin_name(name: &str) -> bool {
     table::BUILTIN.iter().any(|s| s.name == name)
 }
 pub use keys::{key_indexes, sort_store_index};
+pub use name::{packed, CommandName};
 pub use spec::{Begin, Find, Flags, KeySpec, Spec};
 
 /// Longest command or `command|subcommand` name keyway lowercases on the stack.
-const MAX_NAME: usize = 64;
+pub(crate) const MAX_NAME: usize = 64;
 
 #[derive(Clone)]
 pub struct CommandTable {
@@ -38,22 +40,6 @@ pub struct CommandTable {
     /// keyed by the name packed into one integer: hashed and compared
     /// without a byte loop or a `memcmp` call.
     short: HashMap<u128, Entry, foldhash::fast::RandomState>,
-}
-
-/// A name of at most 15 bytes, lowercased, as one integer: its bytes,
-/// then its length in the last byte, so a name with NUL bytes never
-/// equals a shorter one.
-pub fn packed(name: &[u8]) -> Option<u128> {
-    let mut bytes = [0u8; 16];
-    let len = name.len();
-    if len > 15 {
-        return None;
-    }
-    for (d, s) in bytes.iter_mut().zip(name) {
-        *d = s.to_ascii_lowercase();
-    }
-    bytes[15] = len as u8;
-    Some(u128::from_le_bytes(bytes))
 }
 
 /// A command as keyway knows it: Redis's specification and how keyway
@@ -109,7 +95,7 @@ impl CommandTable {
         self.by_name.insert(name.into(), entry);
     }
 
-    /// The entry of a name as a client wrote it (any case).
+    /// The entry of a lowercase name (`config|get` for a subcommand).
     fn find(&self, name: &[u8]) -> Option<&Entry> {
         match packed(name) {
             Some(key) => self.short.get(&key),
@@ -141,18 +127,28 @@ impl CommandTable {
     /// The entry for a request, descending into `name|subcommand` where the
     /// command has subcommands (OBJECT ENCODING, XINFO STREAM, ...).
     pub fn lookup<A: AsRef<[u8]>>(&self, args: &[A]) -> Option<&Entry> {
-        let name = args.first()?.as_ref();
-        let spec = self.find(name)?;
+        self.lookup_named(&CommandName::of(args.first()?.as_ref()), args)
+    }
+
+    /// `lookup` with the name already lowercased (once per request, as
+    /// the blocklists and command rules read it too). `args` are the
+    /// request's, the name first.
+    pub fn lookup_named<A: AsRef<[u8]>>(&self, name: &CommandName, args: &[A]) -> Option<&Entry> {
+        let spec = match name.key() {
+            Some(key) => self.short.get(&key),
+            None => self.by_name.get(name.whole()?),
+        }?;
         if !spec.has_subcommands || args.len() < 2 {
             return Some(spec);
         }
+        let name = name.whole()?;
         let sub = args[1].as_ref();
         let len = name.len();
         if len + 1 + sub.len() > MAX_NAME {
             return Some(spec);
         }
         let mut buf = [0u8; MAX_NAME];
-        lowercase_into(name, &mut buf)?;
+        buf[..len].copy_from_slice(name);
         buf[len] = b'|';
         let sub_len = lowercase_into(sub, &mut buf[len + 1..])?;
         Some(self.find(&buf[..len + 1 + sub_len]).unwrap_or(spec))

@@ -4,11 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::command::{packed, server_wide_entries};
-
-/// Every request is checked, so a command that is not blocked is found
-/// not to be without allocating: names are lowercased on the stack.
-const NAME_BUF: usize = 64;
+use crate::command::{packed, server_wide_entries, CommandName};
 
 #[derive(Debug, Clone, Default)]
 pub struct Blocklist {
@@ -137,19 +133,14 @@ impl Blocklist {
     }
 
     /// The blocked entry that matches, as the client should see it named.
-    pub fn blocked(&self, command: &[u8], sub: Option<&[u8]>) -> Option<String> {
+    pub fn blocked(&self, command: &CommandName, sub: Option<&[u8]>) -> Option<String> {
         if self.rules.is_empty() {
             return None;
         }
-        if packed(command).is_some_and(|key| !self.named.contains(&key)) {
+        if command.key().is_some_and(|key| !self.named.contains(&key)) {
             return None;
         }
-        let mut buf = [0u8; NAME_BUF];
-        let lower = buf.get_mut(..command.len())?;
-        for (d, s) in lower.iter_mut().zip(command) {
-            *d = s.to_ascii_lowercase();
-        }
-        let lower = canonical(lower);
+        let lower = canonical(command.whole()?);
         let rule = self.rules.get(lower)?;
         // Blocked, or a subcommand rule to look at: rare, so text from here.
         let command = std::str::from_utf8(lower).ok()?;
@@ -183,17 +174,22 @@ mod tests {
     #[test]
     fn commands_subcommands_and_aliases() {
         let b = Blocklist::new(&["FLUSHALL", "config set", "REPLICAOF"]);
-        assert_eq!(b.blocked(b"flushall", None).as_deref(), Some("FLUSHALL"));
         assert_eq!(
-            b.blocked(b"CONFIG", Some(b"SET")).as_deref(),
+            b.blocked(&CommandName::of(b"flushall"), None).as_deref(),
+            Some("FLUSHALL")
+        );
+        assert_eq!(
+            b.blocked(&CommandName::of(b"CONFIG"), Some(b"SET"))
+                .as_deref(),
             Some("CONFIG SET")
         );
-        assert_eq!(b.blocked(b"CONFIG", Some(b"get")), None);
+        assert_eq!(b.blocked(&CommandName::of(b"CONFIG"), Some(b"get")), None);
         assert_eq!(
-            b.blocked(b"SLAVEOF", Some(b"no")).as_deref(),
+            b.blocked(&CommandName::of(b"SLAVEOF"), Some(b"no"))
+                .as_deref(),
             Some("REPLICAOF")
         );
-        assert_eq!(b.blocked(b"GET", Some(b"k")), None);
+        assert_eq!(b.blocked(&CommandName::of(b"GET"), Some(b"k")), None);
     }
 
     #[test]
@@ -206,47 +202,74 @@ mod tests {
             (b"script", Some(b"flush")),
             (b"acl", Some(b"setuser")),
         ] {
-            assert!(b.blocked(command, sub).is_some());
+            assert!(b.blocked(&CommandName::of(command), sub).is_some());
         }
-        assert_eq!(b.blocked(b"script", Some(b"load")), None);
-        assert_eq!(b.blocked(b"get", Some(b"k")), None);
+        assert_eq!(b.blocked(&CommandName::of(b"script"), Some(b"load")), None);
+        assert_eq!(b.blocked(&CommandName::of(b"get"), Some(b"k")), None);
         let lifted = b.with_overrides(&["CONFIG GET", "SWAPDB"], &[] as &[&str]);
-        assert_eq!(lifted.blocked(b"config", Some(b"get")), None);
-        assert_eq!(lifted.blocked(b"swapdb", Some(b"0")), None);
-        assert!(lifted.blocked(b"config", Some(b"set")).is_some());
+        assert_eq!(
+            lifted.blocked(&CommandName::of(b"config"), Some(b"get")),
+            None
+        );
+        assert_eq!(
+            lifted.blocked(&CommandName::of(b"swapdb"), Some(b"0")),
+            None
+        );
+        assert!(lifted
+            .blocked(&CommandName::of(b"config"), Some(b"set"))
+            .is_some());
         let all = b.with_overrides(&["@admin"], &[] as &[&str]);
-        assert_eq!(all.blocked(b"flushall", None), None);
+        assert_eq!(all.blocked(&CommandName::of(b"flushall"), None), None);
     }
 
     #[test]
     fn per_user_overrides() {
         let b = Blocklist::new(&["CONFIG", "FLUSHALL"]);
         let admin = b.with_overrides(&["CONFIG GET"], &["KEYS"]);
-        assert_eq!(admin.blocked(b"config", Some(b"get")), None);
         assert_eq!(
-            admin.blocked(b"config", Some(b"set")).as_deref(),
+            admin.blocked(&CommandName::of(b"config"), Some(b"get")),
+            None
+        );
+        assert_eq!(
+            admin
+                .blocked(&CommandName::of(b"config"), Some(b"set"))
+                .as_deref(),
             Some("CONFIG SET")
         );
-        assert_eq!(admin.blocked(b"keys", Some(b"*")).as_deref(), Some("KEYS"));
+        assert_eq!(
+            admin
+                .blocked(&CommandName::of(b"keys"), Some(b"*"))
+                .as_deref(),
+            Some("KEYS")
+        );
         let lifted = b.with_overrides(&["FLUSHALL"], &[] as &[&str]);
-        assert_eq!(lifted.blocked(b"flushall", None), None);
+        assert_eq!(lifted.blocked(&CommandName::of(b"flushall"), None), None);
     }
 
     #[test]
     fn subcommand_rules_and_odd_names() {
         let b = Blocklist::new(&["config set", "CONFIG RESETSTAT"]);
         let lifted = b.with_overrides(&["config set", "config resetstat"], &[] as &[&str]);
-        assert_eq!(lifted.blocked(b"config", Some(b"set")), None);
         assert_eq!(
-            b.blocked(b"Config", Some(b"ResetStat")).as_deref(),
+            lifted.blocked(&CommandName::of(b"config"), Some(b"set")),
+            None
+        );
+        assert_eq!(
+            b.blocked(&CommandName::of(b"Config"), Some(b"ResetStat"))
+                .as_deref(),
             Some("CONFIG RESETSTAT")
         );
         // Longer than any command name, or not text: never blocked, no panic.
-        assert_eq!(b.blocked(&[b'c'; 200], Some(b"set")), None);
-        assert_eq!(b.blocked(&[0xff, 0xfe], None), None);
+        assert_eq!(
+            b.blocked(&CommandName::of(&[b'c'; 200]), Some(b"set")),
+            None
+        );
+        assert_eq!(b.blocked(&CommandName::of(&[0xff, 0xfe]), None), None);
         let admin = Blocklist::new(&["CONFIG"]).with_overrides(&["config get"], &["config get"]);
         assert_eq!(
-            admin.blocked(b"config", Some(b"get")).as_deref(),
+            admin
+                .blocked(&CommandName::of(b"config"), Some(b"get"))
+                .as_deref(),
             Some("CONFIG GET")
         );
     }

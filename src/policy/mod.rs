@@ -22,7 +22,7 @@ pub use limits::{Backing, Limit, LimitKey, Subject, Verdict};
 use lockout::Lockout;
 pub use shared::SCRIPT as SHARED_LIMIT_SCRIPT;
 
-use crate::command::{Flags, Spec};
+use crate::command::{CommandName, Flags, Spec};
 use crate::config::{Config, LimitAction};
 use crate::resp;
 
@@ -255,7 +255,7 @@ impl Policy {
     pub fn check_command(
         &self,
         user: &User,
-        name: &[u8],
+        name: &CommandName,
         spec: Option<&Spec>,
         sub: Option<&[u8]>,
     ) -> Result<(), Denial> {
@@ -264,7 +264,7 @@ impl Policy {
         }
         let command = || {
             spec.map(|s| s.name.to_string())
-                .unwrap_or_else(|| String::from_utf8_lossy(name).to_ascii_lowercase())
+                .unwrap_or_else(|| String::from_utf8_lossy(name.as_bytes()).into_owned())
         };
         let Some(spec) = spec else {
             // A command keyway cannot classify is not run for a restricted user.

@@ -12,15 +12,12 @@ use super::mode::{Gate, ModeRefusal};
 use super::reply::{Fanout, Forwarded, Meta, Part, Reply, Wait};
 use super::Session;
 use crate::command::{
-    Blocking, CacheCount, DatabaseArg, Flags, Forward, Handling, Local, Spec, SplitKind,
-    SubscriptionVerb, TransactionVerb,
+    Blocking, CacheCount, CommandName, DatabaseArg, Flags, Forward, Handling, Local, Spec,
+    SplitKind, SubscriptionVerb, TransactionVerb,
 };
 use crate::policy::{Denial, Subject};
 use crate::resp::{self, Request};
 use crate::route::{Plan, PoolId, Target, CROSSSLOT};
-
-/// Command names longer than this are not in any table.
-const MAX_NAME: usize = 64;
 
 fn error(msg: &str) -> Reply {
     Reply::now(resp::error(msg))
@@ -54,29 +51,6 @@ fn unknown_command(request: &Request) -> Bytes {
     resp::error_bytes(&msg)
 }
 
-/// A command name as configuration names it: lowercased, on the stack.
-pub(super) struct Name {
-    buf: [u8; MAX_NAME],
-    len: usize,
-}
-
-impl Name {
-    fn of(raw: &[u8]) -> Name {
-        let mut buf = [0u8; MAX_NAME];
-        for (d, s) in buf.iter_mut().zip(raw) {
-            *d = s.to_ascii_lowercase();
-        }
-        Name {
-            buf,
-            len: raw.len().min(MAX_NAME),
-        }
-    }
-
-    fn get(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
 /// What the checks of one request decided.
 pub(super) enum Checked<'s> {
     /// Forwarded, its reply queued in place (the common case: a reply is
@@ -91,7 +65,7 @@ pub(super) enum Checked<'s> {
 
 /// A checked request whose execution awaits.
 pub(super) struct Execution<'s> {
-    name: Name,
+    name: CommandName,
     spec: Option<&'s Spec>,
     handling: Handling,
     gate: Gate,
@@ -122,10 +96,10 @@ impl Session {
         let raw_name = request.arg(0);
         // Only for what configuration names commands by (command rules,
         // blocklists, limits): how keyway handles it comes from the table.
-        let name = Name::of(raw_name);
+        let name = CommandName::of(raw_name);
         // Found once: the command lookup and the key positions both read them.
         let args = request.arg_vec();
-        let entry = state.commands.lookup(&args);
+        let entry = state.commands.lookup_named(&name, &args);
         let spec = entry.map(|e| &e.spec);
         let handling = entry.map_or(Handling::UNKNOWN, |e| e.handling);
         let cache = entry.map_or(CacheCount::No, |e| e.cache);
@@ -165,13 +139,13 @@ impl Session {
         }
         if let (Some(user), false) = (&self.client.user, no_auth) {
             let sub = (request.argc() > 1).then(|| request.arg(1));
-            let permitted = live
-                .policy
-                .check_command(user, name.get(), spec, sub)
-                .and_then(|()| match (spec, user.has_prefixes()) {
-                    (Some(spec), true) => live.policy.check_reach(user, spec, &args),
-                    _ => Ok(()),
-                });
+            let permitted =
+                live.policy
+                    .check_command(user, &name, spec, sub)
+                    .and_then(|()| match (spec, user.has_prefixes()) {
+                        (Some(spec), true) => live.policy.check_reach(user, spec, &args),
+                        _ => Ok(()),
+                    });
             if let Err(denial) = permitted {
                 return Checked::Done(self.deny(denial));
             }
@@ -182,7 +156,12 @@ impl Session {
         match gate {
             Gate::SubscriberPing => return Checked::Done(self.subscriber_ping(&request)),
             Gate::Refuse(refusal) => {
-                return Checked::Done(self.refused_in_mode(refusal, name.get(), spec, &request))
+                return Checked::Done(self.refused_in_mode(
+                    refusal,
+                    name.as_bytes(),
+                    spec,
+                    &request,
+                ))
             }
             Gate::Run | Gate::Queue => {}
         }
@@ -203,16 +182,20 @@ impl Session {
             (Handling::Forward(forward), Some(spec))
                 if gate == Gate::Run && !live.policy.has_limits(false) =>
             {
-                match self.plan(live, name.get(), spec, forward.split, &request, &args) {
-                    Ok((plan, _)) => Some((forward, spec, plan)),
+                // Only the target is kept: moving the whole plan (an enum
+                // written field by field) stalled on every request. A
+                // split is planned again by `execute`.
+                match self.plan(live, name.as_bytes(), spec, forward.split, &request, &args) {
+                    Ok((Plan::One(target), _)) => Some((forward, spec, target)),
+                    Ok(_) => None,
                     Err(denial) => return Checked::Done(self.deny(denial)),
                 }
             }
             _ => None,
         };
         drop(args);
-        if let Some((forward, spec, plan)) = fast {
-            request = match self.forward_now(live, spec, forward, &plan, request) {
+        if let Some((forward, spec, target)) = fast {
+            request = match self.forward_now(live, spec, forward, target, request) {
                 Ok(()) => return Checked::Queued,
                 Err(request) => request,
             };
@@ -243,7 +226,7 @@ impl Session {
             gate,
             request,
         } = execution;
-        let name = name.get();
+        let name = name.as_bytes();
         if handling == Handling::Transaction(TransactionVerb::Exec) {
             return Box::pin(self.exec()).await;
         }
@@ -479,12 +462,9 @@ impl Session {
         live: &crate::state::Live,
         spec: &Spec,
         forward: Forward,
-        plan: &Plan,
+        target: Target,
         request: Request,
     ) -> Result<(), Request> {
-        let Plan::One(target) = plan else {
-            return Err(request);
-        };
         if (forward.pairs && request.argc().is_multiple_of(2))
             || forward.database.is_some()
             || blocks(forward.blocking, &request)
