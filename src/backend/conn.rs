@@ -31,14 +31,11 @@ struct InFlight {
 /// reader a batch at a time: one lock per write and one per read that
 /// finds its queue empty, instead of a channel operation per request.
 #[derive(Default)]
-struct Handoff(std::sync::Mutex<VecDeque<InFlight>>);
+struct Handoff(super::lock::HandoffLock<VecDeque<InFlight>>);
 
 impl Handoff {
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<InFlight>> {
-        // Neither side panics holding it; a poisoned queue is still in order.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn queue(&self) -> super::lock::HandoffGuard<'_, VecDeque<InFlight>> {
+        self.0.lock()
     }
 
     /// Moves everything handed over to the back of `waiting`.

@@ -5,12 +5,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use tokio::sync::oneshot;
+
+use super::lock::{HandoffGuard, HandoffLock};
 
 /// A one-off reply on its way; a dropped sender means the connection was lost.
 pub type ReplyRx = oneshot::Receiver<Bytes>;
@@ -26,7 +28,7 @@ pub struct Arrival {
 /// Read only by the client's session; written by backend readers.
 #[derive(Default)]
 pub struct Inbox {
-    arrived: Mutex<VecDeque<Arrival>>,
+    arrived: HandoffLock<VecDeque<Arrival>>,
     waker: AtomicWaker,
     /// The client is gone: replies still in flight are dropped on arrival.
     closed: AtomicBool,
@@ -37,9 +39,8 @@ impl Inbox {
         Arc::new(Inbox::default())
     }
 
-    fn arrived(&self) -> MutexGuard<'_, VecDeque<Arrival>> {
-        // A panic while holding it cannot leave the queue half-written.
-        self.arrived.lock().unwrap_or_else(|e| e.into_inner())
+    fn arrived(&self) -> HandoffGuard<'_, VecDeque<Arrival>> {
+        self.arrived.lock()
     }
 
     fn deliver(&self, seq: u64, reply: Option<Bytes>) {

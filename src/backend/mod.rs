@@ -7,6 +7,7 @@ mod conn;
 mod dedicated;
 mod fence;
 mod inbox;
+mod lock;
 mod outbox;
 mod pool;
 mod retry;

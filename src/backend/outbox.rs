@@ -6,11 +6,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
+
+use super::lock::{HandoffGuard, HandoffLock};
 
 /// Why a request was given back instead of queued.
 pub enum Refused<T> {
@@ -28,7 +30,7 @@ struct Queue<T> {
 
 /// Shared by a connection's senders and its writer.
 pub struct Outbox<T> {
-    queue: Mutex<Queue<T>>,
+    queue: HandoffLock<Queue<T>>,
     limit: usize,
     /// Set under the lock, so a push never lands after the writer's last look.
     closed: AtomicBool,
@@ -47,7 +49,7 @@ pub struct Receiver<T>(Arc<Outbox<T>>);
 
 pub fn outbox<T>(limit: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Outbox {
-        queue: Mutex::new(Queue {
+        queue: HandoffLock::new(Queue {
             items: VecDeque::new(),
             awaited: false,
         }),
@@ -61,11 +63,8 @@ pub fn outbox<T>(limit: usize) -> (Sender<T>, Receiver<T>) {
 }
 
 impl<T> Outbox<T> {
-    fn queue(&self) -> MutexGuard<'_, Queue<T>> {
-        // Nothing panics while holding it; a poisoned queue is still in order.
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn queue(&self) -> HandoffGuard<'_, Queue<T>> {
+        self.queue.lock()
     }
 
     /// Stops taking requests; returns what was queued, to be dropped by the
