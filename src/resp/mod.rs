@@ -9,5 +9,7 @@ mod scan;
 pub mod shapes;
 
 pub use encode::{bulk, error, error_bytes, int, simple, Protocol, ReplyBuf};
-pub use request::{decimal, split_inline_args, ParseLimits, ProtocolError, Request, RequestParser};
+pub use request::{
+    decimal, split_inline_args, ArgSlices, ParseLimits, ProtocolError, Request, RequestParser,
+};
 pub use scan::{is_nil, FrameScanner};

@@ -16,7 +16,7 @@ use crate::command::{
     SplitKind, SubscriptionVerb, TransactionVerb,
 };
 use crate::policy::{Denial, Subject};
-use crate::resp::{self, Request};
+use crate::resp::{self, ArgSlices, Request};
 use crate::route::{Plan, PoolId, Target, CROSSSLOT};
 
 fn error(msg: &str) -> Reply {
@@ -98,7 +98,8 @@ impl Session {
         // blocklists, limits): how keyway handles it comes from the table.
         let name = CommandName::of(raw_name);
         // Found once: the command lookup and the key positions both read them.
-        let args = request.arg_vec();
+        let mut args = ArgSlices::new();
+        request.args_into(&mut args);
         let entry = state.commands.lookup_named(&name, &args);
         let spec = entry.map(|e| &e.spec);
         let handling = entry.map_or(Handling::UNKNOWN, |e| e.handling);
@@ -484,14 +485,23 @@ impl Session {
             return Err(request);
         }
         self.meta.request = request.into_bytes();
-        let meta = self.meta.take();
-        self.queue(Reply::Backend(Forwarded {
-            pool,
-            seq,
-            wait: Wait::Inbox,
-            meta,
-            source: super::reply::Source::Backend,
-        }));
+        let reply = |meta: &mut Meta| {
+            Reply::Backend(Forwarded {
+                pool,
+                seq,
+                wait: Wait::Inbox,
+                meta: meta.take(),
+                source: super::reply::Source::Backend,
+            })
+        };
+        if matches!(self.reply_mode, super::ReplyMode::On) {
+            // Built where it will lie in the queue (see `Output::push_with`).
+            let meta = &mut self.meta;
+            self.output.push_with(|| reply(meta));
+        } else {
+            let reply = reply(&mut self.meta);
+            self.queue(reply);
+        }
         Ok(())
     }
 

@@ -481,20 +481,17 @@ impl Session {
     /// Queues a reply, honouring CLIENT REPLY.
     #[inline]
     pub(super) fn queue(&mut self, reply: Reply) {
-        let reply = match self.reply_mode {
-            ReplyMode::On => reply,
-            _ if reply.is_push() => reply,
-            ReplyMode::Off => Reply::Silent(Box::new(reply)),
-            ReplyMode::Skip(n) => {
-                self.reply_mode = if n > 1 {
-                    ReplyMode::Skip(n - 1)
-                } else {
-                    ReplyMode::On
-                };
-                Reply::Silent(Box::new(reply))
-            }
-        };
-        self.output.push(reply);
+        if matches!(self.reply_mode, ReplyMode::On) || reply.is_push() {
+            return self.output.push(reply);
+        }
+        if let ReplyMode::Skip(n) = self.reply_mode {
+            self.reply_mode = if n > 1 {
+                ReplyMode::Skip(n - 1)
+            } else {
+                ReplyMode::On
+            };
+        }
+        self.output.push(Reply::Silent(Box::new(reply)));
     }
 
     /// Resolves and writes every reply queued before now, so work on a

@@ -150,9 +150,22 @@ impl Output {
 
     #[inline]
     pub fn push(&mut self, reply: Reply) {
-        self.closing |= reply.closes();
-        self.extra_parts += reply.parts().saturating_sub(1);
-        self.pending.push_back(reply);
+        self.push_with(|| reply)
+    }
+
+    /// Queues the reply `make` builds, built into its place in the queue.
+    /// Built first and then pushed, a reply (160 bytes) was copied with
+    /// wide loads right after the narrow stores that built it, which the
+    /// processor cannot forward (measured: 1.75% of pipelined CPU).
+    /// `extend` with a one-item iterator makes room before it builds, so
+    /// nothing can fail between building the reply and storing it.
+    #[inline]
+    pub fn push_with(&mut self, make: impl FnOnce() -> Reply) {
+        self.pending.extend(std::iter::once_with(make));
+        if let Some(reply) = self.pending.back() {
+            self.closing |= reply.closes();
+            self.extra_parts += reply.parts().saturating_sub(1);
+        }
     }
 
     /// Whether another request may be taken: the replies owed stay within
@@ -195,8 +208,12 @@ impl Output {
     pub fn collect(&mut self, state: &State, live: &Live) {
         // Counts this pass's replies, before any of them is written.
         let mut observer = Observer::new(state, live, self.flush_metrics);
+        // Replies done are dropped where they lie, after the pass: popping
+        // each would copy it out of the queue (a reply is 160 bytes, and
+        // that copy was 1.4% of the proxy's pipelined CPU).
+        let mut done = 0;
         while self.out.len() < self.limit {
-            let Some(front) = self.pending.front_mut() else {
+            let Some(front) = self.pending.get_mut(done) else {
                 break;
             };
             let forwarded = matches!(front, Reply::Backend(_));
@@ -207,13 +224,16 @@ impl Output {
                 observer.reply(seen, &bytes);
             }
             let silent = front.is_silent();
-            self.pending.pop_front();
+            done += 1;
             if forwarded {
                 // What arrived leaves the count as it is taken (a retried
                 // or timed-out reply may differ: the count only floors).
                 self.arrived_bytes = self.arrived_bytes.saturating_sub(bytes.len());
             }
             self.took(if silent { &[] } else { &bytes });
+        }
+        if done > 0 {
+            self.pending.drain(..done);
         }
         drop(observer);
         // The stall clock starts when unread replies keep the client from

@@ -115,10 +115,21 @@ impl Meta {
     /// The context for this request's reply, the request's bytes moved
     /// into it (an empty `Bytes` is cloned without an atomic operation).
     pub fn take(&mut self) -> Meta {
-        let request = std::mem::take(&mut self.request);
+        // Field by field: `..self.clone()` would clone the emptied request
+        // and drop the clone (two calls through `Bytes`' vtable).
         Meta {
-            request,
-            ..self.clone()
+            command: self.command,
+            started: self.started,
+            cache: self.cache,
+            route: self.route,
+            request: std::mem::take(&mut self.request),
+            client: self.client,
+            db: self.db,
+            proto: self.proto,
+            read_only: self.read_only,
+            retried: self.retried,
+            slot: self.slot,
+            redirects: self.redirects,
         }
     }
 
