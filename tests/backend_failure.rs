@@ -128,3 +128,53 @@ fn a_connection_lost_mid_pipeline_fails_only_its_in_flight_requests() {
     let v: String = r.cache.direct().get("user:39").unwrap();
     assert_eq!(v, "39");
 }
+
+#[test]
+fn a_connection_lost_under_one_clients_run_of_requests_fails_each_of_them() {
+    let mut r = Reference::start();
+    // One client's requests in a row to one pool share one reply
+    // destination on the backend connection; each must still get its own
+    // error, counted once, when the connection goes.
+    const BUSY: &str =
+        "local t = redis.call('TIME') while redis.call('TIME')[1] - t[1] < 1 do end return 'done'";
+    const N: usize = 12;
+    let mut buf = Vec::new();
+    for _ in 0..N {
+        buf.extend(encode(&["EVAL", BUSY, "1", "session:busy"]));
+    }
+    let mut stream = TcpStream::connect(("127.0.0.1", r.keyway.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(&buf).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    r.session.stop();
+
+    let mut reader = BufReader::new(stream);
+    let mut lost = 0;
+    for i in 0..N {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(
+            line, "-ERR backend 'session' connection lost\r\n",
+            "request {i}"
+        );
+        lost += 1;
+    }
+    println!("{lost} of {N} requests in flight failed with the connection");
+    assert_eq!(
+        r.keyway
+            .metric(r#"keyway_errors_total{kind="connection_lost"}"#),
+        lost as f64,
+        "each lost reply is counted once"
+    );
+    // The client goes on: its next request to another pool is answered.
+    let mut stream = reader.into_inner();
+    stream
+        .write_all(&encode(&["SET", "user:after", "1"]))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "+OK\r\n");
+}

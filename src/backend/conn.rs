@@ -52,8 +52,27 @@ impl Handoff {
 
 struct Outbound {
     bytes: Bytes,
-    reply: ReplyTo,
+    /// `None`: the reply is covered by a later request's destination (one
+    /// client's requests in a row share one, see `ReplyTo::extended`).
+    reply: Option<ReplyTo>,
     asking: bool,
+}
+
+impl outbox::Item for Outbound {
+    fn needs_next(&self) -> bool {
+        self.reply.is_none()
+    }
+}
+
+impl Outbound {
+    /// A request with a destination of its own.
+    fn alone((bytes, reply): (Bytes, ReplyTo), _: Option<&mut Outbound>) -> Outbound {
+        Outbound {
+            bytes,
+            reply: Some(reply),
+            asking: false,
+        }
+    }
 }
 
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
@@ -129,20 +148,13 @@ impl Conn {
     pub async fn send(&self, bytes: Bytes, reply: ReplyTo) -> Result<(), (Bytes, ReplyTo)> {
         // The queue almost always has room: queue without the machinery of
         // an awaited send, whose state would enlarge every request's future.
-        let outbound = match self.tx.try_send(Outbound {
-            bytes,
-            reply,
-            asking: false,
-        }) {
+        let back = match self.tx.try_send_with((bytes, reply), Outbound::alone) {
             Ok(()) => return Ok(()),
-            Err(Refused::Full(outbound)) => outbound,
-            Err(Refused::Closed(o)) => return Err((o.bytes, o.reply)),
+            Err(Refused::Full(back)) => back,
+            Err(Refused::Closed(back)) => return Err(back),
         };
         // Full: wait for room, boxed since it is rare.
-        match Box::pin(self.tx.send(outbound)).await {
-            Ok(()) => Ok(()),
-            Err(o) => Err((o.bytes, o.reply)),
-        }
+        Box::pin(self.tx.send_with(back, Outbound::alone)).await
     }
 
     /// Queues a request without waiting: `Err` gives it back when the queue
@@ -155,12 +167,41 @@ impl Conn {
         asking: bool,
     ) -> Result<(), (Bytes, ReplyTo)> {
         self.tx
-            .try_send(Outbound {
+            .try_send_with((bytes, reply), |(bytes, reply), _| Outbound {
                 bytes,
-                reply,
+                reply: Some(reply),
                 asking,
             })
-            .map_err(|(Refused::Full(o) | Refused::Closed(o))| (o.bytes, o.reply))
+            .map_err(|(Refused::Full(back) | Refused::Closed(back))| back)
+    }
+
+    /// Queues a request whose reply is reply `seq` owed to the client that
+    /// owns `inbox`, without waiting: `Err` gives the bytes back when the
+    /// queue is full or closed. Right after the same client's previous
+    /// request, it joins that one's destination instead of counting
+    /// another reference to the inbox.
+    pub fn try_send_to_inbox(
+        &self,
+        bytes: Bytes,
+        inbox: &std::sync::Arc<super::Inbox>,
+        seq: u64,
+    ) -> Result<(), Bytes> {
+        self.tx
+            .try_send_with(bytes, |bytes, last| {
+                let joined = last.filter(|last| !last.asking).and_then(|last| {
+                    let run = last.reply.as_mut()?.extended(inbox, seq)?;
+                    // Covered now: the new request's destination answers for it.
+                    last.reply = None;
+                    Some(run)
+                });
+                let joined = joined.unwrap_or_else(|| ReplyTo::inbox(inbox, seq));
+                Outbound {
+                    bytes,
+                    reply: Some(joined),
+                    asking: false,
+                }
+            })
+            .map_err(|(Refused::Full(back) | Refused::Closed(back))| back)
     }
 
     /// Queues a one-off request and returns where its reply arrives.
@@ -284,11 +325,15 @@ async fn write_loop(
             // Registered before the bytes leave, so the reader always finds them.
             let mut queue = handoff.queue();
             for out in batch.drain(..) {
-                queue.push_back(InFlight {
-                    reply: out.reply,
-                    sent,
-                    asking: out.asking,
-                });
+                // A request covered by a later one's destination has no
+                // entry of its own: that one's answers for the run.
+                if let Some(reply) = out.reply {
+                    queue.push_back(InFlight {
+                        reply,
+                        sent,
+                        asking: out.asking,
+                    });
+                }
                 requests.push((out.bytes, out.asking));
             }
         }
@@ -360,7 +405,7 @@ async fn read_loop(
                         w.asking = false;
                         continue;
                     }
-                    match waiting.pop_front() {
+                    match waiting.front_mut() {
                         Some(w) => {
                             if let Some(h) = &round_trip {
                                 // Requests written together, answered in one read:
@@ -376,7 +421,9 @@ async fn read_loop(
                                 };
                                 h.observe(took);
                             }
-                            w.reply.send(frame);
+                            if w.reply.send_next(frame) {
+                                waiting.pop_front();
+                            }
                         }
                         None => {
                             tracing::warn!(

@@ -83,14 +83,22 @@ impl Inbox {
     }
 }
 
-/// The destination of one reply. Dropped without a reply (the connection
-/// closed, the request never left), it reports the loss, as a dropped
-/// oneshot sender does.
+/// The destination of one reply, or of a run of one client's replies in
+/// a row on one connection. Dropped before every reply came (the
+/// connection closed, the request never left), it reports each reply
+/// still owed as lost, as a dropped oneshot sender does.
 pub struct ReplyTo(Option<Destination>);
 
 enum Destination {
     Once(oneshot::Sender<Bytes>),
-    Inbox(Arc<Inbox>, u64),
+    /// Replies `next..end` owed to the client that owns `inbox`: one
+    /// reference for a client's whole run on a connection, not one per
+    /// request (its count was an atomic operation on both sides).
+    Inbox {
+        inbox: Arc<Inbox>,
+        next: u64,
+        end: u64,
+    },
 }
 
 impl ReplyTo {
@@ -102,7 +110,25 @@ impl ReplyTo {
 
     /// The `seq`-th reply owed to the client that owns `inbox`.
     pub fn inbox(inbox: &Arc<Inbox>, seq: u64) -> ReplyTo {
-        ReplyTo(Some(Destination::Inbox(Arc::clone(inbox), seq)))
+        ReplyTo(Some(Destination::Inbox {
+            inbox: Arc::clone(inbox),
+            next: seq,
+            end: seq + 1,
+        }))
+    }
+
+    /// This run, taken and extended by reply `seq` of `inbox`, if `seq`
+    /// comes right after its last; `None` (and this one unchanged) if not.
+    pub fn extended(&mut self, inbox: &Arc<Inbox>, seq: u64) -> Option<ReplyTo> {
+        match &mut self.0 {
+            Some(Destination::Inbox {
+                inbox: own, end, ..
+            }) if *end == seq && Arc::ptr_eq(own, inbox) => {
+                *end += 1;
+                Some(ReplyTo(self.0.take()))
+            }
+            _ => None,
+        }
     }
 
     /// Forgets the destination without a reply: for a request that was
@@ -111,21 +137,39 @@ impl ReplyTo {
         self.0 = None;
     }
 
+    /// Delivers one reply, the whole of what this destination expects.
     pub fn send(mut self, reply: Bytes) {
-        match self.0.take() {
-            Some(Destination::Once(tx)) => {
-                let _ = tx.send(reply);
+        self.send_next(reply);
+    }
+
+    /// Delivers the next reply; true once nothing more is expected here.
+    pub fn send_next(&mut self, reply: Bytes) -> bool {
+        match &mut self.0 {
+            Some(Destination::Inbox { inbox, next, end }) => {
+                inbox.deliver(*next, Some(reply));
+                *next += 1;
+                if *next < *end {
+                    return false;
+                }
+                self.0 = None;
             }
-            Some(Destination::Inbox(inbox, seq)) => inbox.deliver(seq, Some(reply)),
+            Some(Destination::Once(_)) => {
+                if let Some(Destination::Once(tx)) = self.0.take() {
+                    let _ = tx.send(reply);
+                }
+            }
             None => {}
         }
+        true
     }
 }
 
 impl Drop for ReplyTo {
     fn drop(&mut self) {
-        if let Some(Destination::Inbox(inbox, seq)) = self.0.take() {
-            inbox.deliver(seq, None);
+        if let Some(Destination::Inbox { inbox, next, end }) = self.0.take() {
+            for seq in next..end {
+                inbox.deliver(seq, None);
+            }
         }
     }
 }
@@ -146,5 +190,36 @@ mod tests {
             got,
             vec![(7, Some(Bytes::from_static(b"+OK\r\n"))), (8, None)]
         );
+    }
+
+    #[test]
+    fn a_run_delivers_in_order_and_reports_what_it_still_owed() {
+        let inbox = Inbox::new();
+        let other = Inbox::new();
+        let mut first = ReplyTo::inbox(&inbox, 3);
+        // Only the reply right after the run's last, of the same client.
+        assert!(first.extended(&inbox, 5).is_none());
+        assert!(first.extended(&other, 4).is_none());
+        let mut run = first.extended(&inbox, 4).expect("extends");
+        // The reference moved to the run: the old handle owes nothing.
+        drop(first);
+        let mut run = run.extended(&inbox, 5).expect("extends");
+        assert_eq!(Arc::strong_count(&inbox), 2);
+        assert!(!run.send_next(Bytes::from_static(b":3\r\n")));
+        drop(run);
+        let mut got = VecDeque::new();
+        inbox.take_into(&mut got);
+        let got: Vec<_> = got.into_iter().map(|a| (a.seq, a.reply)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, Some(Bytes::from_static(b":3\r\n"))),
+                (4, None),
+                (5, None)
+            ]
+        );
+        assert_eq!(Arc::strong_count(&inbox), 1);
+        let mut whole = ReplyTo::inbox(&other, 0);
+        assert!(whole.send_next(Bytes::from_static(b"+OK\r\n")));
     }
 }

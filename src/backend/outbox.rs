@@ -14,6 +14,15 @@ use tokio::sync::Notify;
 
 use super::lock::{HandoffGuard, HandoffLock};
 
+/// What the queue needs to know of an item.
+pub trait Item {
+    /// The item must be taken together with the one after it (its reply
+    /// is covered by that one's destination), so no batch ends on it.
+    fn needs_next(&self) -> bool {
+        false
+    }
+}
+
 /// Why a request was given back instead of queued.
 pub enum Refused<T> {
     /// The queue holds its limit: wait for room or go elsewhere.
@@ -82,16 +91,30 @@ impl<T> Outbox<T> {
 
 impl<T> Sender<T> {
     /// Queues `item` without waiting.
+    #[cfg(test)]
     pub fn try_send(&self, item: T) -> Result<(), Refused<T>> {
+        self.try_send_with(item, |item, _| item)
+    }
+
+    /// Queues the item `make` builds from `value`, without waiting, under
+    /// the queue's lock: `make` sees the item queued last while the writer
+    /// has not taken it yet, and may move part of it into the new one.
+    /// Refused, `value` is given back and `make` not called.
+    pub fn try_send_with<V>(
+        &self,
+        value: V,
+        make: impl FnOnce(V, Option<&mut T>) -> T,
+    ) -> Result<(), Refused<V>> {
         let was_empty = {
             let mut queue = self.0.queue();
             if self.0.closed.load(Ordering::Relaxed) {
-                return Err(Refused::Closed(item));
+                return Err(Refused::Closed(value));
             }
             if queue.items.len() >= self.0.limit {
                 queue.awaited = true;
-                return Err(Refused::Full(item));
+                return Err(Refused::Full(value));
             }
+            let item = make(value, queue.items.back_mut());
             queue.items.push_back(item);
             queue.items.len() == 1
         };
@@ -102,16 +125,27 @@ impl<T> Sender<T> {
     }
 
     /// Queues `item`, waiting for room; `Err` gives it back once closed.
-    pub async fn send(&self, mut item: T) -> Result<(), T> {
+    #[cfg(test)]
+    pub async fn send(&self, item: T) -> Result<(), T> {
+        self.send_with(item, |item, _| item).await
+    }
+
+    /// `try_send_with`, waiting for room; `Err` gives `value` back once
+    /// closed.
+    pub async fn send_with<V>(
+        &self,
+        mut value: V,
+        make: impl Fn(V, Option<&mut T>) -> T,
+    ) -> Result<(), V> {
         loop {
             let room = self.0.room.notified();
             tokio::pin!(room);
             // Registered before trying, so room made in between is not missed.
             room.as_mut().enable();
-            match self.try_send(item) {
+            match self.try_send_with(value, &make) {
                 Ok(()) => return Ok(()),
                 Err(Refused::Closed(back)) => return Err(back),
-                Err(Refused::Full(back)) => item = back,
+                Err(Refused::Full(back)) => value = back,
             }
             room.await;
         }
@@ -137,7 +171,7 @@ impl<T> Drop for Sender<T> {
     }
 }
 
-impl<T> Receiver<T> {
+impl<T: Item> Receiver<T> {
     /// Waits for requests and moves up to `limit` of them to `into`;
     /// 0 once the queue is closed or has no senders, and is empty.
     #[cfg(test)]
@@ -169,7 +203,11 @@ impl<T> Receiver<T> {
     pub fn try_recv_many(&mut self, into: &mut Vec<T>, limit: usize) -> usize {
         let (taken, awaited) = {
             let mut queue = self.0.queue();
-            let n = queue.items.len().min(limit);
+            let mut n = queue.items.len().min(limit);
+            // Past the limit rather than split a run of replies.
+            while n > 0 && n < queue.items.len() && queue.items[n - 1].needs_next() {
+                n += 1;
+            }
             into.extend(queue.items.drain(..n));
             (n, n > 0 && std::mem::take(&mut queue.awaited))
         };
@@ -198,6 +236,9 @@ impl<T> Drop for Receiver<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Item for u32 {}
+    impl Item for Arc<()> {}
 
     #[tokio::test]
     async fn the_writer_takes_in_order_and_ends_with_its_senders() {
@@ -252,5 +293,59 @@ mod tests {
         assert_eq!(Arc::strong_count(&item), 1);
         assert!(tx.is_closed());
         assert!(matches!(tx.try_send(item), Err(Refused::Closed(_))));
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Linked(u32, bool);
+
+    impl Item for Linked {
+        fn needs_next(&self) -> bool {
+            self.1
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_does_not_end_inside_a_run() {
+        let (tx, mut rx) = outbox::<Linked>(8);
+        for (i, linked) in [(0, true), (1, true), (2, false), (3, false)] {
+            assert!(tx.try_send(Linked(i, linked)).is_ok());
+        }
+        let mut got = Vec::new();
+        assert_eq!(rx.recv_many(&mut got, 1).await, 3);
+        assert_eq!(rx.recv_many(&mut got, 1).await, 1);
+        assert_eq!(
+            got.iter().map(|l| l.0).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_item_sees_the_one_queued_last_until_the_writer_takes_it() {
+        let (tx, mut rx) = outbox::<u32>(8);
+        let first = tx.try_send_with(1, |v, last| {
+            assert!(last.is_none());
+            v
+        });
+        assert!(first.is_ok());
+        let second = tx.try_send_with(2, |v, last| {
+            if let Some(last) = last {
+                *last += 10;
+            }
+            v
+        });
+        assert!(second.is_ok());
+        let mut got = Vec::new();
+        rx.recv_many(&mut got, 10).await;
+        let third = tx.try_send_with(3, |v, last| {
+            assert!(last.is_none());
+            v
+        });
+        assert!(third.is_ok());
+        assert_eq!(got, vec![11, 2]);
+        drop(rx);
+        assert!(matches!(
+            tx.try_send_with(4, |v, _| v),
+            Err(Refused::Closed(4))
+        ));
     }
 }

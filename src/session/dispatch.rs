@@ -478,10 +478,15 @@ impl Session {
             false => target.pool,
         };
         self.meta.slot = target.slot;
-        let (reply_to, seq) = self.output.reply_to_next();
-        if let Err((_, reply_to)) = self.send_now(pool, request.bytes().clone(), reply_to) {
+        let Some(conn) = self.ready_conn(pool) else {
+            return Err(request);
+        };
+        let (inbox, seq) = self.output.inbox_next();
+        if conn
+            .try_send_to_inbox(request.bytes().clone(), inbox, seq)
+            .is_err()
+        {
             // Nothing was sent: the awaited path sends it, under the same seq.
-            reply_to.disarm();
             return Err(request);
         }
         self.meta.request = request.into_bytes();

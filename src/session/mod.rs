@@ -522,10 +522,12 @@ impl Session {
         }
         if let Some(cluster) = &self.clusters[slot] {
             // Warm: the slot's master has a connection of this client's.
-            (bytes, reply) = match self.send_to_known_node(cluster, bytes, reply) {
-                Ok(()) => return Ok(()),
-                Err(back) => back,
-            };
+            if let Some(conn) = self.known_node_conn(cluster) {
+                (bytes, reply) = match conn.try_send(bytes, reply, false) {
+                    Ok(()) => return Ok(()),
+                    Err(back) => back,
+                };
+            }
             let cluster = cluster.clone();
             // Boxed: its wait for a first map would enlarge every request.
             return Box::pin(self.send_to_cluster(cluster, bytes, reply)).await;
@@ -567,43 +569,34 @@ impl Session {
         })
     }
 
-    /// The warm path to a cluster: the slot's master is in the map and this
-    /// client has an open connection to it with room. Nothing waits and
-    /// nothing is allocated; anything else gives the request back.
-    /// Queues `bytes` on the client's open connection to `pool` (or to
-    /// its slot's cluster node) without waiting; gives both back when
-    /// there is none, it is fenced for a write, or its queue is full.
-    fn send_now(&self, pool: PoolId, bytes: Bytes, reply: ReplyTo) -> Result<(), (Bytes, ReplyTo)> {
+    /// The client's open connection a request to `pool` can be queued on
+    /// without waiting (to its slot's node, on a cluster pool); `None`
+    /// when there is none, or it is fenced for a write.
+    pub(super) fn ready_conn(&self, pool: PoolId) -> Option<&Conn> {
         let slot = pool.index();
         if let Some(Some(cluster)) = self.clusters.get(slot) {
-            return self.send_to_known_node(cluster, bytes, reply);
+            return self.known_node_conn(cluster);
         }
-        match self.conns.get(slot).and_then(Option::as_ref) {
-            Some(conn) if !conn.fenced() || self.meta.read_only => {
-                conn.try_send(bytes, reply, false)
-            }
-            _ => Err((bytes, reply)),
-        }
+        self.conns
+            .get(slot)
+            .and_then(Option::as_ref)
+            .filter(|conn| !conn.fenced() || self.meta.read_only)
     }
 
-    fn send_to_known_node(
-        &self,
-        cluster: &crate::cluster::Cluster,
-        bytes: Bytes,
-        reply: ReplyTo,
-    ) -> Result<(), (Bytes, ReplyTo)> {
+    /// The warm path to a cluster: the slot's server is in the map and
+    /// this client has a connection to it. Nothing waits and nothing is
+    /// allocated.
+    fn known_node_conn(&self, cluster: &crate::cluster::Cluster) -> Option<&Conn> {
         if self.client.db != 0 {
-            return Err((bytes, reply));
+            return None;
         }
         let map = cluster.map();
         let replica = self.meta.read_only && cluster.replica_reads();
-        let Some(node) = map.server_of(self.meta.slot, replica, self.client.id as usize) else {
-            return Err((bytes, reply));
-        };
-        match self.node_conns.iter().find(|(n, _)| Arc::ptr_eq(n, node)) {
-            Some((_, conn)) => conn.try_send(bytes, reply, false),
-            None => Err((bytes, reply)),
-        }
+        let node = map.server_of(self.meta.slot, replica, self.client.id as usize)?;
+        self.node_conns
+            .iter()
+            .find(|(n, _)| Arc::ptr_eq(n, node))
+            .map(|(_, conn)| conn)
     }
 
     /// Queues `bytes` on the multiplexed connection to the master serving

@@ -144,8 +144,14 @@ impl Output {
 
     /// Where the next queued reply's backend answer is to be delivered.
     pub fn reply_to_next(&self) -> (ReplyTo, u64) {
-        let seq = self.taken + self.pending.len() as u64;
-        (ReplyTo::inbox(&self.inbox, seq), seq)
+        let (inbox, seq) = self.inbox_next();
+        (ReplyTo::inbox(inbox, seq), seq)
+    }
+
+    /// The client's inbox and the position the next queued reply's
+    /// backend answer is delivered under.
+    pub fn inbox_next(&self) -> (&Arc<Inbox>, u64) {
+        (&self.inbox, self.taken + self.pending.len() as u64)
     }
 
     #[inline]
