@@ -163,7 +163,9 @@ bench:
   servers:
    - 127.0.0.1:$DIRECT:1
 YML
-"${SRV[@]}" nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" &
+# Its stats port on a free one too: the default (22222) may be taken by
+# a twemproxy already running on this machine, and it would not start.
+"${SRV[@]}" nutcracker -c "$work/nutcracker.yml" -a 127.0.0.1 -s "$(free_port)" -o "$work/nutcracker.log" &
 TW_PID=$!
 pids+=($TW_PID)
 wait_port "$TW"

@@ -38,7 +38,7 @@ pids+=($KW_PID)
 TW=$(free_port)
 printf 'bench:\n  listen: 127.0.0.1:%s\n  hash: fnv1a_64\n  redis: true\n  server_connections: 1\n  servers:\n   - 127.0.0.1:%s:1\n' "$TW" "$RP" > "$work/nutcracker.yml"
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.twemproxy" \
-  nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" 2>/dev/null &
+  nutcracker -c "$work/nutcracker.yml" -a 127.0.0.1 -s "$(free_port)" -o "$work/nutcracker.log" 2>/dev/null &
 TW_PID=$!
 pids+=($TW_PID)
 
