@@ -57,6 +57,23 @@ fn a_down_backend_fails_fast_and_recovers() {
     assert_eq!(v, "back");
 }
 
+/// A script that keeps the session backend busy for a second.
+const BUSY: &str =
+    "local t = redis.call('TIME') while redis.call('TIME')[1] - t[1] < 1 do end return 'done'";
+
+/// Writes `requests` through keyway, kills the session backend while they
+/// are in flight, and returns the connection to read the replies from.
+fn send_then_kill_the_session_backend(r: &mut Reference, requests: &[u8]) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(("127.0.0.1", r.keyway.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(requests).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    r.session.stop();
+    BufReader::new(stream)
+}
+
 fn encode(args: &[&str]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
@@ -71,8 +88,6 @@ fn a_connection_lost_mid_pipeline_fails_only_its_in_flight_requests() {
     // Scripts that keep the session backend busy for a second each, with
     // writes to the cache pool interleaved; the session backend is killed
     // while they are in flight.
-    const BUSY: &str =
-        "local t = redis.call('TIME') while redis.call('TIME')[1] - t[1] < 1 do end return 'done'";
     const N: usize = 40;
     let mut buf = Vec::new();
     for i in 0..N {
@@ -82,15 +97,7 @@ fn a_connection_lost_mid_pipeline_fails_only_its_in_flight_requests() {
             buf.extend(encode(&["SET", &format!("user:{i}"), &i.to_string()]));
         }
     }
-    let mut stream = TcpStream::connect(("127.0.0.1", r.keyway.port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    stream.write_all(&buf).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    r.session.stop();
-
-    let mut reader = BufReader::new(stream);
+    let mut reader = send_then_kill_the_session_backend(&mut r, &buf);
     let mut lost = 0;
     for i in 0..N {
         let mut line = String::new();
@@ -135,22 +142,12 @@ fn a_connection_lost_under_one_clients_run_of_requests_fails_each_of_them() {
     // One client's requests in a row to one pool share one reply
     // destination on the backend connection; each must still get its own
     // error, counted once, when the connection goes.
-    const BUSY: &str =
-        "local t = redis.call('TIME') while redis.call('TIME')[1] - t[1] < 1 do end return 'done'";
     const N: usize = 12;
     let mut buf = Vec::new();
     for _ in 0..N {
         buf.extend(encode(&["EVAL", BUSY, "1", "session:busy"]));
     }
-    let mut stream = TcpStream::connect(("127.0.0.1", r.keyway.port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    stream.write_all(&buf).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    r.session.stop();
-
-    let mut reader = BufReader::new(stream);
+    let mut reader = send_then_kill_the_session_backend(&mut r, &buf);
     let mut lost = 0;
     for i in 0..N {
         let mut line = String::new();
