@@ -289,8 +289,13 @@ impl Session {
     /// or is killed; every request read is answered before the end.
     async fn run(&mut self) {
         let mut parser = RequestParser::new(parse_limits(&self.state.live().config));
+        // Held for the session, not taken per read: each reference taken
+        // and dropped is an atomic operation, and unpipelined every read
+        // is one request. `live` follows `self.live` by generation.
+        let state = Arc::clone(&self.state);
+        let mut live = Arc::clone(&self.live);
         loop {
-            let needs_bytes = self.dispatch_buffered(&mut parser).await;
+            let needs_bytes = self.dispatch_buffered(&mut parser, &state, &mut live).await;
             self.output.collect(&self.state, &self.live);
             if self.output.gone().is_some() {
                 return;
@@ -308,19 +313,20 @@ impl Session {
 
     /// Dispatches every complete request already read while the replies
     /// owed leave room; true when more bytes are needed to go on.
-    async fn dispatch_buffered(&mut self, parser: &mut RequestParser) -> bool {
+    async fn dispatch_buffered(
+        &mut self,
+        parser: &mut RequestParser,
+        state: &Arc<State>,
+        live: &mut Arc<crate::state::Live>,
+    ) -> bool {
         if self.inbuf.is_empty() {
-            // Woken for a reply, not a request: nothing to parse, and no
-            // references to take (each an atomic operation).
+            // Woken for a reply, not a request: nothing to parse.
             self.count_commands();
             return self.output.has_room();
         }
-        // The requests of one read arrived together: one clock read (with
-        // the first of them), and one reference each to the state and the
-        // configuration.
+        // The requests of one read arrived together: one clock read, with
+        // the first of them.
         let mut clock_read = false;
-        let state = Arc::clone(&self.state);
-        let mut live = self.follow_reload();
         let needs_bytes = loop {
             if !self.output.has_room() {
                 break false;
@@ -332,17 +338,18 @@ impl Session {
                         self.received = Instant::now();
                         clock_read = true;
                     }
-                    // A request waits (a blocking command) or a reload
-                    // lands between two requests of one read.
-                    if state.generation() != self.generation {
-                        live = self.follow_reload();
+                    // A reload lands between two requests (of one read,
+                    // or while the session waited), or a command executed
+                    // earlier followed one already: two plain loads.
+                    if state.generation() != self.generation || live.generation != self.generation {
+                        *live = self.follow_reload();
                     }
                     // Checked, and most often forwarded, without awaiting.
-                    match self.check(&state, &live, request) {
+                    match self.check(state, live, request) {
                         dispatch::Checked::Queued => {}
                         dispatch::Checked::Done(reply) => self.queue(reply),
                         dispatch::Checked::Execute(rest) => {
-                            let reply = self.execute(&state, &live, rest).await;
+                            let reply = self.execute(state, live, rest).await;
                             self.queue(reply);
                         }
                     }
