@@ -51,7 +51,11 @@ impl Handoff {
 }
 
 struct Outbound {
-    bytes: Bytes,
+    /// Bytes of the outbox's lane that are this request's: all of it, or
+    /// `ASKING` alone when the request is `big`.
+    lane: usize,
+    /// A request too big to copy, written on its own after its lane bytes.
+    big: Option<Bytes>,
     /// `None`: the reply is covered by a later request's destination (one
     /// client's requests in a row share one, see `ReplyTo::extended`).
     reply: Option<ReplyTo>,
@@ -62,15 +66,47 @@ impl outbox::Item for Outbound {
     fn needs_next(&self) -> bool {
         self.reply.is_none()
     }
+
+    fn lane_len(&self) -> usize {
+        self.lane
+    }
 }
 
 impl Outbound {
     /// A request with a destination of its own.
-    fn alone((bytes, reply): (Bytes, ReplyTo), _: Option<&mut Outbound>) -> Outbound {
+    fn alone(
+        (bytes, reply): (Bytes, ReplyTo),
+        _: Option<&mut Outbound>,
+        lane: &mut BytesMut,
+    ) -> Outbound {
+        Outbound::queued(&bytes, || bytes.clone(), Some(reply), false, lane)
+    }
+
+    /// Copies the request, `ASKING` first if asked, into the lane, unless
+    /// it is too big to copy or the lane already holds its limit.
+    fn queued(
+        bytes: &[u8],
+        own: impl FnOnce() -> Bytes,
+        reply: Option<ReplyTo>,
+        asking: bool,
+        lane: &mut BytesMut,
+    ) -> Outbound {
+        let start = lane.len();
+        if asking {
+            lane.extend_from_slice(ASKING);
+        }
+        let big = match bytes.len() < COPY_LIMIT && lane.len() < LANE_LIMIT {
+            true => {
+                lane.extend_from_slice(bytes);
+                None
+            }
+            false => Some(own()),
+        };
         Outbound {
-            bytes,
-            reply: Some(reply),
-            asking: false,
+            lane: lane.len() - start,
+            big,
+            reply,
+            asking,
         }
     }
 }
@@ -83,6 +119,9 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 /// Requests at least this big are written on their own instead of copied.
 const COPY_LIMIT: usize = 16 * 1024;
+/// Bytes the outbox's lane holds before requests queue uncopied: bounds
+/// what one connection's buffers keep while its backend is slow.
+const LANE_LIMIT: usize = 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
 #[derive(Clone)]
@@ -167,27 +206,26 @@ impl Conn {
         asking: bool,
     ) -> Result<(), (Bytes, ReplyTo)> {
         self.tx
-            .try_send_with((bytes, reply), |(bytes, reply), _| Outbound {
-                bytes,
-                reply: Some(reply),
-                asking,
+            .try_send_with((bytes, reply), |(bytes, reply), _, lane| {
+                Outbound::queued(&bytes, || bytes.clone(), Some(reply), asking, lane)
             })
             .map_err(|(Refused::Full(back) | Refused::Closed(back))| back)
     }
 
     /// Queues a request whose reply is reply `seq` owed to the client that
-    /// owns `inbox`, without waiting: `Err` gives the bytes back when the
-    /// queue is full or closed. Right after the same client's previous
-    /// request, it joins that one's destination instead of counting
-    /// another reference to the inbox.
+    /// owns `inbox`, without waiting: false when the queue is full or
+    /// closed (nothing was queued). The bytes are copied (or, when big,
+    /// referenced); the caller keeps its own. Right after the same client's
+    /// previous request, it joins that one's destination instead of
+    /// counting another reference to the inbox.
     pub fn try_send_to_inbox(
         &self,
-        bytes: Bytes,
+        bytes: &Bytes,
         inbox: &std::sync::Arc<super::Inbox>,
         seq: u64,
-    ) -> Result<(), Bytes> {
+    ) -> bool {
         self.tx
-            .try_send_with(bytes, |bytes, last| {
+            .try_send_with((), |(), last, lane| {
                 let joined = last.filter(|last| !last.asking).and_then(|last| {
                     let run = last.reply.as_mut()?.extended(inbox, seq)?;
                     // Covered now: the new request's destination answers for it.
@@ -195,13 +233,9 @@ impl Conn {
                     Some(run)
                 });
                 let joined = joined.unwrap_or_else(|| ReplyTo::inbox(inbox, seq));
-                Outbound {
-                    bytes,
-                    reply: Some(joined),
-                    asking: false,
-                }
+                Outbound::queued(bytes, || bytes.clone(), Some(joined), false, lane)
             })
-            .map_err(|(Refused::Full(back) | Refused::Closed(back))| back)
+            .is_ok()
     }
 
     /// Queues a one-off request and returns where its reply arrives.
@@ -274,9 +308,10 @@ async fn write_loop(
     mut retire: watch::Receiver<u64>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    // The batch's requests, once their replies are handed to the reader.
-    let mut requests: Vec<(Bytes, bool)> = Vec::with_capacity(BATCH);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // The batch's bytes, as the senders copied them.
+    let mut lane = BytesMut::with_capacity(READ_CHUNK);
+    // The batch's requests too big to copy, each with where in `lane` it goes.
+    let mut big: Vec<(usize, Bytes)> = Vec::new();
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;
     // One future for the whole connection: it stays registered instead of
@@ -296,7 +331,8 @@ async fn write_loop(
                 }
                 retire_flag = Some(flag);
             }
-            rx.poll_recv_many(cx, &mut batch, BATCH).map(Some)
+            rx.poll_recv_many(cx, &mut batch, BATCH, &mut lane)
+                .map(Some)
         })
         .await;
         match next {
@@ -317,13 +353,14 @@ async fn write_loop(
         if batch.len() < BATCH && multi_thread {
             tokio::task::yield_now().await;
             let room = BATCH - batch.len();
-            rx.try_recv_many(&mut batch, room);
+            rx.try_recv_many(&mut batch, room, &mut lane);
         }
         // One clock read per write: every request in it leaves together.
         let sent = std::time::Instant::now();
         {
             // Registered before the bytes leave, so the reader always finds them.
             let mut queue = handoff.queue();
+            let mut at = 0;
             for out in batch.drain(..) {
                 // A request covered by a later one's destination has no
                 // entry of its own: that one's answers for the run.
@@ -334,29 +371,30 @@ async fn write_loop(
                         asking: out.asking,
                     });
                 }
-                requests.push((out.bytes, out.asking));
+                at += out.lane;
+                if let Some(bytes) = out.big {
+                    big.push((at, bytes));
+                }
             }
         }
-        for (bytes, asking) in requests.drain(..) {
-            if asking {
-                buf.extend_from_slice(ASKING);
+        let mut written = 0;
+        for (at, bytes) in big.drain(..) {
+            if at > written && wr.write_all(&lane[written..at]).await.is_err() {
+                return;
             }
-            if bytes.len() >= COPY_LIMIT {
-                if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
-                    return;
-                }
-                buf.clear();
-                if wr.write_all(&bytes).await.is_err() {
-                    return;
-                }
-            } else {
-                buf.extend_from_slice(&bytes);
+            written = at;
+            if wr.write_all(&bytes).await.is_err() {
+                return;
             }
         }
-        if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
+        if lane.len() > written && wr.write_all(&lane[written..]).await.is_err() {
             return;
         }
-        buf.clear();
+        lane.clear();
+        if lane.capacity() > 2 * LANE_LIMIT {
+            // Grown by a burst of big requests: not kept for the next one.
+            lane = BytesMut::with_capacity(READ_CHUNK);
+        }
     }
 }
 

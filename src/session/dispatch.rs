@@ -482,10 +482,7 @@ impl Session {
             return Err(request);
         };
         let (inbox, seq) = self.output.inbox_next();
-        if conn
-            .try_send_to_inbox(request.bytes().clone(), inbox, seq)
-            .is_err()
-        {
+        if !conn.try_send_to_inbox(request.bytes(), inbox, seq) {
             // Nothing was sent: the awaited path sends it, under the same seq.
             return Err(request);
         }
