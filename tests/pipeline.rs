@@ -150,3 +150,99 @@ fn pipelining_clients_on_the_multi_threaded_scheduler_get_their_own_replies() {
         c.join().unwrap();
     }
 }
+
+#[test]
+fn a_backlog_of_mixed_sizes_behind_a_busy_backend_is_written_in_order() {
+    // A script holds the session backend for a second while megabytes of
+    // SETs of four sizes queue behind it: more than the kernel's buffers
+    // and the connection's copy lane (1 MiB) hold, so requests also queue
+    // by reference, small and large, and must still leave in order.
+    let r = Reference::start();
+    const N: usize = 2_000;
+    const SIZES: [usize; 4] = [10, 3_000, 12_000, 20_000];
+    let value = |i: usize| vec![b'a' + (i % 26) as u8; SIZES[i % SIZES.len()]];
+    let command = |args: &[&[u8]]| {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    };
+    let stream = TcpStream::connect(("127.0.0.1", r.keyway.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut next = |line: &mut String| {
+        line.clear();
+        reader.read_line(line).unwrap();
+    };
+    // First a warm-up, so the client's window of replies owed (slow start
+    // from 32) is wide enough for the whole backlog.
+    let mut warm = Vec::new();
+    for i in 0..8_192 {
+        warm.extend(command(&[
+            b"SET",
+            format!("session:warm:{}", i % 10).as_bytes(),
+            b"x",
+        ]));
+    }
+    writer.write_all(&warm).unwrap();
+    for _ in 0..8_192 {
+        next(&mut line);
+        assert_eq!(line, "+OK\r\n");
+    }
+    let busy = "local function now() local t = redis.call('TIME') \
+                return t[1] * 1000000 + t[2] end \
+                local start = now() while now() - start < 1000000 do end return 'done'";
+    let mut buf = command(&[b"EVAL", busy.as_bytes(), b"1", b"session:busy"]);
+    for i in 0..N {
+        buf.extend(command(&[
+            b"SET",
+            format!("session:backlog:{i}").as_bytes(),
+            &value(i),
+        ]));
+    }
+    for i in 0..N {
+        buf.extend(command(&[
+            b"STRLEN",
+            format!("session:backlog:{i}").as_bytes(),
+        ]));
+    }
+    let sender = std::thread::spawn(move || writer.write_all(&buf).unwrap());
+    next(&mut line);
+    assert_eq!(line, "$4\r\n");
+    next(&mut line);
+    assert_eq!(line, "done\r\n");
+    for i in 0..N {
+        next(&mut line);
+        assert_eq!(line, "+OK\r\n", "SET {i}");
+    }
+    for i in 0..N {
+        next(&mut line);
+        assert_eq!(
+            line,
+            format!(":{}\r\n", SIZES[i % SIZES.len()]),
+            "STRLEN {i}"
+        );
+    }
+    sender.join().unwrap();
+    // What the backend holds is what was sent, byte for byte.
+    let mut s = r.session.direct();
+    let mut gets = redis::pipe();
+    for i in 0..N {
+        gets.cmd("GET").arg(format!("session:backlog:{i}"));
+    }
+    let got: Vec<Vec<u8>> = gets.query(&mut s).unwrap();
+    for (i, got) in got.iter().enumerate() {
+        assert!(*got == value(i), "value {i}");
+    }
+    println!(
+        "{N} SETs of {SIZES:?} bytes ({} MB) queued behind a busy backend, in order",
+        (0..N).map(|i| SIZES[i % SIZES.len()]).sum::<usize>() / 1_000_000
+    );
+}

@@ -54,7 +54,8 @@ struct Outbound {
     /// Bytes of the outbox's lane that are this request's: all of it, or
     /// `ASKING` alone when the request is `big`.
     lane: usize,
-    /// A request too big to copy, written on its own after its lane bytes.
+    /// A request queued by reference (too big to copy, or the lane was
+    /// full), written after its lane bytes.
     big: Option<Bytes>,
     /// `None`: the reply is covered by a later request's destination (one
     /// client's requests in a row share one, see `ReplyTo::extended`).
@@ -310,8 +311,10 @@ async fn write_loop(
     let mut batch = Vec::with_capacity(BATCH);
     // The batch's bytes, as the senders copied them.
     let mut lane = BytesMut::with_capacity(READ_CHUNK);
-    // The batch's requests too big to copy, each with where in `lane` it goes.
+    // The batch's requests queued by reference, each with where in `lane` it goes.
     let mut big: Vec<(usize, Bytes)> = Vec::new();
+    // Where those under `COPY_LIMIT` are copied, with what follows them.
+    let mut scratch = BytesMut::new();
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;
     // One future for the whole connection: it stays registered instead of
@@ -377,17 +380,10 @@ async fn write_loop(
                 }
             }
         }
-        let mut written = 0;
-        for (at, bytes) in big.drain(..) {
-            if at > written && wr.write_all(&lane[written..at]).await.is_err() {
-                return;
-            }
-            written = at;
-            if wr.write_all(&bytes).await.is_err() {
-                return;
-            }
-        }
-        if lane.len() > written && wr.write_all(&lane[written..]).await.is_err() {
+        if write_batch(&mut wr, &lane, &mut big, &mut scratch)
+            .await
+            .is_err()
+        {
             return;
         }
         lane.clear();
@@ -395,7 +391,50 @@ async fn write_loop(
             // Grown by a burst of big requests: not kept for the next one.
             lane = BytesMut::with_capacity(READ_CHUNK);
         }
+        if scratch.capacity() > 2 * LANE_LIMIT {
+            scratch = BytesMut::new();
+        }
     }
+}
+
+/// Writes a batch: the lane's bytes as they lie, and the requests queued
+/// by reference (`big`, each with its place in the lane) in their places.
+/// Those too big to copy are written on their own; smaller ones (queued
+/// so because the lane was full) are copied into `scratch` with what
+/// follows them, so a backlog still leaves in a few writes.
+async fn write_batch(
+    wr: &mut BackendWriter,
+    lane: &[u8],
+    big: &mut Vec<(usize, Bytes)>,
+    scratch: &mut BytesMut,
+) -> std::io::Result<()> {
+    let mut written = 0;
+    for (at, bytes) in big.drain(..) {
+        let before = &lane[written..at];
+        written = at;
+        if bytes.len() < COPY_LIMIT {
+            scratch.extend_from_slice(before);
+            scratch.extend_from_slice(&bytes);
+            continue;
+        }
+        if !scratch.is_empty() {
+            scratch.extend_from_slice(before);
+            wr.write_all(scratch).await?;
+            scratch.clear();
+        } else if !before.is_empty() {
+            wr.write_all(before).await?;
+        }
+        wr.write_all(&bytes).await?;
+    }
+    let rest = &lane[written..];
+    if !scratch.is_empty() {
+        scratch.extend_from_slice(rest);
+        wr.write_all(scratch).await?;
+        scratch.clear();
+    } else if !rest.is_empty() {
+        wr.write_all(rest).await?;
+    }
+    Ok(())
 }
 
 /// Which pool and server a connection's log lines are about.
