@@ -417,22 +417,25 @@ async fn write_batch(
             scratch.extend_from_slice(&bytes);
             continue;
         }
-        if !scratch.is_empty() {
-            scratch.extend_from_slice(before);
-            wr.write_all(scratch).await?;
-            scratch.clear();
-        } else if !before.is_empty() {
-            wr.write_all(before).await?;
-        }
+        write_pending(wr, scratch, before).await?;
         wr.write_all(&bytes).await?;
     }
-    let rest = &lane[written..];
+    write_pending(wr, scratch, &lane[written..]).await
+}
+
+/// Writes what `scratch` gathered followed by `lane_part`: in one write,
+/// through `scratch` when it holds anything, else straight from the lane.
+async fn write_pending(
+    wr: &mut BackendWriter,
+    scratch: &mut BytesMut,
+    lane_part: &[u8],
+) -> std::io::Result<()> {
     if !scratch.is_empty() {
-        scratch.extend_from_slice(rest);
+        scratch.extend_from_slice(lane_part);
         wr.write_all(scratch).await?;
         scratch.clear();
-    } else if !rest.is_empty() {
-        wr.write_all(rest).await?;
+    } else if !lane_part.is_empty() {
+        wr.write_all(lane_part).await?;
     }
     Ok(())
 }
