@@ -11,9 +11,18 @@
 #   KEYWAY_BIN=/path/to/keyway scripts/instructions.sh   (another build)
 #   PREDIXY_BIN=/path/to/predixy scripts/instructions.sh (a predixy column;
 #     by default the one scripts/bench.sh built into target/peers/, if any)
+#   CACHE=1 scripts/instructions.sh   (also first-level cache misses per
+#     request, instruction and data, from callgrind's cache simulation:
+#     where instruction counts alike still cost different time; about
+#     twice as slow)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-20000}
+# The same callgrind options for every proxy.
+CALLGRIND=(--tool=callgrind)
+if [ "${CACHE:-0}" = 1 ]; then
+  CALLGRIND+=(--cache-sim=yes)
+fi
 
 scripts/install-deps.sh nutcracker
 for tool in valgrind nutcracker; do
@@ -30,14 +39,14 @@ start_redis "$RP"
 KW=$(free_port)
 printf '[pools.cache]\nurl = "redis://127.0.0.1:%s"\n[routes]\ndefault = "cache"\n' "$RP" > "$work/keyway.toml"
 KEYWAY_LISTEN=127.0.0.1:$KW KEYWAY_ADMIN=127.0.0.1:$(free_port) KEYWAY_LOG=warn \
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.keyway" \
+  valgrind "${CALLGRIND[@]}" --callgrind-out-file="$work/cg.keyway" \
   "${KEYWAY_BIN:-./target/release/keyway}" --config "$work/keyway.toml" 2>/dev/null &
 KW_PID=$!
 pids+=($KW_PID)
 
 TW=$(free_port)
 printf 'bench:\n  listen: 127.0.0.1:%s\n  hash: fnv1a_64\n  redis: true\n  server_connections: 1\n  servers:\n   - 127.0.0.1:%s:1\n' "$TW" "$RP" > "$work/nutcracker.yml"
-valgrind --tool=callgrind --callgrind-out-file="$work/cg.twemproxy" \
+valgrind "${CALLGRIND[@]}" --callgrind-out-file="$work/cg.twemproxy" \
   nutcracker -c "$work/nutcracker.yml" -a 127.0.0.1 -s "$(free_port)" -o "$work/nutcracker.log" 2>/dev/null &
 TW_PID=$!
 pids+=($TW_PID)
@@ -50,7 +59,7 @@ if [ -n "$PREDIXY" ] && [ -x "$PREDIXY" ]; then
   PX=$(free_port)
   sed -e "s|@LISTEN@|$PX|" -e "s|@BACKEND@|$RP|" -e "s|@LOG@|$work/predixy.log|" \
     conf/bench/predixy.conf > "$work/predixy.conf"
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.predixy" \
+  valgrind "${CALLGRIND[@]}" --callgrind-out-file="$work/cg.predixy" \
     "$PREDIXY" "$work/predixy.conf" >/dev/null 2>&1 &
   PX_PID=$!
   pids+=($PX_PID)
@@ -62,7 +71,8 @@ for p in "$KW" "$TW" ${PX:+"$PX"}; do
   for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null && break; sleep 0.1; done
 done
 
-# measure NAME PORT PID REQUESTS ARGS... -> instructions per request
+# measure NAME PORT PID REQUESTS ARGS... -> instructions per request; with
+# CACHE=1 also "instructions/I1-misses/D1-misses" into $work/misses.NAME
 measure() {
   local name=$1 p=$2 pid=$3 requests=$4; shift 4
   redis-benchmark -h 127.0.0.1 -p "$p" -c 50 -n 2000 -t get,set -q >/dev/null 2>&1
@@ -73,11 +83,19 @@ measure() {
   # Each dump is a new numbered part file; the newest is this test's.
   local dump
   dump=$(ls -t "$work/cg.$name".* | head -1)
-  local total
-  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
-  echo $((total / requests))
+  # The totals line: Ir, then (with the cache simulation) Dr Dw I1mr D1mr
+  # D1mw ..., each followed by its percentage.
+  local totals
+  totals=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", ""); gsub(/\([^)]*\)/, ""); print; exit}')
+  # shellcheck disable=SC2086
+  set -- $totals
+  if [ "${CACHE:-0}" = 1 ]; then
+    python3 -c "print(f'{$4/$requests:.1f}/{($5+$6)/$requests:.1f}')" > "$work/misses.$name"
+  fi
+  echo $(($1 / requests))
 }
 
+misses=()
 printf '%-6s %12s %12s %8s %12s %8s\n' test keyway twemproxy ratio predixy ratio
 for scenario in "c50:-c 50 -n $N -t get,set" "p16:-c 50 -n $((5 * N)) -P 16 -t get,set" "c1:-c 1 -n $((N / 4)) -t get,set"; do
   name=${scenario%%:*}; args=${scenario#*:}
@@ -93,4 +111,14 @@ for scenario in "c50:-c 50 -n $N -t get,set" "p16:-c 50 -n $((5 * N)) -P 16 -t g
     xr=$(python3 -c "print(f'{$k/$x:.2f}')")
   fi
   printf '%-6s %12s %12s %8s %12s %8s\n' "$name" "$k" "$t" "$(python3 -c "print(f'{$k/$t:.2f}')")" "$x" "$xr"
+  if [ "${CACHE:-0}" = 1 ]; then
+    misses+=("$(printf '%-6s %16s %16s %16s' "$name" "$(cat "$work/misses.keyway")" \
+      "$(cat "$work/misses.twemproxy")" "$([ -n "$PX" ] && cat "$work/misses.predixy" || echo -)")")
+  fi
 done
+if [ "${CACHE:-0}" = 1 ]; then
+  echo
+  echo "first-level cache misses per request, instruction/data (simulated):"
+  printf '%-6s %16s %16s %16s\n' test keyway twemproxy predixy
+  printf '%s\n' "${misses[@]}"
+fi
