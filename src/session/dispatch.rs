@@ -30,6 +30,8 @@ fn upper(name: &[u8]) -> String {
 /// Redis's reply to a command it does not know, with the client's own
 /// bytes: the name up to 128 bytes, then arguments until 128 bytes of them
 /// are quoted (C strings there: each stops at a NUL byte).
+#[cold]
+#[inline(never)]
 fn unknown_command(request: &Request) -> Bytes {
     let c_str = |arg: &[u8], max: usize| {
         let end = arg.iter().position(|&b| b == 0).unwrap_or(arg.len());
@@ -308,6 +310,8 @@ impl Session {
 
     /// A command the connection's mode does not run, answered as Redis
     /// does; between MULTI and EXEC most refusals abort the transaction.
+    #[cold]
+    #[inline(never)]
     fn refused_in_mode(
         &mut self,
         refusal: ModeRefusal,
@@ -349,6 +353,8 @@ impl Session {
 
     /// A wrong number of arguments, as Redis answers it; EXEC's own aborts
     /// the transaction.
+    #[cold]
+    #[inline(never)]
     fn wrong_arity(&mut self, spec: &Spec, handling: Handling) -> Reply {
         let msg = format!("ERR wrong number of arguments for '{}' command", spec.name);
         if handling == Handling::Transaction(TransactionVerb::Exec) && self.in_multi() {

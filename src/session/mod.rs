@@ -711,6 +711,8 @@ impl Session {
 
     /// Counts a refusal and answers it; inside MULTI it also aborts the
     /// transaction, as a queue-time error does in Redis.
+    #[cold]
+    #[inline(never)]
     pub(super) fn deny(&mut self, denial: Denial) -> Reply {
         let (reason, detail) = denial.labels();
         self.state.metrics.deny(reason, &detail);

@@ -370,6 +370,8 @@ impl Session {
     }
 
     /// PING in RESP2 subscriber mode answers `["pong", msg]`.
+    #[cold]
+    #[inline(never)]
     pub(super) fn subscriber_ping(&self, request: &Request) -> Reply {
         if request.argc() > 2 {
             return Reply::now(resp::error(

@@ -139,6 +139,8 @@ impl Session {
         self.mode.in_multi()
     }
 
+    #[cold]
+    #[inline(never)]
     pub(super) fn multi(&mut self) -> Reply {
         match self.mode.begin_multi() {
             Ok(changed) => {
