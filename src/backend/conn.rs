@@ -446,6 +446,22 @@ struct Origin {
     addr: String,
 }
 
+/// Logged out of line: the reply loop's rare exits, kept out of the code
+/// every reply runs through.
+impl Origin {
+    #[cold]
+    #[inline(never)]
+    fn warn(&self, what: std::fmt::Arguments<'_>) {
+        tracing::warn!(pool = %self.pool, addr = %self.addr, "{what}");
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn debug(&self, what: std::fmt::Arguments<'_>) {
+        tracing::debug!(pool = %self.pool, addr = %self.addr, "{what}");
+    }
+}
+
 /// Hands each reply frame to the oldest waiting request. Ends when the
 /// backend closes, or once the writer is gone and nothing is in flight
 /// (a retired connection drains, then closes).
@@ -456,7 +472,6 @@ async fn read_loop(
     round_trip: Option<prometheus::Histogram>,
     origin: Origin,
 ) {
-    let Origin { pool, addr } = &origin;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = FrameScanner::default();
     let mut waiting: VecDeque<InFlight> = VecDeque::new();
@@ -474,7 +489,9 @@ async fn read_loop(
                     let frame = buf.split_to(n).freeze();
                     if frame.first() == Some(&b'>') {
                         // A push on a shared connection belongs to no request.
-                        tracing::debug!(%pool, %addr, "dropped a push frame on a multiplexed connection");
+                        origin.debug(format_args!(
+                            "dropped a push frame on a multiplexed connection"
+                        ));
                         continue;
                     }
                     if waiting.is_empty() {
@@ -506,22 +523,18 @@ async fn read_loop(
                             }
                         }
                         None => {
-                            tracing::warn!(
-                                %pool,
-                                %addr,
+                            origin.warn(format_args!(
                                 "backend sent a reply nobody asked for; closing the connection"
-                            );
+                            ));
                             return;
                         }
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(
-                        %pool,
-                        %addr,
+                    origin.warn(format_args!(
                         "backend sent an unreadable reply ({e}); closing the connection"
-                    );
+                    ));
                     return;
                 }
             }
@@ -548,7 +561,7 @@ async fn read_loop(
                     last = None;
                 }
                 Err(e) => {
-                    tracing::debug!(%pool, %addr, "backend read failed: {e}");
+                    origin.debug(format_args!("backend read failed: {e}"));
                     return;
                 }
             },

@@ -71,17 +71,8 @@ impl<'a> Observer<'a> {
             Some(key) => m.record_reply(meta.command, key, pool, error, elapsed.as_secs_f64()),
             None => m.record_command(meta.command, pool, error, elapsed.as_secs_f64()),
         }
-        if let Some(retry) = meta.retried {
-            m.errors.with_label_values(&[retry.label()]).inc();
-        }
-        if error {
-            self.state.stats.commands.error_reply(reply);
-            let kind = match seen.source {
-                Source::Backend => crate::metrics::error_reply_kind(reply),
-                Source::TimedOut => "timeout",
-                Source::ConnectionLost => "connection_lost",
-            };
-            m.errors.with_label_values(&[kind]).inc();
+        if meta.retried.is_some() || error {
+            self.failure(&seen, error, reply);
         }
         if self.state.slowlog.logs(elapsed) {
             slow(self.state, meta, pool, elapsed);
@@ -113,6 +104,27 @@ impl<'a> Observer<'a> {
     }
 }
 
+impl Observer<'_> {
+    /// A retried request, or an error reply: counted by kind.
+    #[cold]
+    #[inline(never)]
+    fn failure(&self, seen: &Observed<'_>, error: bool, reply: &[u8]) {
+        let m = &self.state.metrics;
+        if let Some(retry) = seen.meta.retried {
+            m.errors.with_label_values(&[retry.label()]).inc();
+        }
+        if error {
+            self.state.stats.commands.error_reply(reply);
+            let kind = match seen.source {
+                Source::Backend => crate::metrics::error_reply_kind(reply),
+                Source::TimedOut => "timeout",
+                Source::ConnectionLost => "connection_lost",
+            };
+            m.errors.with_label_values(&[kind]).inc();
+        }
+    }
+}
+
 impl Drop for Observer<'_> {
     fn drop(&mut self) {
         // Before any of the batch is written: a client that reads a reply
@@ -131,6 +143,8 @@ pub fn answered_locally(state: &State, meta: &Meta) {
     }
 }
 
+#[cold]
+#[inline(never)]
 fn slow(state: &State, meta: &Meta, pool: &str, elapsed: Duration) {
     state.metrics.slow_commands.with_label_values(&[pool]).inc();
     let mut parser = crate::resp::RequestParser::default();

@@ -295,25 +295,21 @@ impl Output {
         }
         if let Some(timer) = self.stall_timer.as_mut() {
             if timer.as_mut().poll(cx).is_ready() {
-                tracing::warn!("disconnecting a client that does not read its replies");
-                state
-                    .metrics
-                    .errors
-                    .with_label_values(&["client_output_stalled"])
-                    .inc();
-                return Poll::Ready(Err(self.set_gone(Gone::Stalled)));
+                return Poll::Ready(Err(self.disconnect(
+                    state,
+                    Gone::Stalled,
+                    "client_output_stalled",
+                    "disconnecting a client that does not read its replies",
+                )));
             }
         }
         if self.owed_bytes() > self.limit.saturating_mul(2) {
-            tracing::warn!(
-                "disconnecting a client whose unread replies passed twice its output limit"
-            );
-            state
-                .metrics
-                .errors
-                .with_label_values(&["client_output_limit"])
-                .inc();
-            return Poll::Ready(Err(self.set_gone(Gone::OverLimit)));
+            return Poll::Ready(Err(self.disconnect(
+                state,
+                Gone::OverLimit,
+                "client_output_limit",
+                "disconnecting a client whose unread replies passed twice its output limit",
+            )));
         }
         // Writing owed bytes first keeps the buffer small.
         if !self.out.is_empty() {
@@ -387,6 +383,18 @@ impl Output {
         }
     }
 
+    /// Gives up on a client that does not read its replies: counted
+    /// under `label`, logged with `why`.
+    #[cold]
+    #[inline(never)]
+    fn disconnect(&mut self, state: &State, gone: Gone, label: &str, why: &str) -> Gone {
+        tracing::warn!("{why}");
+        state.metrics.errors.with_label_values(&[label]).inc();
+        self.set_gone(gone)
+    }
+
+    #[cold]
+    #[inline(never)]
     fn set_gone(&mut self, gone: Gone) -> Gone {
         self.gone = Some(gone);
         gone
@@ -455,6 +463,8 @@ impl Output {
 
     /// Times out the front reply if its deadline passed; only the front
     /// one, since every later reply waits behind it anyway.
+    #[cold]
+    #[inline(never)]
     fn expire_front(&mut self, state: &State) {
         let Some(timeout) = self.request_timeout else {
             return;

@@ -376,6 +376,8 @@ impl Forwarded {
     /// Gives up on a backend that did not answer within `timeout`. The late
     /// reply is dropped when it arrives; the connection's FIFO order is
     /// unaffected.
+    #[cold]
+    #[inline(never)]
     pub fn time_out(&mut self, state: &State, timeout: std::time::Duration) {
         let b = resp::error(&format!(
             "ERR backend '{}' timed out after {}ms",
@@ -398,6 +400,12 @@ fn cluster_redirect(
 ) -> Option<ReplyRx> {
     // Every reply passes here: anything but an error leaves at once.
     let reply = got.filter(|b| b.first() == Some(&b'-'))?;
+    follow_redirect(state, pool, meta, reply)
+}
+
+#[cold]
+#[inline(never)]
+fn follow_redirect(state: &State, pool: PoolId, meta: &mut Meta, reply: &Bytes) -> Option<ReplyRx> {
     let redirect = crate::cluster::Redirect::parse(reply)?;
     if meta.redirects >= crate::cluster::MAX_REDIRECTS || meta.request.is_empty() {
         return None;
@@ -428,8 +436,20 @@ fn failover_retry(
     if meta.retried.is_some() || meta.request.is_empty() || (got.is_some() && !readonly) {
         return None;
     }
+    retry_after_failover(state, pool, meta, got.is_none(), readonly)
+}
+
+#[cold]
+#[inline(never)]
+fn retry_after_failover(
+    state: &State,
+    pool: PoolId,
+    meta: &mut Meta,
+    lost: bool,
+    readonly: bool,
+) -> Option<ReplyRx> {
     let backend = state.live().backends.get(pool)?.clone();
-    let lost_read = got.is_none() && meta.read_only && state.live().config.backend.retry_reads;
+    let lost_read = lost && meta.read_only && state.live().config.backend.retry_reads;
     let demoted = readonly && backend.is_sentinel_managed();
     if !(demoted || lost_read) {
         return None;
@@ -455,6 +475,8 @@ fn failover_retry(
 }
 
 /// A pool's name for errors and metric labels, replica pools included.
+#[cold]
+#[inline(never)]
 fn pool_label(state: &State, pool: PoolId) -> String {
     let live = state.live();
     match live.backends.get(pool) {
@@ -463,6 +485,8 @@ fn pool_label(state: &State, pool: PoolId) -> String {
     }
 }
 
+#[cold]
+#[inline(never)]
 pub fn connection_lost(state: &State, pool: PoolId) -> BackendError {
     BackendError::ConnectionLost {
         pool: pool_label(state, pool),
