@@ -119,7 +119,18 @@ impl Request {
     /// returned, the list (136 bytes) would be copied once more.
     #[inline]
     pub fn args_into<'a>(&'a self, into: &mut ArgSlices<'a>) {
-        into.extend(self.args());
+        // Pushed one by one after one reservation: `extend` re-checked
+        // where the list's storage lives for every argument.
+        let bytes: &'a [u8] = &self.bytes;
+        into.reserve(self.args.len());
+        for r in self.args.iter() {
+            // The ranges are the parser's own, always within `bytes`.
+            into.push(
+                bytes
+                    .get(r.start as usize..r.end as usize)
+                    .unwrap_or_default(),
+            );
+        }
     }
 
     /// Builds a multibulk request from arguments (split commands, tests).
