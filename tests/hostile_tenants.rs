@@ -307,3 +307,51 @@ fn a_slow_reader_that_keeps_reading_is_not_cut() {
         0.0
     );
 }
+
+/// `SCRIPT DEBUG YES|SYNC` makes the connection's next EVAL a Lua debugger
+/// session: forwarded on a shared connection, another tenant's next command
+/// would be read by the debugger. keyway refuses it, in and out of MULTI.
+#[test]
+fn a_script_debugger_never_takes_a_shared_connection() {
+    let r = Reference::start();
+    let mut others: Vec<_> = (0..4).map(|_| r.client()).collect();
+    for client in &mut others {
+        let one: i64 = redis::cmd("EVAL")
+            .arg("return 1")
+            .arg(0)
+            .query(client)
+            .unwrap();
+        assert_eq!(one, 1);
+    }
+
+    let mut attacker = r.keyway.raw();
+    for mode in ["YES", "SYNC", "NO"] {
+        attacker.send(format!("SCRIPT DEBUG {mode}\r\n").as_bytes());
+        assert_eq!(
+            String::from_utf8_lossy(&attacker.read_frame()),
+            "-ERR 'SCRIPT DEBUG' is not supported by keyway: it would turn a shared backend connection into a Lua debugger session\r\n"
+        );
+    }
+    attacker.send(b"MULTI\r\nSCRIPT DEBUG YES\r\nEXEC\r\n");
+    assert_eq!(attacker.read_frame(), b"+OK\r\n");
+    assert!(String::from_utf8_lossy(&attacker.read_frame()).contains("'SCRIPT DEBUG'"));
+    assert!(String::from_utf8_lossy(&attacker.read_frame()).starts_with("-EXECABORT"));
+
+    // Every other client's scripts and commands still run as scripts.
+    for (i, client) in others.iter_mut().enumerate() {
+        let one: i64 = redis::cmd("EVAL")
+            .arg("return 1")
+            .arg(0)
+            .query(client)
+            .unwrap();
+        assert_eq!(one, 1, "client {i}");
+        let _: () = client.set(format!("user:{i}"), i).unwrap();
+        let got: usize = client.get(format!("user:{i}")).unwrap();
+        assert_eq!(got, i);
+    }
+    assert!(
+        r.keyway
+            .metric(r#"keyway_denials_total{detail="script|debug",reason="unsupported"}"#)
+            >= 4.0
+    );
+}

@@ -288,6 +288,12 @@ fn overridden(name: &str) -> Option<Handling> {
         )),
         "sync" | "psync" | "replconf" => Some(Refused("replication goes to the backends directly")),
         "readonly" | "readwrite" | "asking" => Some(Refused("keyway is not a cluster node")),
+        // SCRIPT DEBUG makes the connection's next EVAL a debugger session
+        // (YES forks the server and hands it the connection): on a shared
+        // connection, every tenant's next command would go to the debugger.
+        "script|debug" => Some(Refused(
+            "it would turn a shared backend connection into a Lua debugger session",
+        )),
         "mget" => split(SplitKind::Mget),
         "mset" => split(SplitKind::Mset),
         "del" | "unlink" | "exists" | "touch" => split(SplitKind::Count),
@@ -388,6 +394,10 @@ mod tests {
         assert_eq!(handling(&["function", "list"]), forward);
         assert_eq!(handling(&["latency", "latest"]), forward);
         assert!(matches!(handling(&["MONITOR"]), Handling::Refused(_)));
+        assert!(matches!(
+            handling(&["script", "DEBUG", "yes"]),
+            Handling::Refused(_)
+        ));
         assert!(handling(&["PSUBSCRIBE", "x"]).allowed_when_subscribed());
         assert!(!handling(&["GET", "x"]).allowed_when_subscribed());
         assert!(handling(&["KEYS", "*"]).refused_in_multi());

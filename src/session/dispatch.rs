@@ -27,6 +27,15 @@ fn upper(name: &[u8]) -> String {
     String::from_utf8_lossy(name).to_ascii_uppercase()
 }
 
+/// The command as a refusal names it: with its subcommand (`SCRIPT DEBUG`)
+/// when the table knows it, else the client's own word.
+fn shown_name(spec: Option<&Spec>, name: &[u8]) -> String {
+    spec.map_or_else(
+        || upper(name),
+        |s| s.name.replace('|', " ").to_ascii_uppercase(),
+    )
+}
+
 /// Redis's reply to a command it does not know, with the client's own
 /// bytes: the name up to 128 bytes, then arguments until 128 bytes of them
 /// are quoted (C strings there: each stops at a NUL byte).
@@ -300,7 +309,7 @@ impl Session {
                 self.state.metrics.deny("unsupported", command);
                 let reply = resp::error(&format!(
                     "ERR '{}' is not supported by keyway: {what}",
-                    upper(request.arg(0))
+                    shown_name(spec, request.arg(0))
                 ));
                 self.state.stats.commands.rejected(command, &reply);
                 Reply::now(reply)
@@ -332,7 +341,7 @@ impl Session {
             )),
             ModeRefusal::Unsupported(what) => resp::error(&format!(
                 "ERR '{}' is not supported by keyway: {what}",
-                upper(name)
+                shown_name(spec, name)
             )),
         };
         // Counted as Redis counts a rejected call (INFO's errorstats and
