@@ -209,3 +209,71 @@ fn client_unblock_ends_a_blocked_command() {
         .unwrap();
     assert_eq!(left, 1);
 }
+
+/// WAIT through keyway counts the replicas of every server the client
+/// wrote to (each asked on a lease, the smallest count answered), not of
+/// whichever pool a keyless command goes to.
+#[test]
+fn wait_counts_the_replicas_of_the_servers_the_client_wrote_to() {
+    let session = RedisServer::start();
+    let cache = RedisServer::start();
+    let realtime = RedisServer::start();
+    let session_replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &session.port.to_string()]);
+    let cache_replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &cache.port.to_string()]);
+    for replica in [&session_replica, &cache_replica] {
+        let up = wait_for(Duration::from_secs(10), || {
+            info_field(replica.port, "replication", "master_link_status").as_deref() == Some("up")
+        });
+        assert!(up.is_some(), "replica :{} never synced", replica.port);
+    }
+    let keyway = Keyway::start(&reference_config(
+        &session.url(),
+        &cache.url(),
+        &realtime.url(),
+    ));
+    let wait = |c: &mut redis::Connection, timeout_ms: u64| -> i64 {
+        redis::cmd("WAIT").arg(1).arg(timeout_ms).query(c).unwrap()
+    };
+
+    let mut client = keyway.client();
+    let _: () = client.set("session:a", 1).unwrap();
+    assert_eq!(wait(&mut client, 5000), 1, "the session replica has it");
+
+    // The session replica stops acknowledging: a write to the session pool
+    // is on no replica, as Redis itself answers on that server.
+    session_replica.signal("STOP");
+    let mut direct = session.direct();
+    let _: () = direct.set("session:direct", 1).unwrap();
+    assert_eq!(wait(&mut direct, 200), 0, "redis-server's own answer");
+    let _: () = client.set("session:b", 1).unwrap();
+    let started = Instant::now();
+    assert_eq!(wait(&mut client, 300), 0, "keyway's answer");
+    let first = started.elapsed();
+
+    // A client that wrote only to the cache pool: its replica has it.
+    let mut cache_only = keyway.client();
+    let _: () = cache_only.set("user:1", 1).unwrap();
+    assert_eq!(wait(&mut cache_only, 5000), 1);
+    // ... and once it writes to the session pool too, the smallest count.
+    let _: () = cache_only.set("session:c", 1).unwrap();
+    let started = Instant::now();
+    assert_eq!(wait(&mut cache_only, 300), 0);
+    let both = started.elapsed();
+    println!("WAIT 1 300 with the replica stopped: one pool {first:?}, two pools {both:?}");
+    // One deadline for all the servers asked, not one each.
+    assert!(both < Duration::from_millis(1500), "{both:?}");
+
+    session_replica.signal("CONT");
+    assert_eq!(wait(&mut client, 5000), 1, "the replica caught up");
+    assert_eq!(wait(&mut cache_only, 5000), 1);
+
+    // Redis's own errors pass through.
+    let err = redis::cmd("WAIT")
+        .arg(1)
+        .arg(-1)
+        .query::<i64>(&mut client)
+        .unwrap_err();
+    assert!(err.to_string().contains("timeout is negative"), "{err}");
+}

@@ -131,9 +131,31 @@ fn keys_land_on_their_slots_master_and_multi_key_commands_split_or_refuse() {
         Some("tok")
     );
 
+    // WAIT after writes to the cluster pool: refused, not answered for one
+    // master; a client that wrote only to the plain pool is answered.
+    let err = redis::cmd("WAIT")
+        .arg(0)
+        .arg(100)
+        .query::<i64>(&mut c)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("'WAIT' is not supported by keyway on cluster pool 'cache'"),
+        "{err}"
+    );
+    let mut plain = keyway.client();
+    let _: () = plain.set("session:plain", 1).unwrap();
+    let replicas: i64 = redis::cmd("WAIT")
+        .arg(0)
+        .arg(100)
+        .query(&mut plain)
+        .unwrap();
+    assert_eq!(replicas, 0, "the session pool has no replica");
+
     // Keyless fan-outs count every master; SCAN visits each key once.
     let dbsize: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
-    let expected_keys = 10_000 - 50 + 2 + 1;
+    // The items left, the two tagged keys, and the two session keys.
+    let expected_keys = 10_000 - 50 + 2 + 2;
     assert_eq!(dbsize, expected_keys);
     let scanned: Vec<String> = c.scan::<String>().unwrap().collect();
     let unique: std::collections::HashSet<&String> = scanned.iter().collect();

@@ -105,6 +105,9 @@ pub enum Servers {
     /// CONFIG SET/RESETSTAT/REWRITE: every server, and keyway's own slow
     /// log and statistics follow.
     ConfigChange,
+    /// WAIT, WAITAOF: every server the client wrote to, each on a leased
+    /// connection; the smallest count (`session::wait`).
+    WrittenTo,
     /// SCRIPT KILL, FUNCTION KILL, CLIENT UNPAUSE: on connections of their
     /// own, not behind the busy or paused shared ones.
     Urgent,
@@ -297,10 +300,7 @@ fn overridden(name: &str) -> Option<Handling> {
         "mget" => split(SplitKind::Mget),
         "mset" => split(SplitKind::Mset),
         "del" | "unlink" | "exists" | "touch" => split(SplitKind::Count),
-        "wait" | "waitaof" => forward(self::Forward {
-            blocking: Blocking::Always,
-            ..Default::default()
-        }),
+        "wait" | "waitaof" => Some(Servers(self::Servers::WrittenTo)),
         "xread" | "xreadgroup" => forward(self::Forward {
             blocking: Blocking::WithBlockOption,
             ..Default::default()

@@ -90,7 +90,7 @@ impl Session {
         // MOVED (Redis unblocks clients of a slot it gives away), and the
         // command blocks again on the new master.
         for _ in 0..crate::cluster::MAX_REDIRECTS {
-            let reply = self.block_once(target, request).await;
+            let reply = self.block_once(target, request, None).await;
             let moved = match &reply {
                 Reply::Now(frame) => crate::cluster::Redirect::parse(frame),
                 _ => None,
@@ -109,7 +109,14 @@ impl Session {
         Reply::now(resp::error("TRYAGAIN the key's slot kept moving; retry"))
     }
 
-    async fn block_once(&mut self, target: Target, request: &Request) -> Reply {
+    /// `request` on a connection leased for it, after `first` (a command
+    /// whose reply is read and dropped: WAIT's offset marker).
+    pub(super) async fn block_once(
+        &mut self,
+        target: Target,
+        request: &Request,
+        first: Option<&[u8]>,
+    ) -> Reply {
         let pool = self
             .state
             .live()
@@ -137,7 +144,15 @@ impl Session {
         let lost = BackendError::ConnectionLost {
             pool: backend.name().to_string(),
         };
-        if learn_backend_id(&mut conn).await.is_err() || conn.send(request.bytes()).await.is_err() {
+        if learn_backend_id(&mut conn).await.is_err() {
+            return self.failed(&lost);
+        }
+        if let Some(first) = first {
+            if conn.send(first).await.is_err() || conn.read_frame().await.is_err() {
+                return self.failed(&lost);
+            }
+        }
+        if conn.send(request.bytes()).await.is_err() {
             return self.failed(&lost);
         }
         let unblocker = self.unblocker.clone();

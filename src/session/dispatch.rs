@@ -261,6 +261,7 @@ impl Session {
                     // Unknown to keyway: the backend gives Redis's own error, or
                     // runs a module command keyway has not learned.
                     let pool = live.router.fallback_pool(name, self.client.db);
+                    self.written.note(pool);
                     return self.forward(pool, request.bytes().clone()).await;
                 };
                 let args = request.arg_vec();
@@ -571,6 +572,9 @@ impl Session {
         };
         let db = self.client.db;
         let plan = allowed.map(|()| live.router.plan(name, split, request, &keys, db));
+        if let (Ok(plan), false) = (&plan, spec.flags.contains(Flags::READONLY)) {
+            self.written.note_plan(plan);
+        }
         let has_keys = !keys.is_empty();
         self.key_scratch = keys;
         plan.map(|p| (p, has_keys))

@@ -125,7 +125,12 @@ impl Session {
                 let pools = per_server(self);
                 return Box::pin(self.urgent(&pools, req)).await;
             }
+            Servers::WrittenTo => return Box::pin(self.wait_for_replicas(name, req)).await,
         };
+        if matches!(servers, Servers::EveryServer | Servers::EveryDatabase) {
+            // FLUSHALL, FLUSHDB, SWAPDB ... write: WAIT asks these servers.
+            pools.iter().for_each(|&p| self.written.note(p));
+        }
         self.fanout(&pools, req.bytes(), merge).await
     }
 
@@ -287,7 +292,7 @@ impl Session {
     /// counts are not multiplied and a FUNCTION LOAD is not sent twice.
     /// `per_db`: pools on one server but different databases are distinct
     /// (keys), or not (what is per server: scripts, channels, INFO).
-    fn distinct(&self, pools: Vec<PoolId>, per_db: bool) -> Vec<PoolId> {
+    pub(super) fn distinct(&self, pools: Vec<PoolId>, per_db: bool) -> Vec<PoolId> {
         let live = self.state.live();
         let mut seen: Vec<(crate::config::Addr, u32)> = Vec::with_capacity(pools.len());
         pools

@@ -15,6 +15,7 @@ mod output;
 mod pubsub;
 mod reply;
 mod transaction;
+mod wait;
 mod watched;
 
 use std::future::Future;
@@ -164,6 +165,8 @@ pub struct Session {
     /// Requests dispatched and not yet added to INFO's
     /// `total_commands_processed` (added once per read of requests).
     commands_processed: u64,
+    /// The pools this client may have written to: what WAIT asks.
+    written: wait::PoolsWritten,
 }
 
 /// Cluster node connections a session keeps at most.
@@ -273,6 +276,7 @@ async fn serve_stream(
         generation: live.generation,
         live,
         commands_processed: 0,
+        written: wait::PoolsWritten::default(),
     };
     session.register();
     session.run().await;

@@ -163,6 +163,16 @@ impl RedisServer {
         self.child.id()
     }
 
+    /// Sends `signal` (`STOP`, `CONT` ...) to this server's process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
