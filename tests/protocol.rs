@@ -210,4 +210,25 @@ fn edge_replies_match_redis_byte_for_byte() {
     same_as_redis(&r, b"MULTI\r\nNOSUCH \xff\xfe 'x\xe9'\r\nEXEC\r\n", 3);
     // Unbalanced quotes inside a word: a protocol error, as Redis.
     same_as_redis(&r, b"ECHO a\"b\"c\r\n", 1);
+    // A connection without client-side caching, as Redis describes one;
+    // CLIENT arguments checked as Redis checks them.
+    same_as_redis(
+        &r,
+        b"CLIENT GETREDIR\r\nCLIENT TRACKINGINFO\r\nCLIENT CACHING yes\r\nCLIENT TRACKING off\r\nCLIENT NO-EVICT maybe\r\nCLIENT NO-EVICT on\r\n",
+        6,
+    );
+    // In RESP3 (HELLO's own map differs: client ids, keyway's fields).
+    let mut direct = RawClient::connect(r.session.port);
+    let mut proxied = r.keyway.raw();
+    for client in [&mut direct, &mut proxied] {
+        client.send(b"HELLO 3\r\n");
+        client.read_frame();
+        client.send(b"CLIENT TRACKINGINFO\r\nSLOWLOG GET -2\r\n");
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            String::from_utf8_lossy(&proxied.read_frame()),
+            String::from_utf8_lossy(&direct.read_frame())
+        );
+    }
 }

@@ -166,7 +166,10 @@ impl Session {
                 let count = match req.argc() {
                     2 => None,
                     _ => match resp::decimal(req.arg(2)) {
-                        Some(n) if n < 0 => Some(usize::MAX),
+                        Some(-1) => Some(usize::MAX),
+                        Some(n) if n < -1 => {
+                            return err("ERR count should be greater than or equal to -1")
+                        }
                         Some(n) => Some(n as usize),
                         None => return err("ERR value is not an integer or out of range"),
                     },
@@ -498,7 +501,10 @@ impl Session {
                 r.verbatim(all.as_bytes());
                 Some(Reply::now(r.freeze()))
             }
-            ("no-evict", 3) => ok(),
+            ("no-evict", 3) => match text(req.arg(2)).to_ascii_lowercase().as_str() {
+                "on" | "off" => ok(),
+                _ => err("ERR syntax error"),
+            },
             ("reply", 3) => match text(req.arg(2)).to_ascii_lowercase().as_str() {
                 "on" => {
                     self.reply_mode = super::ReplyMode::On;
@@ -517,6 +523,22 @@ impl Session {
             },
             ("kill", _) => Some(self.client_kill(req)),
             ("unblock", 3 | 4) => Some(self.client_unblock(req)),
+            // Tracking is never on through keyway: what Redis answers a
+            // connection without it. Only turning it on is refused.
+            ("tracking", 3) if req.arg(2).eq_ignore_ascii_case(b"off") => ok(),
+            ("caching", 3) => err("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled"),
+            ("getredir", 2) => Some(Reply::now(resp::int(-1))),
+            ("trackinginfo", 2) => {
+                let mut r = ReplyBuf::new(self.client.proto);
+                r.map(3).bulk(b"flags");
+                match self.client.proto {
+                    Protocol::Resp2 => r.array(1),
+                    Protocol::Resp3 => r.raw(b"~1\r\n"),
+                };
+                r.bulk(b"off").bulk(b"redirect").int(-1);
+                r.bulk(b"prefixes").array(0);
+                Some(Reply::now(r.freeze()))
+            }
             ("tracking" | "caching" | "getredir" | "trackinginfo", _) => {
                 self.state.metrics.deny("unsupported", "client");
                 err(&format!(
