@@ -109,14 +109,24 @@ fn a_client_leaving_while_blocked_steals_nothing() {
     assert_eq!(got.1, "precious");
 }
 
+/// The reference pools (session, cache, realtime), `limit` leases each.
+fn with_lease_limit(limit: usize) -> ([RedisServer; 3], Keyway) {
+    let servers = [
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    ];
+    let [session, cache, realtime] = &servers;
+    let config = reference_config(&session.url(), &cache.url(), &realtime.url()).replace(
+        "[backend]\n",
+        &format!("[backend]\nmax_dedicated = {limit}\n"),
+    );
+    (servers, Keyway::start(&config))
+}
+
 #[test]
 fn exhausted_leases_are_a_clear_error() {
-    let session = RedisServer::start();
-    let cache = RedisServer::start();
-    let realtime = RedisServer::start();
-    let config = reference_config(&session.url(), &cache.url(), &realtime.url())
-        .replace("[backend]\n", "[backend]\nmax_dedicated = 2\n");
-    let kw = Keyway::start(&config);
+    let ([session, _cache, _realtime], kw) = with_lease_limit(2);
     let mut blocked = Vec::new();
     for _ in 0..2 {
         let mut raw = kw.raw();
@@ -137,6 +147,28 @@ fn exhausted_leases_are_a_clear_error() {
     );
     // Ordinary commands are unaffected.
     let _: () = c.set("session:ok", 1).unwrap();
+}
+
+/// Leases given back are reused, and count against the limit only while
+/// in use: rounds of as many blocking commands as the limit all run.
+#[test]
+fn returned_leases_free_their_place_in_the_limit() {
+    let (_servers, kw) = with_lease_limit(2);
+    for round in 0..3 {
+        let mut clients: Vec<RawClient> = (0..2).map(|_| kw.raw()).collect();
+        for c in &mut clients {
+            c.send(b"BLPOP session:never 0.2\r\n");
+        }
+        for c in &mut clients {
+            assert_eq!(
+                String::from_utf8_lossy(&c.read_frame()),
+                "*-1\r\n",
+                "round {round}"
+            );
+        }
+    }
+    let leased = r#"keyway_backend_connections{pool="session",state="leased"}"#;
+    assert!(kw.wait_until(Duration::from_secs(2), || kw.metric(leased) == 0.0));
 }
 
 #[test]

@@ -375,6 +375,12 @@ impl Pool {
         if !conn.is_clean() || conn.addr != self.endpoint.load().addr {
             return;
         }
+        // An idle connection holds no permit: the limit counts leases in
+        // use. (Kept, its permit made every idle connection count as
+        // leased, so after a burst the pool had up to 16 fewer leases, and
+        // with `max_dedicated` ≤ 16 none at all.)
+        let mut conn = conn;
+        conn._permit = None;
         let mut idle = lock(&self.idle);
         if idle.len() < IDLE_DEDICATED {
             idle.push(conn);
