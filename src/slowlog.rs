@@ -20,6 +20,9 @@ pub struct Entry {
     pub client_addr: String,
     pub client_name: String,
     pub pool: String,
+    /// The keyway user the client was authenticated as: who may read the
+    /// entry (its arguments are that tenant's keys and values).
+    pub user: String,
 }
 
 pub struct SlowLog {
@@ -113,6 +116,11 @@ impl SlowLog {
         self.lock().entries.len()
     }
 
+    /// `SLOWLOG LEN` for a reader who may see only some entries.
+    pub fn len_visible(&self, visible: impl Fn(&Entry) -> bool) -> usize {
+        self.lock().entries.iter().filter(|e| visible(e)).count()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -121,13 +129,24 @@ impl SlowLog {
         self.lock().entries.clear();
     }
 
-    /// `SLOWLOG GET [count]`: newest first, Redis's entry layout plus the pool.
-    pub fn render(&self, count: Option<usize>, proto: Protocol) -> Bytes {
+    /// `SLOWLOG GET [count]`: newest first, Redis's entry layout plus the
+    /// pool; only the entries `visible` lets this reader see.
+    pub fn render(
+        &self,
+        count: Option<usize>,
+        proto: Protocol,
+        visible: impl Fn(&Entry) -> bool,
+    ) -> Bytes {
         let inner = self.lock();
-        let n = count.unwrap_or(10).min(inner.entries.len());
+        let shown: Vec<&Entry> = inner
+            .entries
+            .iter()
+            .filter(|e| visible(e))
+            .take(count.unwrap_or(10))
+            .collect();
         let mut r = ReplyBuf::new(proto);
-        r.array(n);
-        for e in inner.entries.iter().take(n) {
+        r.array(shown.len());
+        for e in shown {
             r.array(7)
                 .int(e.id as i64)
                 .int(e.unix_time as i64)

@@ -138,18 +138,19 @@ allow_scripts = true
 "#;
 
 fn start_with_users() -> Setup {
-    start_with_users_and("")
+    start_with_users_and("", "")
 }
 
-/// The users above, with `auth` added to their [auth] table.
-fn start_with_users_and(auth: &str) -> Setup {
+/// The users above, with `auth` added to their [auth] table and `more`
+/// (other tables) after them.
+fn start_with_users_and(auth: &str, more: &str) -> Setup {
     let dir = TempDir::new("pass");
     std::fs::write(dir.0.join("reader.pass"), "read-only-pass\n").unwrap();
     let session = RedisServer::start();
     let cache = RedisServer::start();
     let realtime = RedisServer::start();
     let config = format!(
-        "{}\n{}",
+        "{}\n{}\n{more}",
         reference_config(&session.url(), &cache.url(), &realtime.url()),
         USERS
             .replace("$DIR", &dir.0.display().to_string())
@@ -662,6 +663,39 @@ fn client_list_and_kill_stay_within_the_users_own_clients() {
     assert_eq!(pong, "PONG");
 }
 
+/// The slow log holds each tenant's keys and values: a user reads only
+/// its own clients' entries, as it sees only its own clients; an admin
+/// user reads them all.
+#[test]
+fn the_slow_log_shows_a_user_only_its_own_commands() {
+    let s = start_with_users_and("", "[server]\nslowlog_threshold_ms = 0\n");
+    let mut app = login(&s, "app", "app-pass");
+    let mut reader = login(&s, "reader", "read-only-pass");
+    let mut admin = login(&s, "admin", "admin-pass");
+    let _: () = app.set("session:token", "app-secret").unwrap();
+    let _: Option<String> = reader.get("user:1").unwrap();
+
+    let entries = |c: &mut redis::Connection| -> Vec<String> {
+        let log: Vec<redis::Value> = redis::cmd("SLOWLOG").arg(&["GET", "-1"]).query(c).unwrap();
+        log.iter().map(|e| format!("{e:?}")).collect()
+    };
+    let seen_by_reader = entries(&mut reader);
+    assert!(
+        seen_by_reader.iter().all(|e| !e.contains("app-secret")),
+        "{seen_by_reader:?}"
+    );
+    assert!(seen_by_reader.iter().any(|e| e.contains("user:1")));
+    let reader_len: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut reader).unwrap();
+    let admin_len: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut admin).unwrap();
+    assert!(reader_len < admin_len, "{reader_len} < {admin_len}");
+    let seen_by_app = entries(&mut app);
+    assert!(seen_by_app.iter().any(|e| e.contains("app-secret")));
+    assert!(seen_by_app.iter().all(|e| !e.contains("user:1")));
+    let seen_by_admin = entries(&mut admin);
+    assert!(seen_by_admin.iter().any(|e| e.contains("app-secret")));
+    assert!(seen_by_admin.iter().any(|e| e.contains("user:1")));
+}
+
 #[test]
 fn queued_commands_count_against_rate_limits() {
     let s = start(
@@ -706,7 +740,7 @@ fn raw_from(source: [u8; 4], port: u16) -> RawClient {
 
 #[test]
 fn failed_auth_locks_out_one_user_from_one_address_only() {
-    let s = start_with_users_and("max_failures_per_minute = 3\n");
+    let s = start_with_users_and("max_failures_per_minute = 3\n", "");
     let port = s.keyway.port;
     let auth = |raw: &mut RawClient, user: &str, pass: &str| {
         raw.send(format!("AUTH {user} {pass}\r\n").as_bytes());

@@ -174,9 +174,13 @@ impl Session {
                         None => return err("ERR value is not an integer or out of range"),
                     },
                 };
-                Some(Reply::now(log.render(count, self.client.proto)))
+                let visible = |e: &crate::slowlog::Entry| self.sees_user(&e.user);
+                Some(Reply::now(log.render(count, self.client.proto, visible)))
             }
-            "len" => Some(Reply::now(resp::int(log.len() as i64))),
+            "len" => {
+                let visible = |e: &crate::slowlog::Entry| self.sees_user(&e.user);
+                Some(Reply::now(resp::int(log.len_visible(visible) as i64)))
+            }
             "reset" => {
                 log.reset();
                 ok()
@@ -564,8 +568,14 @@ impl Session {
     /// Whether CLIENT LIST and CLIENT KILL reach `other`: an admin user's
     /// reach every client; anyone else's only those of its own user.
     fn sees(&self, other: &crate::state::ClientInfo) -> bool {
+        self.sees_user(&other.user)
+    }
+
+    /// Whether what a client of `user` did is this client's to see
+    /// (CLIENT LIST, CLIENT KILL, the slow log): an admin sees everyone's.
+    fn sees_user(&self, user: &str) -> bool {
         match &self.client.user {
-            Some(user) => user.admin || *user.name == *other.user,
+            Some(me) => me.admin || *me.name == *user,
             None => false,
         }
     }

@@ -153,10 +153,10 @@ fn slow(state: &State, meta: &Meta, pool: &str, elapsed: Duration) {
         Ok(Some(r)) => crate::slowlog::trim_args(r.args()),
         _ => Vec::new(),
     };
-    let (addr, name) = state
+    let (addr, name, user) = state
         .clients
         .get(&meta.client)
-        .map(|c| (c.addr.to_string(), c.name.clone()))
+        .map(|c| (c.addr.to_string(), c.name.clone(), c.user.clone()))
         .unwrap_or_default();
     state.slowlog.record(crate::slowlog::Entry {
         id: 0,
@@ -166,5 +166,6 @@ fn slow(state: &State, meta: &Meta, pool: &str, elapsed: Duration) {
         client_addr: addr,
         client_name: name,
         pool: pool.to_string(),
+        user,
     });
 }
