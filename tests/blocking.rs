@@ -124,29 +124,56 @@ fn with_lease_limit(limit: usize) -> ([RedisServer; 3], Keyway) {
     (servers, Keyway::start(&config))
 }
 
-#[test]
-fn exhausted_leases_are_a_clear_error() {
-    let ([session, _cache, _realtime], kw) = with_lease_limit(2);
+/// `n` clients blocked on the session pool (unblocked when dropped), and
+/// the refusal of one more, which names `limit`.
+fn block_until_refused(
+    kw: &Keyway,
+    session: &RedisServer,
+    n: usize,
+    limit: usize,
+) -> (Vec<RawClient>, redis::Connection) {
     let mut blocked = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..n {
         let mut raw = kw.raw();
-        raw.send(b"BLPOP session:never 5\r\n");
+        raw.send(b"BLPOP session:never 10\r\n");
         blocked.push(raw);
     }
-    session.wait_blocked(2);
+    session.wait_blocked(n);
     let mut c = kw.client();
     let err = redis::cmd("BLPOP")
         .arg("session:never")
         .arg(1)
         .query::<redis::Value>(&mut c)
         .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("backend 'session' has no free dedicated connection (limit 2 reached)"),
-        "{err}"
-    );
+    let expected =
+        format!("backend 'session' has no free dedicated connection (limit {limit} reached)");
+    assert!(err.to_string().contains(&expected), "{err}");
+    (blocked, c)
+}
+
+#[test]
+fn exhausted_leases_are_a_clear_error() {
+    let ([session, _cache, _realtime], kw) = with_lease_limit(2);
+    let (_blocked, mut c) = block_until_refused(&kw, &session, 2, 2);
     // Ordinary commands are unaffected.
     let _: () = c.set("session:ok", 1).unwrap();
+}
+
+/// Blocking commands, subscriptions and WATCH may hold all leases but an
+/// eighth: with them all taken, other clients' transactions still run.
+#[test]
+fn transactions_keep_a_reserve_of_leases() {
+    let ([session, _cache, _realtime], kw) = with_lease_limit(8);
+    let (_blocked, mut c) = block_until_refused(&kw, &session, 7, 7);
+    let mut subscriber = kw.raw();
+    subscriber.send(b"SUBSCRIBE session:news\r\n");
+    assert!(String::from_utf8_lossy(&subscriber.read_frame()).contains("limit 7 reached"));
+    let (n,): (i64,) = redis::pipe()
+        .atomic()
+        .incr("session:n", 1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(n, 1, "MULTI/EXEC found a reserved lease");
 }
 
 /// Leases given back are reused, and count against the limit only while

@@ -10,6 +10,14 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::resp::{FrameScanner, Protocol};
 
+/// A lease's place in its pool's limits: one of `max_dedicated`, and for a
+/// held lease one of those clients may keep.
+#[derive(Debug)]
+pub(super) struct LeasePermit {
+    pub(super) _lease: OwnedSemaphorePermit,
+    pub(super) _held: Option<OwnedSemaphorePermit>,
+}
+
 pub struct Dedicated {
     stream: BackendStream,
     buf: BytesMut,
@@ -23,7 +31,7 @@ pub struct Dedicated {
     /// its reply.
     pub backend_id: Option<i64>,
     /// `None` for connections outside any pool (sentinel watchers).
-    pub(super) _permit: Option<OwnedSemaphorePermit>,
+    pub(super) _permit: Option<LeasePermit>,
 }
 
 impl Dedicated {
@@ -32,7 +40,7 @@ impl Dedicated {
         addr: Option<crate::config::Addr>,
         db: u32,
         proto: Protocol,
-        permit: OwnedSemaphorePermit,
+        permit: LeasePermit,
     ) -> Dedicated {
         Dedicated {
             stream,

@@ -22,7 +22,7 @@ pub use conn::{request_once, Conn};
 pub use dedicated::Dedicated;
 pub use fence::{Fence, MAX_FENCE};
 pub use inbox::{Arrival, Inbox, ReplyRx, ReplyTo};
-pub use pool::{Pool, Probe};
+pub use pool::{LeaseKind, Pool, Probe};
 pub use retry::resend_after_failover;
 
 use crate::config::Config;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Mutex as AsyncMutex, Semaphore};
 
+use super::dedicated::LeasePermit;
 use super::{BackendError, Conn, Dedicated};
 use crate::config::{BackendConfig, Endpoint};
 use crate::resp::Protocol;
@@ -25,6 +26,9 @@ pub struct Pool {
     health: Mutex<Health>,
     /// Bounds the connections leased to single clients at once.
     leases: Arc<Semaphore>,
+    /// Bounds the leases a client may keep as long as it likes
+    /// (`LeaseKind::Held`): all but `reserved(max_dedicated)` of them.
+    held: Arc<Semaphore>,
     idle: Mutex<Vec<Dedicated>>,
     probe: Mutex<Probe>,
     /// Bumped when the pool moves to another address (failover); its
@@ -57,6 +61,23 @@ pub struct Probe {
 /// Clean leased connections kept for the next lease.
 const IDLE_DEDICATED: usize = 16;
 
+/// How long a client keeps a lease: what the pool's reserve is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseKind {
+    /// MULTI … EXEC without WATCH: given back after one round trip.
+    Brief,
+    /// Subscriptions, blocking commands, WATCH: kept as long as the client
+    /// wants, so one tenant's many could take every lease.
+    Held,
+}
+
+/// Of `max_dedicated` leases, those only brief ones may take: an eighth,
+/// so subscribers and blocked clients (of any tenant) cannot starve
+/// every other client's transactions.
+fn reserved(max_dedicated: usize) -> usize {
+    max_dedicated / 8
+}
+
 #[derive(Default)]
 struct Health {
     failures: u32,
@@ -71,6 +92,9 @@ impl Pool {
             configured: endpoint.clone(),
             endpoint: ArcSwap::from_pointee(endpoint),
             leases: Arc::new(Semaphore::new(settings.max_dedicated)),
+            held: Arc::new(Semaphore::new(
+                settings.max_dedicated - reserved(settings.max_dedicated),
+            )),
             idle: Mutex::new(Vec::new()),
             probe: Mutex::new(Probe::default()),
             generation: watch::Sender::new(0),
@@ -314,24 +338,49 @@ impl Pool {
         }
     }
 
-    /// A connection for this client alone, from the idle list or new.
-    /// Fails at once when the pool's lease limit is reached.
+    /// A connection for this client alone, kept as long as it likes
+    /// (`LeaseKind::Held`), from the idle list or new. Fails at once when
+    /// the pool's limit for such leases is reached.
     pub async fn lease(&self, client_db: u32, proto: Protocol) -> Result<Dedicated, BackendError> {
+        self.lease_as(LeaseKind::Held, client_db, proto).await
+    }
+
+    pub async fn lease_as(
+        &self,
+        kind: LeaseKind,
+        client_db: u32,
+        proto: Protocol,
+    ) -> Result<Dedicated, BackendError> {
         if let Some(cluster) = &self.cluster {
             // Keyless work (a subscription, a transaction without keys)
             // runs on any master; keyed work leases from `serving`.
             let node = cluster.master_or_wait(None).await?;
-            return Box::pin(node.lease(client_db, proto)).await;
+            return Box::pin(node.lease_as(kind, client_db, proto)).await;
         }
         let db = self.backend_db(client_db);
-        let permit =
-            self.leases
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| BackendError::LeasesExhausted {
-                    pool: self.name.clone(),
-                    limit: self.settings.max_dedicated,
-                })?;
+        let max = self.settings.max_dedicated;
+        let exhausted = |limit| BackendError::LeasesExhausted {
+            pool: self.name.clone(),
+            limit,
+        };
+        let held = match kind {
+            LeaseKind::Held => Some(
+                self.held
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| exhausted(max - reserved(max)))?,
+            ),
+            LeaseKind::Brief => None,
+        };
+        let permit = self
+            .leases
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| exhausted(max))?;
+        let permit = LeasePermit {
+            _lease: permit,
+            _held: held,
+        };
         {
             let mut idle = lock(&self.idle);
             if let Some(i) = idle.iter().position(|d| d.db == db && d.proto == proto) {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::mode::Mode;
 use super::reply::Reply;
 use super::Session;
-use crate::backend::{BackendError, Dedicated};
+use crate::backend::{BackendError, Dedicated, LeaseKind};
 use crate::resp::{self, Request};
 use crate::route::{CrossPool, PoolId, Target, CROSSSLOT};
 
@@ -182,8 +182,8 @@ impl Session {
 
     /// A leased connection to `target` (on a cluster pool, to its slot's
     /// master), taken without holding the configuration snapshot across
-    /// the wait.
-    async fn lease(&self, target: Target) -> Result<Dedicated, BackendError> {
+    /// the wait: brief for EXEC, held for WATCH.
+    async fn lease(&self, target: Target, kind: LeaseKind) -> Result<Dedicated, BackendError> {
         let backend = self.state.live().backends.checked(target.pool)?;
         if let Some(cluster) = backend.cluster() {
             if self.client.db != 0 {
@@ -192,9 +192,11 @@ impl Session {
                 });
             }
             let node = cluster.master_or_wait(target.slot).await?;
-            return node.lease(0, self.client.proto).await;
+            return node.lease_as(kind, 0, self.client.proto).await;
         }
-        backend.lease(self.client.db, self.client.proto).await
+        backend
+            .lease_as(kind, self.client.db, self.client.proto)
+            .await
     }
 
     /// The refusal for keys of one transaction in two places: two pools
@@ -233,7 +235,7 @@ impl Session {
             None => {
                 let target =
                     target.unwrap_or_else(|| Target::pool(self.state.live().router.default_pool()));
-                match self.lease(target).await {
+                match self.lease(target, LeaseKind::Brief).await {
                     Ok(conn) => (target, conn),
                     Err(e) => return self.failed(&e),
                 }
@@ -259,7 +261,7 @@ impl Session {
                     _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
                 }
             }
-            conn = match self.lease(target).await {
+            conn = match self.lease(target, LeaseKind::Brief).await {
                 Ok(conn) => conn,
                 Err(e) => return self.failed(&e),
             };
@@ -346,7 +348,7 @@ impl Session {
         };
         let mut conn = match t.lease.take() {
             Some((_, conn)) => conn,
-            None => match self.lease(pool).await {
+            None => match self.lease(pool, LeaseKind::Held).await {
                 Ok(conn) => conn,
                 Err(e) => return self.failed(&e),
             },
