@@ -171,16 +171,25 @@ fn an_unauthenticated_client_cannot_make_keyway_buffer() {
     assert_eq!(raw.read_frame(), b"+OK\r\n");
 }
 
-#[test]
-fn a_client_that_never_reads_holds_no_more_than_its_output_limit() {
-    let session = RedisServer::start();
-    let cache = RedisServer::start();
-    let realtime = RedisServer::start();
+/// The reference pools, keyway with `settings` in its [server] table.
+fn with_server_settings(settings: &str) -> ([RedisServer; 3], Keyway) {
+    let servers = [
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    ];
+    let [session, cache, realtime] = &servers;
     let config = format!(
-        "{}\n[server]\nclient_output_limit_bytes = 8388608\nclient_output_stall_secs = 1\n",
+        "{}\n[server]\n{settings}",
         reference_config(&session.url(), &cache.url(), &realtime.url())
     );
-    let keyway = Keyway::start(&config);
+    (servers, Keyway::start(&config))
+}
+
+#[test]
+fn a_client_that_never_reads_holds_no_more_than_its_output_limit() {
+    let ([_session, cache, _realtime], keyway) =
+        with_server_settings("client_output_limit_bytes = 8388608\nclient_output_stall_secs = 1\n");
     let mut direct = cache.direct();
     let big = vec![b'b'; 1 << 20];
     let _: () = direct.set("user:big", &big[..]).unwrap();
@@ -277,14 +286,8 @@ fn a_half_closed_client_gets_the_element_it_popped() {
 
 #[test]
 fn a_slow_reader_that_keeps_reading_is_not_cut() {
-    let session = RedisServer::start();
-    let cache = RedisServer::start();
-    let realtime = RedisServer::start();
-    let config = format!(
-        "{}\n[server]\nclient_output_limit_bytes = 1048576\nclient_output_stall_secs = 1\n",
-        reference_config(&session.url(), &cache.url(), &realtime.url())
-    );
-    let keyway = Keyway::start(&config);
+    let ([_session, cache, _realtime], keyway) =
+        with_server_settings("client_output_limit_bytes = 1048576\nclient_output_stall_secs = 1\n");
     let value = vec![b'v'; 64 * 1024];
     let _: () = cache.direct().set("user:v", &value[..]).unwrap();
     // 19 MiB of replies, read 512 KiB at a time every 100 ms: about 4 s,
@@ -353,5 +356,55 @@ fn a_script_debugger_never_takes_a_shared_connection() {
         r.keyway
             .metric(r#"keyway_denials_total{detail="script|debug",reason="unsupported"}"#)
             >= 4.0
+    );
+}
+
+/// keyway holds a transaction's commands until EXEC: past
+/// `max_transaction_bytes` the command is refused, EXEC answers EXECABORT,
+/// and a client that goes on queueing makes keyway hold nothing more.
+#[test]
+fn a_transaction_cannot_make_keyway_hold_unbounded_commands() {
+    let ([_session, cache, _realtime], keyway) =
+        with_server_settings("max_transaction_bytes = 1048576\n");
+    let mut raw = keyway.raw();
+    raw.send(b"MULTI\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    let before = proc_status_kib(keyway.pid(), "VmRSS");
+    // 64 MiB of SETs of 1 KiB values, 1,000 per write.
+    let value = "v".repeat(1024);
+    let set = format!("*3\r\n$3\r\nSET\r\n$6\r\nuser:t\r\n$1024\r\n{value}\r\n");
+    let batch = set.repeat(1000);
+    let (mut queued, mut refused) = (0, Vec::new());
+    for _ in 0..64 {
+        raw.send(batch.as_bytes());
+        for _ in 0..1000 {
+            match raw.read_frame() {
+                frame if frame == b"+QUEUED\r\n" => queued += 1,
+                frame => refused.push(String::from_utf8_lossy(&frame).into_owned()),
+            }
+        }
+    }
+    let grown_mib = proc_status_kib(keyway.pid(), "VmRSS").saturating_sub(before) / 1024;
+    raw.send(b"EXEC\r\n");
+    let exec = String::from_utf8_lossy(&raw.read_frame()).into_owned();
+    println!(
+        "64,000 SETs in MULTI: {queued} queued, {} refused; RSS grew {grown_mib} MiB",
+        refused.len()
+    );
+    assert_eq!(refused.len(), 1, "only the command past the limit");
+    assert!(
+        refused[0].starts_with(
+            "-ERR keyway holds at most 1048576 bytes of commands queued in a transaction"
+        ),
+        "{}",
+        refused[0]
+    );
+    assert!(exec.starts_with("-EXECABORT"), "{exec}");
+    assert!(grown_mib < 24, "RSS grew {grown_mib} MiB");
+    let stored: Option<String> = cache.direct().get("user:t").unwrap();
+    assert_eq!(stored, None, "nothing of the aborted transaction ran");
+    assert!(
+        keyway.metric(r#"keyway_denials_total{detail="max_transaction_bytes",reason="limit"}"#)
+            >= 1.0
     );
 }

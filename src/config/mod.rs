@@ -258,6 +258,10 @@ pub struct ServerConfig {
     pub client_output_limit_bytes: usize,
     /// A client kept above that limit this long is disconnected.
     pub client_output_stall_secs: u64,
+    /// Bytes of commands one client may have queued between MULTI and EXEC
+    /// (keyway holds them until EXEC); the command that would pass it is
+    /// refused and the transaction aborted.
+    pub max_transaction_bytes: usize,
     /// Per-command metrics (counts, latency, hit/miss); off only to measure
     /// what they cost.
     pub metrics: bool,
@@ -285,6 +289,7 @@ impl Default for ServerConfig {
             unix_socket: None,
             client_output_limit_bytes: 64 * 1024 * 1024,
             client_output_stall_secs: 10,
+            max_transaction_bytes: 64 * 1024 * 1024,
             metrics: true,
             worker_threads: 1,
         }

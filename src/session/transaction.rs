@@ -20,6 +20,8 @@ pub(crate) struct Transaction {
     lease: Option<(Target, Dedicated)>,
     multi: bool,
     queued: Vec<Request>,
+    /// The bytes of `queued`, bounded by `server.max_transaction_bytes`.
+    queued_bytes: usize,
     /// A queue-time error: EXEC answers EXECABORT.
     aborted: bool,
 }
@@ -33,6 +35,16 @@ enum NotQueued {
     Refused(Bytes),
     /// Its keys are elsewhere than the transaction's earlier keys.
     Elsewhere { first: Target, then: Target },
+    /// It would take the queued commands past `server.max_transaction_bytes`.
+    TooLarge { max_bytes: usize },
+}
+
+#[cold]
+fn too_large(state: &crate::state::State, max_bytes: usize) -> Bytes {
+    state.metrics.deny("limit", "max_transaction_bytes");
+    resp::error(&format!(
+        "ERR keyway holds at most {max_bytes} bytes of commands queued in a transaction (server.max_transaction_bytes); EXEC will answer EXECABORT"
+    ))
 }
 
 /// What EXEC runs: the queued commands, on the WATCH lease or else on a
@@ -51,6 +63,7 @@ impl Transaction {
             lease: None,
             multi: false,
             queued: Vec::new(),
+            queued_bytes: 0,
             aborted: false,
         }
     }
@@ -74,11 +87,15 @@ impl Transaction {
     }
 
     /// A command between MULTI and EXEC, with where its keys are (`None`:
-    /// keyless) or why it was refused.
+    /// keyless) or why it was refused. Held only while the transaction can
+    /// still run, and up to `max_bytes` in all: an aborted transaction's
+    /// later commands are answered QUEUED, as Redis answers them, but
+    /// never stored, so one client cannot make keyway hold gigabytes.
     fn queue(
         &mut self,
         request: Request,
         target: Result<Option<Target>, Bytes>,
+        max_bytes: usize,
     ) -> Result<(), NotQueued> {
         let target = target.map_err(|error| {
             self.aborted = true;
@@ -96,6 +113,16 @@ impl Transaction {
                 _ => self.pool = Some(target),
             }
         }
+        if self.aborted {
+            return Ok(());
+        }
+        let bytes = self.queued_bytes + request.bytes().len();
+        if bytes > max_bytes {
+            self.aborted = true;
+            self.queued = Vec::new();
+            return Err(NotQueued::TooLarge { max_bytes });
+        }
+        self.queued_bytes = bytes;
         self.queued.push(request);
         Ok(())
     }
@@ -164,7 +191,8 @@ impl Session {
         let Some(t) = self.mode.transaction_mut() else {
             return Reply::now(resp::error("ERR EXEC without MULTI"));
         };
-        match t.queue(request, pool) {
+        let max_bytes = self.state.live().config.server.max_transaction_bytes;
+        match t.queue(request, pool, max_bytes) {
             Ok(()) => {
                 self.register();
                 Reply::now(resp::simple("QUEUED"))
@@ -177,6 +205,7 @@ impl Session {
         match not_queued {
             NotQueued::Refused(error) => error,
             NotQueued::Elsewhere { first, then } => self.cross(first, then),
+            NotQueued::TooLarge { max_bytes } => too_large(&self.state, max_bytes),
         }
     }
 
@@ -392,6 +421,9 @@ impl Session {
 mod tests {
     use super::*;
 
+    /// No byte limit.
+    const ANY: usize = usize::MAX;
+
     fn at(pool: u32, slot: Option<u16>) -> Option<Target> {
         Some(Target {
             pool: PoolId::configured(pool),
@@ -412,9 +444,12 @@ mod tests {
         let mut t = Transaction::new();
         assert_eq!(t.begin(), Ok(()));
         assert_eq!(t.begin(), Err("ERR MULTI calls can not be nested"));
-        assert_eq!(t.queue(Request::from_args(&["PING"]), Ok(None)), Ok(()));
-        assert_eq!(t.queue(get("user:1"), Ok(at(1, None))), Ok(()));
-        assert_eq!(t.queue(get("user:2"), Ok(at(1, None))), Ok(()));
+        assert_eq!(
+            t.queue(Request::from_args(&["PING"]), Ok(None), ANY),
+            Ok(())
+        );
+        assert_eq!(t.queue(get("user:1"), Ok(at(1, None)), ANY), Ok(()));
+        assert_eq!(t.queue(get("user:2"), Ok(at(1, None)), ANY), Ok(()));
         assert_eq!(queued(t.exec()), Some((at(1, None), 3)));
     }
 
@@ -422,9 +457,9 @@ mod tests {
     fn keys_in_two_places_abort_the_transaction() {
         let mut t = Transaction::new();
         t.begin().unwrap();
-        t.queue(get("user:1"), Ok(at(1, None))).unwrap();
+        t.queue(get("user:1"), Ok(at(1, None)), ANY).unwrap();
         assert!(matches!(
-            t.queue(get("session:1"), Ok(at(0, None))),
+            t.queue(get("session:1"), Ok(at(0, None)), ANY),
             Err(NotQueued::Elsewhere { .. })
         ));
         assert!(queued(t.exec()).is_none(), "EXEC answers EXECABORT");
@@ -432,9 +467,9 @@ mod tests {
         // Two slots of one cluster pool: also elsewhere (CROSSSLOT).
         let mut t = Transaction::new();
         t.begin().unwrap();
-        t.queue(get("a"), Ok(at(2, Some(15495)))).unwrap();
+        t.queue(get("a"), Ok(at(2, Some(15495))), ANY).unwrap();
         assert_eq!(
-            t.queue(get("b"), Ok(at(2, Some(3300)))),
+            t.queue(get("b"), Ok(at(2, Some(3300))), ANY),
             Err(NotQueued::Elsewhere {
                 first: at(2, Some(15495)).unwrap(),
                 then: at(2, Some(3300)).unwrap()
@@ -448,10 +483,29 @@ mod tests {
         t.begin().unwrap();
         let error = Bytes::from_static(b"-ERR wrong number of arguments for 'get' command\r\n");
         assert_eq!(
-            t.queue(get("user:1"), Err(error.clone())),
+            t.queue(get("user:1"), Err(error.clone()), ANY),
             Err(NotQueued::Refused(error))
         );
-        t.queue(get("user:2"), Ok(at(1, None))).unwrap();
+        t.queue(get("user:2"), Ok(at(1, None)), ANY).unwrap();
         assert!(queued(t.exec()).is_none());
+    }
+
+    #[test]
+    fn queued_bytes_are_bounded_and_an_aborted_queue_holds_nothing() {
+        let mut t = Transaction::new();
+        t.begin().unwrap();
+        let one = get("user:1");
+        let len = one.bytes().len();
+        t.queue(one, Ok(at(1, None)), 2 * len).unwrap();
+        t.queue(get("user:2"), Ok(at(1, None)), 2 * len).unwrap();
+        assert_eq!(
+            t.queue(get("user:3"), Ok(at(1, None)), 2 * len),
+            Err(NotQueued::TooLarge { max_bytes: 2 * len })
+        );
+        assert_eq!(t.queued_len(), 0, "what was queued is let go");
+        // Later commands are answered QUEUED, as Redis does, and not kept.
+        assert_eq!(t.queue(get("user:4"), Ok(at(1, None)), ANY), Ok(()));
+        assert_eq!(t.queued_len(), 0);
+        assert!(queued(t.exec()).is_none(), "EXEC answers EXECABORT");
     }
 }
