@@ -165,12 +165,7 @@ impl RedisServer {
 
     /// Sends `signal` (`STOP`, `CONT` ...) to this server's process.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        send_signal(self.child.id(), signal);
     }
 
     pub fn url(&self) -> String {
@@ -219,6 +214,16 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `kill -SIGNAL pid` for a process a test started; panics if it fails.
+fn send_signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{signal} {pid}");
 }
 
 pub fn connect(port: u16) -> redis::Connection {
@@ -336,12 +341,7 @@ impl Keyway {
 
     /// Sends a signal to the keyway process (by its PID).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        send_signal(self.child.id(), signal);
     }
 
     /// Waits for the process to exit and returns its exit code.
@@ -632,13 +632,7 @@ impl Sentinel {
 
     /// Sends a signal (STOP, CONT) to this sentinel's process, by PID.
     pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill -{signal} sentinel");
+        send_signal(self.child.id(), signal);
     }
 }
 
