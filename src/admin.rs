@@ -44,11 +44,17 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 
 fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            state.metrics.render(),
-        ),
+        (&Method::GET, "/metrics") => {
+            let memory = &state.client_memory;
+            let metrics = &state.metrics;
+            metrics.client_memory.set(memory.used() as i64);
+            metrics.client_memory_limit.set(memory.limit() as i64);
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics.render(),
+            )
+        }
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/readyz") => readyz(state),
         (&Method::GET, "/stats") => {
@@ -265,6 +271,7 @@ fn config(state: &State) -> Value {
             "max_clients": c.server.max_clients,
             "max_bulk_bytes": c.server.max_bulk_bytes,
             "max_pipeline": c.server.max_pipeline,
+            "max_client_memory": state.client_memory.limit(),
         },
         "pools": c.pools.iter().map(|p| json!({
             "name": p.name,

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod client_memory;
 pub mod cluster;
 pub mod command;
 pub mod commandstats;

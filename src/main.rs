@@ -241,8 +241,10 @@ fn route_table(config: &Config) -> String {
     };
     let mut out = format!("configuration {} is valid\n", config.source);
     out.push_str(&format!(
-        "listen {}  admin {}\n\npools:\n",
-        config.listen, config.admin
+        "listen {}  admin {}\n{}\n\npools:\n",
+        config.listen,
+        config.admin,
+        keyway::client_memory::describe(&config.server)
     ));
     for p in &config.pools {
         if let Some(seeds) = &p.cluster {

@@ -196,6 +196,10 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub denials: IntCounterVec,
     pub clients_connected: IntGauge,
+    /// What the clients together hold, as counted against
+    /// `server.max_client_memory`, and that bound (set when scraped).
+    pub client_memory: IntGauge,
+    pub client_memory_limit: IntGauge,
     pub clients_total: IntCounter,
     pub clients_rejected: IntCounter,
     pub backend_up: IntGaugeVec,
@@ -303,6 +307,19 @@ impl Metrics {
         }
         r.register(Box::new(clients_connected.clone()))
             .expect("registered once");
+        let client_memory = IntGauge::new(
+            "keyway_client_memory_bytes",
+            "Bytes clients make keyway hold (requests being read, replies owed, queued transactions), counted once a client holds 64 KiB",
+        )
+        .expect("valid");
+        let client_memory_limit = IntGauge::new(
+            "keyway_client_memory_limit_bytes",
+            "server.max_client_memory: past it the client holding the most is closed (0: no bound)",
+        )
+        .expect("valid");
+        for m in [&client_memory, &client_memory_limit] {
+            r.register(Box::new(m.clone())).expect("registered once");
+        }
         // Never 0 and never given twice.
         static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Metrics {
@@ -431,6 +448,8 @@ impl Metrics {
                 &["result"],
             ),
             clients_connected,
+            client_memory,
+            client_memory_limit,
             clients_total,
             clients_rejected,
             auth_lockouts,

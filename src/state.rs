@@ -3,7 +3,7 @@
 //! client registry and the counters that INFO and CLIENT LIST report.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
 use crate::backend::Backends;
+use crate::client_memory::ClientMemory;
 use crate::command::CommandTable;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -37,6 +38,8 @@ pub struct State {
     pub metrics: Metrics,
     pub slowlog: SlowLog,
     pub clients: DashMap<u64, ClientInfo>,
+    /// What the clients together hold, and its bound.
+    pub client_memory: ClientMemory,
     /// Signalled whenever a client leaves, so a drain waits without polling.
     pub client_left: tokio::sync::Notify,
     pub started: Instant,
@@ -115,6 +118,10 @@ pub struct Activity {
     query_free: AtomicUsize,
     /// Reply bytes held for the client.
     output_bytes: AtomicUsize,
+    /// What it holds, as counted against `server.max_client_memory`.
+    pub memory: AtomicUsize,
+    /// Chosen to be closed for the clients' memory.
+    evicted: AtomicBool,
 }
 
 impl Default for Activity {
@@ -126,6 +133,8 @@ impl Default for Activity {
             query_bytes: AtomicUsize::new(0),
             query_free: AtomicUsize::new(0),
             output_bytes: AtomicUsize::new(0),
+            memory: AtomicUsize::new(0),
+            evicted: AtomicBool::new(false),
         }
     }
 }
@@ -151,6 +160,11 @@ impl Activity {
     pub fn multi(&self) -> i64 {
         self.multi.load(Ordering::Relaxed)
     }
+
+    /// Whether the client was chosen to be closed for the clients' memory.
+    pub fn evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
+    }
 }
 
 /// Shown until a backend tells its own version.
@@ -158,6 +172,7 @@ pub const FALLBACK_REDIS_VERSION: &str = "7.0.0";
 
 impl State {
     pub fn new(config: Config, commands: CommandTable) -> Arc<State> {
+        let client_memory = crate::client_memory::limit_of(&config.server);
         let state = Arc::new_cyclic(|me| State {
             me: me.clone(),
             metrics: Metrics::new(),
@@ -174,6 +189,7 @@ impl State {
             }),
             commands,
             clients: DashMap::new(),
+            client_memory: ClientMemory::new(client_memory),
             client_left: tokio::sync::Notify::new(),
             started: Instant::now(),
             redis_version: ArcSwap::from_pointee(FALLBACK_REDIS_VERSION.to_string()),
@@ -256,6 +272,8 @@ impl State {
                 other => tracing::info!(change = ?other, "pool changed by the reload"),
             }
         }
+        self.client_memory
+            .set_limit(crate::client_memory::limit_of(&config.server));
         let live = Live {
             router: Router::new(&config),
             policy: Policy::new(&config),
@@ -295,6 +313,38 @@ impl State {
             ticker.tick().await;
             self.uptime_secs
                 .store(self.started.elapsed().as_secs(), Ordering::Relaxed);
+        }
+    }
+
+    /// Closes the clients holding the most until the clients together hold
+    /// no more than `server.max_client_memory` (Redis's client eviction).
+    /// Each victim's share leaves the total at once, so clients that pass
+    /// the bound together close one victim, not one each.
+    #[cold]
+    pub fn evict_clients(&self) {
+        while self.client_memory.over() {
+            let biggest = self
+                .clients
+                .iter()
+                .filter(|c| !c.activity.evicted() && c.activity.memory.load(Ordering::Relaxed) > 0)
+                .max_by_key(|c| c.activity.memory.load(Ordering::Relaxed))
+                .map(|c| (c.id, c.addr, c.activity.clone(), c.kill.clone()));
+            let Some((id, addr, activity, kill)) = biggest else {
+                return;
+            };
+            if activity.evicted.swap(true, Ordering::Relaxed) {
+                continue;
+            }
+            let held = self.client_memory.release(&activity.memory);
+            tracing::warn!(
+                client = id,
+                %addr,
+                held,
+                limit = self.client_memory.limit(),
+                "closing the client holding the most memory: clients together passed server.max_client_memory"
+            );
+            self.metrics.deny("limit", "max_client_memory");
+            kill.cancel();
         }
     }
 

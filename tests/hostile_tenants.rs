@@ -408,3 +408,81 @@ fn a_transaction_cannot_make_keyway_hold_unbounded_commands() {
             >= 1.0
     );
 }
+
+/// Each client's own bounds (argument size, output limit, transaction
+/// size) leave their sum open: many clients could make keyway hold
+/// gigabytes and be killed for memory, taking every tenant with it. Past
+/// `max_client_memory` the client holding the most is closed with an
+/// error, whether what it holds is a request it is still sending or
+/// replies it does not read; the others go on.
+#[test]
+fn clients_together_cannot_make_keyway_hold_more_than_max_client_memory() {
+    const MIB: usize = 1 << 20;
+    let ([_session, cache, _realtime], keyway) =
+        with_server_settings(&format!("max_client_memory = {}\n", 40 * MIB));
+    let evictions =
+        || keyway.metric(r#"keyway_denials_total{detail="max_client_memory",reason="limit"}"#);
+    let _: () = cache.direct().set("user:big", vec![b'b'; MIB]).unwrap();
+    let mut other = keyway.client();
+
+    // Three clients send 6 MiB of an 8 MiB value and pause: 18 MiB held.
+    let set_header = |len: usize| {
+        let key = format!("user:up{}", len / MIB);
+        format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${len}\r\n", key.len())
+    };
+    let mut uploads: Vec<RawClient> = (0..3)
+        .map(|_| {
+            let mut raw = keyway.raw();
+            raw.send(set_header(8 * MIB).as_bytes());
+            raw.send(&vec![b'u'; 6 * MIB]);
+            raw
+        })
+        .collect();
+    // A fourth sends 24 MiB of a 64 MiB one: past 40 MiB, and the most.
+    let mut whale = keyway.raw();
+    whale.send(set_header(64 * MIB).as_bytes());
+    whale.send_lossy(&vec![b'w'; 24 * MIB]);
+    let whale_error = String::from_utf8_lossy(&whale.read_frame()).into_owned();
+    assert!(
+        whale_error.starts_with(&format!(
+            "-ERR keyway closed this connection: its clients together held more than server.max_client_memory ({} bytes)",
+            40 * MIB
+        )),
+        "{whale_error}"
+    );
+    assert!(whale.is_closed());
+    assert_eq!(evictions(), 1.0, "only the one holding the most");
+
+    // One that asks for 200 MiB of replies and reads none is the next.
+    let mut reader_of_none = keyway.raw();
+    reader_of_none.send(&b"*2\r\n$3\r\nGET\r\n$8\r\nuser:big\r\n".repeat(200));
+    assert!(
+        hog_closed(&mut reader_of_none),
+        "closed for its unread replies"
+    );
+    assert_eq!(evictions(), 2.0);
+
+    // Meanwhile and after, the others are served; the uploads complete.
+    let _: () = other.set("user:small", "s").unwrap();
+    for (i, upload) in uploads.iter_mut().enumerate() {
+        upload.send(&vec![b'u'; 2 * MIB]);
+        upload.send(b"\r\n");
+        assert_eq!(upload.read_frame(), b"+OK\r\n", "upload {i}");
+    }
+    let stored: Vec<u8> = cache.direct().get("user:up8").unwrap();
+    assert_eq!(stored.len(), 8 * MIB);
+    let small: String = other.get("user:small").unwrap();
+    assert_eq!(small, "s");
+    let peak_mib = proc_status_kib(keyway.pid(), "VmHWM") / 1024;
+    println!("limit 40 MiB: 2 clients closed, 3 uploads and 1 other client served; peak RSS {peak_mib} MiB");
+    assert_eq!(evictions(), 2.0);
+    assert_eq!(
+        keyway.metric("keyway_client_memory_limit_bytes"),
+        (40 * MIB) as f64
+    );
+    // What is still counted: nothing, once the replies are read.
+    assert!(keyway.wait_until(Duration::from_secs(5), || {
+        keyway.metric("keyway_client_memory_bytes") == 0.0
+    }));
+    assert!(peak_mib < 120, "peak RSS {peak_mib} MiB");
+}

@@ -262,6 +262,11 @@ pub struct ServerConfig {
     /// (keyway holds them until EXEC); the command that would pass it is
     /// refused and the transaction aborted.
     pub max_transaction_bytes: usize,
+    /// Bytes all clients together may make keyway hold (partly read
+    /// requests, replies owed, queued transactions); past it the client
+    /// holding the most is closed. Unset: the container's memory limit less
+    /// 64 MiB (at least half of it), else half the machine's memory. 0: no bound.
+    pub max_client_memory: Option<usize>,
     /// Per-command metrics (counts, latency, hit/miss); off only to measure
     /// what they cost.
     pub metrics: bool,
@@ -290,6 +295,7 @@ impl Default for ServerConfig {
             client_output_limit_bytes: 64 * 1024 * 1024,
             client_output_stall_secs: 10,
             max_transaction_bytes: 64 * 1024 * 1024,
+            max_client_memory: None,
             metrics: true,
             worker_threads: 1,
         }

@@ -167,6 +167,9 @@ pub struct Session {
     commands_processed: u64,
     /// The pools this client may have written to: what WAIT asks.
     written: wait::PoolsWritten,
+    /// What this client holds as last counted against
+    /// `server.max_client_memory` (0 below `client_memory::UNCOUNTED`).
+    memory_counted: usize,
 }
 
 /// Cluster node connections a session keeps at most.
@@ -277,11 +280,13 @@ async fn serve_stream(
         live,
         commands_processed: 0,
         written: wait::PoolsWritten::default(),
+        memory_counted: 0,
     };
     session.register();
     session.run().await;
     // Leased connections close with the session: nothing half-done survives.
     session.mode = Mode::Normal;
+    state.client_memory.release(&session.activity.memory);
     drop(session);
     state.clients.remove(&id);
     state.client_left.notify_waiters();
@@ -300,6 +305,7 @@ impl Session {
         let mut live = Arc::clone(&self.live);
         loop {
             let needs_bytes = self.dispatch_buffered(&mut parser, &state, &mut live).await;
+            self.count_memory();
             self.output.collect(&self.state, &self.live);
             if self.output.gone().is_some() {
                 return;
@@ -379,6 +385,42 @@ impl Session {
         };
         self.count_commands();
         needs_bytes
+    }
+
+    /// Counts what the client holds (requests read and not yet handled,
+    /// replies owed, a queued transaction) against the clients' bound,
+    /// closing those that hold the most when it is passed: this one too,
+    /// if it was chosen. Ordinary clients hold too little to be counted.
+    #[inline]
+    fn count_memory(&mut self) {
+        let held = crate::client_memory::counted(
+            self.inbuf.len() + self.output.owed_bytes() + self.mode.queued_bytes(),
+        );
+        if held != self.memory_counted {
+            self.memory_counted = held;
+            if self.state.client_memory.update(&self.activity.memory, held) {
+                self.state.evict_clients();
+            }
+        }
+        if self.memory_counted > 0 && self.activity.evicted() {
+            self.evicted();
+        }
+    }
+
+    /// Chosen to be closed for the clients' memory: everything it holds is
+    /// let go at once, and it is told why.
+    #[cold]
+    #[inline(never)]
+    fn evicted(&mut self) {
+        self.inbuf = BytesMut::new();
+        self.input_closed = true;
+        self.mode = Mode::Normal;
+        self.memory_counted = 0;
+        self.state.client_memory.release(&self.activity.memory);
+        let limit = self.state.client_memory.limit();
+        self.output.evict(crate::resp::error(&format!(
+            "ERR keyway closed this connection: its clients together held more than server.max_client_memory ({limit} bytes) and this one held the most"
+        )));
     }
 
     /// Adds the requests dispatched since the last call to INFO's

@@ -130,6 +130,14 @@ impl Mode {
         }
     }
 
+    /// Bytes of commands queued for EXEC.
+    pub fn queued_bytes(&self) -> usize {
+        match self {
+            Mode::Transaction(t) => t.queued_bytes(),
+            _ => 0,
+        }
+    }
+
     /// MULTI: a normal connection starts a transaction; one with WATCHes
     /// starts queueing. True when the mode changed.
     pub fn begin_multi(&mut self) -> Result<bool, &'static str> {

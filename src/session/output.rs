@@ -37,6 +37,8 @@ pub enum Gone {
     Stalled,
     /// The replies owed and unread reached twice the output limit.
     OverLimit,
+    /// Closed for the clients' memory, with replies still unwritten.
+    Evicted,
 }
 
 /// Replies owed at once before any reply size is known.
@@ -485,6 +487,29 @@ impl Output {
                 return Ok(());
             }
             std::future::poll_fn(|cx| self.poll_progress(cx, state, live)).await?;
+        }
+    }
+
+    /// Closed for the clients' memory (`server.max_client_memory`): every
+    /// reply owed is given up (the backends' answers go nowhere), and
+    /// `error` is the last thing written, unless the client had replies
+    /// unwritten, which are dropped with the connection.
+    #[cold]
+    pub fn evict(&mut self, error: bytes::Bytes) {
+        self.inbox.close();
+        self.inbox = Inbox::new();
+        self.arrivals.clear();
+        self.arrived_bytes = 0;
+        self.pending.clear();
+        self.extra_parts = 0;
+        self.deadline_armed = false;
+        if self.out.is_empty() {
+            self.push(Reply::close(error));
+            // Written within the stall time, or the connection is dropped.
+            self.stall_timer = Some(Box::pin(tokio::time::sleep(self.stall)));
+        } else {
+            self.out = BytesMut::new();
+            self.set_gone(Gone::Evicted);
         }
     }
 

@@ -72,6 +72,10 @@ impl Transaction {
         self.multi
     }
 
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
     pub fn queued_len(&self) -> usize {
         self.queued.len()
     }
@@ -120,6 +124,7 @@ impl Transaction {
         if bytes > max_bytes {
             self.aborted = true;
             self.queued = Vec::new();
+            self.queued_bytes = 0;
             return Err(NotQueued::TooLarge { max_bytes });
         }
         self.queued_bytes = bytes;
