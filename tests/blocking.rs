@@ -159,6 +159,86 @@ fn exhausted_leases_are_a_clear_error() {
     let _: () = c.set("session:ok", 1).unwrap();
 }
 
+/// With several users, one user's blocked clients and subscribers keep at
+/// most its share of a pool's held leases (half of them by default):
+/// another tenant's BLPOP, SUBSCRIBE and WATCH still get theirs.
+#[test]
+fn one_tenant_cannot_take_every_lease() {
+    let servers = [
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    ];
+    let [session, cache, realtime] = &servers;
+    // 16 leases: 14 may be held, 7 by one user.
+    let config = format!(
+        "{}\n[[auth.users]]\nname = \"noisy\"\npassword_env = \"NOISY_PASSWORD\"\n\
+         [[auth.users]]\nname = \"calm\"\npassword_env = \"CALM_PASSWORD\"\n",
+        reference_config(&session.url(), &cache.url(), &realtime.url())
+            .replace("[backend]\n", "[backend]\nmax_dedicated = 16\n")
+    );
+    let kw = Keyway::start_with_env(
+        &config,
+        &[
+            ("NOISY_PASSWORD", "noisy-pass"),
+            ("CALM_PASSWORD", "calm-pass"),
+        ],
+    );
+    let as_user = |user: &str, password: &str| {
+        let mut raw = kw.raw();
+        raw.send(format!("AUTH {user} {password}\r\n").as_bytes());
+        assert_eq!(raw.read_frame(), b"+OK\r\n");
+        raw
+    };
+    let mut noisy: Vec<RawClient> = (0..7)
+        .map(|_| {
+            let mut raw = as_user("noisy", "noisy-pass");
+            raw.send(b"BLPOP session:never 10\r\n");
+            raw
+        })
+        .collect();
+    session.wait_blocked(7);
+    // The eighth of the noisy tenant's, blocking or subscribing: refused.
+    let share =
+        "backend 'session' has no free dedicated connection for user 'noisy' (its limit 7 reached)";
+    let mut eighth = as_user("noisy", "noisy-pass");
+    eighth.send(b"BLPOP session:never 1\r\n");
+    let refused = String::from_utf8_lossy(&eighth.read_frame()).into_owned();
+    assert!(refused.contains(share), "{refused}");
+    eighth.send(b"SUBSCRIBE session:news\r\n");
+    let refused = String::from_utf8_lossy(&eighth.read_frame()).into_owned();
+    assert!(refused.contains(share), "{refused}");
+
+    // The calm tenant blocks, subscribes and watches as before.
+    let mut calm = as_user("calm", "calm-pass");
+    calm.send(b"BLPOP session:never 0.05\r\n");
+    assert_eq!(calm.read_frame(), b"*-1\r\n");
+    calm.send(b"WATCH session:w\r\nMULTI\r\nINCR session:w\r\nEXEC\r\n");
+    assert_eq!(calm.read_frame(), b"+OK\r\n");
+    assert_eq!(calm.read_frame(), b"+OK\r\n");
+    assert_eq!(calm.read_frame(), b"+QUEUED\r\n");
+    assert_eq!(calm.read_frame(), b"*1\r\n:1\r\n");
+    let mut listener = as_user("calm", "calm-pass");
+    listener.send(b"SUBSCRIBE session:news\r\n");
+    assert!(String::from_utf8_lossy(&listener.read_frame()).contains("subscribe"));
+
+    // One of the noisy tenant's leases given back is its to take again.
+    drop(noisy.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let frame = loop {
+        eighth.send(b"BLPOP session:never 0.05\r\n");
+        let frame = eighth.read_frame();
+        if frame == b"*-1\r\n" || Instant::now() > deadline {
+            break frame;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(frame, b"*-1\r\n", "{}", String::from_utf8_lossy(&frame));
+    println!(
+        "noisy tenant: 7 leases held, the 8th refused; calm tenant: BLPOP, WATCH, SUBSCRIBE served"
+    );
+}
+
 /// Blocking commands, subscriptions and WATCH may hold all leases but an
 /// eighth: with them all taken, other clients' transactions still run.
 #[test]

@@ -16,6 +16,8 @@ use crate::resp::{FrameScanner, Protocol};
 pub(super) struct LeasePermit {
     pub(super) _lease: OwnedSemaphorePermit,
     pub(super) _held: Option<OwnedSemaphorePermit>,
+    /// For a held lease of a user held to its share: its place there.
+    pub(super) _tenant: Option<super::tenants::TenantPermit>,
 }
 
 pub struct Dedicated {

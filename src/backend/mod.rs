@@ -12,6 +12,7 @@ mod outbox;
 mod pool;
 mod retry;
 mod stream;
+mod tenants;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ pub use fence::{Fence, MAX_FENCE};
 pub use inbox::{Arrival, Inbox, ReplyRx, ReplyTo};
 pub use pool::{LeaseKind, Pool, Probe};
 pub use retry::resend_after_failover;
+pub use tenants::Tenant;
 
 use crate::config::Config;
 use crate::route::PoolId;
@@ -40,6 +42,13 @@ pub enum BackendError {
     /// Every connection this pool may lease to single clients is in use.
     #[error("backend '{pool}' has no free dedicated connection (limit {limit} reached)")]
     LeasesExhausted { pool: String, limit: usize },
+    /// The user holds its share of the pool's held leases.
+    #[error("backend '{pool}' has no free dedicated connection for user '{user}' (its limit {limit} reached)")]
+    TenantLeasesExhausted {
+        pool: String,
+        user: String,
+        limit: usize,
+    },
     /// A write held while the pool's master was moved, past its request
     /// timeout: it was never sent, so the client may safely retry it.
     #[error("backend '{pool}' is failing over; the write was not sent, retry it")]
@@ -58,7 +67,9 @@ impl BackendError {
         match self {
             BackendError::Unavailable { .. } => "backend_unavailable",
             BackendError::ConnectionLost { .. } => "connection_lost",
-            BackendError::LeasesExhausted { .. } => "leases_exhausted",
+            BackendError::LeasesExhausted { .. } | BackendError::TenantLeasesExhausted { .. } => {
+                "leases_exhausted"
+            }
             BackendError::FailingOver { .. } => "failover_held",
             BackendError::ClusterDown { .. } => "cluster_down",
             BackendError::ClusterDatabase { .. } => "cluster_database",
@@ -71,6 +82,7 @@ impl BackendError {
             BackendError::Unavailable { pool, .. }
             | BackendError::ConnectionLost { pool }
             | BackendError::LeasesExhausted { pool, .. }
+            | BackendError::TenantLeasesExhausted { pool, .. }
             | BackendError::FailingOver { pool }
             | BackendError::ClusterDown { pool, .. }
             | BackendError::ClusterDatabase { pool } => pool,

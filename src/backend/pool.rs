@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Mutex as AsyncMutex, Semaphore};
 
 use super::dedicated::LeasePermit;
+use super::tenants::{Tenant, TenantLeases};
 use super::{BackendError, Conn, Dedicated};
 use crate::config::{BackendConfig, Endpoint};
 use crate::resp::Protocol;
@@ -29,6 +30,8 @@ pub struct Pool {
     /// Bounds the leases a client may keep as long as it likes
     /// (`LeaseKind::Held`): all but `reserved(max_dedicated)` of them.
     held: Arc<Semaphore>,
+    /// Each user's held leases, bounded by `tenant_share`.
+    tenants: TenantLeases,
     idle: Mutex<Vec<Dedicated>>,
     probe: Mutex<Probe>,
     /// Bumped when the pool moves to another address (failover); its
@@ -61,14 +64,16 @@ pub struct Probe {
 /// Clean leased connections kept for the next lease.
 const IDLE_DEDICATED: usize = 16;
 
-/// How long a client keeps a lease: what the pool's reserve is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseKind {
+/// How long a client keeps a lease: what the pool's reserve and each
+/// user's share are for.
+#[derive(Debug, Clone, Copy)]
+pub enum LeaseKind<'a> {
     /// MULTI … EXEC without WATCH: given back after one round trip.
     Brief,
     /// Subscriptions, blocking commands, WATCH: kept as long as the client
-    /// wants, so one tenant's many could take every lease.
-    Held,
+    /// wants, so one tenant's many could take every lease; counted against
+    /// the tenant's share when several users are configured.
+    Held(Option<&'a Tenant>),
 }
 
 /// Of `max_dedicated` leases, those only brief ones may take: an eighth,
@@ -76,6 +81,17 @@ pub enum LeaseKind {
 /// every other client's transactions.
 fn reserved(max_dedicated: usize) -> usize {
     max_dedicated / 8
+}
+
+/// The held leases one user may have of a pool, when several users are
+/// configured: `max_dedicated_per_user`, by default half of those held
+/// leases may take (56 of 128).
+fn tenant_share(settings: &BackendConfig) -> usize {
+    let held = settings.max_dedicated - reserved(settings.max_dedicated);
+    settings
+        .max_dedicated_per_user
+        .unwrap_or(held / 2)
+        .clamp(1, held.max(1))
 }
 
 #[derive(Default)]
@@ -95,6 +111,7 @@ impl Pool {
             held: Arc::new(Semaphore::new(
                 settings.max_dedicated - reserved(settings.max_dedicated),
             )),
+            tenants: TenantLeases::default(),
             idle: Mutex::new(Vec::new()),
             probe: Mutex::new(Probe::default()),
             generation: watch::Sender::new(0),
@@ -340,14 +357,20 @@ impl Pool {
 
     /// A connection for this client alone, kept as long as it likes
     /// (`LeaseKind::Held`), from the idle list or new. Fails at once when
-    /// the pool's limit for such leases is reached.
-    pub async fn lease(&self, client_db: u32, proto: Protocol) -> Result<Dedicated, BackendError> {
-        self.lease_as(LeaseKind::Held, client_db, proto).await
+    /// the pool's limit for such leases, or the tenant's share, is reached.
+    pub async fn lease(
+        &self,
+        tenant: Option<&Tenant>,
+        client_db: u32,
+        proto: Protocol,
+    ) -> Result<Dedicated, BackendError> {
+        self.lease_as(LeaseKind::Held(tenant), client_db, proto)
+            .await
     }
 
     pub async fn lease_as(
         &self,
-        kind: LeaseKind,
+        kind: LeaseKind<'_>,
         client_db: u32,
         proto: Protocol,
     ) -> Result<Dedicated, BackendError> {
@@ -363,8 +386,16 @@ impl Pool {
             pool: self.name.clone(),
             limit,
         };
+        let tenant = match kind {
+            LeaseKind::Held(Some(tenant)) if tenant.shared => Some(self.tenants.take(
+                tenant,
+                tenant_share(&self.settings),
+                &self.name,
+            )?),
+            _ => None,
+        };
         let held = match kind {
-            LeaseKind::Held => Some(
+            LeaseKind::Held(_) => Some(
                 self.held
                     .clone()
                     .try_acquire_owned()
@@ -380,6 +411,7 @@ impl Pool {
         let permit = LeasePermit {
             _lease: permit,
             _held: held,
+            _tenant: tenant,
         };
         {
             let mut idle = lock(&self.idle);

@@ -313,6 +313,10 @@ pub struct BackendConfig {
     /// Connections a pool may lease to single clients at once (transactions
     /// with WATCH, blocking commands, subscriptions).
     pub max_dedicated: usize,
+    /// With several users configured, the leases one user may keep at once
+    /// (subscriptions, blocking, WATCH); unset: half of those `max_dedicated`
+    /// leaves them (56 of 128).
+    pub max_dedicated_per_user: Option<usize>,
     /// How often Sentinel pools re-check their master besides the events.
     pub sentinel_poll_ms: u64,
     /// Retry a read once on the new master when its connection broke in a
@@ -334,6 +338,7 @@ impl Default for BackendConfig {
             backoff_min_ms: 50,
             backoff_max_ms: 1000,
             max_dedicated: 128,
+            max_dedicated_per_user: None,
             sentinel_poll_ms: 1000,
             retry_reads: true,
             request_timeout_ms: 10_000,

@@ -129,6 +129,15 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Who `user`'s held leases count for: with several users configured,
+    /// each is held to its share of a pool's (`backend::tenants`).
+    pub fn tenant(&self, user: &User) -> crate::backend::Tenant {
+        crate::backend::Tenant {
+            user: user.name.clone(),
+            shared: self.users.len() > 1,
+        }
+    }
+
     pub fn new(config: &Config) -> Policy {
         // Server-wide commands are refused unless explicitly allowed.
         let mut entries = vec!["@admin".to_string()];

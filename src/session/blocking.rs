@@ -137,7 +137,11 @@ impl Session {
                 pool: backend.name().to_string(),
             });
         }
-        let mut conn = match backend.lease(self.client.db, self.client.proto).await {
+        let tenant = self.tenant();
+        let mut conn = match backend
+            .lease(tenant.as_ref(), self.client.db, self.client.proto)
+            .await
+        {
             Ok(conn) => conn,
             Err(e) => return self.failed(&e),
         };

@@ -806,6 +806,12 @@ impl Session {
         );
     }
 
+    /// Whose share the client's held leases count against.
+    pub(super) fn tenant(&self) -> Option<crate::backend::Tenant> {
+        let user = self.client.user.as_ref()?;
+        Some(self.state.live().policy.tenant(user))
+    }
+
     /// The db or protocol changed: connections for the old ones no longer fit.
     fn client_changed(&mut self) {
         self.conns.iter_mut().for_each(|c| *c = None);

@@ -410,6 +410,7 @@ impl Session {
             slot: target.slot,
             db: self.client.db,
             proto: self.client.proto,
+            tenant: self.tenant(),
         };
         let conn = source.lease().await.map_err(|e| self.failed(&e))?;
         let (cmds_tx, cmds_rx) = mpsc::channel(64);
@@ -526,6 +527,8 @@ struct LinkSource {
     slot: Option<u16>,
     db: u32,
     proto: Protocol,
+    /// Whose share of the pool's leases the link's counts against.
+    tenant: Option<crate::backend::Tenant>,
 }
 
 /// How long a link keeps trying to restore subscriptions on a new master.
@@ -539,9 +542,13 @@ impl LinkSource {
         match (backend.cluster(), self.slot) {
             (Some(cluster), Some(slot)) => {
                 let node = cluster.master_or_wait(Some(slot)).await?;
-                node.lease(0, self.proto).await
+                node.lease(self.tenant.as_ref(), 0, self.proto).await
             }
-            _ => backend.lease(self.db, self.proto).await,
+            _ => {
+                backend
+                    .lease(self.tenant.as_ref(), self.db, self.proto)
+                    .await
+            }
         }
     }
 

@@ -217,7 +217,7 @@ impl Session {
     /// A leased connection to `target` (on a cluster pool, to its slot's
     /// master), taken without holding the configuration snapshot across
     /// the wait: brief for EXEC, held for WATCH.
-    async fn lease(&self, target: Target, kind: LeaseKind) -> Result<Dedicated, BackendError> {
+    async fn lease(&self, target: Target, kind: LeaseKind<'_>) -> Result<Dedicated, BackendError> {
         let backend = self.state.live().backends.checked(target.pool)?;
         if let Some(cluster) = backend.cluster() {
             if self.client.db != 0 {
@@ -382,7 +382,10 @@ impl Session {
         };
         let mut conn = match t.lease.take() {
             Some((_, conn)) => conn,
-            None => match self.lease(pool, LeaseKind::Held).await {
+            None => match self
+                .lease(pool, LeaseKind::Held(self.tenant().as_ref()))
+                .await
+            {
                 Ok(conn) => conn,
                 Err(e) => return self.failed(&e),
             },
