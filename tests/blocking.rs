@@ -349,6 +349,44 @@ fn client_unblock_ends_a_blocked_command() {
     assert_eq!(left, 1);
 }
 
+/// CLIENT KILL of a blocked client closes it without a reply, as Redis
+/// does (a client library reports a closed connection, not a timeout),
+/// and nothing is popped for it.
+#[test]
+fn a_killed_blocked_client_is_closed_without_a_reply() {
+    let r = Reference::start();
+    let mut blocked = r.keyway.raw();
+    blocked.send(b"CLIENT ID\r\n");
+    let id_frame = blocked.read_frame();
+    let id = String::from_utf8_lossy(&id_frame[1..id_frame.len() - 2]).to_string();
+    blocked.send(b"BLPOP session:killed 0\r\n");
+    r.session.wait_blocked(1);
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .query(&mut r.client())
+        .unwrap();
+    assert_eq!(killed, 1);
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut blocked.stream_mut(), &mut rest);
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        "",
+        "no reply before the close"
+    );
+    let _: () = redis::cmd("RPUSH")
+        .arg("session:killed")
+        .arg("kept")
+        .query(&mut r.client())
+        .unwrap();
+    let left: i64 = redis::cmd("LLEN")
+        .arg("session:killed")
+        .query(&mut r.session.direct())
+        .unwrap();
+    assert_eq!(left, 1);
+}
+
 /// WAIT through keyway counts the replicas of every server the client
 /// wrote to (each asked on a lease, the smallest count answered), not of
 /// whichever pool a keyless command goes to.

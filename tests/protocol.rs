@@ -214,8 +214,25 @@ fn edge_replies_match_redis_byte_for_byte() {
     // CLIENT arguments checked as Redis checks them.
     same_as_redis(
         &r,
-        b"CLIENT GETREDIR\r\nCLIENT TRACKINGINFO\r\nCLIENT CACHING yes\r\nCLIENT TRACKING off\r\nCLIENT NO-EVICT maybe\r\nCLIENT NO-EVICT on\r\n",
-        6,
+        b"CLIENT GETREDIR\r\nCLIENT TRACKINGINFO\r\nCLIENT CACHING yes\r\nCLIENT TRACKING off\r\nCLIENT NO-EVICT maybe\r\nCLIENT NO-EVICT on\r\nCLIENT TRACKING maybe\r\nCLIENT BOGUS x\r\nCLIENT bogus\r\nSLOWLOG GET abc\r\n",
+        10,
+    );
+    // CLIENT KILL filters Redis refuses are refused before anyone is
+    // killed (a filter keyway did not check matched every client).
+    let bystander = r.keyway.raw();
+    same_as_redis(
+        &r,
+        b"CLIENT KILL SKIPME maybe\r\nCLIENT KILL TYPE bogus\r\nCLIENT KILL USER nosuch\r\nCLIENT KILL ID 0\r\nCLIENT KILL ID -3\r\nCLIENT KILL ADDR 9.9.9.9:1 SKIPME no\r\nCLIENT KILL TYPE master\r\nCLIENT KILL ADDR\r\n",
+        8,
+    );
+    let mut bystander = bystander;
+    bystander.send(b"PING\r\n");
+    assert_eq!(bystander.read_frame(), b"+PONG\r\n", "no client was killed");
+    // EXEC refused outside MULTI: Redis's EXECABORT, and WATCH ends.
+    same_as_redis(
+        &r,
+        b"WATCH session:w\r\nEXEC x\r\nSET session:w 1\r\nMULTI\r\nEXEC\r\n",
+        5,
     );
     // In RESP3 (HELLO's own map differs: client ids, keyway's fields).
     let mut direct = RawClient::connect(r.session.port);

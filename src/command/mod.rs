@@ -154,6 +154,12 @@ impl CommandTable {
         Some(self.find(&buf[..len + 1 + sub_len]).unwrap_or(spec))
     }
 
+    /// Whether `command` (lowercase) has the subcommand `sub`.
+    pub fn knows_subcommand(&self, command: &str, sub: &[u8]) -> bool {
+        self.lookup(&[command.as_bytes(), sub])
+            .is_some_and(|entry| entry.name != command)
+    }
+
     /// Argument indexes of the keys (and routed channels) of a request.
     pub fn key_indexes<A: AsRef<[u8]>>(&self, spec: &Spec, args: &[A], out: &mut Vec<usize>) {
         match spec.name {

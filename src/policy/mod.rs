@@ -213,6 +213,12 @@ impl Policy {
         (!self.auth_required).then(|| self.anonymous.clone())
     }
 
+    /// Whether `name` is a user (CLIENT KILL USER): `default` always is,
+    /// as in Redis.
+    pub fn knows_user(&self, name: &str) -> bool {
+        name == "default" || self.users.contains_key(name)
+    }
+
     /// The same user under a reloaded configuration: `None` when it was
     /// removed or disabled (the client must authenticate again).
     pub fn same_user(&self, user: &User) -> Option<Arc<User>> {

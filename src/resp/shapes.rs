@@ -20,6 +20,12 @@ pub fn is_error(frame: &[u8]) -> bool {
     matches!(frame.first(), Some(b'-') | Some(b'!'))
 }
 
+/// A null reply, of RESP2 (`*-1`, `$-1`) or RESP3 (`_`): what a blocking
+/// command answers when it timed out.
+pub fn is_null(frame: &[u8]) -> bool {
+    matches!(frame, b"*-1\r\n" | b"$-1\r\n" | b"_\r\n")
+}
+
 pub fn integer(frame: &[u8]) -> Option<i64> {
     match header(frame)? {
         (b':', text, _) => number(text),

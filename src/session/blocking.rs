@@ -6,7 +6,8 @@
 //! and scripts do) or is killed while blocked is unblocked with
 //! `CLIENT UNBLOCK` rather than by dropping the connection: a command the
 //! server already served (an element popped) still delivers its reply, and
-//! one still blocked ends with the timeout reply, as Redis's own unblock.
+//! one still blocked ends with the timeout reply, as Redis's own unblock
+//! (a killed client is closed without it, as Redis closes one).
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
@@ -198,9 +199,13 @@ impl Session {
                         Err(_) => return Reply::close(Bytes::new()),
                     }
                 }
-                // CLIENT KILL or shutdown.
+                // CLIENT KILL or shutdown: Redis closes a killed client
+                // without a reply. Only what the command already took (an
+                // element popped just before) is delivered, not to lose it.
                 _ = self.kill.cancelled() => {
-                    let reply = unblock(backend, conn, UnblockHow::Timeout).await;
+                    let reply = unblock(backend, conn, UnblockHow::Timeout)
+                        .await
+                        .filter(|frame| !crate::resp::shapes::is_null(frame));
                     return Reply::close(reply.unwrap_or_default());
                 }
                 how = unblocker.requested() => {

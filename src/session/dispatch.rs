@@ -367,9 +367,14 @@ impl Session {
     #[inline(never)]
     fn wrong_arity(&mut self, spec: &Spec, handling: Handling) -> Reply {
         let msg = format!("ERR wrong number of arguments for '{}' command", spec.name);
-        if handling == Handling::Transaction(TransactionVerb::Exec) && self.in_multi() {
-            // Redis discards the transaction when EXEC itself is refused.
-            let _ = self.discard();
+        if handling == Handling::Transaction(TransactionVerb::Exec) {
+            // Redis discards the transaction when EXEC itself is refused,
+            // in MULTI or not: its WATCHes end too.
+            if self.in_multi() {
+                let _ = self.discard();
+            } else if self.mode.end_watch().is_some() {
+                self.register();
+            }
             return error(&format!(
                 "EXECABORT Transaction discarded because of: {}",
                 &msg[4..]

@@ -165,13 +165,12 @@ impl Session {
             "get" => {
                 let count = match req.argc() {
                     2 => None,
+                    // Redis gives one error for both a count out of range
+                    // and one that is not a number.
                     _ => match resp::decimal(req.arg(2)) {
                         Some(-1) => Some(usize::MAX),
-                        Some(n) if n < -1 => {
-                            return err("ERR count should be greater than or equal to -1")
-                        }
-                        Some(n) => Some(n as usize),
-                        None => return err("ERR value is not an integer or out of range"),
+                        Some(n) if n >= 0 => Some(n as usize),
+                        _ => return err("ERR count should be greater than or equal to -1"),
                     },
                 };
                 let visible = |e: &crate::slowlog::Entry| self.sees_user(&e.user);
@@ -466,13 +465,18 @@ impl Session {
                 if value.contains(|c: char| c == ' ' || c == '\n' || c.is_control()) {
                     return err(&format!(
                         "ERR {} cannot contain spaces, newlines or special characters.",
-                        text(req.arg(2)).to_ascii_lowercase()
+                        text(req.arg(2))
                     ));
                 }
                 match text(req.arg(2)).to_ascii_lowercase().as_str() {
                     "lib-name" => self.client.lib_name = value,
                     "lib-ver" => self.client.lib_ver = value,
-                    other => return err(&format!("ERR Unrecognized option '{other}'")),
+                    _ => {
+                        return err(&format!(
+                            "ERR Unrecognized option '{}'",
+                            text(req.arg(2))
+                        ))
+                    }
                 }
                 self.client_changed();
                 ok()
@@ -530,6 +534,12 @@ impl Session {
             // Tracking is never on through keyway: what Redis answers a
             // connection without it. Only turning it on is refused.
             ("tracking", 3) if req.arg(2).eq_ignore_ascii_case(b"off") => ok(),
+            ("tracking", _)
+                if !req.arg(2).eq_ignore_ascii_case(b"on")
+                    && !req.arg(2).eq_ignore_ascii_case(b"off") =>
+            {
+                err("ERR syntax error")
+            }
             ("caching", 3) => err("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled"),
             ("getredir", 2) => Some(Reply::now(resp::int(-1))),
             ("trackinginfo", 2) => {
@@ -558,6 +568,11 @@ impl Session {
                 &format!("ERR wrong number of arguments for 'client|{sub}' command"),
             ),
             ("help", _) => None,
+            _ if !self.state.commands.knows_subcommand("client", req.arg(1)) => {
+                // As Redis answers a subcommand it does not have.
+                let sub = text(&req.arg(1)[..req.arg(1).len().min(128)]);
+                err(&format!("ERR unknown subcommand '{sub}'. Try CLIENT HELP."))
+            }
             _ => err(&format!(
                 "ERR CLIENT {} is not supported by keyway",
                 sub.to_ascii_uppercase()
@@ -611,57 +626,22 @@ impl Session {
 
     /// CLIENT KILL addr, or the filter form: ID, ADDR, LADDR, USER, SKIPME.
     fn client_kill(&mut self, req: &Request) -> Reply {
-        let args: Vec<String> = req.args().skip(2).map(text).collect();
-        let mut filters: Vec<(String, String)> = Vec::new();
-        let old_form = args.len() == 1;
-        if old_form {
-            filters.push(("addr".into(), args[0].clone()));
-        } else {
-            if args.is_empty() || !args.len().is_multiple_of(2) {
-                return Reply::now(resp::error("ERR syntax error"));
-            }
-            for pair in args.chunks(2) {
-                filters.push((pair[0].to_ascii_lowercase(), pair[1].clone()));
-            }
-        }
-        let mut skip_me = true;
-        for (k, v) in &filters {
-            match k.as_str() {
-                "id" if v.parse::<u64>().is_err() => {
-                    return Reply::now(resp::error("ERR client-id should be greater than 0"))
-                }
-                "skipme" => skip_me = !v.eq_ignore_ascii_case("no"),
-                "id" | "addr" | "laddr" | "user" | "type" | "maxage" => {}
-                _ => return Reply::now(resp::error("ERR syntax error")),
-            }
-        }
+        let filter = match KillFilter::parse(req, &self.state.live().policy) {
+            Ok(filter) => filter,
+            Err(error) => return Reply::now(resp::error(&error)),
+        };
         let mut killed = 0;
         for entry in self.state.clients.iter() {
             let c = entry.value();
-            if (skip_me && c.id == self.client.id && !old_form) || !self.sees(c) {
+            if (filter.skip_me && c.id == self.client.id) || !self.sees(c) {
                 continue;
             }
-            let matches = filters.iter().all(|(k, v)| match k.as_str() {
-                "id" => v.parse::<u64>().ok() == Some(c.id),
-                "addr" => c.addr.to_string() == *v,
-                "laddr" => c.local_addr.to_string() == *v,
-                "user" => c.user == *v || (c.user.is_empty() && v == "default"),
-                "type" => {
-                    let pubsub = c.is_pubsub();
-                    (v.eq_ignore_ascii_case("normal") && !pubsub)
-                        || (v.eq_ignore_ascii_case("pubsub") && pubsub)
-                }
-                "maxage" => v
-                    .parse::<u64>()
-                    .is_ok_and(|age| c.connected.elapsed().as_secs() >= age),
-                _ => true,
-            });
-            if matches {
+            if filter.matches(c) {
                 c.kill.cancel();
                 killed += 1;
             }
         }
-        if old_form {
+        if filter.old_form {
             if killed == 0 {
                 return Reply::now(resp::error("ERR No such client"));
             }
@@ -809,12 +789,26 @@ impl Session {
         let uptime = state.started.elapsed().as_secs();
         let mut sections: Vec<String> = Vec::new();
         if wants("server") {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let live = state.live();
             sections.push(format!(
-                "# Server\r\nredis_version:{{redis_version}}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nexecutable:keyway\r\n",
-                std::env::consts::OS,
+                "# Server\r\nredis_version:{{redis_version}}\r\nredis_git_sha1:00000000\r\nredis_git_dirty:0\r\nredis_build_id:0\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nmonotonic_clock:POSIX clock_gettime\r\nmultiplexing_api:epoll\r\natomicvar_api:c11-builtin\r\ngcc_version:0.0.0\r\nprocess_id:{}\r\nprocess_supervised:no\r\nrun_id:{}\r\ntcp_port:{}\r\nserver_time_usec:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nhz:10\r\nconfigured_hz:10\r\nlru_clock:{}\r\nexecutable:{}\r\nconfig_file:{}\r\nio_threads_active:0\r\n",
+                server_os(),
                 std::process::id(),
-                state.live().config.listen.port(),
-                uptime / 86400
+                run_id(),
+                live.config.listen.port(),
+                now.as_micros(),
+                uptime / 86400,
+                // Redis's LRU clock: seconds, 24 bits.
+                now.as_secs() & ((1 << 24) - 1),
+                std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                std::fs::canonicalize(&live.config.source)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| live.config.source.clone()),
             ));
         }
         if wants("clients") {
@@ -1066,4 +1060,122 @@ fn human_bytes(n: u64) -> String {
 /// Redis allows printable ASCII without spaces in client names.
 fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|&c| (b'!'..=b'~').contains(&c))
+}
+
+/// What CLIENT KILL kills, checked as Redis checks it: every option must
+/// parse before any client is killed (a filter Redis refuses must not
+/// become a filter that matches everyone).
+#[derive(Debug, Default)]
+struct KillFilter {
+    old_form: bool,
+    skip_me: bool,
+    id: Option<u64>,
+    addr: Option<String>,
+    laddr: Option<String>,
+    user: Option<String>,
+    /// `Some(false)`: normal clients; `Some(true)`: pub/sub ones; master
+    /// and replica match none of keyway's clients.
+    pubsub: Option<bool>,
+    matches_none: bool,
+    max_age: Option<u64>,
+}
+
+impl KillFilter {
+    fn parse(req: &Request, policy: &crate::policy::Policy) -> Result<KillFilter, String> {
+        let args: Vec<String> = req.args().skip(2).map(text).collect();
+        if args.len() == 1 {
+            // CLIENT KILL addr: the old form may kill the caller.
+            return Ok(KillFilter {
+                old_form: true,
+                addr: Some(args[0].clone()),
+                ..KillFilter::default()
+            });
+        }
+        if args.is_empty() || !args.len().is_multiple_of(2) {
+            return Err("ERR syntax error".into());
+        }
+        let mut filter = KillFilter {
+            skip_me: true,
+            ..KillFilter::default()
+        };
+        for pair in args.chunks(2) {
+            let value = &pair[1];
+            match pair[0].to_ascii_lowercase().as_str() {
+                "id" => match resp::decimal(value.as_bytes()) {
+                    Some(id) if id > 0 => filter.id = Some(id as u64),
+                    _ => return Err("ERR client-id should be greater than 0".into()),
+                },
+                "maxage" => match resp::decimal(value.as_bytes()) {
+                    Some(age) if age > 0 => filter.max_age = Some(age as u64),
+                    Some(_) => return Err("ERR maxage should be greater than 0".into()),
+                    None => return Err("ERR maxage is not an integer or out of range".into()),
+                },
+                "type" => match value.to_ascii_lowercase().as_str() {
+                    "normal" => filter.pubsub = Some(false),
+                    "pubsub" => filter.pubsub = Some(true),
+                    "master" | "slave" | "replica" => filter.matches_none = true,
+                    _ => return Err(format!("ERR Unknown client type '{value}'")),
+                },
+                "addr" => filter.addr = Some(value.clone()),
+                "laddr" => filter.laddr = Some(value.clone()),
+                "user" if policy.knows_user(value) => filter.user = Some(value.clone()),
+                "user" => return Err(format!("ERR No such user '{value}'")),
+                "skipme" => match value.to_ascii_lowercase().as_str() {
+                    "yes" => filter.skip_me = true,
+                    "no" => filter.skip_me = false,
+                    _ => return Err("ERR syntax error".into()),
+                },
+                _ => return Err("ERR syntax error".into()),
+            }
+        }
+        Ok(filter)
+    }
+
+    fn matches(&self, c: &crate::state::ClientInfo) -> bool {
+        !self.matches_none
+            && self.id.is_none_or(|id| id == c.id)
+            && self.addr.as_ref().is_none_or(|a| *a == c.addr.to_string())
+            && self
+                .laddr
+                .as_ref()
+                .is_none_or(|a| *a == c.local_addr.to_string())
+            && self
+                .user
+                .as_ref()
+                .is_none_or(|u| *u == c.user || (c.user.is_empty() && u == "default"))
+            && self.pubsub.is_none_or(|p| p == c.is_pubsub())
+            && self
+                .max_age
+                .is_none_or(|age| c.connected.elapsed().as_secs() >= age)
+    }
+}
+
+/// INFO's `os`, as Redis writes it from uname: "Linux 6.1.0 x86_64".
+fn server_os() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_string());
+    match (
+        read("/proc/sys/kernel/ostype"),
+        read("/proc/sys/kernel/osrelease"),
+    ) {
+        (Ok(kind), Ok(release)) => format!("{kind} {release} {}", std::env::consts::ARCH),
+        _ => format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+    }
+}
+
+/// INFO's `run_id`: 40 hex digits, new with each start of keyway, as
+/// Redis's changes with each start of Redis.
+fn run_id() -> &'static str {
+    static RUN_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN_ID.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new();
+        (0..3u64)
+            .map(|i| {
+                let mut h = random.build_hasher();
+                h.write_u64(i ^ u64::from(std::process::id()));
+                format!("{:016x}", h.finish())
+            })
+            .collect::<String>()[..40]
+            .to_string()
+    })
 }

@@ -554,6 +554,11 @@ impl RawClient {
         let _ = self.stream.write_all(bytes);
     }
 
+    /// The socket, to read what is left as it is.
+    pub fn stream_mut(&mut self) -> &mut impl Read {
+        &mut self.reader
+    }
+
     /// True once the server has closed the connection.
     pub fn is_closed(&mut self) -> bool {
         let mut buf = [0u8; 1];
