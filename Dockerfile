@@ -15,17 +15,22 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# Dependencies in a layer of their own, rebuilt only when Cargo.toml or
-# Cargo.lock change: built once against placeholder sources. Cargo.toml
-# names the bench target, so its file must be there too.
+# Dependencies in a layer of their own, rebuilt only when Cargo.toml,
+# Cargo.lock or the build script change: the instrumented build (see
+# below) of placeholder sources. Cargo.toml names the bench target, so its
+# file must be there too.
 COPY Cargo.toml Cargo.lock ./
 COPY benches ./benches
+COPY scripts/build-pgo.sh scripts/install-deps.sh ./scripts/
 RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
- && cargo build --profile dist --locked --bin keyway \
+ && scripts/build-pgo.sh --deps \
  && rm -rf src
 COPY src ./src
+# Profile-guided: an instrumented keyway serves a training load through a
+# redis-server of the build stage's own, and the shipped build is laid out
+# by what it recorded (a quarter less user CPU per request; BENCHMARKS.md).
 # COPY keeps the files' old times: touch them so cargo rebuilds keyway.
-RUN touch src/main.rs src/lib.rs && cargo build --profile dist --locked --bin keyway
+RUN touch src/main.rs src/lib.rs && scripts/build-pgo.sh dist
 
 # debian:bookworm-slim rather than distroless: the HEALTHCHECK and the
 # Kubernetes preStop hook need a shell (bash's /dev/tcp instead of curl).
@@ -33,7 +38,7 @@ FROM debian:bookworm-slim
 RUN groupadd --system --gid 10001 keyway \
  && useradd --system --uid 10001 --gid keyway --no-create-home \
       --home-dir /nonexistent --shell /usr/sbin/nologin keyway
-COPY --from=build /src/target/dist/keyway /usr/local/bin/keyway
+COPY --from=build /src/target/pgo/dist/keyway /usr/local/bin/keyway
 COPY conf/keyway.toml /etc/keyway/keyway.toml
 # The file asks for loopback; in a container the published ports need all
 # interfaces (env overrides the file).

@@ -14,6 +14,7 @@
 # Stops every process it started, by PID.
 #
 #   scripts/bench.sh [requests] [rounds]      (defaults 200000, 3)
+#   (keyway is built as the container image ships it: scripts/build-pgo.sh)
 #   KEYWAY_BIN=/path/to/keyway scripts/bench.sh   (another build, e.g. before a change; no cargo build)
 #   BENCH_PIN=1 scripts/bench.sh   (redis-benchmark on CPU 0; redis-servers and proxies on CPU 1)
 #   BENCH_CLUSTER=0 scripts/bench.sh   (without the Redis Cluster rows)
@@ -31,7 +32,7 @@ ROUNDS=${2:-3}
 
 scripts/install-deps.sh nutcracker
 command -v nutcracker >/dev/null || { echo "bench: nutcracker (twemproxy) is required" >&2; exit 1; }
-[ -n "${KEYWAY_BIN:-}" ] || cargo build --release --quiet
+[ -n "${KEYWAY_BIN:-}" ] || KEYWAY_BIN=$(scripts/build-pgo.sh release)
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh

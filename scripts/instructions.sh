@@ -8,6 +8,7 @@
 # measures that. Stops every process it started, by PID.
 #
 #   scripts/instructions.sh [requests]      (default 20000 per test)
+#   (keyway built as the container image ships it: scripts/build-pgo.sh)
 #   KEYWAY_BIN=/path/to/keyway scripts/instructions.sh   (another build)
 #   PREDIXY_BIN=/path/to/predixy scripts/instructions.sh (a predixy column;
 #     by default the one scripts/bench.sh built into target/peers/, if any)
@@ -28,7 +29,7 @@ scripts/install-deps.sh nutcracker
 for tool in valgrind nutcracker; do
   command -v "$tool" >/dev/null || { echo "instructions: $tool is required (apt-get install $tool)" >&2; exit 1; }
 done
-cargo build --release --quiet
+[ -n "${KEYWAY_BIN:-}" ] || KEYWAY_BIN=$(scripts/build-pgo.sh release)
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
