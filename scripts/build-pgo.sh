@@ -70,12 +70,16 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# A loopback port nothing listens on (no python in a bare build image).
+# A loopback port nothing listens on (no python in a bare build image),
+# with its cluster bus port (+10000) free too, a cluster node needs both;
+# both below Linux's ephemeral range (from 32768), where a port nothing
+# listens on may still be the local end of another program's connection.
 free_port() {
   local port
   for _ in $(seq 50); do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; then
+    port=$((10000 + RANDOM % 12000))
+    if ! (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null \
+      && ! (exec 3<>/dev/tcp/127.0.0.1/"$((port + 10000))") 2>/dev/null; then
       echo "$port"
       return
     fi
@@ -83,9 +87,30 @@ free_port() {
   echo "build-pgo: no free port" >&2
   exit 1
 }
-wait_port() {
+opened() {
   for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
+wait_port() {
+  opened "$1" && return 0
   echo "build-pgo: port $1 never opened" >&2
+  exit 1
+}
+# start_redis ARGS...: a redis-server with ARGS on a free port, tried on
+# another port if it does not start (the port was taken meanwhile); sets
+# started_port (not a subshell: its PID must reach `pids`).
+start_redis() {
+  local port
+  for _ in 1 2 3 4 5; do
+    port=$(free_port)
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" "$@" >/dev/null 2>&1 &
+    pids+=($!)
+    if opened "$port"; then
+      started_port=$port
+      return
+    fi
+  done
+  echo "build-pgo: redis-server did not start" >&2
   exit 1
 }
 
@@ -115,23 +140,16 @@ train_on() {
 }
 
 echo "build-pgo: training load, one Redis" >&2
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-pids+=($!)
-wait_port "$redis_port"
-train_on "$(printf '[pools.cache]\nurl = "redis://127.0.0.1:%s"' "$redis_port")" \
+start_redis
+train_on "$(printf '[pools.cache]\nurl = "redis://127.0.0.1:%s"' "$started_port")" \
   "-c 50 -n 200000 -t get,set" "-c 50 -n 1000000 -P 16 -t get,set" \
   "-c 1 -n 20000 -t get,set" "-c 50 -n 20000"
 
 echo "build-pgo: training load, a three-master Redis Cluster" >&2
 nodes=()
 for i in 1 2 3; do
-  port=$(free_port)
-  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
-    --cluster-enabled yes --cluster-config-file "nodes-$port.conf" >/dev/null &
-  pids+=($!)
-  wait_port "$port"
-  nodes+=("127.0.0.1:$port")
+  start_redis --cluster-enabled yes --cluster-config-file "nodes-$i.conf"
+  nodes+=("127.0.0.1:$started_port")
 done
 redis-cli --cluster create "${nodes[@]}" --cluster-yes >/dev/null 2>&1
 for _ in $(seq 100); do
