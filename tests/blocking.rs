@@ -111,11 +111,7 @@ fn a_client_leaving_while_blocked_steals_nothing() {
 
 /// The reference pools (session, cache, realtime), `limit` leases each.
 fn with_lease_limit(limit: usize) -> ([RedisServer; 3], Keyway) {
-    let servers = [
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    ];
+    let servers = reference_servers();
     let [session, cache, realtime] = &servers;
     let config = reference_config(&session.url(), &cache.url(), &realtime.url()).replace(
         "[backend]\n",
@@ -164,11 +160,7 @@ fn exhausted_leases_are_a_clear_error() {
 /// another tenant's BLPOP, SUBSCRIBE and WATCH still get theirs.
 #[test]
 fn one_tenant_cannot_take_every_lease() {
-    let servers = [
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    ];
+    let servers = reference_servers();
     let [session, cache, realtime] = &servers;
     // 16 leases: 14 may be held, 7 by one user.
     let config = format!(

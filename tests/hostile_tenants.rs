@@ -173,11 +173,7 @@ fn an_unauthenticated_client_cannot_make_keyway_buffer() {
 
 /// The reference pools, keyway with `settings` in its [server] table.
 fn with_server_settings(settings: &str) -> ([RedisServer; 3], Keyway) {
-    let servers = [
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    ];
+    let servers = reference_servers();
     let [session, cache, realtime] = &servers;
     let config = format!(
         "{}\n[server]\n{settings}",

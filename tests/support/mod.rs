@@ -417,6 +417,15 @@ pub struct Reference {
     pub keyway: Keyway,
 }
 
+/// Three Redis servers for the reference pools (session, cache, realtime).
+pub fn reference_servers() -> [RedisServer; 3] {
+    [
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    ]
+}
+
 pub fn reference_config(session: &str, cache: &str, realtime: &str) -> String {
     format!(
         r#"
