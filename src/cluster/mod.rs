@@ -98,6 +98,25 @@ impl SlotMap {
     }
 }
 
+/// One client's view of a cluster pool: the cluster, and the slot map it
+/// last read, kept until the cluster swaps in another (a `MOVED` to a
+/// known master updates the map in place, so the view sees that too).
+pub struct View {
+    cluster: Arc<Cluster>,
+    map: arc_swap::Cache<Arc<ArcSwap<SlotMap>>, Arc<SlotMap>>,
+}
+
+impl View {
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The current map: the kept one unless the cluster has swapped it.
+    pub fn map(&mut self) -> &SlotMap {
+        self.map.load()
+    }
+}
+
 /// What the cluster's metrics are bound to, once metrics exist.
 pub struct ClusterMetrics {
     pub moved: prometheus::IntCounter,
@@ -116,7 +135,10 @@ pub struct Cluster {
     settings: BackendConfig,
     /// Read-only commands go to a replica of the slot's master.
     replica_reads: bool,
-    map: ArcSwap<SlotMap>,
+    /// Shared with each client's `View`, which checks it with one plain
+    /// load instead of taking a guard (two atomic read-modify-writes) per
+    /// request.
+    map: Arc<ArcSwap<SlotMap>>,
     /// Every node pool by address, reused across refreshes (connections
     /// and all); bounded by the cluster's size, pruned on each refresh.
     /// Keyed by address and by whether the pool reads from a replica.
@@ -141,7 +163,7 @@ impl Cluster {
             seeds,
             settings,
             replica_reads: false,
-            map: ArcSwap::from_pointee(SlotMap::empty()),
+            map: Arc::new(ArcSwap::from_pointee(SlotMap::empty())),
             nodes: Mutex::new(HashMap::new()),
             wanted: Notify::new(),
             refreshed: watch::Sender::new(0),
@@ -180,6 +202,14 @@ impl Cluster {
 
     pub fn map(&self) -> arc_swap::Guard<Arc<SlotMap>> {
         self.map.load()
+    }
+
+    /// A client's view of this cluster, for its warm path.
+    pub fn view(self: &Arc<Self>) -> View {
+        View {
+            cluster: Arc::clone(self),
+            map: arc_swap::Cache::new(Arc::clone(&self.map)),
+        }
     }
 
     /// The master serving `slot` now; a keyless request (`None`) goes to
@@ -602,4 +632,61 @@ async fn read_topology(endpoint: &Endpoint, timeout: Duration) -> Result<Topolog
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(port: u16, ranges: Vec<(u16, u16)>) -> Shard {
+        Shard {
+            master: Addr::new("127.0.0.1", port),
+            replicas: Vec::new(),
+            ranges,
+        }
+    }
+
+    fn master_port(map: &SlotMap, slot: u16) -> Option<u16> {
+        let pool = map.master_of(Some(slot))?;
+        pool.endpoint().addr.as_ref().map(|a| a.port)
+    }
+
+    #[tokio::test]
+    async fn a_clients_view_follows_swapped_maps_and_moved_slots() {
+        let template = Endpoint {
+            addr: None,
+            username: None,
+            password: None,
+            db: 0,
+            tls: None,
+            readonly: false,
+        };
+        let cluster = Arc::new(Cluster::new(
+            "c",
+            template,
+            Vec::new(),
+            BackendConfig::default(),
+        ));
+        let mut view = cluster.view();
+        assert_eq!(master_port(view.map(), 0), None);
+
+        cluster.apply(&Topology {
+            shards: vec![shard(7001, vec![(0, 16383)])],
+        });
+        assert_eq!(master_port(view.map(), 9000), Some(7001));
+
+        // A refresh swaps in a new map: the view reads it on its next use.
+        cluster.apply(&Topology {
+            shards: vec![
+                shard(7001, vec![(0, 8191)]),
+                shard(7002, vec![(8192, 16383)]),
+            ],
+        });
+        assert_eq!(master_port(view.map(), 9000), Some(7002));
+        assert_eq!(master_port(view.map(), 100), Some(7001));
+
+        // A MOVED to a known master changes the kept map in place.
+        cluster.moved(100, &Addr::new("127.0.0.1", 7002));
+        assert_eq!(master_port(view.map(), 100), Some(7002));
+    }
 }

@@ -128,12 +128,7 @@ impl Session {
             Ok(b) => b,
             Err(e) => return self.failed(&e),
         };
-        if self
-            .clusters
-            .get(target.pool.index())
-            .is_some_and(Option::is_some)
-            && self.client.db != 0
-        {
+        if self.links.cluster(target.pool).is_some() && self.client.db != 0 {
             return self.failed(&BackendError::ClusterDatabase {
                 pool: backend.name().to_string(),
             });

@@ -499,7 +499,8 @@ impl Session {
             false => target.pool,
         };
         self.meta.slot = target.slot;
-        let Some(conn) = self.ready_conn(pool) else {
+        let choice = self.node_choice();
+        let Some(conn) = self.links.ready(pool, self.client.db, choice) else {
             return Err(request);
         };
         let (inbox, seq) = self.output.inbox_next();
@@ -701,7 +702,7 @@ impl Session {
         slot: Option<u16>,
         bytes: Bytes,
     ) -> Result<crate::backend::ReplyRx, crate::backend::BackendError> {
-        match self.clusters.get(pool.index()).cloned().flatten() {
+        match self.links.cluster(pool).cloned() {
             Some(cluster) if self.client.db != 0 => {
                 Err(crate::backend::BackendError::ClusterDatabase {
                     pool: cluster.name().to_string(),
@@ -755,7 +756,7 @@ impl Session {
     pub(super) async fn servers_of(&self, pools: &[PoolId]) -> Vec<Server> {
         let mut servers = Vec::with_capacity(pools.len());
         for &pool in pools {
-            let Some(cluster) = self.clusters.get(pool.index()).cloned().flatten() else {
+            let Some(cluster) = self.links.cluster(pool).cloned() else {
                 servers.push(Server::Pool(pool));
                 continue;
             };

@@ -683,12 +683,10 @@ impl Session {
         } else {
             pools
                 .iter()
-                .map(
-                    |&pool| match self.clusters.get(pool.index()).cloned().flatten() {
-                        Some(cluster) => Server::Slots(pool, cluster),
-                        None => Server::Pool(pool),
-                    },
-                )
+                .map(|&pool| match self.links.cluster(pool).cloned() {
+                    Some(cluster) => Server::Slots(pool, cluster),
+                    None => Server::Pool(pool),
+                })
                 .collect()
         };
         let count = servers.len();

@@ -7,6 +7,7 @@ mod blocking;
 
 pub use blocking::{UnblockHow, Unblocker};
 mod dispatch;
+mod links;
 mod local;
 mod merge;
 mod mode;
@@ -41,6 +42,7 @@ use crate::state::{Activity, ClientInfo, State};
 
 pub use reply::Reply;
 
+use links::{Links, NodeChoice};
 use mode::Mode;
 use output::Output;
 use watched::Watched;
@@ -118,15 +120,9 @@ pub struct Session {
     client: ClientState,
     mode: Mode,
     reply_mode: ReplyMode,
-    /// Per pool, the multiplexed connection for the client's current db and
-    /// protocol; cleared when either changes.
-    conns: Vec<Option<Conn>>,
-    /// Per pool, its cluster when it is a Redis Cluster pool: requests to
-    /// it go to the node serving their slot instead of `conns`.
-    clusters: Vec<Option<Arc<crate::cluster::Cluster>>>,
-    /// The multiplexed connections this client used on cluster nodes, for
-    /// its current db and protocol (a few: one per master).
-    node_conns: Vec<(Arc<crate::backend::Pool>, Conn)>,
+    /// The client's connections to the backends, and its view of each
+    /// cluster pool's slot map.
+    links: Links,
     key_scratch: Vec<usize>,
     rd: ClientReader,
     inbuf: BytesMut,
@@ -170,17 +166,6 @@ pub struct Session {
     /// What this client holds as last counted against
     /// `server.max_client_memory` (0 below `client_memory::UNCOUNTED`).
     memory_counted: usize,
-}
-
-/// Cluster node connections a session keeps at most.
-const MAX_NODE_CONNS: usize = 64;
-
-fn clusters_of(backends: &crate::backend::Backends) -> Vec<Option<Arc<crate::cluster::Cluster>>> {
-    backends
-        .by_index()
-        .iter()
-        .map(|p| p.as_ref().and_then(|p| p.cluster().cloned()))
-        .collect()
 }
 
 pub fn parse_limits(config: &Config) -> ParseLimits {
@@ -252,9 +237,7 @@ async fn serve_stream(
     let kill = CancellationToken::new();
     let live = state.live_arc();
     let mut session = Session {
-        conns: vec![None; live.backends.by_index().len()],
-        clusters: clusters_of(&live.backends),
-        node_conns: Vec::new(),
+        links: Links::new(&live.backends),
         state: state.clone(),
         client,
         mode: Mode::Normal,
@@ -563,31 +546,31 @@ impl Session {
         mut bytes: Bytes,
         mut reply: ReplyTo,
     ) -> Result<(), BackendError> {
-        // `conns` has one slot per pool of the configuration the request
+        // `links` has one slot per pool of the configuration the request
         // runs under; connecting checks the pool against the current one.
         let slot = pool.index();
-        if slot >= self.conns.len() {
+        if slot >= self.links.pools.len() {
             // A route planned just before a reload that added the pool.
             return Err(BackendError::Unavailable {
                 pool: self.state.live().router.pool_name(pool).to_string(),
                 reason: "the configuration was reloaded; retry".to_string(),
             });
         }
-        if let Some(cluster) = &self.clusters[slot] {
+        let choice = self.node_choice();
+        if let Some((cluster, warm)) = self.links.ready_node(pool, self.client.db, choice) {
             // Warm: the slot's master has a connection of this client's.
-            if let Some(conn) = self.known_node_conn(cluster) {
+            if let Some(conn) = warm {
                 (bytes, reply) = match conn.try_send(bytes, reply, false) {
                     Ok(()) => return Ok(()),
                     Err(back) => back,
                 };
             }
-            let cluster = cluster.clone();
             // Boxed: its wait for a first map would enlarge every request.
             return Box::pin(self.send_to_cluster(cluster, bytes, reply)).await;
         }
         // Two tries at a closed connection, and one after a failover fence.
         for _ in 0..3 {
-            if self.conns[slot].as_ref().is_none_or(Conn::is_closed) {
+            if self.links.pools[slot].as_ref().is_none_or(Conn::is_closed) {
                 // Boxed: taken once per pool and db, it would otherwise
                 // enlarge every client's task by a whole connect.
                 let backend = self.state.live().backends.checked(pool)?;
@@ -597,23 +580,23 @@ impl Session {
                     self.client.id as usize,
                 ))
                 .await?;
-                self.conns[slot] = Some(conn);
+                self.links.pools[slot] = Some(conn);
             }
-            let Some(conn) = self.conns[slot].as_ref() else {
+            let Some(conn) = self.links.pools[slot].as_ref() else {
                 continue;
             };
             if conn.fenced() && !self.meta.read_only {
                 // Boxed: rare, and its timer would enlarge every request's future.
                 Box::pin(self.hold_write(pool)).await?;
                 // The master may have moved: take a connection to the current one.
-                self.conns[slot] = None;
+                self.links.pools[slot] = None;
                 continue;
             }
             match conn.send(bytes, reply).await {
                 Ok(()) => return Ok(()),
                 Err(back) => {
                     (bytes, reply) = back;
-                    self.conns[slot] = None;
+                    self.links.pools[slot] = None;
                 }
             }
         }
@@ -622,34 +605,13 @@ impl Session {
         })
     }
 
-    /// The client's open connection a request to `pool` can be queued on
-    /// without waiting (to its slot's node, on a cluster pool); `None`
-    /// when there is none, or it is fenced for a write.
-    pub(super) fn ready_conn(&self, pool: PoolId) -> Option<&Conn> {
-        let slot = pool.index();
-        if let Some(Some(cluster)) = self.clusters.get(slot) {
-            return self.known_node_conn(cluster);
+    /// What picks the node of a request to a cluster pool.
+    fn node_choice(&self) -> NodeChoice {
+        NodeChoice {
+            slot: self.meta.slot,
+            read_only: self.meta.read_only,
+            hint: self.client.id as usize,
         }
-        self.conns
-            .get(slot)
-            .and_then(Option::as_ref)
-            .filter(|conn| !conn.fenced() || self.meta.read_only)
-    }
-
-    /// The warm path to a cluster: the slot's server is in the map and
-    /// this client has a connection to it. Nothing waits and nothing is
-    /// allocated.
-    fn known_node_conn(&self, cluster: &crate::cluster::Cluster) -> Option<&Conn> {
-        if self.client.db != 0 {
-            return None;
-        }
-        let map = cluster.map();
-        let replica = self.meta.read_only && cluster.replica_reads();
-        let node = map.server_of(self.meta.slot, replica, self.client.id as usize)?;
-        self.node_conns
-            .iter()
-            .find(|(n, _)| Arc::ptr_eq(n, node))
-            .map(|(_, conn)| conn)
     }
 
     /// Queues `bytes` on the multiplexed connection to the master serving
@@ -675,27 +637,20 @@ impl Session {
                 Some(node) => node,
                 None => cluster.master_or_wait(self.meta.slot).await?,
             };
-            let cached = self
-                .node_conns
-                .iter()
-                .position(|(n, c)| Arc::ptr_eq(n, &node) && !c.is_closed());
-            let index = match cached {
+            let index = match self.links.node_index(&node) {
                 Some(i) => i,
                 None => {
                     let conn = node
                         .conn(0, self.client.proto, self.client.id as usize)
                         .await
                         .inspect_err(|_| cluster.request_refresh())?;
-                    self.node_conns.retain(|(n, _)| !Arc::ptr_eq(n, &node));
-                    if self.node_conns.len() >= MAX_NODE_CONNS {
-                        // Nodes come and go over a cluster's life: bounded.
-                        self.node_conns.clear();
-                    }
-                    self.node_conns.push((node, conn));
-                    self.node_conns.len() - 1
+                    self.links.keep_node(node, conn)
                 }
             };
-            match self.node_conns[index].1.send(bytes, reply).await {
+            let Some(conn) = self.links.node_conn(index) else {
+                continue;
+            };
+            match conn.send(bytes, reply).await {
                 Ok(()) => return Ok(()),
                 Err(back) => (bytes, reply) = back,
             }
@@ -781,9 +736,7 @@ impl Session {
         let live = self.state.live_arc();
         self.live = Arc::clone(&live);
         self.generation = live.generation;
-        self.conns = vec![None; live.backends.by_index().len()];
-        self.clusters = clusters_of(&live.backends);
-        self.node_conns.clear();
+        self.links = Links::new(&live.backends);
         self.output.configure(&live.config);
         self.idle_timeout_secs = live.config.server.idle_timeout_secs;
         self.client.user = match &self.client.user {
@@ -814,8 +767,7 @@ impl Session {
 
     /// The db or protocol changed: connections for the old ones no longer fit.
     fn client_changed(&mut self) {
-        self.conns.iter_mut().for_each(|c| *c = None);
-        self.node_conns.clear();
+        self.links.clear();
         self.register();
     }
 }
