@@ -266,18 +266,33 @@ fn a_half_closed_client_gets_the_element_it_popped() {
     let left: usize = direct.llen("session:q").unwrap();
     assert_eq!(left, 0);
 
-    // Blocked on an empty list, then half-closed: the command ends as a
-    // timeout and nothing pushed later is taken by it.
-    let mut raw = r.keyway.raw();
-    raw.send(b"BLPOP session:empty 0\r\n");
-    std::thread::sleep(Duration::from_millis(200));
-    raw.shutdown_write();
-    assert_eq!(raw.read_frame(), b"*-1\r\n");
-    assert!(raw.is_closed());
+    // Blocked on an empty list, then half-closed (with a command pipelined
+    // behind it, or with the EOF right behind the command): Redis frees the
+    // client, so it is closed without a reply (never the timeout reply a
+    // zero timeout cannot give), the pipelined SET never runs, and nothing
+    // pushed later is taken by it.
+    for (request, pause) in [
+        (
+            &b"BLPOP session:empty 0\r\nSET session:after 1\r\n"[..],
+            200,
+        ),
+        (&b"BLPOP session:empty 0\r\n"[..], 0),
+    ] {
+        let mut raw = r.keyway.raw();
+        raw.send(request);
+        std::thread::sleep(Duration::from_millis(pause));
+        raw.shutdown_write();
+        assert!(raw.is_closed(), "closed without a reply");
+    }
     let _: () = direct.rpush("session:empty", "kept").unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let left: usize = direct.llen("session:empty").unwrap();
     assert_eq!(left, 1, "a later push stays in the list");
+    let after: Option<String> = direct.get("session:after").unwrap();
+    assert_eq!(
+        after, None,
+        "nothing pipelined behind the blocked command ran"
+    );
 }
 
 #[test]

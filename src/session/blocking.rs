@@ -3,11 +3,11 @@
 //! client never delays another's GET.
 //!
 //! A client that stops sending (EOF: it left, or only half-closed as `nc`
-//! and scripts do) or is killed while blocked is unblocked with
-//! `CLIENT UNBLOCK` rather than by dropping the connection: a command the
-//! server already served (an element popped) still delivers its reply, and
-//! one still blocked ends with the timeout reply, as Redis's own unblock
-//! (a killed client is closed without it, as Redis closes one).
+//! and scripts do) or is killed while blocked is closed as Redis frees
+//! such a client: no reply for the blocked command, and nothing it
+//! pipelined behind it runs. The lease's command is ended with
+//! `CLIENT UNBLOCK` rather than by dropping the connection, so an element
+//! the server already popped is still delivered, not lost.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
@@ -171,6 +171,10 @@ impl Session {
         lost: &BackendError,
         unblocker: &Unblocker,
     ) -> Reply {
+        if self.input_closed {
+            // EOF came with the command: the server may still serve it at once.
+            return closed_while_blocked(backend, conn).await;
+        }
         loop {
             tokio::select! {
                 frame = conn.read_frame() => {
@@ -189,20 +193,17 @@ impl Session {
                     match read {
                         Ok(n) if n > 0 => continue,
                         // EOF: no more requests, but the client may still read.
-                        Ok(_) => self.input_closed = true,
+                        Ok(_) => {
+                            self.input_closed = true;
+                            return closed_while_blocked(backend, conn).await;
+                        }
                         // Reset: nobody is left to read a reply.
                         Err(_) => return Reply::close(Bytes::new()),
                     }
                 }
                 // CLIENT KILL or shutdown: Redis closes a killed client
-                // without a reply. Only what the command already took (an
-                // element popped just before) is delivered, not to lose it.
-                _ = self.kill.cancelled() => {
-                    let reply = unblock(backend, conn, UnblockHow::Timeout)
-                        .await
-                        .filter(|frame| !crate::resp::shapes::is_null(frame));
-                    return Reply::close(reply.unwrap_or_default());
-                }
+                // without a reply.
+                _ = self.kill.cancelled() => return closed_while_blocked(backend, conn).await,
                 how = unblocker.requested() => {
                     return match unblock(backend, conn, how).await {
                         Some(frame) => Reply::now(frame),
@@ -210,13 +211,20 @@ impl Session {
                     };
                 }
             }
-            // Input closed (now, or before this command was dispatched).
-            return match unblock(backend, conn, UnblockHow::Timeout).await {
-                Some(frame) => Reply::now(frame),
-                None => Reply::close(Bytes::new()),
-            };
         }
     }
+}
+
+/// A blocked client that left, half-closed or was killed: Redis frees it,
+/// so the command ends without its timeout reply and the connection is
+/// closed (nothing pipelined behind it runs). Only what the command
+/// already took (an element popped just before) is delivered, not to lose
+/// it: a half-closed client may still be reading.
+async fn closed_while_blocked(backend: &Pool, conn: Dedicated) -> Reply {
+    let reply = unblock(backend, conn, UnblockHow::Timeout)
+        .await
+        .filter(|frame| !crate::resp::shapes::is_null(frame));
+    Reply::close(reply.unwrap_or_default())
 }
 
 impl Session {
