@@ -6,8 +6,12 @@
 //! A reply's size is unknown until it arrives, so the number of requests in
 //! flight starts small and grows as replies come back (as TCP's slow start
 //! does), and shrinks to what half the limit holds of the largest recent
-//! reply. Replies that arrive beyond twice the limit, unread, disconnect
-//! the client at once: what one client owes never grows past that.
+//! reply. Sizes are only guessed, so what a client owes can overshoot
+//! (small replies grew the window, then large ones come back): past twice
+//! the limit the client is disconnected unless it reads something within
+//! `OVER_LIMIT_GRACE`. A client that keeps reading is served, as Redis
+//! serves it, and what all clients hold together is bounded by
+//! `server.max_client_memory` (`client_memory`).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -35,7 +39,8 @@ pub enum Gone {
     WriteFailed,
     /// The client left `client_output_stall_secs` of replies unread.
     Stalled,
-    /// The replies owed and unread reached twice the output limit.
+    /// The replies owed passed twice the output limit and the client read
+    /// none of them for `OVER_LIMIT_GRACE`.
     OverLimit,
     /// Closed for the clients' memory, with replies still unwritten.
     Evicted,
@@ -45,6 +50,9 @@ pub enum Gone {
 const FIRST_WINDOW: usize = 32;
 /// The smallest reply size the window is planned with.
 const MIN_LARGE: usize = 64;
+/// Owing more than twice its limit, a client that reads nothing for this
+/// long is disconnected.
+const OVER_LIMIT_GRACE: Duration = Duration::from_secs(1);
 /// An empty write buffer larger than this is given back after a peak.
 const KEEP_OUT: usize = 64 * 1024;
 
@@ -295,23 +303,28 @@ impl Output {
         if let Some(gone) = self.gone {
             return Poll::Ready(Err(gone));
         }
+        let over_limit = self.owed_bytes() > self.limit.saturating_mul(2);
+        if over_limit {
+            self.cut_unless_read_within(OVER_LIMIT_GRACE);
+        }
         if let Some(timer) = self.stall_timer.as_mut() {
             if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(self.disconnect(
-                    state,
-                    Gone::Stalled,
-                    "client_output_stalled",
-                    "disconnecting a client that does not read its replies",
-                )));
+                return Poll::Ready(Err(if over_limit {
+                    self.disconnect(
+                        state,
+                        Gone::OverLimit,
+                        "client_output_limit",
+                        "disconnecting a client that owes more than twice its output limit and reads none of it",
+                    )
+                } else {
+                    self.disconnect(
+                        state,
+                        Gone::Stalled,
+                        "client_output_stalled",
+                        "disconnecting a client that does not read its replies",
+                    )
+                }));
             }
-        }
-        if self.owed_bytes() > self.limit.saturating_mul(2) {
-            return Poll::Ready(Err(self.disconnect(
-                state,
-                Gone::OverLimit,
-                "client_output_limit",
-                "disconnecting a client whose unread replies passed twice its output limit",
-            )));
         }
         // Writing owed bytes first keeps the buffer small.
         if !self.out.is_empty() {
@@ -382,6 +395,19 @@ impl Output {
     fn client_read(&mut self) {
         if let Some(timer) = self.stall_timer.as_mut() {
             timer.as_mut().reset(Instant::now() + self.stall);
+        }
+    }
+
+    /// Brings the stall clock forward to `grace` from now: the client is
+    /// cut unless it reads something by then (reading restarts the clock).
+    #[cold]
+    #[inline(never)]
+    fn cut_unless_read_within(&mut self, grace: Duration) {
+        let cut_at = Instant::now() + grace;
+        match self.stall_timer.as_mut() {
+            Some(timer) if timer.deadline() <= cut_at => {}
+            Some(timer) => timer.as_mut().reset(cut_at),
+            None => self.stall_timer = Some(Box::pin(tokio::time::sleep_until(cut_at))),
         }
     }
 
