@@ -1,6 +1,7 @@
 // Proves unmodified ioredis 5 works through keyway: its INFO ready-check and
 // SELECT (db: 3) on connect, SET/GET, a 1000-command pipeline, MGET and DEL
-// across three pools, and (given backend ports) each key on its pool and db.
+// across three pools, (given backend ports) each key on its pool and db, and
+// its resend of what a half-closed, blocked connection left unanswered.
 // Usage: node ioredis_check.js PORT [SESSION_PORT CACHE_PORT REALTIME_PORT]
 const crypto = require("crypto");
 const Redis = require("ioredis");
@@ -93,6 +94,32 @@ async function run(db) {
   check((await r.exists(...keys, ...counters)) === 0, "keys still exist after DEL");
 }
 
+// ioredis resends the commands a dropped connection left unanswered, on a
+// new connection in the same db. Its own suite half-closes a client that is
+// blocked in BLPOP with SET and INCR queued behind it: Redis frees that
+// client without running them, so after the resend INCR gives 2 (keyway
+// once answered the BLPOP with a nil and ran SET and INCR before the
+// resend: INCR gave 3). Default options here: ioredis reconnects.
+async function resend() {
+  step = "resend after a half-close while blocked";
+  const list = `session:kwcheck:${TOKEN}:resend:l`;
+  const key = `session:kwcheck:${TOKEN}:resend:n`;
+  const r = new Redis({ host: "127.0.0.1", port: KEYWAY, db: 3 });
+  clients.push(r);
+  r.on("error", () => {}); // the half-close is on purpose
+  const pusher = connect(KEYWAY, 3);
+  await new Promise((ok) => r.once("ready", ok));
+  r.once("close", () => { pusher.lpush(list, "1"); });
+  const popped = r.blpop(list, 0);
+  const set = r.set(key, "1");
+  const incr = r.pipeline().incr(key).exec();
+  setTimeout(() => r.stream.end(), 0);
+  const [got, , counted] = await Promise.all([popped, set, incr]);
+  check(JSON.stringify(got) === JSON.stringify([list, "1"]), `${step}: BLPOP gave ${JSON.stringify(got)}`);
+  check(counted[0][1] === 2, `${step}: INCR gave ${counted[0][1]} (SET and INCR ran twice?)`);
+  await pusher.del(key, list);
+}
+
 async function cleanup() {
   for (const port of BACKENDS) {
     for (const db of [0, 3]) {
@@ -108,6 +135,7 @@ async function main() {
   try {
     await run(0); // default options: INFO ready-check on connect
     await run(3); // db: 3 adds SELECT 3 on connect
+    await resend();
   } catch (e) {
     failure = `ioredis check failed at ${step}: ${e.message}`;
   }
