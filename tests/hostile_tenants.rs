@@ -295,6 +295,28 @@ fn a_half_closed_client_gets_the_element_it_popped() {
     );
 }
 
+/// Sends 300 GETs of `user:v` (a value of `value_len` bytes) in one write
+/// and reads the replies, pausing `pause` before every `every` of them;
+/// returns how long the reading took.
+fn get_300_read_at_a_pace(
+    raw: &mut RawClient,
+    value_len: usize,
+    every: usize,
+    pause: Duration,
+) -> Duration {
+    raw.send(&b"*2\r\n$3\r\nGET\r\n$6\r\nuser:v\r\n".repeat(300));
+    let reply_len = format!("${value_len}\r\n").len() + value_len + 2;
+    let started = Instant::now();
+    for i in 0..300 {
+        if i % every == 0 {
+            std::thread::sleep(pause);
+        }
+        let frame = raw.read_frame();
+        assert_eq!(frame.len(), reply_len, "reply {i}");
+    }
+    started.elapsed()
+}
+
 #[test]
 fn a_slow_reader_that_keeps_reading_is_not_cut() {
     let ([_session, cache, _realtime], keyway) =
@@ -304,18 +326,9 @@ fn a_slow_reader_that_keeps_reading_is_not_cut() {
     // 19 MiB of replies, read 512 KiB at a time every 100 ms: about 4 s,
     // four times the stall time, never stuck.
     let mut raw = keyway.raw();
-    raw.send(&b"*2\r\n$3\r\nGET\r\n$6\r\nuser:v\r\n".repeat(300));
-    let reply_len = format!("${}\r\n", value.len()).len() + value.len() + 2;
-    let started = Instant::now();
-    for i in 0..300 {
-        if i % 8 == 0 {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let frame = raw.read_frame();
-        assert_eq!(frame.len(), reply_len, "reply {i}");
-    }
-    println!("300 x 64 KiB read slowly in {:?}", started.elapsed());
-    assert!(started.elapsed() > Duration::from_secs(2));
+    let took = get_300_read_at_a_pace(&mut raw, value.len(), 8, Duration::from_millis(100));
+    println!("300 x 64 KiB read slowly in {took:?}");
+    assert!(took > Duration::from_secs(2));
     assert_eq!(
         keyway.metric(r#"keyway_errors_total{kind="client_output_stalled"}"#),
         0.0
@@ -340,20 +353,8 @@ fn a_reader_is_not_cut_when_large_replies_follow_small_ones() {
         assert_eq!(raw.read_frame(), b":1\r\n", "reply {i}");
     }
     // 300 x 64 KiB in one write: 19 times the limit, read steadily.
-    raw.send(&b"*2\r\n$3\r\nGET\r\n$6\r\nuser:v\r\n".repeat(300));
-    let reply_len = format!("${}\r\n", value.len()).len() + value.len() + 2;
-    let started = Instant::now();
-    for i in 0..300 {
-        if i % 16 == 0 {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let frame = raw.read_frame();
-        assert_eq!(frame.len(), reply_len, "reply {i}");
-    }
-    println!(
-        "300 x 64 KiB after 2,000 small replies, 1 MiB limit: read in {:?}",
-        started.elapsed()
-    );
+    let took = get_300_read_at_a_pace(&mut raw, value.len(), 16, Duration::from_millis(20));
+    println!("300 x 64 KiB after 2,000 small replies, 1 MiB limit: read in {took:?}");
     assert_eq!(
         keyway.metric(r#"keyway_errors_total{kind="client_output_limit"}"#),
         0.0
