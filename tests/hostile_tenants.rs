@@ -536,3 +536,51 @@ fn clients_together_cannot_make_keyway_hold_more_than_max_client_memory() {
     }));
     assert!(peak_mib < 120, "peak RSS {peak_mib} MiB");
 }
+
+/// Inside MULTI, Redis answers an unsubscribe verb with one frame per
+/// channel: more than the one reply a queued command owes EXEC. On a
+/// leased connection the frames left over would be read as the next
+/// tenant's replies, so keyway refuses the verbs there (as it refuses the
+/// subscribe verbs) and a transaction leaves nothing behind.
+#[test]
+fn a_transaction_cannot_leave_replies_for_the_next_tenant() {
+    let r = Reference::start();
+    let mut direct = RawClient::connect(r.cache.port);
+    direct.send(b"MULTI\r\nUNSUBSCRIBE a b c\r\nEXEC\r\n");
+    let frames: Vec<Vec<u8>> = (0..5).map(|_| direct.read_frame()).collect();
+    assert_eq!(
+        frames[2],
+        b"*1\r\n*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
+    );
+    assert!(
+        frames[3].starts_with(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nb"),
+        "Redis's own extra frames"
+    );
+
+    let _: () = r.cache.direct().set("user:theirs", "private").unwrap();
+    for verb in ["UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"] {
+        let mut tenant = r.client();
+        let mut other = r.client();
+        let refused = redis::pipe()
+            .atomic()
+            .cmd(verb)
+            .arg(&["user:a", "user:b", "user:c"])
+            .query::<redis::Value>(&mut tenant)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("inside MULTI is not supported by keyway"),
+            "{verb}: {refused}"
+        );
+        // The next transaction, on the one leased connection there is,
+        // gets its own replies.
+        let (value,): (Option<String>,) = redis::pipe()
+            .atomic()
+            .get("user:theirs")
+            .query(&mut other)
+            .unwrap();
+        assert_eq!(value.as_deref(), Some("private"), "{verb}");
+        let pong: String = redis::cmd("PING").query(&mut tenant).unwrap();
+        assert_eq!(pong, "PONG");
+    }
+}

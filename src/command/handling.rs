@@ -184,11 +184,14 @@ impl Handling {
 
     /// Refused between MULTI and EXEC: it reads or changes keyway's own
     /// state, or needs every server, which a transaction on one pool has
-    /// not got.
+    /// not got. The unsubscribe verbs too: inside a transaction Redis
+    /// answers them with one frame per channel, more than the one a queued
+    /// command owes EXEC, and the frames left over would reach whoever
+    /// leases the connection next.
     pub fn refused_in_multi(self) -> bool {
         matches!(
             self,
-            Handling::Subscription(SubscriptionVerb::Subscribe(_))
+            Handling::Subscription(_)
                 | Handling::Local(
                     Local::Hello | Local::Auth | Local::Select | Local::Client | Local::Info
                 )
@@ -402,6 +405,9 @@ mod tests {
         assert!(!handling(&["GET", "x"]).allowed_when_subscribed());
         assert!(handling(&["KEYS", "*"]).refused_in_multi());
         assert!(!handling(&["PING"]).refused_in_multi());
+        for verb in ["SUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"] {
+            assert!(handling(&[verb, "a", "b"]).refused_in_multi(), "{verb}");
+        }
     }
 
     #[test]
