@@ -597,6 +597,79 @@ fn a_prefix_limited_user_reaches_nothing_outside_its_prefixes() {
     denied(&mut app, &["SCAN", "0"], "key");
     denied(&mut app, &["SCAN", "0", "MATCH", "refresh:*"], "refresh:*");
     denied(&mut app, &["RANDOMKEY"], "command");
+    // A repeated option: Redis uses the last one, and so is it checked.
+    denied(
+        &mut app,
+        &["SCAN", "0", "MATCH", "session:*", "MATCH", "*"],
+        "'*' key",
+    );
+    denied(
+        &mut app,
+        &[
+            "SORT",
+            "session:list",
+            "STORE",
+            "session:d",
+            "STORE",
+            "refresh:d",
+        ],
+        "refresh:d",
+    );
+    let _: () = redis::cmd("GEOADD")
+        .arg(&["session:geo", "13.36", "38.11", "p"])
+        .query(&mut app)
+        .unwrap();
+    denied(
+        &mut app,
+        &[
+            "GEORADIUS",
+            "session:geo",
+            "15",
+            "37",
+            "200",
+            "km",
+            "STORE",
+            "session:g",
+            "STORE",
+            "refresh:g",
+        ],
+        "refresh:g",
+    );
+    denied(
+        &mut app,
+        &[
+            "GEORADIUSBYMEMBER",
+            "session:geo",
+            "p",
+            "1",
+            "km",
+            "STOREDIST",
+            "session:g",
+            "STOREDIST",
+            "refresh:g",
+        ],
+        "refresh:g",
+    );
+    // A function loaded by one tenant runs when another calls it; kill
+    // ends another's script; dump and list show the others' code.
+    let library = "#!lua name=shared\nredis.register_function('f', function(keys) return 1 end)";
+    for args in [
+        &["FUNCTION", "LOAD", "REPLACE", library][..],
+        &["FUNCTION", "DUMP"],
+        &["FUNCTION", "LIST", "WITHCODE"],
+        &["FUNCTION", "KILL"],
+        &["SCRIPT", "KILL"],
+        &["SCRIPT", "LOAD", "return 1"],
+    ] {
+        denied(&mut app, args, "command");
+    }
+    // A command keyway does not know has keys it cannot check.
+    denied(&mut app, &["NOSUCHMODULE.GET", "refresh:secret"], "command");
+    for key in ["refresh:d", "refresh:g"] {
+        let exists: bool = s.cache.direct().exists(key).unwrap();
+        assert!(!exists, "{key} was written");
+    }
+    let _: i64 = app.del("session:geo").unwrap();
     let keys: Vec<String> = app.keys("session:*").unwrap();
     assert_eq!(keys, ["session:list"]);
     let (_, found): (String, Vec<String>) = redis::cmd("SCAN")

@@ -24,7 +24,7 @@ pub use handling::{
 pub fn is_builtin_name(name: &str) -> bool {
     table::BUILTIN.iter().any(|s| s.name == name)
 }
-pub use keys::{key_indexes, sort_store_index};
+pub use keys::{georadius_key_indexes, key_indexes, last_paired_option, sort_store_index};
 pub use name::{packed, CommandName};
 pub use spec::{Begin, Find, Flags, KeySpec, Spec};
 
@@ -169,6 +169,8 @@ impl CommandTable {
                 }
                 out.extend(sort_store_index(args));
             }
+            "georadius" => georadius_key_indexes(args, 6, out),
+            "georadiusbymember" => georadius_key_indexes(args, 5, out),
             // PUBLISH has no key in Redis, but keyway routes channels by prefix.
             "publish" if args.len() > 1 => out.push(1),
             // MIGRATE ... "" ... KEYS k1 k2: the empty key says "see KEYS".
@@ -386,6 +388,44 @@ mod tests {
         assert_eq!(keys("MIGRATE h 1  0 5 KEYS a b"), ["a", "b"]);
         assert_eq!(keys("SORT src BY w_* LIMIT 0 1 STORE dst"), ["src", "dst"]);
         assert_eq!(keys("SORT src GET store"), ["src"]);
+    }
+
+    #[test]
+    fn scan_options_are_read_in_pairs_and_the_last_wins() {
+        let args = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+        let matched = |s: &str| last_paired_option(&args(s), 2, b"MATCH").map(|m| m.to_vec());
+        assert_eq!(matched("SCAN 0 MATCH u:* MATCH *"), Some(b"*".to_vec()));
+        assert_eq!(matched("SCAN 0 match u:* COUNT 10"), Some(b"u:*".to_vec()));
+        // A value that reads "MATCH" is a value, not an option.
+        assert_eq!(matched("SCAN 0 COUNT MATCH"), None);
+        assert_eq!(matched("SCAN 0 TYPE string MATCH"), None);
+        assert_eq!(matched("SCAN 0"), None);
+    }
+
+    /// Redis reads repeated options left to right and the last one wins:
+    /// the key found must be the one the command writes, or a prefix check
+    /// and the route would be of a key the command never touches.
+    #[test]
+    fn a_repeated_store_option_is_the_last_one() {
+        assert_eq!(keys("SORT src STORE a STORE b"), ["src", "b"]);
+        assert_eq!(
+            keys("SORT src STORE a LIMIT 0 1 STORE b ALPHA"),
+            ["src", "b"]
+        );
+        assert_eq!(keys("SORT_RO src BY nosort"), ["src"]);
+        assert_eq!(keys("GEORADIUS g 0 0 1 km STORE a STORE b"), ["g", "b"]);
+        assert_eq!(keys("GEORADIUS g 0 0 1 km STORE a STOREDIST b"), ["g", "b"]);
+        assert_eq!(
+            keys("GEORADIUS g 0 0 1 km STOREDIST a COUNT 3 ANY STORE b"),
+            ["g", "b"]
+        );
+        assert_eq!(
+            keys("GEORADIUSBYMEMBER g m 1 km STOREDIST a STOREDIST b"),
+            ["g", "b"]
+        );
+        // COUNT's value is not an option: a member named STORE stays one.
+        assert_eq!(keys("GEORADIUSBYMEMBER g m 1 km COUNT STORE"), ["g"]);
+        assert_eq!(keys("GEORADIUS g 0 0 1 km WITHDIST"), ["g"]);
     }
 
     #[test]

@@ -282,8 +282,9 @@ impl Policy {
                 .unwrap_or_else(|| String::from_utf8_lossy(name.as_bytes()).into_owned())
         };
         let Some(spec) = spec else {
-            // A command keyway cannot classify is not run for a restricted user.
-            if user.read_only || !user.categories.is_empty() {
+            // A command keyway cannot classify is not run for a restricted
+            // user: its keys, and so what it reaches, are unknown.
+            if user.read_only || !user.categories.is_empty() || user.prefixes.is_some() {
                 return Err(Denial::NoPermCommand(command()));
             }
             return Ok(());
@@ -297,7 +298,12 @@ impl Policy {
         {
             return Err(Denial::NoPermCommand(command()));
         }
-        if user.prefixes.is_some() && runs_code(spec) && !user.allow_scripts {
+        // Without `allow_scripts`, a prefix-limited user gets no scripting
+        // command at all: a script reaches keys it does not declare, a
+        // function it loads (FUNCTION LOAD REPLACE) runs when another
+        // tenant calls it, FUNCTION DUMP/LIST WITHCODE show the others'
+        // code and SCRIPT/FUNCTION KILL end their scripts.
+        if user.prefixes.is_some() && !user.allow_scripts && spec.in_acl_category("scripting") {
             return Err(Denial::NoPermCommand(command()));
         }
         if !user.categories.is_empty()
@@ -320,11 +326,6 @@ impl Policy {
         };
         let within = |pattern: &[u8]| within_prefixes(prefixes, pattern);
         let pattern_denied = |pattern: &[u8]| Err(Denial::NoPermKey(pattern.to_vec()));
-        let after = |keyword: &[u8]| {
-            args.iter()
-                .position(|a| a.eq_ignore_ascii_case(keyword))
-                .and_then(|i| args.get(i + 1).copied())
-        };
         match spec.name {
             "sort" | "sort_ro" => {
                 for pair in args.windows(2).skip(2) {
@@ -341,7 +342,9 @@ impl Policy {
                 Some(p) if !within(p) => pattern_denied(p),
                 _ => Ok(()),
             },
-            "scan" => match after(b"MATCH") {
+            // The MATCH SCAN uses: the last one (SCAN 0 MATCH user:* MATCH *
+            // lists every key).
+            "scan" => match crate::command::last_paired_option(args, 2, b"MATCH") {
                 Some(p) if within(p) => Ok(()),
                 Some(p) => pattern_denied(p),
                 None => pattern_denied(b"*"),

@@ -657,9 +657,9 @@ impl Session {
         else {
             return Reply::now(resp::error("ERR invalid cursor"));
         };
-        let pattern = (2..req.argc().saturating_sub(1))
-            .find(|&i| req.arg(i).eq_ignore_ascii_case(b"MATCH"))
-            .map(|i| req.arg(i + 1));
+        let all_args: Vec<&[u8]> = req.args().collect();
+        let option = |name: &[u8]| crate::command::last_paired_option(&all_args, 2, name);
+        let pattern = option(b"MATCH");
         let pools = match pattern {
             Some(p) => self
                 .state
@@ -669,11 +669,6 @@ impl Session {
             None => self.all_pools(),
         };
         let pools = self.distinct(pools, true);
-        let option = |name: &[u8]| {
-            (2..req.argc().saturating_sub(1))
-                .find(|&i| req.arg(i).eq_ignore_ascii_case(name))
-                .map(|i| req.arg(i + 1))
-        };
         // A cluster pool is scanned slot by slot (each key once, even
         // while slots move), or with TYPE, which needs the servers' own
         // SCAN, master by master in slot order.
@@ -697,7 +692,7 @@ impl Session {
         }
         let (backend_cursor, index) = decode_scan_cursor(cursor, count);
         let backend_cursor_value = backend_cursor;
-        let mut args: Vec<&[u8]> = req.args().collect();
+        let mut args = all_args.clone();
         let backend_cursor = backend_cursor.to_string();
         args[1] = backend_cursor.as_bytes();
         let bytes = Request::from_args(&args).bytes().clone();
