@@ -584,3 +584,65 @@ fn a_transaction_cannot_leave_replies_for_the_next_tenant() {
         assert_eq!(pong, "PONG");
     }
 }
+
+/// Messages for a subscriber that does not read are bounded in bytes: past
+/// its output limit the subscriber is disconnected, as Redis disconnects a
+/// pub/sub client past its hard output limit, while one that reads gets
+/// every message.
+#[test]
+fn a_subscriber_that_never_reads_is_cut_at_its_output_limit() {
+    const MESSAGES: usize = 1_600;
+    const BATCH: usize = 8;
+    let (_servers, keyway) = with_server_settings("client_output_limit_bytes = 1048576\n");
+    let subscribe = b"*2\r\n$9\r\nSUBSCRIBE\r\n$7\r\nuser:ch\r\n";
+    let mut hog = keyway.raw();
+    hog.send(subscribe);
+    assert!(hog.read_frame().starts_with(b"*3\r\n$9\r\nsubscribe"));
+    let mut reader = keyway.raw();
+    reader.send(subscribe);
+    assert!(reader.read_frame().starts_with(b"*3\r\n$9\r\nsubscribe"));
+    let received = Arc::new(AtomicUsize::new(0));
+    let reading = {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            for _ in 0..MESSAGES {
+                let frame = reader.read_frame();
+                assert!(frame.starts_with(b"*3\r\n$7\r\nmessage\r\n"));
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // 100 MiB of 64 KiB messages, in batches the reader keeps up with.
+    let payload = vec![b'm'; 64 * 1024];
+    let mut publisher = keyway.client();
+    let before = proc_status_kib(keyway.pid(), "VmRSS");
+    for batch in 0..MESSAGES / BATCH {
+        for _ in 0..BATCH {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg("user:ch")
+                .arg(&payload[..])
+                .query(&mut publisher)
+                .unwrap();
+        }
+        let sent = (batch + 1) * BATCH;
+        assert!(
+            wait_for(Duration::from_secs(10), || received.load(Ordering::Relaxed)
+                >= sent)
+            .is_some(),
+            "the reading subscriber got {} of {sent}",
+            received.load(Ordering::Relaxed)
+        );
+    }
+    reading.join().unwrap();
+    let grown_mib = proc_status_kib(keyway.pid(), "VmHWM").saturating_sub(before) / 1024;
+    let cut = keyway.metric(r#"keyway_errors_total{kind="client_output_limit"}"#);
+    println!(
+        "{MESSAGES} messages of 64 KiB, 1 MiB limit: the reader got all, peak RSS grew {grown_mib} MiB, {cut} subscriber(s) cut"
+    );
+    assert!(
+        hog_closed(&mut hog),
+        "the non-reading subscriber is disconnected"
+    );
+    assert_eq!(cut, 1.0);
+    assert!(grown_mib < 48, "peak RSS grew {grown_mib} MiB");
+}

@@ -14,6 +14,7 @@ mod mode;
 mod observe;
 mod output;
 mod pubsub;
+mod pushes;
 mod reply;
 mod transaction;
 mod wait;
@@ -29,7 +30,6 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::mpsc;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
@@ -134,7 +134,7 @@ pub struct Session {
     input_closed: bool,
     output: Output,
     /// Messages the subscription links push, opened with the first link.
-    pushes: Option<(mpsc::Sender<Reply>, mpsc::Receiver<Reply>)>,
+    pushes: Option<pushes::Pushes>,
     /// Cancelled by CLIENT KILL.
     kill: CancellationToken,
     /// Whether a blocking command runs, and CLIENT UNBLOCK's way to end it.
@@ -377,7 +377,13 @@ impl Session {
     #[inline]
     fn count_memory(&mut self) {
         let held = crate::client_memory::counted(
-            self.inbuf.len() + self.output.owed_bytes() + self.mode.queued_bytes(),
+            self.inbuf.len()
+                + self.output.owed_bytes()
+                + self.mode.queued_bytes()
+                + self
+                    .pushes
+                    .as_ref()
+                    .map_or(0, pushes::Pushes::waiting_bytes),
         );
         if held != self.memory_counted {
             self.memory_counted = held;
@@ -488,8 +494,12 @@ impl Session {
                 Poll::Pending => {}
             }
         }
-        if self.output.has_room() {
-            if let Some((_, pushes)) = self.pushes.as_mut() {
+        if let Some(pushes) = self.pushes.as_mut() {
+            if pushes.over_limit(cx) {
+                self.output.cut_subscriber(&self.state);
+                return Poll::Ready(false);
+            }
+            if self.output.has_room() {
                 if let Poll::Ready(Some(message)) = pushes.poll_recv(cx) {
                     self.output.push(message);
                     return Poll::Ready(true);

@@ -411,6 +411,20 @@ impl Output {
         }
     }
 
+    /// A subscriber left more than its output limit of messages waiting:
+    /// disconnected at once, as Redis disconnects a pub/sub client past its
+    /// hard limit; the session ends, letting go of what it holds.
+    #[cold]
+    #[inline(never)]
+    pub fn cut_subscriber(&mut self, state: &State) {
+        self.disconnect(
+            state,
+            Gone::OverLimit,
+            "client_output_limit",
+            "disconnecting a subscriber that left more than its output limit of messages unread",
+        );
+    }
+
     /// Gives up on a client that does not read its replies: counted
     /// under `label`, logged with `why`.
     #[cold]

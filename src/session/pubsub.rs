@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::pushes::{PushSender, Pushes};
 use super::reply::Reply;
 use super::Session;
 use crate::backend::Dedicated;
@@ -347,7 +348,7 @@ impl Session {
     /// Waits for a link while taking the messages links push meanwhile: a
     /// link blocked on a full push queue could otherwise never answer.
     async fn alongside_pushes<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
-        let Some((_, pushes)) = self.pushes.as_mut() else {
+        let Some(pushes) = self.pushes.as_mut() else {
             return work.await;
         };
         tokio::pin!(work);
@@ -361,12 +362,11 @@ impl Session {
     }
 
     /// Where links push messages for this client, opened with the first.
-    fn push_sender(&mut self) -> mpsc::Sender<Reply> {
-        let max_pipeline = self.state.live().config.server.max_pipeline;
+    fn push_sender(&mut self) -> PushSender {
+        let limit = self.state.live().config.server.client_output_limit_bytes;
         self.pushes
-            .get_or_insert_with(|| mpsc::channel(max_pipeline.max(1)))
-            .0
-            .clone()
+            .get_or_insert_with(|| Pushes::new(limit))
+            .sender()
     }
 
     /// PING in RESP2 subscriber mode answers `["pong", msg]`.
@@ -595,7 +595,7 @@ async fn run_link(
     source: LinkSource,
     mut conn: Dedicated,
     mut cmds: mpsc::Receiver<LinkCmd>,
-    client: mpsc::Sender<Reply>,
+    client: PushSender,
 ) {
     let Some(origin) = source.state.live().backends.get(source.pool).cloned() else {
         return;
@@ -624,7 +624,7 @@ async fn run_link(
                 Some(LinkCmd::Release) => {
                     holding = false;
                     for m in held.drain(..) {
-                        if client.send(Reply::now(m)).await.is_err() {
+                        if client.message(m).is_err() {
                             return;
                         }
                     }
@@ -643,7 +643,7 @@ async fn run_link(
                         // client was already told of: they go at once.
                         FrameKind::Message if holding => held.push(frame),
                         FrameKind::Message => {
-                            if client.send(Reply::now(frame)).await.is_err() {
+                            if client.message(frame).is_err() {
                                 return;
                             }
                         }
@@ -690,11 +690,9 @@ async fn run_link(
             }
             None => {
                 tracing::warn!(%pool, "subscription connection lost; disconnecting the subscriber");
-                let _ = client
-                    .send(Reply::close(resp::error(&format!(
-                        "ERR backend '{pool}' connection lost: subscriptions ended"
-                    ))))
-                    .await;
+                client.last(Reply::close(resp::error(&format!(
+                    "ERR backend '{pool}' connection lost: subscriptions ended"
+                ))));
                 return;
             }
         }
