@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs keyway's whole test suite: installs what the tests start (Redis from
-# Debian's packages, redis-py from PyPI, ioredis from npm (Node.js and npm
-# from Debian's packages when missing), promtool from Debian's prometheus
-# package, each only when missing), then the unit and integration tests
-# against real servers, then redis-py's own test suite through keyway
-# (tests/clients/redis_py_suite.sh).
+# Debian's packages, redis-py from PyPI, ioredis and node-redis from npm
+# (Node.js and npm from Debian's packages when missing), promtool from
+# Debian's prometheus package, each only when missing), then the unit and
+# integration tests against real servers, then redis-py's own test suite
+# through keyway (tests/clients/redis_py_suite.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

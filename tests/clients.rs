@@ -1,6 +1,8 @@
 //! Real client libraries through keyway: redis-py (its CLIENT SETINFO
-//! handshake, HELLO 3) and ioredis (its INFO ready-check and SELECT), each
-//! with a pipeline, MGET across pools and routing checked on the backends.
+//! handshake, HELLO 3), ioredis (its INFO ready-check and SELECT) and
+//! node-redis (HELLO 3 with SETNAME, transactions, WATCH, pub/sub, a
+//! blocking pop), each with a pipeline, MGET across pools and routing
+//! checked on the backends.
 //! `tests/clients/install.sh` (run by scripts/test.sh) installs them.
 
 mod support;
@@ -47,6 +49,14 @@ fn redis_py_works_through_keyway() {
 fn ioredis_works_through_keyway() {
     let r = Reference::start();
     let out = run("node", "ioredis_check.js", &ports(&r));
+    assert!(out.contains("checks passed"), "{out}");
+    eprintln!("{}", out.trim());
+}
+
+#[test]
+fn node_redis_works_through_keyway() {
+    let r = Reference::start();
+    let out = run("node", "node_redis_check.js", &ports(&r));
     assert!(out.contains("checks passed"), "{out}");
     eprintln!("{}", out.trim());
 }

@@ -2,7 +2,7 @@
 # Installs the real client libraries the client checks drive through keyway:
 # redis-py 5 (PyPI, plus PyYAML and kubernetes-validate for tests/deploy)
 # into tests/clients/.venv and
-# ioredis 5 (npm, from package.json) into tests/clients/node_modules.
+# ioredis 5 and node-redis 5 (npm, from package.json) into tests/clients/node_modules.
 # Idempotent, needs no input: each part is skipped when already installed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -33,11 +33,11 @@ if ! command -v npm >/dev/null 2>&1; then
   $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 
-ioredis_version() { node -p 'require("./node_modules/ioredis/package.json").version' 2>/dev/null; }
-if [[ "$(ioredis_version)" == 5.* && -f package-lock.json ]]; then
-  echo "clients: ioredis $(ioredis_version) already in tests/clients/node_modules"
+version_of() { node -p "require('./node_modules/$1/package.json').version" 2>/dev/null; }
+if [[ "$(version_of ioredis)" == 5.* && "$(version_of redis)" == 5.* && -f package-lock.json ]]; then
+  echo "clients: ioredis $(version_of ioredis) and node-redis $(version_of redis) already in tests/clients/node_modules"
 else
-  echo "clients: npm install (ioredis 5, writes package-lock.json)"
+  echo "clients: npm install (ioredis 5 and node-redis 5, writes package-lock.json)"
   npm install --no-audit --no-fund --loglevel=error
-  echo "clients: installed ioredis $(ioredis_version)"
+  echo "clients: installed ioredis $(version_of ioredis) and node-redis $(version_of redis)"
 fi
