@@ -173,3 +173,49 @@ fn transaction_sees_the_clients_earlier_pipelined_writes() {
     assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
     assert_eq!(raw.read_frame(), b"*1\r\n$3\r\n200\r\n");
 }
+
+/// Queued, a command keyway answers itself or sends to every server would
+/// run on the transaction's one server and answer for it alone: SLOWLOG
+/// would show that server's log (every tenant's commands with their keys
+/// and values), FLUSHALL would empty one pool of several. Refused there,
+/// as SELECT is.
+#[test]
+fn inside_multi_nothing_answers_for_one_server_alone() {
+    let r = Reference::start_with("[policy]\nallow = [\"FLUSHALL\"]\n");
+    let _: () = r.session.direct().set("session:f", "1").unwrap();
+    let _: () = r.cache.direct().set("user:f", "1").unwrap();
+    let mut raw = r.keyway.raw();
+    for (command, name) in [
+        (&b"SLOWLOG GET 10\r\n"[..], "SLOWLOG"),
+        (b"LATENCY HISTOGRAM set\r\n", "LATENCY"),
+        (b"FLUSHALL\r\n", "FLUSHALL"),
+    ] {
+        raw.send(b"MULTI\r\n");
+        assert_eq!(raw.read_frame(), b"+OK\r\n");
+        raw.send(command);
+        let refused = String::from_utf8(raw.read_frame()).unwrap();
+        assert_eq!(
+            refused,
+            format!("-ERR '{name}' inside MULTI is not supported by keyway\r\n")
+        );
+        raw.send(b"EXEC\r\n");
+        assert!(raw.read_frame().starts_with(b"-EXECABORT"));
+    }
+    let kept: (bool, bool) = (
+        r.session.direct().exists("session:f").unwrap(),
+        r.cache.direct().exists("user:f").unwrap(),
+    );
+    assert_eq!(
+        kept,
+        (true, true),
+        "nothing of the aborted transactions ran"
+    );
+    // Outside MULTI the allowed FLUSHALL empties every pool.
+    raw.send(b"FLUSHALL\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    let gone: (bool, bool) = (
+        r.session.direct().exists("session:f").unwrap(),
+        r.cache.direct().exists("user:f").unwrap(),
+    );
+    assert_eq!(gone, (false, false));
+}

@@ -182,31 +182,24 @@ impl Handling {
         )
     }
 
-    /// Refused between MULTI and EXEC: it reads or changes keyway's own
-    /// state, or needs every server, which a transaction on one pool has
-    /// not got. The unsubscribe verbs too: inside a transaction Redis
-    /// answers them with one frame per channel, more than the one a queued
-    /// command owes EXEC, and the frames left over would reach whoever
-    /// leases the connection next.
+    /// Refused between MULTI and EXEC unless the transaction's one server
+    /// can answer it as part of the transaction: forwarded commands,
+    /// PING/ECHO, UNWATCH, COMMAND/TIME/LASTSAVE/CONFIG GET and WAIT. The
+    /// rest either reads or changes keyway's own state (SELECT, CLIENT,
+    /// INFO; SLOWLOG and LATENCY HISTOGRAM, which queued would show the
+    /// server's own figures, every tenant's keys and values among them), or
+    /// needs every server, which a transaction on one pool has not got
+    /// (FLUSHALL, SCAN, CONFIG SET…). The unsubscribe verbs too: inside a
+    /// transaction Redis answers them with one frame per channel, more than
+    /// the one reply a queued command owes EXEC, and the frames left over
+    /// would reach whoever leases the connection next.
     pub fn refused_in_multi(self) -> bool {
-        matches!(
+        !matches!(
             self,
-            Handling::Subscription(_)
-                | Handling::Local(
-                    Local::Hello | Local::Auth | Local::Select | Local::Client | Local::Info
-                )
-                | Handling::Servers(
-                    Servers::Scan
-                        | Servers::Keys
-                        | Servers::Dbsize
-                        | Servers::RandomKey
-                        | Servers::PubsubChannels
-                        | Servers::PubsubNumsub
-                        | Servers::PubsubNumpat
-                        | Servers::LoadScript
-                        | Servers::ScriptExists
-                        | Servers::Urgent
-                )
+            Handling::Forward(_)
+                | Handling::Local(Local::Ping | Local::Echo | Local::Quit | Local::Reset)
+                | Handling::Servers(Servers::DefaultPool | Servers::WrittenTo)
+                | Handling::Transaction(_)
         )
     }
 }
@@ -407,6 +400,31 @@ mod tests {
         assert!(!handling(&["PING"]).refused_in_multi());
         for verb in ["SUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"] {
             assert!(handling(&[verb, "a", "b"]).refused_in_multi(), "{verb}");
+        }
+        // Answered by keyway, or by every server: never by the one server
+        // a transaction runs on.
+        for args in [
+            &["SLOWLOG", "GET"][..],
+            &["LATENCY", "HISTOGRAM"],
+            &["FLUSHALL"],
+            &["FLUSHDB"],
+            &["SWAPDB", "0", "1"],
+            &["CONFIG", "SET", "x", "y"],
+            &["SCRIPT", "FLUSH"],
+            &["FUNCTION", "DELETE", "lib"],
+            &["CLIENT", "PAUSE", "10"],
+        ] {
+            assert!(handling(args).refused_in_multi(), "{args:?}");
+        }
+        for args in [
+            &["GET", "k"][..],
+            &["ECHO", "x"],
+            &["TIME"],
+            &["WAIT", "1", "0"],
+            &["UNWATCH"],
+            &["FUNCTION", "LIST"],
+        ] {
+            assert!(!handling(args).refused_in_multi(), "{args:?}");
         }
     }
 
