@@ -219,3 +219,73 @@ fn inside_multi_nothing_answers_for_one_server_alone() {
     );
     assert_eq!(gone, (false, false));
 }
+
+/// WATCH takes a connection in the client's database and protocol; a
+/// SELECT or HELLO after it applies to EXEC, as on Redis, instead of the
+/// transaction writing into the database the client left.
+#[test]
+fn exec_runs_in_the_database_and_protocol_chosen_after_watch() {
+    let r = Reference::start();
+    let mut raw = r.keyway.raw();
+    raw.send(b"WATCH user:w\r\nSELECT 2\r\nMULTI\r\nSET user:w v\r\nEXEC\r\n");
+    for reply in [&b"+OK\r\n"[..], b"+OK\r\n", b"+OK\r\n", b"+QUEUED\r\n"] {
+        assert_eq!(raw.read_frame(), reply);
+    }
+    assert_eq!(raw.read_frame(), b"*1\r\n+OK\r\n");
+    let in_db = |db: i64| -> Option<String> {
+        let mut c = r.cache.direct();
+        let _: () = redis::cmd("SELECT").arg(db).query(&mut c).unwrap();
+        c.get("user:w").unwrap()
+    };
+    assert_eq!((in_db(0), in_db(2)), (None, Some("v".to_string())));
+
+    let _: () = r.cache.direct().hset("user:h", "f", "v").unwrap();
+    let mut raw = r.keyway.raw();
+    raw.send(b"HELLO 3\r\n");
+    assert!(raw.read_frame().starts_with(b"%7\r\n"));
+    raw.send(b"WATCH user:h\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    raw.send(b"HELLO 2\r\n");
+    assert!(raw.read_frame().starts_with(b"*14\r\n"));
+    raw.send(b"MULTI\r\nHGETALL user:h\r\nEXEC\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    // Redis's RESP2 reply, not the RESP3 map the watch connection spoke.
+    assert_eq!(raw.read_frame(), b"*1\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n");
+}
+
+/// EXEC waits for its server no longer than a forwarded request does: a
+/// server that does not answer fails the transaction after
+/// `request_timeout_ms`, its connection is closed (not handed on), and the
+/// client's next transaction runs.
+#[test]
+fn exec_times_out_like_any_request() {
+    let [session, cache, realtime] = reference_servers();
+    let keyway = Keyway::start(
+        &reference_config(&session.url(), &cache.url(), &realtime.url())
+            .replace("[backend]\n", "[backend]\nrequest_timeout_ms = 200\n"),
+    );
+    // Busy for 600 ms inside the transaction.
+    const BUSY: &str = "local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end local s = now() while now() - s < 600000 do end return 1";
+    let eval = format!(
+        "*4\r\n$4\r\nEVAL\r\n${}\r\n{BUSY}\r\n$1\r\n1\r\n$9\r\nuser:slow\r\n",
+        BUSY.len()
+    );
+    let mut raw = keyway.raw();
+    raw.send(format!("MULTI\r\n{eval}").as_bytes());
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    let started = std::time::Instant::now();
+    raw.send(b"EXEC\r\n");
+    let exec = raw.read_frame();
+    let waited = started.elapsed();
+    println!("EXEC of a 600 ms script, 200 ms timeout: failed after {waited:?}");
+    assert_eq!(exec, b"-ERR backend 'cache' timed out after 200ms\r\n");
+    assert!(waited < Duration::from_millis(500), "waited {waited:?}");
+    std::thread::sleep(Duration::from_millis(600));
+    raw.send(b"MULTI\r\nINCR user:after\r\nEXEC\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    assert_eq!(raw.read_frame(), b"*1\r\n:1\r\n");
+    assert_eq!(keyway.metric(r#"keyway_errors_total{kind="timeout"}"#), 1.0);
+}

@@ -100,6 +100,49 @@ impl Dedicated {
         }
     }
 
+    /// Brings the connection to the client's database and protocol when
+    /// the client switched (SELECT, HELLO) while holding it, after WATCH:
+    /// the lease was taken with the old ones. Filed under the new ones when
+    /// it goes back. Err with the server's refusal.
+    pub async fn follow_client(
+        &mut self,
+        db: u32,
+        proto: Protocol,
+    ) -> std::io::Result<Result<(), Bytes>> {
+        let mut bytes = Vec::new();
+        let mut owed = 0;
+        if db != self.db {
+            let n = db.to_string();
+            bytes.extend_from_slice(
+                format!("*2\r\n$6\r\nSELECT\r\n${}\r\n{n}\r\n", n.len()).as_bytes(),
+            );
+            owed += 1;
+        }
+        if proto != self.proto {
+            let v = if proto == Protocol::Resp3 { b'3' } else { b'2' };
+            bytes.extend_from_slice(b"*2\r\n$5\r\nHELLO\r\n$1\r\n");
+            bytes.extend_from_slice(&[v, b'\r', b'\n']);
+            owed += 1;
+        }
+        if owed == 0 {
+            return Ok(Ok(()));
+        }
+        self.send(&bytes).await?;
+        let mut refused = None;
+        for _ in 0..owed {
+            let frame = self.read_frame().await?;
+            if frame.first() == Some(&b'-') && refused.is_none() {
+                refused = Some(frame);
+            }
+        }
+        if let Some(refused) = refused {
+            return Ok(Err(refused));
+        }
+        self.db = db;
+        self.proto = proto;
+        Ok(Ok(()))
+    }
+
     /// True when no reply bytes are pending: safe to hand to someone else.
     pub(super) fn is_clean(&self) -> bool {
         self.buf.is_empty()

@@ -59,6 +59,9 @@ pub enum BackendError {
     /// A database other than 0 on a cluster pool, which has only db 0.
     #[error("SELECT is not allowed in cluster mode")]
     ClusterDatabase { pool: String },
+    /// No reply within `request_timeout_ms`: it may or may not have run.
+    #[error("backend '{pool}' timed out after {ms}ms")]
+    TimedOut { pool: String, ms: u64 },
 }
 
 impl BackendError {
@@ -73,6 +76,7 @@ impl BackendError {
             BackendError::FailingOver { .. } => "failover_held",
             BackendError::ClusterDown { .. } => "cluster_down",
             BackendError::ClusterDatabase { .. } => "cluster_database",
+            BackendError::TimedOut { .. } => "timeout",
         }
     }
 
@@ -85,7 +89,8 @@ impl BackendError {
             | BackendError::TenantLeasesExhausted { pool, .. }
             | BackendError::FailingOver { pool }
             | BackendError::ClusterDown { pool, .. }
-            | BackendError::ClusterDatabase { pool } => pool,
+            | BackendError::ClusterDatabase { pool }
+            | BackendError::TimedOut { pool, .. } => pool,
         }
     }
 

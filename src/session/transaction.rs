@@ -311,6 +311,15 @@ impl Session {
         queued: &[Request],
     ) -> (Reply, Option<crate::cluster::Redirect>) {
         let t_queued = queued;
+        let deadline = self.lease_deadline();
+        let lost = |why: LeaseRead| self.lease_failed(pool, why);
+        // SELECT or HELLO since WATCH took the lease: EXEC runs in the
+        // database and protocol the client is in now, as on Redis.
+        match conn.follow_client(self.client.db, self.client.proto).await {
+            Ok(Ok(())) => {}
+            Ok(Err(refused)) => return (Reply::now(refused), None),
+            Err(_) => return (lost(LeaseRead::Lost), None),
+        }
         let mut bytes =
             Vec::with_capacity(64 + t_queued.iter().map(|r| r.bytes().len()).sum::<usize>());
         bytes.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
@@ -318,25 +327,20 @@ impl Session {
             bytes.extend_from_slice(r.bytes());
         }
         bytes.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
-        let lost = || {
-            self.failed(&BackendError::ConnectionLost {
-                pool: self.state.live().router.pool_name(pool).to_string(),
-            })
-        };
         if conn.send(&bytes).await.is_err() {
-            return (lost(), None);
+            return (lost(LeaseRead::Lost), None);
         }
         let mut last = None;
         let mut redirect = None;
         for _ in 0..t_queued.len() + 2 {
-            match conn.read_frame().await {
+            match read_within(&mut conn, deadline).await {
                 Ok(frame) => {
                     if redirect.is_none() && slot.is_some() {
                         redirect = crate::cluster::Redirect::parse(&frame);
                     }
                     last = Some(frame);
                 }
-                Err(_) => return (lost(), None),
+                Err(why) => return (lost(why), None),
             }
         }
         if let Ok(backend) = self.state.live().backends.checked(pool) {
@@ -346,8 +350,30 @@ impl Session {
             // Only an aborted EXEC is safe to run again: nothing ran.
             Some(frame) if frame.starts_with(b"-EXECABORT") => (Reply::now(frame), redirect),
             Some(frame) => (Reply::now(frame), None),
-            None => (lost(), None),
+            None => (lost(LeaseRead::Lost), None),
         }
+    }
+
+    /// When a request sent on a lease now must be answered by:
+    /// `request_timeout_ms` from now, as for a forwarded request.
+    fn lease_deadline(&self) -> Option<tokio::time::Instant> {
+        match self.state.live().config.backend.request_timeout_ms {
+            0 => None,
+            ms => Some(tokio::time::Instant::now() + std::time::Duration::from_millis(ms)),
+        }
+    }
+
+    /// The client's reply when a lease's answer did not come; the lease
+    /// itself is dropped (closed), never handed to anyone else.
+    fn lease_failed(&self, pool: PoolId, why: LeaseRead) -> Reply {
+        let pool = self.state.live().router.pool_name(pool).to_string();
+        self.failed(&match why {
+            LeaseRead::Lost => BackendError::ConnectionLost { pool },
+            LeaseRead::TimedOut => BackendError::TimedOut {
+                pool,
+                ms: self.state.live().config.backend.request_timeout_ms,
+            },
+        })
     }
 
     pub(super) fn discard(&mut self) -> Reply {
@@ -390,9 +416,10 @@ impl Session {
                 Err(e) => return self.failed(&e),
             },
         };
+        let deadline = self.lease_deadline();
         let reply = match conn.send(request.bytes()).await {
-            Ok(()) => conn.read_frame().await,
-            Err(e) => Err(e),
+            Ok(()) => read_within(&mut conn, deadline).await,
+            Err(_) => Err(LeaseRead::Lost),
         };
         match reply {
             Ok(frame) => {
@@ -401,9 +428,7 @@ impl Session {
                 self.register();
                 Reply::now(frame)
             }
-            Err(_) => self.failed(&BackendError::ConnectionLost {
-                pool: self.state.live().router.pool_name(pool.pool).to_string(),
-            }),
+            Err(why) => self.lease_failed(pool.pool, why),
         }
     }
 
@@ -423,6 +448,27 @@ impl Session {
         }
         Reply::now(resp::simple("OK"))
     }
+}
+
+/// Why a lease's answer did not come.
+#[derive(Debug, Clone, Copy)]
+enum LeaseRead {
+    Lost,
+    TimedOut,
+}
+
+/// The lease's next frame, by `deadline` if there is one.
+async fn read_within(
+    conn: &mut Dedicated,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Bytes, LeaseRead> {
+    let read = match deadline {
+        Some(at) => tokio::time::timeout_at(at, conn.read_frame())
+            .await
+            .map_err(|_| LeaseRead::TimedOut)?,
+        None => conn.read_frame().await,
+    };
+    read.map_err(|_| LeaseRead::Lost)
 }
 
 #[cfg(test)]
