@@ -356,3 +356,38 @@ fn a_subscribe_the_server_refuses_is_answered_and_holds_nothing() {
     });
     assert!(released, "leases left behind");
 }
+
+/// A client that subscribed in RESP3 and switched to RESP2 (HELLO 2) reads
+/// its messages as RESP2 arrays, as from Redis: its subscription link
+/// still speaks RESP3, and a RESP2 parser refuses a `>` push.
+#[test]
+fn a_subscriber_that_switches_to_resp2_gets_resp2_messages() {
+    let r = Reference::start();
+    let message = |port: u16, publish: &mut dyn FnMut()| {
+        let mut raw = RawClient::connect(port);
+        raw.send(b"HELLO 3\r\n");
+        assert!(raw.read_frame().starts_with(b"%7\r\n"));
+        raw.send(b"SUBSCRIBE user:sw\r\n");
+        assert_eq!(
+            raw.read_frame(),
+            b">3\r\n$9\r\nsubscribe\r\n$7\r\nuser:sw\r\n:1\r\n"
+        );
+        raw.send(b"HELLO 2\r\n");
+        assert!(raw.read_frame().starts_with(b"*14\r\n"));
+        publish();
+        raw.read_frame()
+    };
+    let mut direct = r.cache.direct();
+    let redis = message(r.cache.port, &mut || {
+        let _: i64 = direct.publish("user:sw", "hi").unwrap();
+    });
+    let mut publisher = r.client();
+    let keyway = message(r.keyway.port, &mut || {
+        let _: i64 = publisher.publish("user:sw", "hi").unwrap();
+    });
+    assert_eq!(
+        redis,
+        b"*3\r\n$7\r\nmessage\r\n$7\r\nuser:sw\r\n$2\r\nhi\r\n"
+    );
+    assert_eq!(keyway, redis);
+}

@@ -423,6 +423,10 @@ impl Session {
         }
         if proto != self.client.proto {
             self.client.proto = proto;
+            // Messages on links subscribed in RESP3 now go out as RESP2.
+            if let Some(pushes) = &self.pushes {
+                pushes.set_protocol(proto);
+            }
         }
         self.client_changed();
         let version = self.state.redis_version();

@@ -364,8 +364,9 @@ impl Session {
     /// Where links push messages for this client, opened with the first.
     fn push_sender(&mut self) -> PushSender {
         let limit = self.state.live().config.server.client_output_limit_bytes;
+        let proto = self.client.proto;
         self.pushes
-            .get_or_insert_with(|| Pushes::new(limit))
+            .get_or_insert_with(|| Pushes::new(limit, proto))
             .sender()
     }
 

@@ -8,16 +8,17 @@
 //! client past its hard output-buffer limit: one tenant's unread messages
 //! cannot grow keyway's memory for everyone.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::reply::Reply;
 use super::watched::Watched;
+use crate::resp::Protocol;
 
 /// What a waiting message costs besides its bytes: the queued reply and
 /// the channel's slot, so a flood of empty messages is bounded too.
@@ -33,6 +34,10 @@ struct Shared {
     limit: usize,
     /// Cancelled by the link whose message passed the limit.
     over: CancellationToken,
+    /// The client speaks RESP3 now. A client that subscribed in RESP3 may
+    /// switch to RESP2 (HELLO 2) while its links stay RESP3: their pushes
+    /// then go out as the arrays a RESP2 subscriber reads.
+    resp3: AtomicBool,
 }
 
 /// A link's way to its client.
@@ -46,6 +51,10 @@ impl PushSender {
     /// Queues a message frame for the client, unless that would leave more
     /// than the limit waiting: then the client is to be disconnected.
     pub(super) fn message(&self, frame: Bytes) -> Result<(), Gone> {
+        let frame = match frame.first() {
+            Some(b'>') if !self.shared.resp3.load(Ordering::Relaxed) => as_array(&frame),
+            _ => frame,
+        };
         let cost = frame.len() + PER_MESSAGE;
         let waiting = self.shared.waiting.fetch_add(cost, Ordering::AcqRel) + cost;
         if waiting > self.shared.limit {
@@ -61,6 +70,15 @@ impl PushSender {
     }
 }
 
+/// A RESP3 push as the RESP2 array of the same elements (a message's
+/// elements are bulk strings, and a pattern's count an integer, alike in
+/// both protocols).
+fn as_array(push: &Bytes) -> Bytes {
+    let mut array = BytesMut::from(&push[..]);
+    array[0] = b'*';
+    array.freeze()
+}
+
 /// The session's side.
 pub(super) struct Pushes {
     rx: mpsc::UnboundedReceiver<(Reply, usize)>,
@@ -69,19 +87,28 @@ pub(super) struct Pushes {
 }
 
 impl Pushes {
-    pub(super) fn new(limit: usize) -> Pushes {
+    pub(super) fn new(limit: usize, proto: Protocol) -> Pushes {
         let (tx, rx) = mpsc::unbounded_channel();
         let over = CancellationToken::new();
         let shared = Arc::new(Shared {
             waiting: AtomicUsize::new(0),
             limit: limit.max(1),
             over: over.clone(),
+            resp3: AtomicBool::new(proto == Protocol::Resp3),
         });
         Pushes {
             rx,
             sender: PushSender { tx, shared },
             over: Watched::new(over),
         }
+    }
+
+    /// The client switched protocols (HELLO).
+    pub(super) fn set_protocol(&self, proto: Protocol) {
+        self.sender
+            .shared
+            .resp3
+            .store(proto == Protocol::Resp3, Ordering::Relaxed);
     }
 
     pub(super) fn sender(&self) -> PushSender {
@@ -120,7 +147,7 @@ mod tests {
 
     #[tokio::test]
     async fn messages_past_the_limit_cut_the_client_and_taken_ones_make_room() {
-        let mut pushes = Pushes::new(3 * (100 + PER_MESSAGE));
+        let mut pushes = Pushes::new(3 * (100 + PER_MESSAGE), Protocol::Resp2);
         let link = pushes.sender();
         let message = || Bytes::from(vec![b'm'; 100]);
         for _ in 0..3 {
@@ -135,5 +162,25 @@ mod tests {
         assert!(fired);
         // The last word is not counted against the limit.
         link.last(Reply::now(Bytes::from_static(b"-ERR gone\r\n")));
+    }
+
+    #[tokio::test]
+    async fn a_resp3_push_reaches_a_client_now_in_resp2_as_an_array() {
+        let mut pushes = Pushes::new(1 << 20, Protocol::Resp3);
+        let link = pushes.sender();
+        let push = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n";
+        link.message(Bytes::from_static(push)).unwrap();
+        pushes.set_protocol(Protocol::Resp2);
+        link.message(Bytes::from_static(push)).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            match pushes.recv().await {
+                Some(Reply::Now(bytes)) => got.push(bytes.to_vec()),
+                _ => panic!("a message is sent as it is"),
+            }
+        }
+        assert_eq!(got[0], push);
+        assert_eq!(got[1][0], b'*');
+        assert_eq!(got[1][1..], push[1..]);
     }
 }
