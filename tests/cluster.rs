@@ -603,6 +603,17 @@ fn a_migrating_slots_ask_and_tryagain_are_followed_inside_keyway() {
     assert_eq!(string(&mut asking, "{mig}.new").as_deref(), Some("fresh"));
     let asks = keyway.metric("keyway_cluster_redirections_total{kind=\"ask\",pool=\"cache\"}");
     assert!(asks >= 2.0, "ASK followed: {asks}");
+    // A transaction on a new key of the migrating slot: the source answers
+    // ASK at queue time (EXECABORT), and keyway runs it again on the
+    // importing node after ASKING, which holds until EXEC.
+    let (n,): (i64,) = redis::pipe()
+        .atomic()
+        .incr("{mig}.tx", 1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(n, 1);
+    let _: () = redis::cmd("ASKING").query(&mut asking).unwrap();
+    assert_eq!(string(&mut asking, "{mig}.tx").as_deref(), Some("1"));
 
     // A two-key command with its keys split by the migration: TRYAGAIN
     // until the migration ends, then the answer, never the error.
@@ -803,6 +814,40 @@ fn a_transaction_and_a_blocked_client_follow_their_slot_to_another_master() {
     assert!(moved() > before, "the transaction met MOVED and ran again");
     let mut owner = cluster.direct(from);
     assert_eq!(string(&mut owner, "{q}.b").as_deref(), Some("2"));
+
+    // Another (empty) slot moves while keyway's map has its old owner:
+    // WATCH meets MOVED, which the client never sees; the watch is taken
+    // on the new owner and the transaction runs there.
+    let slot = ClusterSetup::slot_of("{w}");
+    let new_owner = cluster
+        .masters()
+        .into_iter()
+        .find(|&m| m != cluster.owner(slot))
+        .unwrap();
+    let new_id = node_id(&mut cluster.direct(new_owner));
+    for port in cluster.masters() {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&new_id)
+            .query(&mut cluster.direct(port))
+            .unwrap();
+    }
+    let before = moved();
+    let mut raw = keyway.raw();
+    raw.send(b"WATCH {w}.n\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    raw.send(b"MULTI\r\nINCR {w}.n\r\nEXEC\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    assert_eq!(raw.read_frame(), b"*1\r\n:1\r\n");
+    let mut owner = cluster.direct(new_owner);
+    assert_eq!(string(&mut owner, "{w}.n").as_deref(), Some("1"));
+    println!(
+        "WATCH on a slot that moved: {} MOVED followed inside keyway",
+        moved() - before
+    );
 }
 
 /// `cmdstat_<command>` calls a node counted.

@@ -276,8 +276,9 @@ impl Session {
             }
         };
         let mut tries = 0;
+        let mut asking = false;
         loop {
-            let (reply, redirect) = self.run_transaction(target, conn, &queued).await;
+            let (reply, redirect) = self.run_transaction(target, conn, &queued, asking).await;
             // The slot moved before EXEC reached its master: nothing ran
             // (EXECABORT), so it runs where the slot is now. Not with
             // WATCH: the watch was on the old master.
@@ -288,14 +289,30 @@ impl Session {
             };
             tries += 1;
             let backend = self.state.live().backends.get(target.pool).cloned();
-            if let Some(cluster) = backend.as_ref().and_then(|b| b.cluster()) {
-                match redirect {
-                    crate::cluster::Redirect::Moved { slot, addr } => cluster.moved(slot, &addr),
-                    // Migrating, or TRYAGAIN: let the migration finish.
-                    _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            let cluster = backend.as_ref().and_then(|b| b.cluster());
+            asking = false;
+            let leased = match (cluster, redirect) {
+                (Some(cluster), crate::cluster::Redirect::Moved { slot, addr }) => {
+                    cluster.moved(slot, &addr);
+                    self.lease(target, LeaseKind::Brief).await
                 }
-            }
-            conn = match self.lease(target, LeaseKind::Brief).await {
+                // The slot is migrating and its keys are on the target
+                // already: ASKING there makes the whole transaction run
+                // there (the flag holds until EXEC).
+                (Some(cluster), crate::cluster::Redirect::Ask { addr, .. }) => {
+                    asking = true;
+                    cluster
+                        .node(&addr)
+                        .lease_as(LeaseKind::Brief, 0, self.client.proto)
+                        .await
+                }
+                // TRYAGAIN (keys on both sides of a migration): let it finish.
+                _ => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    self.lease(target, LeaseKind::Brief).await
+                }
+            };
+            conn = match leased {
                 Ok(conn) => conn,
                 Err(e) => return self.failed(&e),
             };
@@ -309,6 +326,7 @@ impl Session {
         Target { pool, slot }: Target,
         mut conn: Dedicated,
         queued: &[Request],
+        asking: bool,
     ) -> (Reply, Option<crate::cluster::Redirect>) {
         let t_queued = queued;
         let deadline = self.lease_deadline();
@@ -322,6 +340,9 @@ impl Session {
         }
         let mut bytes =
             Vec::with_capacity(64 + t_queued.iter().map(|r| r.bytes().len()).sum::<usize>());
+        if asking {
+            bytes.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
+        }
         bytes.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
         for r in t_queued {
             bytes.extend_from_slice(r.bytes());
@@ -332,7 +353,7 @@ impl Session {
         }
         let mut last = None;
         let mut redirect = None;
-        for _ in 0..t_queued.len() + 2 {
+        for _ in 0..t_queued.len() + 2 + usize::from(asking) {
             match read_within(&mut conn, deadline).await {
                 Ok(frame) => {
                     if redirect.is_none() && slot.is_some() {
@@ -406,29 +427,53 @@ impl Session {
             Ok(t) => t,
             Err(error) => return Reply::now(resp::error(error)),
         };
-        let mut conn = match t.lease.take() {
-            Some((_, conn)) => conn,
-            None => match self
-                .lease(pool, LeaseKind::Held(self.tenant().as_ref()))
-                .await
-            {
-                Ok(conn) => conn,
-                Err(e) => return self.failed(&e),
-            },
-        };
-        let deadline = self.lease_deadline();
-        let reply = match conn.send(request.bytes()).await {
-            Ok(()) => read_within(&mut conn, deadline).await,
-            Err(_) => Err(LeaseRead::Lost),
-        };
-        match reply {
-            Ok(frame) => {
+        let mut held = t.lease.take().map(|(_, conn)| conn);
+        let first_watch = held.is_none();
+        let mut tries = 0;
+        loop {
+            let mut conn = match held.take() {
+                Some(conn) => conn,
+                None => match self
+                    .lease(pool, LeaseKind::Held(self.tenant().as_ref()))
+                    .await
+                {
+                    Ok(conn) => conn,
+                    Err(e) => return self.failed(&e),
+                },
+            };
+            let deadline = self.lease_deadline();
+            let reply = match conn.send(request.bytes()).await {
+                Ok(()) => read_within(&mut conn, deadline).await,
+                Err(_) => Err(LeaseRead::Lost),
+            };
+            let frame = match reply {
+                Ok(frame) => frame,
+                Err(why) => return self.lease_failed(pool.pool, why),
+            };
+            // A cluster node that no longer serves the slot: the watch is
+            // taken again where the slot is (nothing was watched here, and
+            // the client never sees the redirection). Only a first watch:
+            // one already held is on this node.
+            let redirect = pool
+                .slot
+                .filter(|_| first_watch && tries < crate::cluster::MAX_REDIRECTS)
+                .and_then(|_| crate::cluster::Redirect::parse(&frame));
+            let Some(redirect) = redirect else {
                 t.watching(pool, conn);
                 self.mode = Mode::Transaction(t);
                 self.register();
-                Reply::now(frame)
+                return Reply::now(frame);
+            };
+            tries += 1;
+            drop(conn);
+            let backend = self.state.live().backends.get(pool.pool).cloned();
+            match (backend.as_ref().and_then(|b| b.cluster()), redirect) {
+                (Some(cluster), crate::cluster::Redirect::Moved { slot, addr }) => {
+                    cluster.moved(slot, &addr)
+                }
+                // Migrating or TRYAGAIN: let it finish.
+                _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             }
-            Err(why) => self.lease_failed(pool.pool, why),
         }
     }
 
