@@ -646,3 +646,46 @@ fn a_subscriber_that_never_reads_is_cut_at_its_output_limit() {
     assert_eq!(cut, 1.0);
     assert!(grown_mib < 48, "peak RSS grew {grown_mib} MiB");
 }
+
+/// EXEC's reply is one frame holding every queued command's reply: a
+/// transaction of many large GETs made keyway hold all of it at once,
+/// outside both output limits (40 GETs of 32 MiB: 2.7 GB). Past half the
+/// client's output limit it is passed through as it arrives.
+#[test]
+fn a_transaction_of_large_values_passes_through_without_being_held() {
+    const GETS: usize = 200;
+    const VALUE: usize = 1 << 20;
+    let ([_session, cache, _realtime], keyway) =
+        with_server_settings("client_output_limit_bytes = 4194304\n");
+    let value = vec![b'v'; VALUE];
+    let _: () = cache.direct().set("user:big", &value[..]).unwrap();
+    let mut raw = keyway.raw();
+    let before = proc_status_kib(keyway.pid(), "VmHWM");
+    let mut request = b"MULTI\r\n".to_vec();
+    request.extend(b"GET user:big\r\n".repeat(GETS));
+    request.extend(b"EXEC\r\n");
+    raw.send(&request);
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    for _ in 0..GETS {
+        assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    }
+    let exec = raw.read_frame();
+    let grown_mib = proc_status_kib(keyway.pid(), "VmHWM").saturating_sub(before) / 1024;
+    println!(
+        "EXEC of {GETS} GETs of 1 MiB ({} MiB), 4 MiB output limit: peak RSS grew {grown_mib} MiB",
+        exec.len() >> 20
+    );
+    let mut expected = format!("*{GETS}\r\n").into_bytes();
+    for _ in 0..GETS {
+        expected.extend(format!("${VALUE}\r\n").as_bytes());
+        expected.extend(&value);
+        expected.extend(b"\r\n");
+    }
+    assert!(exec == expected, "EXEC's reply arrived whole and in order");
+    assert!(grown_mib < 64, "peak RSS grew {grown_mib} MiB");
+    // The connection and its lease go on.
+    raw.send(b"MULTI\r\nSTRLEN user:big\r\nEXEC\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    assert_eq!(raw.read_frame(), format!("*1\r\n:{VALUE}\r\n").as_bytes());
+}

@@ -85,9 +85,25 @@ impl Dedicated {
     /// The next reply frame. Cancel-safe: bytes read and the scan position
     /// stay in `self`, so a caller may race it against other events.
     pub async fn read_frame(&mut self) -> std::io::Result<Bytes> {
+        self.read_frame_piece(usize::MAX)
+            .await
+            .map(|(frame, _)| frame)
+    }
+
+    /// The next frame whole (`true`) when it arrives before `piece` bytes
+    /// of it are walked; else those bytes (`false`), whole elements of it,
+    /// and the rest in later calls: a reply too large to hold (EXEC's array
+    /// of many large values) passes through in pieces. Cancel-safe as
+    /// `read_frame`.
+    pub async fn read_frame_piece(&mut self, piece: usize) -> std::io::Result<(Bytes, bool)> {
         loop {
             match self.scanner.next_frame(&self.buf) {
-                Ok(Some(n)) => return Ok(self.buf.split_to(n).freeze()),
+                Ok(Some(n)) => return Ok((self.buf.split_to(n).freeze(), true)),
+                Ok(None) if self.scanner.walked() >= piece => {
+                    let walked = self.scanner.walked();
+                    self.scanner.consumed(walked);
+                    return Ok((self.buf.split_to(walked).freeze(), false));
+                }
                 Ok(None) => {}
                 Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
             }

@@ -13,6 +13,18 @@ pub struct FrameScanner {
 }
 
 impl FrameScanner {
+    /// Bytes of the frame in progress walked so far: whole elements, which
+    /// may be passed on before the frame ends. The caller that splits them
+    /// off says so with `consumed`.
+    pub fn walked(&self) -> usize {
+        self.pos
+    }
+
+    /// The first `n` walked bytes were split off the buffer.
+    pub fn consumed(&mut self, n: usize) {
+        self.pos -= n.min(self.pos);
+    }
+
     /// Length of the first complete frame in `buf` (RESP2 or RESP3, including
     /// a leading attribute), or `None` until it is all there. After `Some`,
     /// the caller splits that many bytes off and the scanner starts afresh.

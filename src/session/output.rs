@@ -411,6 +411,31 @@ impl Output {
         }
     }
 
+    /// Writes part of a reply to the client now, with nothing queued before
+    /// it: a reply too large to hold whole (a transaction's) passes through
+    /// in pieces. A client that takes none of a piece for
+    /// `client_output_stall_secs` is disconnected.
+    pub async fn write_through(&mut self, state: &State, bytes: &[u8]) -> Result<(), Gone> {
+        if let Some(gone) = self.gone {
+            return Err(gone);
+        }
+        match tokio::time::timeout(self.stall, self.wr.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(self.set_gone(Gone::WriteFailed)),
+            Err(_) => Err(self.disconnect(
+                state,
+                Gone::Stalled,
+                "client_output_stalled",
+                "disconnecting a client that does not read its replies",
+            )),
+        }
+    }
+
+    /// The bytes of a reply held before the rest of it is passed through.
+    pub fn piece(&self) -> usize {
+        self.half_limit
+    }
+
     /// A subscriber left more than its output limit of messages waiting:
     /// disconnected at once, as Redis disconnects a pub/sub client past its
     /// hard limit; the session ends, letting go of what it holds.

@@ -329,14 +329,12 @@ impl Session {
         asking: bool,
     ) -> (Reply, Option<crate::cluster::Redirect>) {
         let t_queued = queued;
-        let deadline = self.lease_deadline();
-        let lost = |why: LeaseRead| self.lease_failed(pool, why);
         // SELECT or HELLO since WATCH took the lease: EXEC runs in the
         // database and protocol the client is in now, as on Redis.
         match conn.follow_client(self.client.db, self.client.proto).await {
             Ok(Ok(())) => {}
             Ok(Err(refused)) => return (Reply::now(refused), None),
-            Err(_) => return (lost(LeaseRead::Lost), None),
+            Err(_) => return (self.lease_failed(pool, LeaseRead::Lost), None),
         }
         let mut bytes =
             Vec::with_capacity(64 + t_queued.iter().map(|r| r.bytes().len()).sum::<usize>());
@@ -349,30 +347,71 @@ impl Session {
         }
         bytes.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
         if conn.send(&bytes).await.is_err() {
-            return (lost(LeaseRead::Lost), None);
+            return (self.lease_failed(pool, LeaseRead::Lost), None);
         }
-        let mut last = None;
+        // Every reply before EXEC's: ASKING's, MULTI's and the QUEUED ones.
         let mut redirect = None;
-        for _ in 0..t_queued.len() + 2 + usize::from(asking) {
-            match read_within(&mut conn, deadline).await {
-                Ok(frame) => {
+        for _ in 0..t_queued.len() + 1 + usize::from(asking) {
+            match read_within(&mut conn, self.lease_deadline(), usize::MAX).await {
+                Ok((frame, _)) => {
                     if redirect.is_none() && slot.is_some() {
                         redirect = crate::cluster::Redirect::parse(&frame);
                     }
-                    last = Some(frame);
                 }
-                Err(why) => return (lost(why), None),
+                Err(why) => return (self.lease_failed(pool, why), None),
             }
+        }
+        // EXEC's: held whole up to half the client's output limit; beyond,
+        // passed through as it arrives, so the values of one transaction
+        // are not all held at once (outside both output limits).
+        let piece = self.output.piece();
+        let (mut part, whole) = match read_within(&mut conn, self.lease_deadline(), piece).await {
+            Ok(read) => read,
+            Err(why) => return (self.lease_failed(pool, why), None),
+        };
+        if whole {
+            if let Ok(backend) = self.state.live().backends.checked(pool) {
+                backend.release(conn);
+            }
+            // Only an aborted EXEC is safe to run again: nothing ran.
+            let redirect = redirect.filter(|_| part.starts_with(b"-EXECABORT"));
+            return (Reply::now(part), redirect);
+        }
+        loop {
+            // A client that asked for no reply (CLIENT REPLY) gets none.
+            if matches!(self.reply_mode, super::ReplyMode::On)
+                && self.output.write_through(&self.state, &part).await.is_err()
+            {
+                // The session ends; the lease closes with it, mid-reply.
+                return (Reply::Silent(Box::new(Reply::now(Bytes::new()))), None);
+            }
+            let (next, done) = match read_within(&mut conn, self.lease_deadline(), piece).await {
+                Ok(read) => read,
+                Err(why) => {
+                    // Part of the reply is out: the connection can only end.
+                    tracing::warn!(
+                        "a transaction's reply broke off half-written; closing the client"
+                    );
+                    let _ = self.lease_failed(pool, why);
+                    self.input_closed = true;
+                    self.output.push(Reply::close(Bytes::new()));
+                    return (Reply::Silent(Box::new(Reply::now(Bytes::new()))), None);
+                }
+            };
+            part = next;
+            if done {
+                break;
+            }
+        }
+        if matches!(self.reply_mode, super::ReplyMode::On)
+            && self.output.write_through(&self.state, &part).await.is_err()
+        {
+            return (Reply::Silent(Box::new(Reply::now(Bytes::new()))), None);
         }
         if let Ok(backend) = self.state.live().backends.checked(pool) {
             backend.release(conn);
         }
-        match last {
-            // Only an aborted EXEC is safe to run again: nothing ran.
-            Some(frame) if frame.starts_with(b"-EXECABORT") => (Reply::now(frame), redirect),
-            Some(frame) => (Reply::now(frame), None),
-            None => (lost(LeaseRead::Lost), None),
-        }
+        (Reply::Silent(Box::new(Reply::now(Bytes::new()))), None)
     }
 
     /// When a request sent on a lease now must be answered by:
@@ -443,7 +482,9 @@ impl Session {
             };
             let deadline = self.lease_deadline();
             let reply = match conn.send(request.bytes()).await {
-                Ok(()) => read_within(&mut conn, deadline).await,
+                Ok(()) => read_within(&mut conn, deadline, usize::MAX)
+                    .await
+                    .map(|(f, _)| f),
                 Err(_) => Err(LeaseRead::Lost),
             };
             let frame = match reply {
@@ -502,16 +543,18 @@ enum LeaseRead {
     TimedOut,
 }
 
-/// The lease's next frame, by `deadline` if there is one.
+/// The lease's next frame, or its next `piece` (`Dedicated::read_frame_piece`),
+/// by `deadline` if there is one.
 async fn read_within(
     conn: &mut Dedicated,
     deadline: Option<tokio::time::Instant>,
-) -> Result<Bytes, LeaseRead> {
+    piece: usize,
+) -> Result<(Bytes, bool), LeaseRead> {
     let read = match deadline {
-        Some(at) => tokio::time::timeout_at(at, conn.read_frame())
+        Some(at) => tokio::time::timeout_at(at, conn.read_frame_piece(piece))
             .await
             .map_err(|_| LeaseRead::TimedOut)?,
-        None => conn.read_frame().await,
+        None => conn.read_frame_piece(piece).await,
     };
     read.map_err(|_| LeaseRead::Lost)
 }
