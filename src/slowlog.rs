@@ -43,11 +43,54 @@ struct Inner {
 const MAX_ARGS: usize = 32;
 const MAX_ARG_LEN: usize = 128;
 
-/// The arguments as Redis's slow log shows them.
+/// What Redis shows in place of a secret argument.
+const REDACTED: &[u8] = b"(redacted)";
+
+/// Which arguments are secrets, as Redis redacts them in its slow log:
+/// every argument of AUTH, the credentials after HELLO's AUTH and
+/// MIGRATE's AUTH/AUTH2, the value of CONFIG SET requirepass/masterauth,
+/// and the rules of ACL SETUSER.
+fn secrets(args: &[&[u8]]) -> Vec<bool> {
+    let mut secret = vec![false; args.len()];
+    let is = |i: usize, word: &str| {
+        args.get(i)
+            .is_some_and(|a| a.eq_ignore_ascii_case(word.as_bytes()))
+    };
+    let mut hide = |from: usize, count: usize| {
+        for s in secret.iter_mut().skip(from).take(count) {
+            *s = true;
+        }
+    };
+    if is(0, "auth") {
+        hide(1, args.len());
+    } else if is(0, "hello") || is(0, "migrate") {
+        for i in 1..args.len() {
+            if is(i, "auth") {
+                hide(i + 1, if is(0, "hello") { 2 } else { 1 });
+            } else if is(i, "auth2") {
+                hide(i + 1, 2);
+            }
+        }
+    } else if is(0, "config") && is(1, "set") {
+        for i in (2..args.len()).step_by(2) {
+            if is(i, "requirepass") || is(i, "masterauth") {
+                hide(i + 1, 1);
+            }
+        }
+    } else if is(0, "acl") && is(1, "setuser") {
+        hide(3, args.len());
+    }
+    secret
+}
+
+/// The arguments as Redis's slow log shows them, secrets redacted.
 pub fn trim_args<'a>(args: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<Bytes> {
+    let args: Vec<&[u8]> = args.collect();
+    let secret = secrets(&args);
     let total = args.len();
     let mut out = Vec::new();
-    for (i, arg) in args.enumerate() {
+    for (i, arg) in args.into_iter().enumerate() {
+        let arg = if secret[i] { REDACTED } else { arg };
         if i == MAX_ARGS - 1 && total > MAX_ARGS {
             out.push(Bytes::from(format!(
                 "... ({} more arguments)",
@@ -160,5 +203,71 @@ impl SlowLog {
                 .bulk(e.pool.as_bytes());
         }
         r.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(command: &str) -> Vec<String> {
+        let args: Vec<&[u8]> = command.split(' ').map(str::as_bytes).collect();
+        trim_args(args.into_iter())
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn secrets_are_redacted_as_redis_redacts_them() {
+        assert_eq!(shown("AUTH app pw"), ["AUTH", "(redacted)", "(redacted)"]);
+        assert_eq!(
+            shown("HELLO 3 AUTH app pw SETNAME n"),
+            [
+                "HELLO",
+                "3",
+                "AUTH",
+                "(redacted)",
+                "(redacted)",
+                "SETNAME",
+                "n"
+            ]
+        );
+        assert_eq!(
+            shown("MIGRATE h 1 k 0 10 AUTH2 u pw KEYS a"),
+            [
+                "MIGRATE",
+                "h",
+                "1",
+                "k",
+                "0",
+                "10",
+                "AUTH2",
+                "(redacted)",
+                "(redacted)",
+                "KEYS",
+                "a"
+            ]
+        );
+        assert_eq!(
+            shown("MIGRATE h 1 k 0 10 auth pw"),
+            ["MIGRATE", "h", "1", "k", "0", "10", "auth", "(redacted)"]
+        );
+        assert_eq!(
+            shown("CONFIG SET maxmemory 1 requirepass pw"),
+            [
+                "CONFIG",
+                "SET",
+                "maxmemory",
+                "1",
+                "requirepass",
+                "(redacted)"
+            ]
+        );
+        assert_eq!(
+            shown("ACL SETUSER u on >pw"),
+            ["ACL", "SETUSER", "u", "(redacted)", "(redacted)"]
+        );
+        assert_eq!(shown("GET auth"), ["GET", "auth"]);
     }
 }

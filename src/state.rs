@@ -276,7 +276,7 @@ impl State {
             .set_limit(crate::client_memory::limit_of(&config.server));
         let live = Live {
             router: Router::new(&config),
-            policy: Policy::new(&config),
+            policy: Policy::reloaded(&config, &old.policy),
             backends,
             config,
             generation: old.generation + 1,

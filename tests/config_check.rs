@@ -92,6 +92,10 @@ fn mistakes_are_refused_naming_the_field() {
             format!("{base}\n[[limits]]\nname = \"api\"\nscope = \"user\"\nrate = 100\nburst = 20\nshared = true\nshared_pool = \"nope\"\n"),
             "limits[0].shared_pool: unknown pool 'nope'",
         ),
+        (
+            format!("{base}\n[[limits]]\nname = \"api\"\nscope = \"user\"\nrate = 100\nburst = 20\ncommands = [\"CONFIG SET\", \"incrr\"]\n"),
+            "limits[0].commands[1]: unknown command 'incrr'",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = dir.0.join(format!("bad{i}.toml"));

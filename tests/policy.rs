@@ -112,6 +112,36 @@ fn failed_auth_is_rate_limited_per_address() {
         "no password in the log"
     );
     assert!(s.keyway.log().contains("too many failed AUTH attempts"));
+    // A reload (anyone reaching the admin port may ask for one) does not
+    // lift the lock-out.
+    let (status, _) = s.keyway.http("POST", "/reload");
+    assert_eq!(status, 200);
+    raw.send(b"AUTH right\r\n");
+    let after_reload = String::from_utf8(raw.read_frame()).unwrap();
+    assert!(
+        after_reload.starts_with("-ERR too many failed"),
+        "a reload lifted the lock-out: {after_reload}"
+    );
+}
+
+/// A reload keeps the state of every limit whose settings it did not
+/// change: a reload is no fresh burst.
+#[test]
+fn a_reload_keeps_the_state_of_unchanged_limits() {
+    let s = start(
+        "[[limits]]\nname = \"incr\"\nscope = \"ip\"\nrate = 0.01\nburst = 3\ncommands = [\"INCR\"]\n",
+        &[],
+    );
+    let mut c = s.keyway.client();
+    let admitted = |c: &mut redis::Connection| {
+        (0..5)
+            .filter(|_| try_cmd(c, &["INCR", "session:n"]).is_ok())
+            .count()
+    };
+    assert_eq!(admitted(&mut c), 3);
+    let (status, _) = s.keyway.http("POST", "/reload");
+    assert_eq!(status, 200);
+    assert_eq!(admitted(&mut c), 0, "the reload handed out a fresh burst");
 }
 
 const USERS: &str = r#"
@@ -663,6 +693,13 @@ fn a_prefix_limited_user_reaches_nothing_outside_its_prefixes() {
     ] {
         denied(&mut app, args, "command");
     }
+    // Any tenant's keys, by slot, on a cluster node.
+    denied(
+        &mut app,
+        &["CLUSTER", "GETKEYSINSLOT", "0", "10"],
+        "command",
+    );
+    denied(&mut app, &["CLUSTER", "COUNTKEYSINSLOT", "0"], "command");
     // A command keyway does not know has keys it cannot check.
     denied(&mut app, &["NOSUCHMODULE.GET", "refresh:secret"], "command");
     for key in ["refresh:d", "refresh:g"] {
@@ -767,6 +804,20 @@ fn the_slow_log_shows_a_user_only_its_own_commands() {
     let seen_by_admin = entries(&mut admin);
     assert!(seen_by_admin.iter().any(|e| e.contains("app-secret")));
     assert!(seen_by_admin.iter().any(|e| e.contains("user:1")));
+    // Passwords are redacted, as Redis redacts them.
+    let _: () = redis::cmd("AUTH")
+        .arg(&["app", "app-pass"])
+        .query(&mut app)
+        .unwrap();
+    let _ = try_cmd(&mut app, &["HELLO", "2", "AUTH", "app", "wrong-pass"]);
+    let seen_by_admin = entries(&mut admin);
+    assert!(
+        seen_by_admin
+            .iter()
+            .all(|e| !e.contains("app-pass") && !e.contains("wrong-pass")),
+        "{seen_by_admin:?}"
+    );
+    assert!(seen_by_admin.iter().any(|e| e.contains("(redacted)")));
 }
 
 #[test]

@@ -936,6 +936,17 @@ fn validate_policy(file: &FileConfig) -> Result<(), ConfigError> {
         if l.burst == 0 {
             return Err(invalid(format!("{field}.burst"), "must be at least 1"));
         }
+        // A name no request is counted under would leave the limit inert.
+        for (j, c) in l.commands.iter().enumerate() {
+            check_command_entry(&format!("{field}.commands[{j}]"), c)?;
+            let key = crate::policy::command_key(c);
+            if !crate::command::is_builtin_name(&key) && !key.contains('.') {
+                return Err(invalid(
+                    format!("{field}.commands[{j}]"),
+                    format!("unknown command '{c}' (a module's commands are named with their dot, \"TS.ADD\")"),
+                ));
+            }
+        }
         if l.shared && !file.pools.contains_key(&l.shared_pool) {
             return Err(invalid(
                 format!("{field}.shared_pool"),

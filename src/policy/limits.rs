@@ -27,6 +27,9 @@ pub enum LimitKey {
 
 pub struct Limit {
     pub name: String,
+    /// Its settings as configured (and its pool as numbered): a reload
+    /// that leaves them the same keeps the limit's state.
+    settings: String,
     scope: LimitScope,
     commands: Vec<String>,
     pool: Option<crate::config::PoolId>,
@@ -70,20 +73,23 @@ impl Limit {
         let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
             .allow_burst(burst);
+        let pool = config.pool.as_deref().and_then(pool_id);
         Limit {
             name: config.name.clone(),
+            settings: format!("{config:?} {pool:?}"),
             scope: config.scope,
-            commands: config
-                .commands
-                .iter()
-                .map(|c| c.to_ascii_lowercase())
-                .collect(),
-            pool: config.pool.as_deref().and_then(pool_id),
+            commands: config.commands.iter().map(|c| command_key(c)).collect(),
+            pool,
             action: config.action,
             max_delay: Duration::from_millis(config.max_delay_ms),
             limiter: DefaultKeyedRateLimiter::dashmap(quota),
             shared: Shared::new(config),
         }
+    }
+
+    /// Whether a reload's limit of the same name is this one unchanged.
+    pub fn same_settings(&self, other: &Limit) -> bool {
+        self.name == other.name && self.settings == other.settings
     }
 
     /// Pool-scoped limits can only be checked once the pool is known.
@@ -210,4 +216,14 @@ fn subject_text(key: &LimitKey, backends: &Backends) -> String {
         LimitKey::Command(command) => command.to_string(),
         LimitKey::Global => "global".to_string(),
     }
+}
+
+/// A `commands` entry as requests are counted under it: lowercase, a
+/// subcommand joined with `|` (`"CONFIG SET"` and `"config|set"` alike).
+pub fn command_key(entry: &str) -> String {
+    entry
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join("|")
+        .to_ascii_lowercase()
 }

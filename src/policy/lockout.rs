@@ -35,6 +35,9 @@ struct Lock {
 }
 
 pub struct Lockout {
+    /// `auth.max_failures_per_minute`: a reload keeps this state while it
+    /// stays the same.
+    pub per_minute: NonZeroU32,
     per_address: DefaultKeyedRateLimiter<Key>,
     per_user: DefaultKeyedRateLimiter<Arc<str>>,
     locked: DashMap<Key, Lock>,
@@ -50,6 +53,7 @@ impl Lockout {
         let fleet =
             per_minute.saturating_mul(NonZeroU32::new(FLEET_FACTOR).unwrap_or(NonZeroU32::MIN));
         Lockout {
+            per_minute,
             per_address: DefaultKeyedRateLimiter::dashmap(Quota::per_minute(per_minute)),
             per_user: DefaultKeyedRateLimiter::dashmap(Quota::per_minute(fleet)),
             locked: DashMap::new(),

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use subtle::ConstantTimeEq;
 
 pub use blocklist::Blocklist;
-pub use limits::{Backing, Limit, LimitKey, Subject, Verdict};
+pub use limits::{command_key, Backing, Limit, LimitKey, Subject, Verdict};
 use lockout::Lockout;
 pub use shared::SCRIPT as SHARED_LIMIT_SCRIPT;
 
@@ -124,8 +124,8 @@ pub struct Policy {
     pub auth_required: bool,
     users: HashMap<String, Arc<User>>,
     anonymous: Arc<User>,
-    limits: Vec<Limit>,
-    lockout: Lockout,
+    limits: Vec<Arc<Limit>>,
+    lockout: Arc<Lockout>,
 }
 
 impl Policy {
@@ -201,10 +201,28 @@ impl Policy {
             limits: config
                 .limits
                 .iter()
-                .map(|l| Limit::new(l, |name| config.pool_id(name)))
+                .map(|l| Arc::new(Limit::new(l, |name| config.pool_id(name))))
                 .collect(),
-            lockout: Lockout::new(per_minute),
+            lockout: Arc::new(Lockout::new(per_minute)),
         }
+    }
+
+    /// The policy of a reloaded configuration, keeping the state that must
+    /// outlive a reload: the failed-AUTH lock-outs (else anyone who can
+    /// trigger a reload, `POST /reload` on the admin port, could go on
+    /// guessing passwords) and each limit whose settings did not change
+    /// (else a reload would hand every client a fresh burst).
+    pub fn reloaded(config: &Config, old: &Policy) -> Policy {
+        let mut policy = Policy::new(config);
+        if policy.lockout.per_minute == old.lockout.per_minute {
+            policy.lockout = old.lockout.clone();
+        }
+        for limit in policy.limits.iter_mut() {
+            if let Some(kept) = old.limits.iter().find(|o| o.same_settings(limit)) {
+                *limit = kept.clone();
+            }
+        }
+        policy
     }
 
     /// The user of a client that has not authenticated: everyone is
@@ -258,7 +276,9 @@ impl Policy {
             }
             _ => {
                 if let Err(wait) = self.lockout.failed(ip, key_name) {
-                    tracing::warn!(%ip, user = %name, "too many failed AUTH attempts; user locked out from this address");
+                    // The lock's own name, not what the client sent: a made-up
+                    // name could forge log lines or be a misplaced password.
+                    tracing::warn!(%ip, user = %key_name, "too many failed AUTH attempts; user locked out from this address");
                     return Err(Denial::LockedOut(wait));
                 }
                 Err(Denial::WrongPass)
@@ -349,7 +369,10 @@ impl Policy {
                 Some(p) => pattern_denied(p),
                 None => pattern_denied(b"*"),
             },
-            "randomkey" => Err(Denial::NoPermCommand(spec.name.to_string())),
+            // Keys of any tenant, by slot, on a cluster pool's node.
+            "randomkey" | "cluster|getkeysinslot" | "cluster|countkeysinslot" => {
+                Err(Denial::NoPermCommand(spec.name.to_string()))
+            }
             "subscribe" | "ssubscribe" | "psubscribe" | "pubsub|numsub" | "pubsub|shardnumsub" => {
                 match args
                     .iter()
@@ -425,7 +448,7 @@ impl Policy {
         self.lockout.purge_idle();
     }
 
-    pub fn limits(&self) -> &[Limit] {
+    pub fn limits(&self) -> &[Arc<Limit>] {
         &self.limits
     }
 }
