@@ -938,3 +938,77 @@ fn allowed_server_wide_commands_reach_every_backend() {
     let n: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
     assert_eq!(n, 0);
 }
+
+/// A reload that narrows a user's prefixes applies to a transaction queued
+/// before it: EXEC checks the queued commands again, as Redis checks its
+/// ACLs again at EXEC, and nothing runs.
+#[test]
+fn a_reload_narrowing_a_user_applies_to_its_queued_transaction() {
+    let s = start_with_users();
+    let mut raw = s.keyway.raw();
+    raw.send(b"AUTH app app-pass\r\nMULTI\r\nSET session:q 1\r\nINCR session:n\r\n");
+    for reply in [&b"+OK\r\n"[..], b"+OK\r\n", b"+QUEUED\r\n", b"+QUEUED\r\n"] {
+        assert_eq!(raw.read_frame(), reply);
+    }
+    let config = std::fs::read_to_string(&s.keyway.config_path).unwrap();
+    let narrowed = config.replace(
+        "prefixes = [\"session:\", \"user:\"]",
+        "prefixes = [\"user:\"]",
+    );
+    assert_ne!(config, narrowed);
+    std::fs::write(&s.keyway.config_path, narrowed).unwrap();
+    let (status, _) = s.keyway.http("POST", "/reload");
+    assert_eq!(status, 200);
+    raw.send(b"EXEC\r\n");
+    let exec = String::from_utf8(raw.read_frame()).unwrap();
+    assert!(
+        exec.starts_with("-NOPERM") && exec.contains("session:q"),
+        "{exec}"
+    );
+    let written: (bool, bool) = (
+        s.session.direct().exists("session:q").unwrap(),
+        s.session.direct().exists("session:n").unwrap(),
+    );
+    assert_eq!(written, (false, false), "nothing of the transaction ran");
+    // A transaction queued after the reload runs as usual.
+    raw.send(b"MULTI\r\nSET user:q 2\r\nEXEC\r\n");
+    for reply in [&b"+OK\r\n"[..], b"+QUEUED\r\n", b"*1\r\n+OK\r\n"] {
+        assert_eq!(raw.read_frame(), reply);
+    }
+}
+
+/// A reload that takes a channel out of a user's prefixes closes that
+/// user's subscribers to it before another message reaches them, as Redis
+/// disconnects a subscriber whose channel permissions are revoked; a
+/// subscriber whose channels stay permitted hears on.
+#[test]
+fn a_reload_narrowing_a_user_closes_its_revoked_subscribers() {
+    let s = start_with_users();
+    let subscriber = |channel: &str| {
+        let mut raw = s.keyway.raw();
+        raw.send(format!("AUTH app app-pass\r\nSUBSCRIBE {channel}\r\n").as_bytes());
+        assert_eq!(raw.read_frame(), b"+OK\r\n");
+        assert!(raw.read_frame().starts_with(b"*3\r\n$9\r\nsubscribe"));
+        raw
+    };
+    let mut revoked = subscriber("session:ch");
+    let mut kept = subscriber("user:ch");
+    let config = std::fs::read_to_string(&s.keyway.config_path).unwrap();
+    std::fs::write(
+        &s.keyway.config_path,
+        config.replace(
+            "prefixes = [\"session:\", \"user:\"]",
+            "prefixes = [\"user:\"]",
+        ),
+    )
+    .unwrap();
+    let (status, _) = s.keyway.http("POST", "/reload");
+    assert_eq!(status, 200);
+    let _: i64 = s.session.direct().publish("session:ch", "after").unwrap();
+    let _: i64 = s.cache.direct().publish("user:ch", "after").unwrap();
+    assert!(revoked.is_closed(), "the revoked subscriber was closed");
+    assert_eq!(
+        kept.read_frame(),
+        b"*3\r\n$7\r\nmessage\r\n$7\r\nuser:ch\r\n$5\r\nafter\r\n"
+    );
+}

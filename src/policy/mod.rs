@@ -397,6 +397,17 @@ impl Policy {
         }
     }
 
+    /// A channel or pattern the user subscribes to (or stays subscribed
+    /// to, after a reload).
+    pub fn check_channel(&self, user: &User, name: &[u8]) -> Result<(), Denial> {
+        match &user.prefixes {
+            Some(prefixes) if !within_prefixes(prefixes, name) => {
+                Err(Denial::NoPermChannel(name.to_vec()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn check_key(&self, user: &User, key: &[u8]) -> Result<(), Denial> {
         match &user.prefixes {
             Some(prefixes) if !prefixes.iter().any(|p| key.starts_with(p)) => {

@@ -287,6 +287,16 @@ impl Session {
         let state = Arc::clone(&self.state);
         let mut live = Arc::clone(&self.live);
         loop {
+            if self.pushes.is_some() && state.generation() != self.generation {
+                live = self.follow_reload();
+                if !self.subscriptions_still_permitted() {
+                    tracing::info!(
+                        client = self.client.id,
+                        "closing a subscriber whose channel permissions a reload revoked"
+                    );
+                    return;
+                }
+            }
             let needs_bytes = self.dispatch_buffered(&mut parser, &state, &mut live).await;
             self.count_memory();
             self.output.collect(&self.state, &self.live);
@@ -498,6 +508,11 @@ impl Session {
             if pushes.over_limit(cx) {
                 self.output.cut_subscriber(&self.state);
                 return Poll::Ready(false);
+            }
+            // A reload may have revoked what the subscriber hears: checked
+            // (by the loop) before another message is taken.
+            if self.state.generation() != self.generation {
+                return Poll::Ready(true);
             }
             if self.output.has_room() {
                 if let Poll::Ready(Some(message)) = pushes.poll_recv(cx) {

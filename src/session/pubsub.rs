@@ -110,6 +110,14 @@ impl Subscriptions {
         }
     }
 
+    /// Every channel, pattern and shard channel subscribed.
+    fn all_names(&self) -> impl Iterator<Item = &Bytes> {
+        self.channels
+            .keys()
+            .chain(self.patterns.keys())
+            .chain(self.shards.keys())
+    }
+
     fn pools_of(&self, kind: Kind, name: &Bytes) -> Vec<Target> {
         match kind {
             Kind::Channel => self
@@ -328,6 +336,23 @@ impl Session {
         self.mode.leave_if_unsubscribed();
         self.register();
         Reply::now(Bytes::from(out))
+    }
+
+    /// After a reload, whether the client may still hear what it is
+    /// subscribed to: its user still exists and its prefixes still cover
+    /// every channel and pattern. Redis disconnects a subscriber whose
+    /// channel permissions are revoked; so does keyway, before the next
+    /// message reaches it.
+    pub(super) fn subscriptions_still_permitted(&self) -> bool {
+        let Some(subs) = self.mode.subscriptions() else {
+            return true;
+        };
+        let Some(user) = &self.client.user else {
+            return false;
+        };
+        let live = self.state.live();
+        subs.all_names()
+            .all(|name| live.policy.check_channel(user, name).is_ok())
     }
 
     /// Lets links forward messages that arrived while the confirmations

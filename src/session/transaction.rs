@@ -24,6 +24,9 @@ pub(crate) struct Transaction {
     queued_bytes: usize,
     /// A queue-time error: EXEC answers EXECABORT.
     aborted: bool,
+    /// The configuration generation MULTI was sent under: a reload since
+    /// then has EXEC check the queued commands again.
+    queued_under: u64,
 }
 
 /// Why a command between MULTI and EXEC was not queued. Either way the
@@ -59,6 +62,7 @@ struct Run {
 impl Transaction {
     pub(super) fn new() -> Transaction {
         Transaction {
+            queued_under: 0,
             pool: None,
             lease: None,
             multi: false,
@@ -176,6 +180,10 @@ impl Session {
     pub(super) fn multi(&mut self) -> Reply {
         match self.mode.begin_multi() {
             Ok(changed) => {
+                let generation = self.generation;
+                if let Some(t) = self.mode.transaction_mut() {
+                    t.queued_under = generation;
+                }
                 if changed {
                     self.register();
                 }
@@ -254,6 +262,7 @@ impl Session {
             return Reply::now(resp::error("ERR EXEC without MULTI"));
         };
         self.register();
+        let queued_under = t.queued_under;
         let Some(Run {
             target,
             lease,
@@ -262,6 +271,14 @@ impl Session {
         else {
             return Reply::now(resp::error(EXECABORT));
         };
+        // A reload between MULTI and EXEC may have narrowed the user's
+        // permissions: what was queued is checked again, as Redis checks
+        // its ACLs again at EXEC. Nothing runs if any is refused now.
+        if queued_under != self.generation {
+            if let Some(denial) = queued.iter().find_map(|r| self.permitted_now(r).err()) {
+                return self.deny(denial);
+            }
+        }
         self.flush().await;
         let watched = lease.is_some();
         let (target, mut conn) = match lease {
@@ -412,6 +429,34 @@ impl Session {
             backend.release(conn);
         }
         (Reply::Silent(Box::new(Reply::now(Bytes::new()))), None)
+    }
+
+    /// Whether a queued request is still permitted to the client's user,
+    /// under the configuration in force: its command, what it reaches and
+    /// its keys, checked as when it was queued.
+    fn permitted_now(&self, request: &Request) -> Result<(), crate::policy::Denial> {
+        use crate::policy::Denial;
+        let live = self.state.live();
+        let user = self.client.user.as_ref().ok_or(Denial::NoAuth)?;
+        let args: Vec<&[u8]> = request.args().collect();
+        let name = crate::command::CommandName::of(request.arg(0));
+        let spec = self
+            .state
+            .commands
+            .lookup_named(&name, &args)
+            .map(|e| &e.spec);
+        let sub = (request.argc() > 1).then(|| request.arg(1));
+        live.policy.check_command(user, &name, spec, sub)?;
+        let Some(spec) = spec else {
+            return Ok(());
+        };
+        if user.has_prefixes() {
+            live.policy.check_reach(user, spec, &args)?;
+        }
+        let mut keys = Vec::new();
+        self.state.commands.key_indexes(spec, &args, &mut keys);
+        keys.iter()
+            .try_for_each(|&i| live.policy.check_key(user, request.arg(i)))
     }
 
     /// When a request sent on a lease now must be answered by:
