@@ -1012,3 +1012,30 @@ fn a_reload_narrowing_a_user_closes_its_revoked_subscribers() {
         b"*3\r\n$7\r\nmessage\r\n$7\r\nuser:ch\r\n$5\r\nafter\r\n"
     );
 }
+
+/// A pool limit counts everything that reaches the pool's servers: the
+/// fan-outs (KEYS, SCAN, DBSIZE) a pool limit is there to stop above all,
+/// commands answered by the default pool, and commands keyway does not know.
+#[test]
+fn a_pool_limit_counts_fan_outs_and_unknown_commands() {
+    let s = start(
+        "[[limits]]\nname = \"cache\"\nscope = \"pool\"\npool = \"cache\"\nrate = 0.01\nburst = 2\n",
+        &[],
+    );
+    let mut c = s.keyway.client();
+    assert!(try_cmd(&mut c, &["KEYS", "user:*"]).is_ok());
+    assert!(try_cmd(&mut c, &["DBSIZE"]).is_ok());
+    for args in [
+        &["KEYS", "user:*"][..],
+        &["SCAN", "0"],
+        &["TIME"],
+        &["NOSUCH.CMD", "x"],
+        &["WATCH", "user:w"],
+    ] {
+        let err = try_cmd(&mut c, args).unwrap_err();
+        assert!(
+            err.contains("rate limit exceeded (limit 'cache')"),
+            "{args:?}: {err}"
+        );
+    }
+}

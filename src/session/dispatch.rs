@@ -261,6 +261,9 @@ impl Session {
                     // Unknown to keyway: the backend gives Redis's own error, or
                     // runs a module command keyway has not learned.
                     let pool = live.router.fallback_pool(name, self.client.db);
+                    if let Err(denial) = self.admit_pools(name, None, &[pool]).await {
+                        return self.deny(denial);
+                    }
                     self.written.note(pool);
                     return self.forward(pool, request.bytes().clone()).await;
                 };
@@ -284,6 +287,15 @@ impl Session {
                 reply
             }
             Handling::Servers(servers) => {
+                // Pool limits count what reaches a pool's servers, a
+                // fan-out (KEYS, SCAN …) above all.
+                let pools = match servers {
+                    crate::command::Servers::DefaultPool => vec![live.router.default_pool()],
+                    _ => self.all_pools(),
+                };
+                if let Err(denial) = self.admit_pools(name, spec, &pools).await {
+                    return self.deny(denial);
+                }
                 let reply = Box::pin(self.servers(servers, name, &request)).await;
                 if !matches!(reply, Reply::Backend(_)) {
                     super::observe::answered_locally(state, &self.meta);
@@ -292,6 +304,11 @@ impl Session {
             }
             Handling::Transaction(TransactionVerb::Watch) => {
                 let pool = self.single_pool(name, spec, &request);
+                if let Ok(target) = &pool {
+                    if let Err(denial) = self.admit_pools(name, spec, &[target.pool]).await {
+                        return self.deny(denial);
+                    }
+                }
                 Box::pin(self.watch(&request, pool)).await
             }
             Handling::Transaction(TransactionVerb::Unwatch) => Box::pin(self.unwatch()).await,
@@ -554,6 +571,22 @@ impl Session {
             metrics: &self.state.metrics,
         };
         live.policy.admit(&subject, pool.is_some(), &backing).await
+    }
+
+    /// The pool-scoped limits of every pool in `pools` admit the request.
+    async fn admit_pools(
+        &self,
+        name: &[u8],
+        spec: Option<&Spec>,
+        pools: &[PoolId],
+    ) -> Result<(), Denial> {
+        if !self.state.live().policy.has_limits(true) {
+            return Ok(());
+        }
+        for &pool in pools {
+            self.admit(name, spec, Some(pool)).await?;
+        }
+        Ok(())
     }
 
     /// The route of a request and whether it has keys; a key outside the

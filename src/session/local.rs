@@ -264,7 +264,7 @@ impl Session {
         )
     }
 
-    fn all_pools(&self) -> Vec<PoolId> {
+    pub(super) fn all_pools(&self) -> Vec<PoolId> {
         self.state
             .live()
             .config
