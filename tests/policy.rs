@@ -1039,3 +1039,29 @@ fn a_pool_limit_counts_fan_outs_and_unknown_commands() {
         );
     }
 }
+
+/// A `command` limit keeps one key per command: names a client made up
+/// share one, so they cannot grow the limit's table (`/stats` shows its
+/// tracked keys).
+#[test]
+fn made_up_command_names_share_one_limit_key() {
+    let s = start(
+        "[[limits]]\nname = \"per-command\"\nscope = \"command\"\nrate = 1000\nburst = 1000\n",
+        &[],
+    );
+    let mut raw = s.keyway.raw();
+    let mut pipeline = Vec::new();
+    for i in 0..500 {
+        pipeline.extend(format!("MADEUP{i} x\r\n").as_bytes());
+    }
+    pipeline.extend(b"GET user:x\r\n");
+    raw.send(&pipeline);
+    for _ in 0..500 {
+        assert!(raw.read_frame().starts_with(b"-ERR unknown command"));
+    }
+    assert_eq!(raw.read_frame(), b"$-1\r\n");
+    let (_, stats) = s.keyway.http("GET", "/stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let tracked = &stats["limits"]["per-command"]["tracked_keys"];
+    assert_eq!(tracked, 2, "{stats}");
+}

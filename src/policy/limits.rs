@@ -60,6 +60,9 @@ pub struct Subject<'a> {
     pub ip: IpAddr,
     pub user: &'a Arc<str>,
     pub command: &'a str,
+    /// The command is in the command table (builtin or learned): else its
+    /// name is whatever a client sent.
+    pub known: bool,
     pub pool: Option<crate::config::PoolId>,
 }
 
@@ -104,6 +107,11 @@ impl Limit {
         Some(match self.scope {
             LimitScope::Ip => LimitKey::Ip(s.ip),
             LimitScope::User => LimitKey::User(s.user.clone()),
+            // Names a client made up share one key, so they cannot grow
+            // the table (those a `commands` list names are its own).
+            LimitScope::Command if !s.known && self.commands.is_empty() => {
+                LimitKey::Command(Arc::from("other"))
+            }
             LimitScope::Command => LimitKey::Command(Arc::from(s.command)),
             LimitScope::Global => LimitKey::Global,
             LimitScope::Pool => {

@@ -563,6 +563,7 @@ impl Session {
             ip: self.client.addr.ip(),
             user: &user.name,
             command: &command,
+            known: spec.is_some(),
             pool,
         };
         let live = self.state.live_arc();
