@@ -96,6 +96,10 @@ fn mistakes_are_refused_naming_the_field() {
             format!("{base}\n[[limits]]\nname = \"api\"\nscope = \"user\"\nrate = 100\nburst = 20\ncommands = [\"CONFIG SET\", \"incrr\"]\n"),
             "limits[0].commands[1]: unknown command 'incrr'",
         ),
+        (
+            format!("{base}\n[[limits]]\nname = \"api\"\nscope = \"user\"\nrate = 100\nburst = 20\ncommands = [\"CLIENT SETNAME\", \"OBJECT\"]\n"),
+            "limits[0].commands[1]: 'OBJECT' has subcommands",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = dir.0.join(format!("bad{i}.toml"));

@@ -289,3 +289,49 @@ fn exec_times_out_like_any_request() {
     assert_eq!(raw.read_frame(), b"*1\r\n:1\r\n");
     assert_eq!(keyway.metric(r#"keyway_errors_total{kind="timeout"}"#), 1.0);
 }
+
+/// A pool whose URL names a database puts the client's db 0 there; a
+/// transaction runs there too (its lease is not moved to the backend's
+/// db 0), and a second WATCH after a SELECT watches the database the client
+/// is in now.
+#[test]
+fn transactions_run_in_the_pools_own_database() {
+    let [session, cache, realtime] = reference_servers();
+    let keyway = Keyway::start(&reference_config(
+        &format!("{}/5", session.url()),
+        &cache.url(),
+        &realtime.url(),
+    ));
+    let mut raw = keyway.raw();
+    raw.send(b"SET session:a plain\r\nMULTI\r\nSET session:tx 1\r\nGET session:a\r\nEXEC\r\nGET session:tx\r\n");
+    for reply in [&b"+OK\r\n"[..], b"+OK\r\n", b"+QUEUED\r\n", b"+QUEUED\r\n"] {
+        assert_eq!(raw.read_frame(), reply);
+    }
+    assert_eq!(raw.read_frame(), b"*2\r\n+OK\r\n$5\r\nplain\r\n");
+    assert_eq!(raw.read_frame(), b"$1\r\n1\r\n");
+    let in_db = |db: i64, key: &str| -> bool {
+        let mut c = session.direct();
+        let _: () = redis::cmd("SELECT").arg(db).query(&mut c).unwrap();
+        c.exists(key).unwrap()
+    };
+    assert!(in_db(5, "session:tx") && !in_db(0, "session:tx"));
+
+    // WATCH in db 1, SELECT 0, WATCH again: the second watch is on db 0
+    // (the pool's db 5), where another client's write must abort EXEC.
+    let mut other = keyway.client();
+    raw.send(b"SELECT 1\r\nWATCH session:w1\r\nSELECT 0\r\nWATCH session:acct\r\n");
+    for _ in 0..4 {
+        assert_eq!(raw.read_frame(), b"+OK\r\n");
+    }
+    let _: () = other.set("session:acct", "50").unwrap();
+    raw.send(b"MULTI\r\nSET session:acct 90\r\nEXEC\r\n");
+    assert_eq!(raw.read_frame(), b"+OK\r\n");
+    assert_eq!(raw.read_frame(), b"+QUEUED\r\n");
+    assert_eq!(
+        raw.read_frame(),
+        b"*-1\r\n",
+        "the watched write aborts EXEC"
+    );
+    let acct: String = other.get("session:acct").unwrap();
+    assert_eq!(acct, "50");
+}

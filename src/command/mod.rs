@@ -24,6 +24,15 @@ pub use handling::{
 pub fn is_builtin_name(name: &str) -> bool {
     table::BUILTIN.iter().any(|s| s.name == name)
 }
+/// Whether the builtin command `name` (lowercase) is a container of
+/// subcommands (CLIENT, CONFIG …): requests are named by the subcommand.
+pub fn has_builtin_subcommands(name: &str) -> bool {
+    table::BUILTIN.iter().any(|s| {
+        s.name
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('|'))
+    })
+}
 pub use keys::{georadius_key_indexes, key_indexes, last_paired_option, sort_store_index};
 pub use name::{packed, CommandName};
 pub use spec::{Begin, Find, Flags, KeySpec, Spec};

@@ -940,6 +940,12 @@ fn validate_policy(file: &FileConfig) -> Result<(), ConfigError> {
         for (j, c) in l.commands.iter().enumerate() {
             check_command_entry(&format!("{field}.commands[{j}]"), c)?;
             let key = crate::policy::command_key(c);
+            if crate::command::has_builtin_subcommands(&key) {
+                return Err(invalid(
+                    format!("{field}.commands[{j}]"),
+                    format!("'{c}' has subcommands, which requests are counted under: name them (\"CLIENT SETNAME\")"),
+                ));
+            }
             if !crate::command::is_builtin_name(&key) && !key.contains('.') {
                 return Err(invalid(
                     format!("{field}.commands[{j}]"),

@@ -413,22 +413,29 @@ impl Output {
 
     /// Writes part of a reply to the client now, with nothing queued before
     /// it: a reply too large to hold whole (a transaction's) passes through
-    /// in pieces. A client that takes none of a piece for
-    /// `client_output_stall_secs` is disconnected.
-    pub async fn write_through(&mut self, state: &State, bytes: &[u8]) -> Result<(), Gone> {
-        if let Some(gone) = self.gone {
-            return Err(gone);
+    /// in pieces. The client owes more than half its limit and its reply
+    /// holds a leased connection, so, as past twice the limit, one that
+    /// takes nothing for `OVER_LIMIT_GRACE` is disconnected; one that keeps
+    /// reading, however slowly, is served.
+    pub async fn write_through(&mut self, state: &State, mut bytes: &[u8]) -> Result<(), Gone> {
+        while !bytes.is_empty() {
+            if let Some(gone) = self.gone {
+                return Err(gone);
+            }
+            match tokio::time::timeout(OVER_LIMIT_GRACE, self.wr.write(bytes)).await {
+                Ok(Ok(n)) if n > 0 => bytes = &bytes[n..],
+                Ok(_) => return Err(self.set_gone(Gone::WriteFailed)),
+                Err(_) => {
+                    return Err(self.disconnect(
+                        state,
+                        Gone::OverLimit,
+                        "client_output_limit",
+                        "disconnecting a client that reads none of a transaction's large reply",
+                    ))
+                }
+            }
         }
-        match tokio::time::timeout(self.stall, self.wr.write_all(bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(self.set_gone(Gone::WriteFailed)),
-            Err(_) => Err(self.disconnect(
-                state,
-                Gone::Stalled,
-                "client_output_stalled",
-                "disconnecting a client that does not read its replies",
-            )),
-        }
+        Ok(())
     }
 
     /// The bytes of a reply held before the rest of it is passed through.

@@ -3,10 +3,10 @@
 //! reading its backend connection; had it stopped, the server would have
 //! cut that connection at its own pub/sub output limit and the messages
 //! would be lost without the client ever knowing. Instead a subscriber
-//! that leaves more than its output limit (`client_output_limit_bytes`)
-//! of messages waiting is disconnected, as Redis disconnects a pub/sub
-//! client past its hard output-buffer limit: one tenant's unread messages
-//! cannot grow keyway's memory for everyone.
+//! that leaves more than twice its output limit
+//! (`client_output_limit_bytes`) of messages waiting is disconnected, as
+//! Redis disconnects a pub/sub client past its hard output-buffer limit:
+//! one tenant's unread messages cannot grow keyway's memory for everyone.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -51,10 +51,6 @@ impl PushSender {
     /// Queues a message frame for the client, unless that would leave more
     /// than the limit waiting: then the client is to be disconnected.
     pub(super) fn message(&self, frame: Bytes) -> Result<(), Gone> {
-        let frame = match frame.first() {
-            Some(b'>') if !self.shared.resp3.load(Ordering::Relaxed) => as_array(&frame),
-            _ => frame,
-        };
         let cost = frame.len() + PER_MESSAGE;
         let waiting = self.shared.waiting.fetch_add(cost, Ordering::AcqRel) + cost;
         if waiting > self.shared.limit {
@@ -92,7 +88,9 @@ impl Pushes {
         let over = CancellationToken::new();
         let shared = Arc::new(Shared {
             waiting: AtomicUsize::new(0),
-            limit: limit.max(1),
+            // Twice, as for replies: a burst the link reads before the
+            // session takes any may overshoot the limit itself.
+            limit: limit.saturating_mul(2).max(1),
             over: over.clone(),
             resp3: AtomicBool::new(proto == Protocol::Resp3),
         });
@@ -115,12 +113,19 @@ impl Pushes {
         self.sender.clone()
     }
 
-    /// The next message waiting.
+    /// The next message waiting, in the protocol the client speaks now
+    /// (one queued before a HELLO 2 still goes out as RESP2).
     pub(super) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+        let resp3 = self.sender.shared.resp3.load(Ordering::Relaxed);
         self.rx.poll_recv(cx).map(|next| {
             next.map(|(reply, cost)| {
                 self.sender.shared.waiting.fetch_sub(cost, Ordering::AcqRel);
-                reply
+                match reply {
+                    Reply::Now(push) if !resp3 && push.first() == Some(&b'>') => {
+                        Reply::now(as_array(&push))
+                    }
+                    reply => reply,
+                }
             })
         })
     }
@@ -147,7 +152,7 @@ mod tests {
 
     #[tokio::test]
     async fn messages_past_the_limit_cut_the_client_and_taken_ones_make_room() {
-        let mut pushes = Pushes::new(3 * (100 + PER_MESSAGE), Protocol::Resp2);
+        let mut pushes = Pushes::new(3 * (100 + PER_MESSAGE) / 2, Protocol::Resp2);
         let link = pushes.sender();
         let message = || Bytes::from(vec![b'm'; 100]);
         for _ in 0..3 {
@@ -169,18 +174,18 @@ mod tests {
         let mut pushes = Pushes::new(1 << 20, Protocol::Resp3);
         let link = pushes.sender();
         let push = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n";
-        link.message(Bytes::from_static(push)).unwrap();
+        let next = || link.message(Bytes::from_static(push)).unwrap();
+        next();
+        let taken = |reply: Option<Reply>| match reply {
+            Some(Reply::Now(bytes)) => bytes.to_vec(),
+            _ => panic!("a message is sent as it is"),
+        };
+        assert_eq!(taken(pushes.recv().await), push, "taken while RESP3");
+        // Queued before the switch, taken after it: RESP2 by then.
+        next();
         pushes.set_protocol(Protocol::Resp2);
-        link.message(Bytes::from_static(push)).unwrap();
-        let mut got = Vec::new();
-        for _ in 0..2 {
-            match pushes.recv().await {
-                Some(Reply::Now(bytes)) => got.push(bytes.to_vec()),
-                _ => panic!("a message is sent as it is"),
-            }
-        }
-        assert_eq!(got[0], push);
-        assert_eq!(got[1][0], b'*');
-        assert_eq!(got[1][1..], push[1..]);
+        let converted = taken(pushes.recv().await);
+        assert_eq!(converted[0], b'*');
+        assert_eq!(converted[1..], push[1..]);
     }
 }

@@ -348,7 +348,10 @@ impl Session {
         let t_queued = queued;
         // SELECT or HELLO since WATCH took the lease: EXEC runs in the
         // database and protocol the client is in now, as on Redis.
-        match conn.follow_client(self.client.db, self.client.proto).await {
+        match conn
+            .follow_client(self.lease_db(pool), self.client.proto)
+            .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(refused)) => return (Reply::now(refused), None),
             Err(_) => return (self.lease_failed(pool, LeaseRead::Lost), None),
@@ -459,6 +462,16 @@ impl Session {
             .try_for_each(|&i| live.policy.check_key(user, request.arg(i)))
     }
 
+    /// The backend database a lease of `pool` must be in for the client's
+    /// database (a pool's URL may name one for the client's db 0).
+    fn lease_db(&self, pool: PoolId) -> u32 {
+        self.state
+            .live()
+            .backends
+            .checked(pool)
+            .map_or(self.client.db, |b| b.backend_db(self.client.db))
+    }
+
     /// When a request sent on a lease now must be answered by:
     /// `request_timeout_ms` from now, as for a forwarded request.
     fn lease_deadline(&self) -> Option<tokio::time::Instant> {
@@ -516,7 +529,16 @@ impl Session {
         let mut tries = 0;
         loop {
             let mut conn = match held.take() {
-                Some(conn) => conn,
+                // A WATCH after SELECT or HELLO: in the database (and
+                // protocol) the client is in now, as on Redis.
+                Some(mut conn) => match conn
+                    .follow_client(self.lease_db(pool.pool), self.client.proto)
+                    .await
+                {
+                    Ok(Ok(())) => conn,
+                    Ok(Err(refused)) => return Reply::now(refused),
+                    Err(_) => return self.lease_failed(pool.pool, LeaseRead::Lost),
+                },
                 None => match self
                     .lease(pool, LeaseKind::Held(self.tenant().as_ref()))
                     .await
