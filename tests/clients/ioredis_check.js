@@ -12,7 +12,7 @@ if (ports.length !== 1 && ports.length !== 4) {
   process.exit(2);
 }
 const [KEYWAY, ...BACKENDS] = ports;
-const PREFIXES = ["session:", "user:", "rate:"]; // session, cache, realtime pools
+const { keysFor, pipelinePlan } = require("./check_plan");
 const TOKEN = crypto.randomBytes(6).toString("hex");
 const opts = { host: "127.0.0.1", retryStrategy: () => null, maxRetriesPerRequest: 0 };
 const clients = [];
@@ -40,8 +40,7 @@ async function run(db) {
   check(/^redis_version:/m.test(await r.info()), `${step}: no redis_version in INFO`);
   step = `${tag} PING`;
   check((await r.ping()) === "PONG", step);
-  const keys = PREFIXES.map((p) => `${p}kwcheck:${TOKEN}:${db}`);
-  const counters = keys.map((k) => `${k}:n`);
+  const { keys, counters } = keysFor(TOKEN, db);
 
   step = `${tag} SET/GET`;
   for (const k of keys) {
@@ -51,19 +50,11 @@ async function run(db) {
 
   step = `${tag} pipeline`;
   const pipe = r.pipeline();
-  const expected = [];
-  const sums = [0, 0, 0];
-  for (let i = 0; i < 1000; i++) {
-    const pool = i % 3;
-    if (Math.floor(i / 3) % 2) {
-      pipe.get(keys[pool]);
-      expected.push(keys[pool]);
-    } else {
-      pipe.incrby(counters[pool], i);
-      sums[pool] += i;
-      expected.push(sums[pool]);
-    }
-  }
+  const { expected, sums } = pipelinePlan(
+    { keys, counters },
+    (k) => pipe.get(k),
+    (k, n) => pipe.incrby(k, n),
+  );
   const out = await pipe.exec();
   check(out.length === 1000, `pipeline gave ${out.length} replies`);
   out.forEach(([err, got], i) =>

@@ -14,7 +14,7 @@ if (ports.length !== 1 && ports.length !== 4) {
   process.exit(2);
 }
 const [KEYWAY, ...BACKENDS] = ports;
-const PREFIXES = ["session:", "user:", "rate:"]; // session, cache, realtime pools
+const { keysFor, pipelinePlan } = require("./check_plan");
 const TOKEN = crypto.randomBytes(6).toString("hex");
 const clients = [];
 let checks = 0;
@@ -60,8 +60,7 @@ async function run(db, RESP) {
     `${step}: name ${info.name}, db ${info.db}, resp ${info.resp}`);
   check(info.libName === "node-redis", `${step}: lib-name ${info.libName}`);
 
-  const keys = PREFIXES.map((p) => `${p}kwcheck:${TOKEN}:${db}`);
-  const counters = keys.map((k) => `${k}:n`);
+  const { keys, counters } = keysFor(TOKEN, db);
   step = `${tag} SET/GET`;
   for (const k of keys) {
     check((await r.set(k, k)) === "OK", `SET ${k}`);
@@ -70,19 +69,11 @@ async function run(db, RESP) {
 
   step = `${tag} pipeline`;
   const pipe = r.multi();
-  const expected = [];
-  const sums = [0, 0, 0];
-  for (let i = 0; i < 1000; i++) {
-    const pool = i % 3;
-    if (Math.floor(i / 3) % 2) {
-      pipe.get(keys[pool]);
-      expected.push(keys[pool]);
-    } else {
-      pipe.incrBy(counters[pool], i);
-      sums[pool] += i;
-      expected.push(sums[pool]);
-    }
-  }
+  const { expected, sums } = pipelinePlan(
+    { keys, counters },
+    (k) => pipe.get(k),
+    (k, n) => pipe.incrBy(k, n),
+  );
   const out = await pipe.execAsPipeline();
   check(out.length === 1000, `pipeline gave ${out.length} replies`);
   out.forEach((got, i) => check(got === expected[i], `pipeline reply ${i}: got ${got}, expected ${expected[i]}`));
